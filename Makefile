@@ -1,0 +1,34 @@
+# onmt-lma: `make test` and `make demo` set up .venv from nothing, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+TORCH_VERSION := 2.13.0
+OPENNMT_VERSION := 3.5.1
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo clean
+
+# torch first (the CPU build on this machine's disk), then our dependencies,
+# then OpenNMT-py without its declared ones (it pins torch<2.3 but runs on today's).
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps OpenNMT-py==$(OPENNMT_VERSION)
+	$(PY) -c "import onmt_lma.plugin, torch; print('onmt-lma ready, torch', torch.__version__)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration" tests
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) runs

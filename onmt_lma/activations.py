@@ -1,0 +1,307 @@
+"""Feed-forward activations: LMA and the baselines it is compared with.
+
+References:
+  * Xu, Ke, Zhang, Bian, Liu. Light Multi-segment Activation for Model
+    Compression. AAAI 2020 (arXiv 1907.06870) -- LMA.
+  * He et al. 2015 -- PReLU; Ramachandran et al. 2017 -- Swish;
+    Agostinelli et al. 2014 -- APLU.
+
+Every activation here is an ``nn.Module`` built fresh for each feed-forward
+block by :func:`build_activation`; the per-unit baselines act on the last
+dimension (the feed-forward inner size), as in ``(batch, time, d_ff)``.
+"""
+
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LMA",
+    "PReLU",
+    "Swish",
+    "APLU",
+    "lma",
+    "segment_index",
+    "register_activation",
+    "build_activation",
+    "activation_names",
+]
+
+
+# --------------------------------------------------------------------------- #
+# LMA: the math as pure functions
+# --------------------------------------------------------------------------- #
+def segment_index(x, mean, std, segments):
+    """Segment of every element of ``x`` (int64, same shape), PAPER "LMA, exactly" 1.
+
+    ``j = clamp(floor((x - b_0) / (6 std / k)), 0, k - 1)`` with
+    ``b_0 = mean - 3 std``, written as ``(x - mean) / width + k / 2`` so that a
+    zero spread (constant input) lands in the middle segment instead of
+    dividing zero by zero.
+    """
+    width = std.clamp_min(torch.finfo(std.dtype).tiny) * (6.0 / segments)
+    position = (x - mean) / width + segments / 2
+    return position.floor_().clamp_(0, segments - 1).long()
+
+
+def _compute_dtype(x, alpha):
+    """float32 for half inputs, float64 when anything is float64."""
+    return torch.promote_types(torch.promote_types(x.dtype, alpha.dtype), torch.float32)
+
+
+class _LMAFunction(torch.autograd.Function):
+    """``h(x) = alpha[j] * x + beta[j]``, PAPER "LMA, exactly" 2.
+
+    Keeps only the input for backward (the segment ids are recomputed from it
+    and the two statistics), so training stores one tensor of the input's size,
+    as ReLU does.  ``mean`` and ``std`` are constants for the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, beta, mean, std):
+        dtype = _compute_dtype(x, alpha)
+        xc = x.to(dtype)
+        j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
+        out = alpha.to(dtype)[j] * xc + beta.to(dtype)[j]
+        ctx.save_for_backward(x, alpha, mean, std)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, alpha, mean, std = ctx.saved_tensors
+        dtype = _compute_dtype(x, alpha)
+        xc = x.to(dtype)
+        grad = grad_out.to(dtype)
+        j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
+        grad_x = grad_alpha = grad_beta = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad * alpha.to(dtype)[j]).to(x.dtype)
+        flat_j = j.reshape(-1)
+        if ctx.needs_input_grad[1]:
+            grad_alpha = torch.zeros(alpha.shape, dtype=dtype, device=alpha.device)
+            grad_alpha.index_add_(0, flat_j, (grad * xc).reshape(-1))
+            grad_alpha = grad_alpha.to(alpha.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_beta = torch.zeros(alpha.shape, dtype=dtype, device=alpha.device)
+            grad_beta.index_add_(0, flat_j, grad.reshape(-1))
+            grad_beta = grad_beta.to(alpha.dtype)
+        return grad_x, grad_alpha, grad_beta, None, None
+
+
+def lma(x, alpha, beta, mean, std):
+    """Functional LMA with given statistics (0-dim or 1-element tensors)."""
+    mean = mean.detach().reshape(())
+    std = std.detach().reshape(())
+    return _LMAFunction.apply(x, alpha, beta, mean, std)
+
+
+# --------------------------------------------------------------------------- #
+# Modules
+# --------------------------------------------------------------------------- #
+class LMA(nn.Module):
+    """Light Multi-segment Activation with ``segments`` learnable lines.
+
+    Args:
+        segments: number of segments ``k`` (>= 2; the paper's default is 8).
+        momentum: weight of the old value in the running statistics,
+            ``running = momentum * running + (1 - momentum) * batch``, in [0, 1).
+
+    Parameters ``alpha`` (slopes) and ``beta`` (intercepts), each ``(k,)``, are
+    shared by every unit of the layer and start as ReLU: slope 0 on the left
+    ``k // 2`` segments, 1 on the rest, intercept 0 (PAPER "LMA, exactly" 3).
+    In training mode the cut points come from the mean and (population)
+    standard deviation of all elements of the input; in evaluation mode from
+    the buffers ``running_mean`` and ``running_std`` (PAPER step 4).  The
+    buffers have shape ``(1,)`` because OpenNMT-py's checkpoint loader slices
+    every tensor along dimension 0.
+    """
+
+    def __init__(self, segments: int = 8, momentum: float = 0.99):
+        super().__init__()
+        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
+            raise ValueError(f"LMA: segments must be an integer >= 2, got {segments!r}")
+        if segments > 2**15:
+            raise ValueError(f"LMA: segments must be <= {2**15}, got {segments!r}")
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"LMA: momentum must be in [0, 1), got {momentum!r}")
+        self.segments = segments
+        self.momentum = float(momentum)
+        self.alpha = nn.Parameter(torch.empty(segments))
+        self.beta = nn.Parameter(torch.empty(segments))
+        self.register_buffer("running_mean", torch.zeros(1))
+        self.register_buffer("running_std", torch.ones(1))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """ReLU pattern: alpha = 0 on the first k // 2 segments, 1 on the rest."""
+        with torch.no_grad():
+            self.alpha.fill_(1.0)
+            self.alpha[: self.segments // 2] = 0.0
+            self.beta.zero_()
+
+    def reset_running_stats(self):
+        self.running_mean.zero_()
+        self.running_std.fill_(1.0)
+
+    def forward(self, x):
+        if self.training and x.numel() > 0:
+            with torch.no_grad():
+                stat_dtype = torch.promote_types(x.dtype, torch.float32)
+                std, mean = torch.std_mean(x.detach().to(stat_dtype), correction=0)
+                keep = self.momentum
+                self.running_mean.mul_(keep).add_((1 - keep) * mean.to(self.running_mean.dtype))
+                self.running_std.mul_(keep).add_((1 - keep) * std.to(self.running_std.dtype))
+        else:
+            mean, std = self.running_mean, self.running_std
+        return lma(x, self.alpha, self.beta, mean, std)
+
+    def extra_repr(self):
+        return f"segments={self.segments}, momentum={self.momentum}"
+
+
+class PReLU(nn.Module):
+    """Per-unit parametric ReLU on the last dimension, slope 0.25 at start.
+
+    ``torch.nn.PReLU`` puts channels on dimension 1; a Transformer's
+    feed-forward units are on the last one.
+    """
+
+    def __init__(self, units: int, init: float = 0.25):
+        super().__init__()
+        self.init = init
+        self.weight = nn.Parameter(torch.empty(units))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.constant_(self.weight, self.init)
+
+    def forward(self, x):
+        return torch.where(x >= 0, x, self.weight * x)
+
+    def extra_repr(self):
+        return f"units={self.weight.numel()}"
+
+
+class Swish(nn.Module):
+    """``x * sigmoid(b * x)`` with a trainable per-unit ``b``, 1 at start."""
+
+    def __init__(self, units: int):
+        super().__init__()
+        self.beta = nn.Parameter(torch.empty(units))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.ones_(self.beta)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.beta * x)
+
+    def extra_repr(self):
+        return f"units={self.beta.numel()}"
+
+
+class APLU(nn.Module):
+    """Adaptive piecewise linear unit (Agostinelli et al. 2014), per unit.
+
+    ``h(x) = relu(x) + sum_s a_s * max(0, -x + c_s)`` with ``segments - 2``
+    hinges, so that APLU-k has as many linear pieces (k) as LMA-k.  Slopes
+    ``a_s`` start uniform in ``[-SLOPE_INIT, SLOPE_INIT]``, hinge points ``c_s``
+    normal with standard deviation ``HINGE_INIT_STD``.  Memory grows with k:
+    autograd keeps one input-sized tensor per hinge.
+    """
+
+    SLOPE_INIT = 0.2
+    HINGE_INIT_STD = 0.5
+
+    def __init__(self, units: int, segments: int = 8):
+        super().__init__()
+        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
+            raise ValueError(f"APLU: segments must be an integer >= 2, got {segments!r}")
+        self.segments = segments
+        self.hinge_slope = nn.Parameter(torch.empty(segments - 2, units))
+        self.hinge_point = nn.Parameter(torch.empty(segments - 2, units))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.uniform_(self.hinge_slope, -self.SLOPE_INIT, self.SLOPE_INIT)
+        nn.init.normal_(self.hinge_point, 0.0, self.HINGE_INIT_STD)
+
+    def forward(self, x):
+        out = F.relu(x)
+        for slope, point in zip(self.hinge_slope, self.hinge_point):
+            out = out + slope * F.relu(point - x)
+        return out
+
+    def extra_repr(self):
+        return f"units={self.hinge_slope.shape[1]}, segments={self.segments}"
+
+
+# --------------------------------------------------------------------------- #
+# Registry
+# --------------------------------------------------------------------------- #
+# name -> factory(units, segments, momentum) returning a fresh module
+_ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {}
+
+#: Activations with state (parameters or buffers), built per feed-forward block.
+STATEFUL_ACTIVATIONS = ("lma", "prelu", "swish", "aplu")
+
+
+def register_activation(name: str):
+    """Decorator registering ``factory(units, segments, momentum) -> nn.Module``."""
+
+    def decorator(factory):
+        if name in _ACTIVATIONS:
+            raise ValueError(f"activation {name!r} is already registered")
+        if not callable(factory):
+            raise TypeError(f"activation {name!r}: factory must be callable")
+        _ACTIVATIONS[name] = factory
+        return factory
+
+    return decorator
+
+
+def activation_names():
+    """Registered names, sorted."""
+    return sorted(_ACTIVATIONS)
+
+
+def _need_units(name, units):
+    if units is None or units < 1:
+        raise ValueError(f"activation {name!r} is per unit: pass units (the feed-forward size)")
+    return units
+
+
+register_activation("relu")(lambda units, segments, momentum: nn.ReLU())
+register_activation("gelu")(lambda units, segments, momentum: nn.GELU())
+register_activation("silu")(lambda units, segments, momentum: nn.SiLU())
+register_activation("lma")(lambda units, segments, momentum: LMA(segments, momentum))
+register_activation("prelu")(lambda units, segments, momentum: PReLU(_need_units("prelu", units)))
+register_activation("swish")(lambda units, segments, momentum: Swish(_need_units("swish", units)))
+register_activation("aplu")(
+    lambda units, segments, momentum: APLU(_need_units("aplu", units), segments)
+)
+
+
+def build_activation(
+    name: str,
+    units: Optional[int] = None,
+    segments: int = 8,
+    momentum: float = 0.99,
+) -> nn.Module:
+    """A fresh activation module for one feed-forward block.
+
+    Args:
+        name: one of :func:`activation_names`.
+        units: feed-forward inner size (needed by the per-unit prelu, swish, aplu).
+        segments: segments of LMA and APLU.
+        momentum: running-statistics momentum of LMA.
+    """
+    try:
+        factory = _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; valid names: {', '.join(activation_names())}"
+        ) from None
+    return factory(units, segments, momentum)

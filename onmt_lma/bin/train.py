@@ -1,0 +1,26 @@
+"""``onmt_lma_train``: ``onmt_train`` with the onmt-lma plugin.
+
+Accepts every ``onmt_train`` option (command line or ``-config`` YAML) plus
+the plugin's; unlike ``onmt_train``, an unknown option is an error.
+"""
+
+from onmt_lma import plugin  # noqa: F401  (installs the plugin)
+
+import onmt.bin.train
+import onmt.opts
+from onmt.utils.parse import ArgumentParser
+
+
+def get_parser():
+    parser = ArgumentParser(description="onmt_lma_train: onmt_train with LMA activations")
+    onmt.opts.train_opts(parser)
+    return parser
+
+
+def main(argv=None):
+    opt = get_parser().parse_args(argv)
+    onmt.bin.train.train(opt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Loading OpenNMT-py checkpoints with today's ``torch.load(weights_only=True)``.
+
+OpenNMT-py 3.5.1 pickles its options (an ``argparse.Namespace``) next to the
+weights, which torch >= 2.6 refuses by default.  Rather than turning the safe
+unpickler off, the few classes such a checkpoint really holds are allowed, and
+anything else is refused with a message naming the file.
+"""
+
+import argparse
+import contextlib
+import os
+import pickle
+
+import torch
+
+#: Everything an OpenNMT-py 3.5.1 or onmt-lma checkpoint holds besides tensors,
+#: dicts, lists, tuples, sets, strings and numbers (which torch always allows).
+CHECKPOINT_SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or holds disallowed objects."""
+
+
+@contextlib.contextmanager
+def checkpoint_loading(path):
+    """Context for any ``torch.load`` of the OpenNMT-py checkpoint at ``path``.
+
+    Allows exactly :data:`CHECKPOINT_SAFE_GLOBALS` in the ``weights_only``
+    unpickler (torch's default) and turns its failures into
+    :class:`CheckpointError` naming the file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            yield
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise CheckpointError(f"{path!r} is not a readable torch checkpoint: {error}") from None
+        allowed = ", ".join(g.__module__ + "." + g.__qualname__ for g in CHECKPOINT_SAFE_GLOBALS)
+        raise CheckpointError(
+            f"refusing to load checkpoint {path!r}: it holds objects outside the allow-list "
+            f"of OpenNMT-py checkpoints ({allowed}); torch said: {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path!r} is not a readable torch checkpoint: {error}") from None
+
+
+def safe_torch_load(path, map_location="cpu"):
+    """``torch.load`` with ``weights_only=True`` and the OpenNMT-py allow-list."""
+    with checkpoint_loading(path):
+        return torch.load(path, map_location=map_location, weights_only=True)

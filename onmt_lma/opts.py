@@ -1,0 +1,77 @@
+"""The plugin's command-line / YAML options, declared next to what they configure."""
+
+import argparse
+
+from onmt_lma.activations import LMA
+
+DEFAULT_SEGMENTS = 8
+DEFAULT_MOMENTUM = 0.99
+
+
+def segments_type(value):
+    """``-lma_segments``: an integer >= 2, checked at parse time."""
+    try:
+        segments = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value!r}") from None
+    try:
+        LMA(segments)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value!r}") from None
+    return segments
+
+
+def momentum_type(value):
+    """``-lma_momentum``: a float in [0, 1), checked at parse time."""
+    try:
+        momentum = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= momentum < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return momentum
+
+
+def add_lma_opts(parser, for_translation=False):
+    """Options of the LMA / APLU activations (model options, saved in checkpoints).
+
+    At training time they default to the paper's values.  At translation time
+    the model is rebuilt from the checkpoint's options, so they default to
+    ``None`` and, when given, must agree with the checkpoint.
+    """
+    group = parser.add_argument_group("LMA activation (onmt-lma)")
+    if for_translation:
+        note = " Optional at translation: the checkpoint's value is used; a different one is an error."
+        default_segments = default_momentum = None
+    else:
+        note = ""
+        default_segments, default_momentum = DEFAULT_SEGMENTS, DEFAULT_MOMENTUM
+    group.add(
+        "--lma_segments",
+        "-lma_segments",
+        type=segments_type,
+        default=default_segments,
+        help="Number of linear segments of -pos_ffn_activation_fn lma (and of aplu,"
+        " which then has lma_segments - 2 hinges). Paper default: 8." + note,
+    )
+    group.add(
+        "--lma_momentum",
+        "-lma_momentum",
+        type=momentum_type,
+        default=default_momentum,
+        help="LMA running statistics: running = momentum * running + (1 - momentum)"
+        " * batch, used in evaluation mode. In [0, 1). Paper default: 0.99." + note,
+    )
+    if for_translation:
+        group.add(
+            "--pos_ffn_activation_fn",
+            "-pos_ffn_activation_fn",
+            type=str,
+            default=None,
+            help="Optional check: the activation the checkpoint must have been trained with.",
+        )
+    return group
+
+
+#: translation-time options that must match the checkpoint's model options
+MODEL_CHECKED_AT_TRANSLATION = ("pos_ffn_activation_fn", "lma_segments", "lma_momentum")

@@ -1,0 +1,181 @@
+"""The one place where onmt-lma changes OpenNMT-py 3.5.1: :func:`install`.
+
+Importing this module installs the plugin, so that processes OpenNMT-py starts
+with the *spawn* method (multi-GPU training and translation) get it too: the
+functions they are given to run live here, and unpickling them imports this
+module first.
+
+What :func:`install` does, each patched where OpenNMT-py *uses* the name:
+
+* activations -- ``lma``, ``prelu``, ``swish`` and ``aplu`` become valid
+  ``-pos_ffn_activation_fn`` choices; after OpenNMT-py builds a model, every
+  ``PositionwiseFeedForward`` gets its own module from
+  :func:`onmt_lma.build_activation` (``ACTIVATION_FUNCTIONS`` holds one shared
+  stateless function, unfit for a layer with parameters and statistics);
+* options -- ``-lma_segments`` and ``-lma_momentum`` join OpenNMT-py's model
+  options, so they are saved in every checkpoint and translation rebuilds
+  exactly the trained model;
+* initialization -- OpenNMT-py's ``-param_init`` draws *every* parameter
+  uniformly; the activations are put back to their documented start values;
+* checkpoints -- loaded by torch's ``weights_only`` unpickler with the
+  allow-list of :mod:`onmt_lma.checkpoint`.
+"""
+
+import warnings
+
+# OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
+# the warnings are raised while onmt imports, so the filter comes first.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"onmt(\.|$)")
+
+import torch.nn as nn  # noqa: E402
+
+import onmt.bin.train  # noqa: E402
+import onmt.decoders.ensemble  # noqa: E402
+import onmt.inference_engine  # noqa: E402
+import onmt.model_builder  # noqa: E402
+import onmt.models.model_saver  # noqa: E402
+import onmt.opts  # noqa: E402
+import onmt.train_single  # noqa: E402
+import onmt.utils.loss  # noqa: E402
+from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForward  # noqa: E402
+
+from onmt_lma.activations import STATEFUL_ACTIVATIONS, build_activation  # noqa: E402
+from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
+from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, add_lma_opts  # noqa: E402
+
+_ORIGINAL = {}
+
+
+class _BuiltPerBlock:
+    """Placeholder in ``ACTIVATION_FUNCTIONS``: the real module is attached per block."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, x):
+        raise RuntimeError(
+            f"activation {self.name!r} was not attached to this feed-forward block: "
+            "build models with onmt_lma installed (import onmt_lma.plugin)"
+        )
+
+    def __repr__(self):
+        return f"<{self.name}: built per feed-forward block by onmt_lma>"
+
+
+def activation_modules(model):
+    """The plugin's activation modules of ``model``, one per feed-forward block."""
+    return [
+        block.activation
+        for block in model.modules()
+        if isinstance(block, PositionwiseFeedForward) and isinstance(block.activation, nn.Module)
+    ]
+
+
+def attach_activations(model, model_opt):
+    """Give every feed-forward block of ``model`` its own activation module."""
+    name = model_opt.pos_ffn_activation_fn
+    if name not in STATEFUL_ACTIVATIONS:
+        return model
+    for block in model.modules():
+        if isinstance(block, PositionwiseFeedForward):
+            block.activation = build_activation(
+                name,
+                units=block.w_1.out_features,
+                segments=model_opt.lma_segments,
+                momentum=model_opt.lma_momentum,
+            )
+    return model
+
+
+def check_translation_opts(opt, model_opt, model_path):
+    """Refuse model options given at translation that differ from the checkpoint's."""
+    for name in MODEL_CHECKED_AT_TRANSLATION:
+        requested = getattr(opt, name, None)
+        trained = getattr(model_opt, name, None)
+        if requested is not None and requested != trained:
+            raise ValueError(
+                f"-{name} {requested} does not match checkpoint {model_path}, trained with "
+                f"-{name} {trained}; the model is rebuilt from the checkpoint's options, "
+                f"so drop -{name} or give the trained value"
+            )
+
+
+# --------------------------------------------------------------------------- #
+# Replacements.  Module-level functions, so that spawned processes unpickle them
+# by reference, which imports (and installs) this module.
+# --------------------------------------------------------------------------- #
+def model_opts(parser):
+    """OpenNMT-py's model options plus the plugin's."""
+    _ORIGINAL["model_opts"](parser)
+    add_lma_opts(parser)
+
+
+def build_base_model(model_opt, vocabs):
+    return attach_activations(_ORIGINAL["build_base_model"](model_opt, vocabs), model_opt)
+
+
+def build_model(model_opt, opt, vocabs, checkpoint, device_id):
+    model = _ORIGINAL["build_model"](model_opt, opt, vocabs, checkpoint, device_id)
+    if checkpoint is None:
+        # -param_init drew every parameter uniformly: restore documented starts.
+        for activation in activation_modules(model):
+            activation.reset_parameters()
+    return model
+
+
+def load_test_model(opt, device_id=0, model_path=None):
+    vocabs, model, model_opt = _ORIGINAL["load_test_model"](opt, device_id, model_path)
+    check_translation_opts(opt, model_opt, model_path or opt.models[0])
+    return vocabs, model, model_opt
+
+
+def load_checkpoint(ckpt_path):
+    if not ckpt_path:
+        return None
+    with checkpoint_loading(ckpt_path):
+        return _ORIGINAL["load_checkpoint"](ckpt_path)
+
+
+def train_process(opt, device_id):
+    """``onmt.train_single.main``, run in this process or a spawned worker."""
+    return _ORIGINAL["single_main"](opt, device_id)
+
+
+def spawned_infer(*args, **kwargs):
+    """``onmt.utils.distributed.spawned_infer`` with the plugin installed."""
+    return _ORIGINAL["spawned_infer"](*args, **kwargs)
+
+
+def _patch(name, replacement, *modules):
+    """Replace ``name`` in every module that uses it, remembering the original."""
+    _ORIGINAL.setdefault(name, getattr(modules[0], name))
+    for module in modules:
+        setattr(module, name, replacement)
+
+
+def install():
+    """Install the plugin into OpenNMT-py 3.5.1 (idempotent)."""
+    if _ORIGINAL:
+        return
+    for name in STATEFUL_ACTIVATIONS:
+        ACTIVATION_FUNCTIONS[name] = _BuiltPerBlock(name)  # choices are a live view
+    _patch("model_opts", model_opts, onmt.opts)
+    _patch("build_base_model", build_base_model, onmt.model_builder)
+    _patch("build_model", build_model, onmt.model_builder, onmt.train_single)
+    _patch("load_test_model", load_test_model, onmt.model_builder, onmt.utils.loss)
+    _patch(
+        "load_checkpoint",
+        load_checkpoint,
+        onmt.models.model_saver,
+        onmt.model_builder,
+        onmt.train_single,
+    )
+    _patch("single_main", train_process, onmt.bin.train)
+    _patch("spawned_infer", spawned_infer, onmt.inference_engine)
+
+
+def is_installed():
+    return bool(_ORIGINAL)
+
+
+install()
