@@ -73,5 +73,9 @@ def add_lma_opts(parser, for_translation=False):
     return group
 
 
+class OptionMismatchError(ValueError):
+    """A model option given at translation that differs from the checkpoint's."""
+
+
 #: translation-time options that must match the checkpoint's model options
 MODEL_CHECKED_AT_TRANSLATION = ("pos_ffn_activation_fn", "lma_segments", "lma_momentum")

@@ -41,7 +41,7 @@ from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForw
 
 from onmt_lma.activations import STATEFUL_ACTIVATIONS, build_activation  # noqa: E402
 from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
-from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, add_lma_opts  # noqa: E402
+from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
 
 _ORIGINAL = {}
 
@@ -93,7 +93,7 @@ def check_translation_opts(opt, model_opt, model_path):
         requested = getattr(opt, name, None)
         trained = getattr(model_opt, name, None)
         if requested is not None and requested != trained:
-            raise ValueError(
+            raise OptionMismatchError(
                 f"-{name} {requested} does not match checkpoint {model_path}, trained with "
                 f"-{name} {trained}; the model is rebuilt from the checkpoint's options, "
                 f"so drop -{name} or give the trained value"

@@ -1,1 +1,18 @@
 """Command-line entry points: ``onmt_lma_train``, ``onmt_lma_translate``, ``onmt_lma_build_vocab``."""
+
+import contextlib
+
+from onmt_lma.checkpoint import CheckpointError
+from onmt_lma.opts import OptionMismatchError
+
+#: errors that are the user's input, reported as one line instead of a traceback
+USER_ERRORS = (CheckpointError, OptionMismatchError)
+
+
+@contextlib.contextmanager
+def user_errors_exit(parser):
+    """Report :data:`USER_ERRORS` like argparse does: ``prog: error: ...``, exit 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")

@@ -10,6 +10,8 @@ import onmt.bin.train
 import onmt.opts
 from onmt.utils.parse import ArgumentParser
 
+from onmt_lma.bin import user_errors_exit
+
 
 def get_parser():
     parser = ArgumentParser(description="onmt_lma_train: onmt_train with LMA activations")
@@ -18,8 +20,10 @@ def get_parser():
 
 
 def main(argv=None):
-    opt = get_parser().parse_args(argv)
-    onmt.bin.train.train(opt)
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        onmt.bin.train.train(opt)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import onmt.bin.translate
 import onmt.opts
 from onmt.utils.parse import ArgumentParser
 
+from onmt_lma.bin import user_errors_exit
 from onmt_lma.opts import add_lma_opts
 
 
@@ -22,7 +23,13 @@ def get_parser():
 
 
 def main(argv=None):
-    opt = get_parser().parse_args(argv)
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        _translate(opt)
+
+
+def _translate(opt):
     if not opt.profile:
         onmt.bin.translate.translate(opt)
         return

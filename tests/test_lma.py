@@ -1,0 +1,269 @@
+"""LMA against an independent float64 re-implementation of PAPER.md "LMA, exactly"."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from onmt_lma import LMA
+
+
+def reference_lma(x, alpha, beta, mean, std, segments):
+    """The paper's formula, literally, in float64 (differentiable in x, alpha, beta).
+
+    b_0 = mu - 3 sigma; width = 6 sigma / k; j = clamp(floor((x - b_0) / width), 0, k - 1);
+    h(x) = alpha_j x + beta_j.  Also returns the unclamped position (x - b_0) / width.
+    """
+    x, alpha, beta = x.double(), alpha.double(), beta.double()
+    mean, std = float(mean), float(std)
+    b0 = mean - 3 * std
+    width = 6 * std / segments
+    position = (x.detach() - b0) / width
+    j = position.floor().clamp(0, segments - 1).long()
+    return alpha[j] * x + beta[j], position
+
+
+def away_from_cuts(position, margin=1e-4):
+    """Elements not within ``margin`` of an inner cut point, where float32 rounding may
+    pick the neighbouring segment (positions below 1 or above k - 1 are clamped anyway)."""
+    nearest = position.round()
+    inner = (nearest >= 1) & (nearest <= position.max().ceil() - 1)
+    return ~(inner & ((position - nearest).abs() <= margin))
+
+
+def random_lma(segments, seed=0, momentum=0.99):
+    torch.manual_seed(seed)
+    module = LMA(segments, momentum)
+    with torch.no_grad():
+        module.alpha.normal_()
+        module.beta.normal_()
+    return module
+
+
+def population_stats(x):
+    x = x.double()
+    mean = x.mean().item()
+    return mean, math.sqrt(((x - mean) ** 2).mean().item())
+
+
+@pytest.mark.parametrize("segments", [2, 3, 8, 16])
+def test_training_mode_matches_reference_and_updates_running_stats(segments):
+    module = random_lma(segments, momentum=0.9)
+    x = torch.randn(7, 5, 33) * 2.5 + 0.7
+    out = module(x)
+    mean, std = population_stats(x)
+    expected, position = reference_lma(x, module.alpha, module.beta, mean, std, segments)
+    keep = away_from_cuts(position)
+    assert keep.float().mean() > 0.99
+    torch.testing.assert_close(out.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.running_mean.double(), torch.tensor([0.1 * mean], dtype=torch.double))
+    torch.testing.assert_close(
+        module.running_std.double(), torch.tensor([0.9 + 0.1 * std], dtype=torch.double)
+    )
+    # a second batch: running = momentum * running + (1 - momentum) * batch
+    x2 = torch.randn(3, 11) - 1.0
+    module(x2)
+    mean2, std2 = population_stats(x2)
+    torch.testing.assert_close(
+        module.running_mean.double(),
+        torch.tensor([0.9 * 0.1 * mean + 0.1 * mean2], dtype=torch.double),
+    )
+    torch.testing.assert_close(
+        module.running_std.double(),
+        torch.tensor([0.9 * (0.9 + 0.1 * std) + 0.1 * std2], dtype=torch.double),
+    )
+
+
+@pytest.mark.parametrize("segments", [2, 5, 8])
+def test_evaluation_mode_uses_running_stats_and_leaves_them(segments):
+    module = random_lma(segments, seed=1)
+    with torch.no_grad():
+        module.running_mean.fill_(0.3)
+        module.running_std.fill_(1.7)
+    module.eval()
+    x = torch.randn(4, 9, 21) * 3
+    out = module(x)
+    expected, position = reference_lma(x, module.alpha, module.beta, 0.3, 1.7, segments)
+    keep = away_from_cuts(position)
+    torch.testing.assert_close(out.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
+    assert module.running_mean.item() == pytest.approx(0.3)
+    assert module.running_std.item() == pytest.approx(1.7)
+
+
+def test_gradcheck_in_evaluation_mode_float64():
+    module = random_lma(8, seed=2).double().eval()
+    with torch.no_grad():
+        module.running_mean.fill_(0.1)
+        module.running_std.fill_(0.9)
+    torch.manual_seed(3)
+    x = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True)
+    _, position = reference_lma(x, module.alpha, module.beta, 0.1, 0.9, 8)
+    assert away_from_cuts(position, 1e-3).all(), "pick a seed with no input on a cut point"
+
+    def f(x, alpha, beta):
+        module.alpha.data, module.beta.data = alpha.data, beta.data
+        from onmt_lma.activations import lma
+
+        return lma(x, alpha, beta, module.running_mean, module.running_std)
+
+    alpha = module.alpha.detach().clone().requires_grad_()
+    beta = module.beta.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(f, (x, alpha, beta), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_mode_gradients_match_reference_autograd(dtype):
+    module = random_lma(8, seed=5).to(dtype)
+    x = (torch.randn(6, 10, 17, dtype=dtype) * 1.3).requires_grad_()
+    grad_out = torch.randn_like(x)
+    module(x).backward(grad_out)
+
+    mean, std = population_stats(x.detach())
+    x_ref = x.detach().double().requires_grad_()
+    alpha = module.alpha.detach().double().requires_grad_()
+    beta = module.beta.detach().double().requires_grad_()
+    expected, position = reference_lma(x_ref, alpha, beta, mean, std, 8)
+    assert away_from_cuts(position, 1e-5).all(), "pick a seed with no input on a cut point"
+    expected.backward(grad_out.double())
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, **tol)
+    torch.testing.assert_close(module.alpha.grad.double(), alpha.grad, **tol)
+    torch.testing.assert_close(module.beta.grad.double(), beta.grad, **tol)
+
+
+def test_starts_as_relu():
+    for segments in (2, 4, 8, 16):
+        module = LMA(segments)
+        assert module.alpha.tolist() == [0.0] * (segments // 2) + [1.0] * (segments - segments // 2)
+        assert module.beta.tolist() == [0.0] * segments
+        assert module.running_mean.shape == (1,) and module.running_mean.item() == 0
+        assert module.running_std.shape == (1,) and module.running_std.item() == 1
+        x = torch.randn(50, 40) * 4
+        torch.testing.assert_close(module.eval()(x), torch.relu(x))  # cut at mu = 0
+    assert LMA(5).alpha.tolist() == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("value", [7.25, 0.0, -3.0])
+def test_constant_input_gives_finite_outputs_and_gradients(value):
+    module = random_lma(8, seed=5, momentum=0.0)  # momentum 0: running std becomes exactly 0
+    x = torch.full((4, 6), value, requires_grad=True)
+    out = module(x)
+    out.sum().backward()
+    for t in (out, x.grad, module.alpha.grad, module.beta.grad):
+        assert torch.isfinite(t).all()
+    assert module.running_std.item() == 0.0
+    # zero spread: the input sits in the middle segment (k/2), as the formula's limit
+    torch.testing.assert_close(out, module.alpha[4] * x.detach() + module.beta[4])
+    # evaluation with a zero running std and another value: finite, outermost segment
+    module.eval()
+    y = module(torch.tensor([value - 1.0, value, value + 1.0]))
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y[0], module.alpha[0] * (value - 1.0) + module.beta[0])
+    torch.testing.assert_close(y[2], module.alpha[7] * (value + 1.0) + module.beta[7])
+
+
+def test_state_dict_round_trip_through_a_weights_only_file():
+    module = random_lma(6, seed=6)
+    module(torch.randn(100))
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert set(state) == {"alpha", "beta", "running_mean", "running_std"}
+    assert state["running_mean"].shape == (1,) and state["alpha"].shape == (6,)
+    restored = LMA(6)
+    restored.load_state_dict(state)
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(restored.eval()(x), module.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"segments": 1}, "segments"),
+        ({"segments": 0}, "segments"),
+        ({"segments": 2.5}, "segments"),
+        ({"segments": True}, "segments"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"momentum": -0.1}, "momentum"),
+        ({"momentum": 1.5}, "momentum"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        LMA(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_output_dtype_follows_input(dtype):
+    module = LMA().to(dtype)
+    x = torch.randn(3, 8, dtype=dtype, requires_grad=True)
+    out = module(x)
+    out.sum().backward()
+    assert out.dtype == dtype and x.grad.dtype == dtype and module.alpha.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_under_autocast(half):
+    torch.manual_seed(7)
+    linear = torch.nn.Linear(16, 32)
+    module = random_lma(8, seed=7)
+    x = torch.randn(4, 5, 16)
+    with torch.autocast("cpu", dtype=half):
+        hidden = linear(x)
+        out = module(hidden)
+    assert hidden.dtype == half and out.dtype == half
+    out.float().sum().backward()
+    for t in (module.alpha.grad, module.beta.grad, linear.weight.grad):
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+    mean, std = population_stats(hidden.float())
+    expected, position = reference_lma(hidden.float(), module.alpha, module.beta, mean, std, 8)
+    keep = away_from_cuts(position, 1e-2)
+    torch.testing.assert_close(out.double()[keep], expected[keep].detach(), rtol=1e-2, atol=1e-2)
+
+
+def test_empty_and_non_contiguous_inputs():
+    module = random_lma(8, seed=8)
+    empty = torch.randn(0, 4, requires_grad=True)
+    out = module(empty)
+    out.sum().backward()
+    assert out.shape == (0, 4)
+    assert module.running_mean.item() == 0 and module.running_std.item() == 1  # untouched
+
+    base = torch.randn(12, 10) * 2
+    x = base.t()  # non-contiguous
+    assert not x.is_contiguous()
+    out = module(x)
+    mean, std = population_stats(x)
+    expected, position = reference_lma(x, module.alpha, module.beta, mean, std, 8)
+    keep = away_from_cuts(position)
+    torch.testing.assert_close(out.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_large_magnitude_input():
+    module = random_lma(8, seed=9)
+    x = torch.randn(64, 64) * 1e4 + 5e4
+    out = module(x)
+    mean, std = population_stats(x)
+    expected, position = reference_lma(x, module.alpha, module.beta, mean, std, 8)
+    keep = away_from_cuts(position, 1e-3)
+    torch.testing.assert_close(out.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-1)
+
+
+def test_backward_keeps_no_more_than_the_input_and_a_quarter():
+    """Guard the memory advantage: no full-size gathered alpha/beta kept for backward."""
+    module = LMA(8)
+    x = torch.randn(64, 512, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    distinct = {t.data_ptr(): t for t in saved if t.numel() > 16}
+    kept = sum(t.numel() * t.element_size() for t in distinct.values())
+    assert kept <= 1.25 * x.numel() * x.element_size()
+    out.sum().backward()
