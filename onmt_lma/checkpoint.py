@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import pickle
+import re
 
 import torch
 
@@ -24,11 +25,11 @@ class CheckpointError(RuntimeError):
 
 @contextlib.contextmanager
 def checkpoint_loading(path):
-    """Context for any ``torch.load`` of the OpenNMT-py checkpoint at ``path``.
+    """Context for one ``torch.load`` of the OpenNMT-py checkpoint at ``path``.
 
     Allows exactly :data:`CHECKPOINT_SAFE_GLOBALS` in the ``weights_only``
-    unpickler (torch's default) and turns its failures into
-    :class:`CheckpointError` naming the file.
+    unpickler (torch's default) and turns every failure to read the file into a
+    :class:`CheckpointError` naming it.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
@@ -36,15 +37,21 @@ def checkpoint_loading(path):
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             yield
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise CheckpointError(f"{path!r} is not a readable torch checkpoint: {error}") from None
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused is None:
+            raise CheckpointError(f"{path!r} is not a readable OpenNMT-py checkpoint: {error}") from None
         allowed = ", ".join(g.__module__ + "." + g.__qualname__ for g in CHECKPOINT_SAFE_GLOBALS)
         raise CheckpointError(
-            f"refusing to load checkpoint {path!r}: it holds objects outside the allow-list "
-            f"of OpenNMT-py checkpoints ({allowed}); torch said: {str(error).splitlines()[0]}"
+            f"refusing to load checkpoint {path!r}: it holds {refused.group(1)}, which is not "
+            f"among what OpenNMT-py checkpoints hold (tensors, containers, numbers, strings, "
+            f"{allowed}); only load it with full unpickling if you trust its source"
         ) from None
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path!r} is not a readable torch checkpoint: {error}") from None
+    except CheckpointError:
+        raise
+    except Exception as error:  # torch raises RuntimeError, EOFError, IndexError, ...
+        raise CheckpointError(
+            f"{path!r} is not a readable OpenNMT-py checkpoint: {type(error).__name__}: {error}"
+        ) from None
 
 
 def safe_torch_load(path, map_location="cpu"):
