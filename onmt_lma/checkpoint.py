@@ -52,9 +52,3 @@ def checkpoint_loading(path):
         raise CheckpointError(
             f"{path!r} is not a readable OpenNMT-py checkpoint: {type(error).__name__}: {error}"
         ) from None
-
-
-def safe_torch_load(path, map_location="cpu"):
-    """``torch.load`` with ``weights_only=True`` and the OpenNMT-py allow-list."""
-    with checkpoint_loading(path):
-        return torch.load(path, map_location=map_location, weights_only=True)
