@@ -18,7 +18,10 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * initialization -- OpenNMT-py's ``-param_init`` draws *every* parameter
   uniformly; the activations are put back to their documented start values;
 * checkpoints -- loaded by torch's ``weights_only`` unpickler with the
-  allow-list of :mod:`onmt_lma.checkpoint`.
+  allow-list of :mod:`onmt_lma.checkpoint`;
+* distillation -- the trainer's training loss gets the teacher of
+  ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
+  report the KD part next to the NLL part.
 """
 
 import warnings
@@ -36,11 +39,18 @@ import onmt.model_builder  # noqa: E402
 import onmt.models.model_saver  # noqa: E402
 import onmt.opts  # noqa: E402
 import onmt.train_single  # noqa: E402
+import onmt.trainer  # noqa: E402
+import onmt.utils  # noqa: E402
 import onmt.utils.loss  # noqa: E402
 from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForward  # noqa: E402
 
 from onmt_lma.activations import STATEFUL_ACTIVATIONS, build_activation  # noqa: E402
 from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
+from onmt_lma.distill import (  # noqa: E402
+    DistillationLossCompute,
+    DistillationStatistics,
+    attach_teacher,
+)
 from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
 
 _ORIGINAL = {}
@@ -136,6 +146,11 @@ def load_checkpoint(ckpt_path):
         return _ORIGINAL["load_checkpoint"](ckpt_path)
 
 
+def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
+    trainer = _ORIGINAL["build_trainer"](opt, device_id, model, vocabs, optim, model_saver)
+    return attach_teacher(trainer, opt, vocabs)
+
+
 def train_process(opt, device_id):
     """``onmt.train_single.main``, run in this process or a spawned worker."""
     return _ORIGINAL["single_main"](opt, device_id)
@@ -170,6 +185,9 @@ def install():
         onmt.model_builder,
         onmt.train_single,
     )
+    _patch("build_trainer", build_trainer, onmt.train_single)
+    _patch("LossCompute", DistillationLossCompute, onmt.trainer)
+    _patch("Statistics", DistillationStatistics, onmt.utils)
     _patch("single_main", train_process, onmt.bin.train)
     _patch("spawned_infer", spawned_infer, onmt.inference_engine)
 

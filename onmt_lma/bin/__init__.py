@@ -2,11 +2,13 @@
 
 import contextlib
 
+from onmt_lma import plugin  # noqa: F401  (first: silences onmt's warnings, installs)
 from onmt_lma.checkpoint import CheckpointError
+from onmt_lma.distill import DistillationError
 from onmt_lma.opts import OptionMismatchError
 
 #: errors that are the user's input, reported as one line instead of a traceback
-USER_ERRORS = (CheckpointError, OptionMismatchError)
+USER_ERRORS = (CheckpointError, DistillationError, OptionMismatchError)
 
 
 @contextlib.contextmanager

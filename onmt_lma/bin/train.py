@@ -11,11 +11,13 @@ import onmt.opts
 from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
+from onmt_lma.distill import add_kd_opts
 
 
 def get_parser():
     parser = ArgumentParser(description="onmt_lma_train: onmt_train with LMA activations")
     onmt.opts.train_opts(parser)
+    add_kd_opts(parser)
     return parser
 
 

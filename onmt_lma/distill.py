@@ -1,0 +1,273 @@
+"""Word-level knowledge distillation from a teacher checkpoint (PAPER.md "Distillation").
+
+``loss = (1 - A) * NLL(student, gold) + A * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+
+summed over the non-padding target tokens.  Dividing both logits by the
+temperature ``T`` shrinks the KL gradient by ``1 / T^2`` (Hinton et al. 2015);
+the ``T^2`` factor restores it, so ``A`` keeps its meaning at any temperature.
+OpenNMT-py's LM-prior loss (``onmt/utils/loss.py``) uses the same scaling.
+
+The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher,
+:class:`DistillationLossCompute` plugs both into OpenNMT-py's training loop and
+:func:`attach_teacher` checks and loads the teacher before training starts.
+"""
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+
+import onmt.model_builder
+from onmt.modules.sparse_losses import SparsemaxLoss
+from onmt.utils.logging import logger
+from onmt.utils.loss import LossCompute
+from onmt.utils.statistics import Statistics
+
+DEFAULT_ALPHA = 0.7
+DEFAULT_TEMPERATURE = 1.0
+
+
+class DistillationError(ValueError):
+    """A distillation setting that cannot work (reported before training starts)."""
+
+
+# --------------------------------------------------------------------------- #
+# The math
+# --------------------------------------------------------------------------- #
+def distillation_loss(
+    student_logits, teacher_logits, target, padding_idx, alpha, temperature, label_smoothing=0.0
+):
+    """Word-level KD loss, summed over the non-padding tokens.
+
+    Args:
+        student_logits, teacher_logits: ``(tokens, vocab)`` unnormalized scores.
+        target: ``(tokens,)`` gold ids; ``padding_idx`` marks tokens to ignore.
+        alpha: KD weight ``A`` in [0, 1]; temperature: ``T`` > 0.
+        label_smoothing: applied to the NLL part only, as OpenNMT-py does.
+
+    Returns:
+        ``(loss, nll, kl)``: the objective, the NLL part and the unweighted KL part,
+        each a sum over the non-padding tokens.
+    """
+    student_logits = student_logits.float()
+    nll = F.cross_entropy(
+        student_logits,
+        target,
+        ignore_index=padding_idx,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl_per_token = F.kl_div(
+        student_log_probs, teacher_log_probs, reduction="none", log_target=True
+    ).sum(-1)
+    kl = kl_per_token.masked_select(target.ne(padding_idx)).sum()
+    loss = (1.0 - alpha) * nll + alpha * temperature**2 * kl
+    return loss, nll, kl
+
+
+# --------------------------------------------------------------------------- #
+# Options
+# --------------------------------------------------------------------------- #
+def alpha_type(value):
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
+    return alpha
+
+
+def temperature_type(value):
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not temperature > 0.0 or temperature == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
+    return temperature
+
+
+def teacher_path_type(value):
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"teacher checkpoint {value!r} does not exist")
+    return value
+
+
+def add_kd_opts(parser):
+    """Options of word-level distillation (training only)."""
+    group = parser.add_argument_group("Knowledge distillation (onmt-lma)")
+    group.add(
+        "--kd_teacher",
+        "-kd_teacher",
+        type=teacher_path_type,
+        default=None,
+        help="Teacher checkpoint (OpenNMT-py or onmt-lma, any activation) with the "
+        "student's source and target vocabularies. Without it, training is plain.",
+    )
+    group.add(
+        "--kd_alpha",
+        "-kd_alpha",
+        type=alpha_type,
+        default=DEFAULT_ALPHA,
+        help="Weight A of the KD term: (1 - A) * NLL + A * T^2 * KL. In [0, 1]. Paper: 0.7.",
+    )
+    group.add(
+        "--kd_temperature",
+        "-kd_temperature",
+        type=temperature_type,
+        default=DEFAULT_TEMPERATURE,
+        help="Temperature T > 0 softening both distributions in the KL term "
+        "(the T^2 factor keeps gradients comparable). Paper: 1 for translation.",
+    )
+    return group
+
+
+# --------------------------------------------------------------------------- #
+# Teacher
+# --------------------------------------------------------------------------- #
+class Teacher:
+    """A frozen teacher model in evaluation mode (dropout off, LMA running statistics)."""
+
+    def __init__(self, model):
+        self.model = model.eval().requires_grad_(False)
+
+    @classmethod
+    def load(cls, path, student_vocabs, device):
+        """Load ``path`` and check that its vocabularies are the student's."""
+        opt = argparse.Namespace(
+            models=[path], gpu=-1, gpu_ranks=[], world_size=1, parallel_mode="data_parallel",
+            precision="fp32", quant_type="", quant_layers=[],
+        )
+        vocabs, model, model_opt = onmt.model_builder.load_test_model(opt, model_path=path)
+        if model_opt.model_task != "seq2seq":
+            raise DistillationError(f"-kd_teacher {path}: a {model_opt.model_task} model, not seq2seq")
+        for side, name in (("src", "source"), ("tgt", "target")):
+            teacher_tokens = vocabs[side].ids_to_tokens
+            student_tokens = student_vocabs[side].ids_to_tokens
+            if teacher_tokens != student_tokens:
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(teacher_tokens, student_tokens)) if a != b),
+                    min(len(teacher_tokens), len(student_tokens)),
+                )
+                raise DistillationError(
+                    f"-kd_teacher {path}: its {name} vocabulary ({len(teacher_tokens)} tokens) "
+                    f"differs from the student's ({len(student_tokens)} tokens), first at id "
+                    f"{first}; train the student with the teacher's vocabulary files"
+                )
+        logger.info(
+            "Distilling from teacher %s (%s, %d parameters)",
+            path,
+            model_opt.pos_ffn_activation_fn,
+            sum(p.numel() for p in model.parameters()),
+        )
+        return cls(model.to(device))
+
+    def logits(self, batch):
+        """Teacher scores ``(batch, tgt_len - 1, vocab)`` for teacher-forced ``batch``."""
+        with torch.no_grad():  # inference tensors could not be saved for the student's backward
+            dec_out, _ = self.model(batch["src"], batch["tgt"], batch["srclen"], with_align=False)
+            return self.model.generator(dec_out)
+
+
+# --------------------------------------------------------------------------- #
+# OpenNMT-py glue
+# --------------------------------------------------------------------------- #
+class DistillationStatistics(Statistics):
+    """OpenNMT-py statistics that also sum the KL part and report it per token."""
+
+    def __init__(self, *args, kd_loss=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kd_loss = kd_loss
+
+    def update(self, stat, update_n_src_words=False):
+        super().update(stat, update_n_src_words)
+        other = getattr(stat, "kd_loss", None)
+        if other is not None:
+            self.kd_loss = (self.kd_loss or 0.0) + other
+
+    def kd_kl(self):
+        """Mean KL(teacher || student) per target token."""
+        return self.kd_loss / max(self.n_words, 1)
+
+    def output(self, step, num_steps, learning_rate, start):
+        if self.kd_loss is None:
+            return super().output(step, num_steps, learning_rate, start)
+        metrics = self.computed_metrics
+        self.computed_metrics = {**metrics, "kd_kl": self.kd_kl()}
+        try:
+            return super().output(step, num_steps, learning_rate, start)
+        finally:
+            self.computed_metrics = metrics
+
+    def log_tensorboard(self, prefix, writer, learning_rate, patience, step):
+        super().log_tensorboard(prefix, writer, learning_rate, patience, step)
+        if self.kd_loss is not None:
+            writer.add_scalar(prefix + "/kd_kl", self.kd_kl(), step)
+
+
+class DistillationLossCompute(LossCompute):
+    """OpenNMT-py's ``LossCompute`` plus an optional teacher (training loss only).
+
+    With a teacher, ``xent``/``ppl`` in the training log are the student's NLL
+    part and ``kd_kl`` the KL part per token; validation keeps the plain NLL.
+    """
+
+    teacher = None
+    kd_alpha = DEFAULT_ALPHA
+    kd_temperature = DEFAULT_TEMPERATURE
+
+    def attach(self, teacher, alpha, temperature):
+        if self.copy_attn or isinstance(self.criterion, SparsemaxLoss):
+            raise DistillationError("-kd_teacher works with a softmax generator: drop -copy_attn / sparsemax")
+        if (
+            self.lambda_align
+            or self.lambda_coverage
+            or self.lm_prior_model is not None
+            or self.lm_generator is not None
+        ):
+            raise DistillationError(
+                "-kd_teacher cannot be combined with -lambda_align, -lambda_coverage or -lm_prior_model"
+            )
+        self.teacher, self.kd_alpha, self.kd_temperature = teacher, alpha, temperature
+
+    def forward(self, batch, output, attns, trunc_start=0, trunc_size=None):
+        if self.teacher is None:
+            return super().forward(batch, output, attns, trunc_start, trunc_size)
+        if trunc_size is None:
+            trunc_size = batch["tgt"].size(1) - trunc_start
+        end = trunc_start + trunc_size
+        target = batch["tgt"][:, trunc_start + self.tgt_shift_index : end, 0].reshape(-1)
+        student_logits = self.generator(self._bottle(output[:, trunc_start:end, :].contiguous()))
+        teacher_logits = self.teacher.logits(batch)[:, trunc_start:end, :]
+        loss, nll, kl = distillation_loss(
+            student_logits,
+            teacher_logits.reshape(-1, teacher_logits.size(-1)),
+            target,
+            self.padding_idx,
+            self.kd_alpha,
+            self.kd_temperature,
+            self.criterion.label_smoothing,
+        )
+        n_sents = len(batch["srclen"]) if trunc_start == 0 else 0
+        stats = self._stats(n_sents, nll.item(), student_logits, target)
+        stats.kd_loss = kl.item()
+        return loss, stats
+
+
+def attach_teacher(trainer, opt, vocabs):
+    """Load ``opt.kd_teacher`` and give it to ``trainer``'s training loss."""
+    if not getattr(opt, "kd_teacher", None):
+        return trainer
+    device = next(trainer.model.parameters()).device
+    teacher = Teacher.load(opt.kd_teacher, vocabs, device)
+    trainer.train_loss.attach(teacher, opt.kd_alpha, opt.kd_temperature)
+    logger.info(
+        "Word-level KD: loss = (1 - %.3g) * NLL + %.3g * %.3g^2 * KL", opt.kd_alpha,
+        opt.kd_alpha, opt.kd_temperature,
+    )
+    return trainer
+
