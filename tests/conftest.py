@@ -1,10 +1,14 @@
 """Shared fixtures: the real German-English data in ../shared/data and tiny corpora cut from it."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -55,3 +59,37 @@ TINY_MODEL_ARGS = [
     "-optim", "adam", "-learning_rate", "0.001", "-seed", "1",
     "-report_every", "5", "-valid_steps", "1000",
 ]
+
+
+def run(command, *args, expect_ok=True):
+    """Run one of the venv's commands; fail the test with its stderr if it fails."""
+    result = subprocess.run(
+        [str(BIN / command), *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+    if expect_ok:
+        assert result.returncode == 0, f"{command} failed:\n{result.stderr[-3000:]}"
+    return result
+
+
+def load(path):
+    """Load a checkpoint the way the plugin does (weights_only + allow-list)."""
+    from onmt_lma.checkpoint import checkpoint_loading
+
+    with checkpoint_loading(str(path)):
+        return torch.load(path, map_location="cpu")
+
+
+def activation_state(checkpoint):
+    return {k: v for k, v in checkpoint["model"].items() if ".feed_forward.activation." in k}
+
+
+def train_args(corpus, save_model, *extra):
+    return ["-config", corpus / "config.yaml", *TINY_MODEL_ARGS, "-save_model", save_model, *extra]
+
+
+@pytest.fixture(scope="session")
+def vocab(tiny_corpus):
+    """The tiny corpus with its vocabularies built by onmt_lma_build_vocab."""
+    run("onmt_lma_build_vocab", "-config", tiny_corpus / "config.yaml", "-n_sample", "-1")
+    assert (tiny_corpus / "vocab.de").stat().st_size > 0
+    return tiny_corpus

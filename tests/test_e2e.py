@@ -5,10 +5,6 @@ Tiny models, a few dozen steps: these check plumbing, not quality.
 
 import functools
 import multiprocessing
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,47 +12,16 @@ from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma.activations import LMA
 from onmt_lma.bin import train as train_cli
 from onmt_lma.bin import translate as translate_cli
-from onmt_lma.checkpoint import checkpoint_loading
 
 import onmt.bin.train
 import onmt.model_builder
 from onmt.utils.parse import ArgumentParser
 
-from conftest import TINY_MODEL_ARGS
+from conftest import activation_state, load, run, train_args
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 FEED_FORWARD_BLOCKS = 3  # 2 encoder + 1 decoder layers in TINY_MODEL_ARGS
-
-
-def run(command, *args, expect_ok=True):
-    result = subprocess.run(
-        [str(BIN / command), *map(str, args)], capture_output=True, text=True, timeout=600
-    )
-    if expect_ok:
-        assert result.returncode == 0, f"{command} failed:\n{result.stderr[-3000:]}"
-    return result
-
-
-def load(path):
-    with checkpoint_loading(str(path)):
-        return torch.load(path, map_location="cpu")
-
-
-def activation_state(checkpoint):
-    return {k: v for k, v in checkpoint["model"].items() if ".feed_forward.activation." in k}
-
-
-@pytest.fixture(scope="module")
-def vocab(tiny_corpus):
-    run("onmt_lma_build_vocab", "-config", tiny_corpus / "config.yaml", "-n_sample", "-1")
-    assert (tiny_corpus / "vocab.de").stat().st_size > 0
-    return tiny_corpus
-
-
-def train_args(corpus, save_model, *extra):
-    return ["-config", corpus / "config.yaml", *TINY_MODEL_ARGS, "-save_model", save_model, *extra]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Command-line entry points: ``onmt_lma_train``, ``onmt_lma_translate``, ``onmt_lma_build_vocab``."""
+"""Command-line entry points: ``onmt_lma_train``, ``onmt_lma_translate``,
+``onmt_lma_build_vocab``, ``onmt_lma_distill_data``."""
 
 import contextlib
 
@@ -6,9 +7,10 @@ from onmt_lma import plugin  # noqa: F401  (first: silences onmt's warnings, ins
 from onmt_lma.checkpoint import CheckpointError
 from onmt_lma.distill import DistillationError
 from onmt_lma.opts import OptionMismatchError
+from onmt_lma.seqkd import DistillDataError
 
 #: errors that are the user's input, reported as one line instead of a traceback
-USER_ERRORS = (CheckpointError, DistillationError, OptionMismatchError)
+USER_ERRORS = (CheckpointError, DistillationError, DistillDataError, OptionMismatchError)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,69 @@
+"""``onmt_lma_distill_data``: sequence-level KD data from a teacher (Kim & Rush 2016).
+
+Translates ``-src`` with the teacher ``-model`` (beam 5 by default) into
+``-output``, with a progress bar; an interrupted run picks up where it stopped
+(see :mod:`onmt_lma.seqkd`).  Accepts every ``onmt_translate`` option.
+"""
+
+import argparse
+import os
+
+from onmt_lma.bin import user_errors_exit
+
+import onmt.opts
+from onmt.inference_engine import InferenceEnginePY
+from onmt.utils.logging import logger
+from onmt.utils.parse import ArgumentParser
+
+from onmt_lma.seqkd import DistillDataError, distill_corpus
+
+
+def chunk_type(value):
+    try:
+        chunk = int(value)
+    except ValueError:
+        chunk = 0
+    if chunk < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return chunk
+
+
+def get_parser():
+    parser = ArgumentParser(description="onmt_lma_distill_data: translate a corpus with a teacher")
+    onmt.opts.translate_opts(parser)
+    group = parser.add_argument_group("Sequence-level distillation (onmt-lma)")
+    group.add(
+        "--chunk_lines",
+        "-chunk_lines",
+        type=chunk_type,
+        default=1000,
+        help="Lines translated and written at a time; an interruption loses at most one chunk.",
+    )
+    return parser
+
+
+def main(argv=None):
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        if not os.path.isfile(opt.src):
+            raise DistillDataError(f"-src {opt.src} does not exist")
+        out_path = opt.output
+        ArgumentParser.validate_translate_opts(opt)
+        ArgumentParser._get_all_transform_translate(opt)
+        ArgumentParser._validate_transforms_opts(opt)
+        ArgumentParser.validate_translate_opts_dynamic(opt)
+        opt.output = os.devnull  # the engine's own writer; ours is resumable
+        engine = InferenceEnginePY(opt)
+
+        def translate_lines(lines):
+            _, predictions = engine.infer_list(lines)
+            return [n_best[0] for n_best in predictions]
+
+        written = distill_corpus(opt.src, out_path, translate_lines, opt.chunk_lines)
+        engine.terminate()
+        logger.info("%s: complete (%d lines translated by this run)", out_path, written)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Sequence-level knowledge distillation data (Kim & Rush 2016).
+
+The teacher translates the source side of a training corpus; a student then
+trains on (source, teacher translation) pairs, alone or with word-level KD on
+top.  :func:`distill_corpus` does the file work: chunks, progress, and resuming
+after an interruption.  Finished lines live in ``OUTPUT.partial``, appended one
+whole chunk at a time; an interrupted run resumes after the last complete line
+(a torn last line is dropped and redone), and the file gets its final name only
+when every source line has its translation.
+"""
+
+import os
+
+from tqdm import tqdm
+
+
+class DistillDataError(RuntimeError):
+    """Inputs or outputs of sequence-level distillation that cannot be used."""
+
+
+def read_lines(path):
+    """Lines of a UTF-8 text file, without their newline; errors name file and line."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                lines.append(raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise DistillDataError(f"{path}, line {number}: not UTF-8 ({error})") from None
+    return lines
+
+
+def recover_partial(path):
+    """Drop a torn last line of ``path`` (if any); return its number of whole lines."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        whole = data.rfind(b"\n") + 1
+        if whole != len(data):
+            handle.truncate(whole)
+    return data[:whole].count(b"\n")
+
+
+def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progress=True):
+    """Write ``translate_lines(chunk)`` for every line of ``src_path`` into ``out_path``.
+
+    ``translate_lines`` maps a list of non-empty source lines to as many
+    translations; an empty source line gets an empty translation.  Returns the
+    number of lines translated by this call (0 when ``out_path`` was complete).
+    """
+    if chunk_lines < 1:
+        raise DistillDataError(f"chunk_lines must be >= 1, got {chunk_lines}")
+    sources = read_lines(src_path)
+    if os.path.exists(out_path):
+        finished = len(read_lines(out_path))
+        if finished == len(sources):
+            return 0
+        raise DistillDataError(
+            f"{out_path} exists with {finished} lines but {src_path} has {len(sources)}: "
+            "remove it to distil again"
+        )
+    partial = out_path + ".partial"
+    done = recover_partial(partial)
+    if done > len(sources):
+        raise DistillDataError(
+            f"{partial} holds {done} lines but {src_path} has only {len(sources)}: "
+            "it belongs to another source file; remove it"
+        )
+    bar = tqdm(total=len(sources), initial=done, unit="line", desc="distilling", disable=not progress)
+    with bar, open(partial, "a", encoding="utf-8") as out:
+        for start in range(done, len(sources), chunk_lines):
+            chunk = sources[start : start + chunk_lines]
+            todo = [line for line in chunk if line.strip()]
+            translations = list(translate_lines(todo)) if todo else []
+            if len(translations) != len(todo):
+                raise DistillDataError(
+                    f"the translator returned {len(translations)} lines for {len(todo)}"
+                )
+            translated = iter(t.replace("\n", " ") for t in translations)
+            lines = [next(translated) if line.strip() else "" for line in chunk]
+            out.write("".join(line + "\n" for line in lines))
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(chunk))
+    os.replace(partial, out_path)
+    return len(sources) - done
