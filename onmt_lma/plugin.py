@@ -19,11 +19,14 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
   uniformly; the activations are put back to their documented start values;
 * checkpoints -- loaded by torch's ``weights_only`` unpickler with the
   allow-list of :mod:`onmt_lma.checkpoint`;
+* logging -- ``-log_file`` keeps receiving the training log (OpenNMT-py's
+  corpus iterator would reset the handlers before the first step);
 * distillation -- the trainer's training loss gets the teacher of
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
   report the KD part next to the NLL part.
 """
 
+import logging
 import warnings
 
 # OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
@@ -35,6 +38,7 @@ import torch.nn as nn  # noqa: E402
 import onmt.bin.train  # noqa: E402
 import onmt.decoders.ensemble  # noqa: E402
 import onmt.inference_engine  # noqa: E402
+import onmt.inputters.dynamic_iterator  # noqa: E402
 import onmt.model_builder  # noqa: E402
 import onmt.models.model_saver  # noqa: E402
 import onmt.opts  # noqa: E402
@@ -151,6 +155,19 @@ def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
     return attach_teacher(trainer, opt, vocabs)
 
 
+def init_logger(*args, **kwargs):
+    """OpenNMT-py's ``init_logger``, but keeping the handlers already set up.
+
+    OpenNMT-py 3.5.1's corpus iterator calls ``init_logger()`` each time it
+    (re)opens a corpus, which drops the ``-log_file`` handler: the training log
+    file would stop before the first step.
+    """
+    logger = logging.getLogger("onmt")
+    if logger.handlers:
+        return logger
+    return _ORIGINAL["init_logger"](*args, **kwargs)
+
+
 def train_process(opt, device_id):
     """``onmt.train_single.main``, run in this process or a spawned worker."""
     return _ORIGINAL["single_main"](opt, device_id)
@@ -189,6 +206,7 @@ def install():
     _patch("LossCompute", DistillationLossCompute, onmt.trainer)
     _patch("Statistics", DistillationStatistics, onmt.utils)
     _patch("single_main", train_process, onmt.bin.train)
+    _patch("init_logger", init_logger, onmt.inputters.dynamic_iterator)
     _patch("spawned_infer", spawned_infer, onmt.inference_engine)
 
 
