@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Teacher cost of word-level KD: student training tokens/s with and without an online teacher.
+
+A 64-dim student (3 + 3 layers, feed-forward 2048, the paper's student 3) trains
+on real German-English text (Ope's test split in ../shared/data) alone and with a
+256-dim teacher (6 + 6 layers, feed-forward 2048), alternating in one process.
+Each training step (forward, backward, optimizer) is timed; the first steps are
+warm-up.  The teacher is a freshly initialized checkpoint: its cost does not
+depend on its quality.  Writes results/bench/kd_teacher_cost.{json,md}.
+
+    python scripts/bench_kd.py [--steps 20] [--repeats 2] [--activation lma]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.bin import build_vocab as build_vocab_cli
+from onmt_lma.bin import train as train_cli
+
+import onmt.trainer
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 3
+
+MODEL = [
+    "-encoder_type", "transformer", "-decoder_type", "transformer", "-position_encoding",
+    "-transformer_ff", "2048", "-heads", "8", "-batch_type", "tokens", "-batch_size", "3192",
+    "-bucket_size", "16384", "-num_workers", "0", "-optim", "adam", "-adam_beta2", "0.998",
+    "-decay_method", "noam", "-learning_rate", "2.0", "-warmup_steps", "8000",
+    "-param_init", "0", "-param_init_glorot", "-dropout", "0.1", "-seed", "1",
+    "-report_every", "1000", "-valid_steps", "100000",
+]
+STUDENT = ["-layers", "3", "-hidden_size", "64", "-word_vec_size", "64"]
+TEACHER = ["-layers", "6", "-hidden_size", "256", "-word_vec_size", "256"]
+
+
+def prepare(work, data, lines):
+    """Train / valid files from Ope's tokenized test split, a data config and vocabularies."""
+    de = (data / "ope" / "de-val-clean.10K.txt").read_text(encoding="utf-8").splitlines()
+    en = (data / "ope" / "en-val-clean.10K.txt").read_text(encoding="utf-8").splitlines()
+    for name, rows in (("train", slice(0, lines)), ("valid", slice(lines, lines + 100))):
+        (work / f"{name}.de").write_text("\n".join(de[rows]) + "\n", encoding="utf-8")
+        (work / f"{name}.en").write_text("\n".join(en[rows]) + "\n", encoding="utf-8")
+    config = work / "data.yaml"
+    config.write_text(
+        f"save_data: {work}/run\nsrc_vocab: {work}/vocab.de\ntgt_vocab: {work}/vocab.en\n"
+        f"overwrite: true\ndata:\n"
+        f"  corpus_1: {{path_src: {work}/train.de, path_tgt: {work}/train.en}}\n"
+        f"  valid: {{path_src: {work}/valid.de, path_tgt: {work}/valid.en}}\n"
+    )
+    build_vocab_cli.main(["-config", str(config), "-n_sample", "-1"])
+    return config
+
+
+class StepTimer:
+    """Times every ``Trainer._gradient_accumulation`` call and counts its target tokens."""
+
+    def __init__(self):
+        self.steps = []
+        self._original = onmt.trainer.Trainer._gradient_accumulation
+        timer = self
+
+        def timed(trainer, true_batches, normalization, total_stats, report_stats):
+            words = total_stats.n_words
+            start = time.perf_counter()
+            result = timer._original(trainer, true_batches, normalization, total_stats, report_stats)
+            timer.steps.append((total_stats.n_words - words, time.perf_counter() - start))
+            return result
+
+        onmt.trainer.Trainer._gradient_accumulation = timed
+
+    def tokens_per_second(self):
+        measured = self.steps[WARMUP_STEPS:]
+        return sum(w for w, _ in measured) / sum(t for _, t in measured)
+
+
+def train(config, save_model, steps, extra):
+    train_cli.main(
+        ["-config", str(config), *MODEL, "-save_model", str(save_model),
+         "-train_steps", str(steps), "-save_checkpoint_steps", str(steps), *extra]
+    )
+
+
+def machine():
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("LMA_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--steps", type=int, default=20, help="training steps per run (first 3 are warm-up)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per configuration")
+    parser.add_argument("--activation", default="lma", help="student activation")
+    parser.add_argument("--lines", type=int, default=4000, help="training pairs")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    args = parser.parse_args()
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be > {WARMUP_STEPS} (warm-up)")
+    if not (args.data / "ope" / "de-val-clean.10K.txt").is_file():
+        parser.error(f"--data {args.data}: expected ope/de-val-clean.10K.txt there")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        config = prepare(work, args.data, args.lines)
+        print("== teacher checkpoint (256-dim, 6 + 6 layers)", flush=True)
+        train(config, work / "teacher", 1, TEACHER)
+        teacher = work / "teacher_step_1.pt"
+        student = [*STUDENT, "-pos_ffn_activation_fn", args.activation]
+        runs = {"student alone": [], "student + online teacher": []}
+        for repeat in range(args.repeats):
+            for name, extra in (("student alone", []), ("student + online teacher", ["-kd_teacher", str(teacher)])):
+                print(f"== {name}, run {repeat + 1}/{args.repeats}, {args.steps} steps", flush=True)
+                timer = StepTimer()
+                try:
+                    train(config, work / "student", args.steps, student + extra)
+                finally:
+                    onmt.trainer.Trainer._gradient_accumulation = timer._original
+                runs[name].append(timer.tokens_per_second())
+
+    alone = statistics.median(runs["student alone"])
+    with_teacher = statistics.median(runs["student + online teacher"])
+    result = {
+        "benchmark": "student training target tokens/s, with and without an online KD teacher",
+        "student": "64-dim, 3+3 layers, ff 2048, " + args.activation,
+        "teacher": "256-dim, 6+6 layers, ff 2048, relu",
+        "batch": "3192 tokens",
+        "steps_per_run": args.steps,
+        "warmup_steps": WARMUP_STEPS,
+        "runs": runs,
+        "median_tokens_per_s": {"student alone": alone, "student + online teacher": with_teacher},
+        "ratio_with_teacher": with_teacher / alone,
+        "machine": machine(),
+    }
+    table = (
+        "| configuration | target tokens/s (median) | ratio |\n| --- | --- | --- |\n"
+        f"| student alone | {alone:.0f} | 1.00 |\n"
+        f"| student + online teacher | {with_teacher:.0f} | {with_teacher / alone:.2f} |\n"
+    )
+    print("\n" + table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kd_teacher_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "kd_teacher_cost.md").write_text(
+        "# Teacher cost of word-level distillation\n\n"
+        f"`python scripts/bench_kd.py --steps {args.steps} --repeats {args.repeats}`: "
+        f"{result['student']} student, {result['teacher']} teacher, batches of 3192 tokens, "
+        f"{args.steps} steps per run ({WARMUP_STEPS} warm-up), {args.repeats} alternating runs each.\n\n"
+        + table
+        + f"\nMachine: {result['machine']}\n"
+    )
+    print(f"wrote {args.out / 'kd_teacher_cost.json'} and .md")
+
+
+if __name__ == "__main__":
+    main()
