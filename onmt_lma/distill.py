@@ -13,6 +13,7 @@ The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher,
 """
 
 import argparse
+import math
 import os
 
 import torch
@@ -23,6 +24,8 @@ from onmt.modules.sparse_losses import SparsemaxLoss
 from onmt.utils.logging import logger
 from onmt.utils.loss import LossCompute
 from onmt.utils.statistics import Statistics
+
+from onmt_lma.opts import float_type
 
 DEFAULT_ALPHA = 0.7
 DEFAULT_TEMPERATURE = 1.0
@@ -71,24 +74,8 @@ def distillation_loss(
 # --------------------------------------------------------------------------- #
 # Options
 # --------------------------------------------------------------------------- #
-def alpha_type(value):
-    try:
-        alpha = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= alpha <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
-    return alpha
-
-
-def temperature_type(value):
-    try:
-        temperature = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if not temperature > 0.0 or temperature == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return temperature
+alpha_type = float_type("a number in [0, 1]", lambda a: 0.0 <= a <= 1.0)
+temperature_type = float_type("a number > 0", lambda t: 0.0 < t < math.inf)
 
 
 def teacher_path_type(value):

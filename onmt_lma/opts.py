@@ -21,15 +21,23 @@ def segments_type(value):
     return segments
 
 
-def momentum_type(value):
-    """``-lma_momentum``: a float in [0, 1), checked at parse time."""
-    try:
-        momentum = float(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from None
-    if not 0.0 <= momentum < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
-    return momentum
+def float_type(expected, accept):
+    """An argparse type: a float for which ``accept`` holds, else ``expected ..., got ...``."""
+
+    def parse(value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not accept(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
+
+
+#: ``-lma_momentum``: a float in [0, 1), checked at parse time.
+momentum_type = float_type("a number in [0, 1)", lambda m: 0.0 <= m < 1.0)
 
 
 def add_lma_opts(parser, for_translation=False):
