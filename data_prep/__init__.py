@@ -5,7 +5,7 @@ takes a local copy), splits, normalizes and tokenizes it as the paper did, and
 writes what OpenNMT-py trains on; see ``python -m data_prep --help``.
 """
 
-from data_prep.prepare import Options, prepare
+from data_prep.pipeline import Options, prepare
 from data_prep.sources import CORPORA
 from data_prep.text import DataPrepError
 

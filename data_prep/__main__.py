@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from data_prep.prepare import DEFAULT_VALID_SIZE, Options, prepare
+from data_prep.pipeline import DEFAULT_VALID_SIZE, Options, prepare
 from data_prep.sources import CORPORA
 from data_prep.text import DataPrepError
 
