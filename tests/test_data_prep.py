@@ -327,3 +327,51 @@ def test_prepare_is_usable_from_python(multi30k_out):
 
     manifest = prepare_corpus(Options("multi30k", str(shared_data() / "multi30k")), multi30k_out)
     assert manifest["outputs"]["valid.en"] == 1014
+
+
+@pytest.fixture
+def http_server():
+    """A loopback HTTP server over the shared Multi30k copy; ``truncate`` cuts bodies short."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        truncate = False
+
+        def log_message(self, *args):
+            pass
+
+        def copyfile(self, source, outputfile):
+            data = source.read()
+            outputfile.write(data[: len(data) // 2] if Handler.truncate else data)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(shared_data() / "multi30k"))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, Handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_over_http(http_server, multi30k_out, tmp_path, capsys):
+    server, _ = http_server
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    out = tmp_path / "m"
+    prep("multi30k", "--out", out, "--source", url)
+    assert "downloading train.de.gz" in capsys.readouterr().err
+    assert (out / "train.en").read_bytes() == (multi30k_out / "train.en").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["source"] == url
+
+
+def test_a_truncated_download_is_an_error_and_leaves_no_file(http_server, tmp_path, capsys):
+    server, handler = http_server
+    handler.truncate = True
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit):
+        prep("multi30k", "--out", out, "--source", f"http://127.0.0.1:{server.server_address[1]}/")
+    err = capsys.readouterr().err
+    assert "train.de.gz: received 318522 bytes, expected 637044" in err, err
+    assert not list((out / "download").glob("*.gz"))
