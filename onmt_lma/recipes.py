@@ -1,0 +1,160 @@
+"""Recipes: compose a run's OpenNMT-py config, and train it resumably.
+
+A run's config is ``recipes/common.yaml`` + ``recipes/<corpus>/<model>.yaml`` +
+the corpus's ``data.yaml`` (from ``python -m data_prep``) + the run's own
+settings (activation, seed, teacher, where to save), later files overriding
+earlier ones.  OpenNMT-py reads one ``-config`` file, so the result is written
+to ``RUN_DIR/config.yaml``.
+
+    python -m onmt_lma.recipes train CORPUS MODEL --data DIR --run-dir DIR [--set KEY=VALUE ...]
+    python -m onmt_lma.recipes compose CORPUS MODEL --data DIR --run-dir DIR [--set ...]
+
+``train`` never overwrites a finished run (``RUN_DIR/DONE``), resumes an
+interrupted one from its latest checkpoint, and refuses a run directory whose
+config differs from the one composed now.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+CORPORA = ("ope", "wmt13", "multi30k")
+MODELS = ("teacher", "student256", "student128", "student64")
+
+
+class RecipeError(ValueError):
+    """A recipe, corpus or run directory that cannot be used."""
+
+
+def recipe_files(corpus, model):
+    if corpus not in CORPORA:
+        raise RecipeError(f"unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
+    if model not in MODELS:
+        raise RecipeError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    return [RECIPES / "common.yaml", RECIPES / corpus / f"{model}.yaml"]
+
+
+def _load(path):
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(content, dict):
+        raise RecipeError(f"{path}: expected a mapping of options")
+    return content
+
+
+def parse_setting(text):
+    """``KEY=VALUE`` with VALUE read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def compose(corpus, model, data_dir, run_dir, settings=()):
+    """The run's options as one dict, in override order."""
+    config = {}
+    for path in recipe_files(corpus, model):
+        config.update(_load(path))
+    data_yaml = Path(data_dir) / "data.yaml"
+    if not data_yaml.is_file():
+        raise RecipeError(
+            f"{data_yaml} does not exist: prepare the corpus first (python -m data_prep {corpus} --out {data_dir})"
+        )
+    config.update(_load(data_yaml))
+    run_dir = Path(run_dir).resolve()
+    config.update(
+        save_model=str(run_dir / "model"),
+        log_file=str(run_dir / "train.log"),
+        save_data=str(run_dir / "samples"),
+    )
+    config.update(dict(settings))
+    return config
+
+
+def write_config(config, path):
+    text = "# composed by python -m onmt_lma.recipes; edit the recipes, not this file\n"
+    text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def checkpoints(run_dir):
+    """Checkpoints of ``run_dir`` by step, oldest first."""
+    found = []
+    for path in Path(run_dir).glob("model_step_*.pt"):
+        match = re.fullmatch(r"model_step_(\d+)\.pt", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def train(corpus, model, data_dir, run_dir, settings=()):
+    """Train (or resume, or skip) one run; returns its final checkpoint."""
+    from onmt_lma.bin import train as train_cli
+
+    run_dir = Path(run_dir)
+    done = run_dir / "DONE"
+    if done.exists():
+        final = run_dir / done.read_text().strip()
+        print(f"[recipes] {run_dir}: finished already ({final}); remove the directory to retrain")
+        return final
+    config = compose(corpus, model, data_dir, run_dir, settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    wanted = yaml.safe_dump(config, sort_keys=False)
+    if config_path.exists():
+        existing = yaml.safe_dump(_load(config_path), sort_keys=False)
+        if existing != wanted:
+            raise RecipeError(
+                f"{config_path} was composed with other settings than now; "
+                "remove the run directory to start again"
+            )
+    write_config(config, config_path)
+    args = ["-config", str(config_path)]
+    previous = checkpoints(run_dir)
+    if previous:
+        print(f"[recipes] {run_dir}: resuming from {previous[-1].name}")
+        args += ["-train_from", str(previous[-1])]
+    else:
+        print(f"[recipes] {run_dir}: training {corpus} {model}, {config['train_steps']} steps")
+    train_cli.main(args)
+    final = run_dir / f"model_step_{config['train_steps']}.pt"
+    if not final.exists():
+        raise RecipeError(f"training ended without {final}: see {run_dir / 'train.log'}")
+    done.write_text(final.name + "\n")
+    return final
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m onmt_lma.recipes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("compose", "train"))
+    parser.add_argument("corpus", choices=CORPORA)
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--data", required=True, help="prepared corpus directory (with data.yaml)")
+    parser.add_argument("--run-dir", required=True, help="where the run's files go")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run setting, e.g. pos_ffn_activation_fn=lma, seed=2, kd_teacher=PATH")
+    args = parser.parse_args(argv)
+    try:
+        settings = [parse_setting(s) for s in args.set]
+        if args.action == "compose":
+            config = compose(args.corpus, args.model, args.data, args.run_dir, settings)
+            Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+            write_config(config, Path(args.run_dir) / "config.yaml")
+            print(Path(args.run_dir) / "config.yaml")
+        else:
+            print(train(args.corpus, args.model, args.data, args.run_dir, settings))
+    except RecipeError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

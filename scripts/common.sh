@@ -1,0 +1,27 @@
+# Sourced by the scripts in this folder: paths, argument checks, the venv's commands.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA_ROOT=${DATA_ROOT:-$REPO/data}      # prepared corpora: $DATA_ROOT/<corpus>
+RUNS_ROOT=${RUNS_ROOT:-$REPO/runs}      # runs: $RUNS_ROOT/<corpus>/<run>
+SHARED_DATA=${LMA_DATA:-$REPO/../shared/data}  # local copies of raw corpora, if any
+if [ -x "$REPO/.venv/bin/python" ]; then PYTHON=${PYTHON:-$REPO/.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
+
+CORPORA="ope wmt13 multi30k"
+SIZES="256 128 64"
+ACTIVATIONS="relu prelu swish aplu lma"
+
+die_usage() { echo "$USAGE" >&2; [ $# -gt 0 ] && echo "error: $*" >&2; exit 2; }
+one_of() {  # one_of VALUE "A B C" WHAT
+  local value=$1 choices=$2 what=$3
+  for c in $choices; do [ "$value" = "$c" ] && return 0; done
+  die_usage "unknown $what '$value' (valid: $choices)"
+}
+
+# prepare_corpus CORPUS: python -m data_prep into $DATA_ROOT/CORPUS unless done,
+# from $SHARED_DATA/CORPUS when that local copy exists (tests and demos), else downloading.
+prepare_corpus() {
+  local corpus=$1 source=()
+  if [ -d "$SHARED_DATA/$corpus" ] && [ "$corpus" = multi30k ]; then source=(--source "$SHARED_DATA/$corpus"); fi
+  "$PYTHON" -m data_prep "$corpus" --out "$DATA_ROOT/$corpus" "${source[@]}"
+}
