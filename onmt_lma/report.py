@@ -183,7 +183,6 @@ def plots(results, out_dir):
             if not drawn:
                 plt.close(fig)
                 continue
-            ax.set_yscale("log")
             ax.set_xlabel("training step")
             ax.set_ylabel("validation perplexity")
             ax.set_title(f"{corpus}, {size}-dim students: validation perplexity")

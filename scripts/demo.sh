@@ -5,10 +5,10 @@
 # CPU budgets are in recipes/multi30k. A rerun skips finished steps.
 USAGE="usage: scripts/demo.sh   (env: LMA_DATA=DIR holding multi30k/, else ../shared/data or a download;
        RUNS_ROOT (default runs/demo), DEMO_TEACHER_STEPS=120, DEMO_STUDENT_STEPS=100)"
+RUNS_ROOT=${RUNS_ROOT:-$(cd "$(dirname "$0")/.." && pwd)/runs/demo}
 source "$(dirname "$0")/common.sh"
 [ $# -eq 0 ] || die_usage "no arguments expected"
-export RUNS_ROOT=${RUNS_ROOT:-$REPO/runs/demo}
-export DATA_ROOT=${DATA_ROOT:-$REPO/data}
+export RUNS_ROOT DATA_ROOT
 teacher_steps=${DEMO_TEACHER_STEPS:-120}
 student_steps=${DEMO_STUDENT_STEPS:-100}
 mkdir -p "$RUNS_ROOT"
@@ -25,12 +25,12 @@ step() {  # step "what" command...: run, keep the full log, show progress lines
   set -e
   [ "$status" = 0 ] || { echo "demo: '$*' failed (exit $status); full log: $log" >&2; exit 1; }
 }
-demo_settings="train_steps=$teacher_steps valid_steps=$teacher_steps save_checkpoint_steps=$teacher_steps batch_size=1536 warmup_steps=100 report_every=20"
+demo_settings="train_steps=$teacher_steps valid_steps=40 save_checkpoint_steps=$teacher_steps batch_size=1536 warmup_steps=100 report_every=20"
 
 step "1/4 data: Multi30k (29,000 / 1,014 / 1,000 pairs)" prepare_corpus multi30k
 EXTRA="$demo_settings" step "2/4 teacher: 256-dim, 3 + 3 layers, $teacher_steps steps" \
   "$REPO/scripts/train_teacher.sh" multi30k
-student_settings="train_steps=$student_steps valid_steps=$student_steps save_checkpoint_steps=$student_steps batch_size=1536 warmup_steps=100 report_every=20"
+student_settings="train_steps=$student_steps valid_steps=25 save_checkpoint_steps=$student_steps batch_size=1536 warmup_steps=100 report_every=20"
 for act in relu lma; do
   EXTRA="$student_settings" step "3/4 $act student: 64-dim, 3 + 3 layers, distilled, $student_steps steps" \
     "$REPO/scripts/train_student.sh" multi30k 64 "$act" 1

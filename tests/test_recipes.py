@@ -1,0 +1,226 @@
+"""Recipes, the run scripts, evaluation and the report."""
+
+import json
+import math
+import subprocess
+
+import pytest
+import sacrebleu
+import torch
+import yaml
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma import recipes
+from onmt_lma.bin import train as train_cli
+from onmt_lma.report import write_report
+
+from conftest import REPO, load, run
+
+TINY_SETTINGS = {
+    "hidden_size": 32, "word_vec_size": 32, "transformer_ff": 64, "heads": 2,
+    "enc_layers": 1, "dec_layers": 1, "batch_size": 256, "valid_batch_size": 256,
+    "bucket_size": 1024, "warmup_steps": 10, "report_every": 2, "label_smoothing": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(vocab, tmp_path_factory):
+    """A prepared-corpus directory in data_prep's layout, from the tiny corpus (test = valid)."""
+    from sacremoses import MosesDetokenizer
+
+    out = tmp_path_factory.mktemp("prepared")
+    for split in ("train", "valid"):
+        for lang in ("de", "en"):
+            (out / f"{split}.{lang}").write_text((vocab / f"{split}.{lang}").read_text())
+    for lang in ("de", "en"):
+        (out / f"test.{lang}").write_text((vocab / f"valid.{lang}").read_text())
+    (out / "test.ref.tok.en").write_text((out / "test.en").read_text())
+    detok = MosesDetokenizer("en")
+    (out / "test.ref.detok.en").write_text(
+        "\n".join(detok.detokenize(l.split()) for l in (out / "test.en").read_text().splitlines()) + "\n"
+    )
+    for lang in ("de", "en"):
+        (out / f"vocab.{lang}").write_text((vocab / f"vocab.{lang}").read_text())
+    (out / "data.yaml").write_text(
+        f"src_vocab: {out}/vocab.de\ntgt_vocab: {out}/vocab.en\nsrc_vocab_size: 50000\ntgt_vocab_size: 50000\n"
+        f"data:\n  corpus_1: {{path_src: {out}/train.de, path_tgt: {out}/train.en}}\n"
+        f"  valid: {{path_src: {out}/valid.de, path_tgt: {out}/valid.en}}\n"
+    )
+    (out / "manifest.json").write_text(json.dumps({"corpus": "multi30k", "options": {"subword": "none"}}))
+    return out
+
+
+@pytest.mark.parametrize("corpus", recipes.CORPORA)
+@pytest.mark.parametrize("model", recipes.MODELS)
+def test_every_recipe_parses_with_the_strict_option_parser(corpus, model, corpus_dir, tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    settings = [("pos_ffn_activation_fn", "lma"), ("seed", 3)]
+    if model != "teacher":
+        settings.append(("kd_teacher", str(teacher)))
+    config = recipes.compose(corpus, model, corpus_dir, tmp_path / "run", settings)
+    recipes.write_config(config, tmp_path / "config.yaml")
+    opt = train_cli.get_parser().parse_args(["-config", str(tmp_path / "config.yaml")])
+    # the paper's settings (PAPER.md, "Translation setup")
+    assert (opt.heads, opt.transformer_ff, opt.optim, opt.adam_beta2) == (8, 2048, "adam", 0.998)
+    assert (opt.decay_method, opt.learning_rate, opt.batch_size, opt.batch_type) == ("noam", 2.0, 3192, "tokens")
+    assert opt.dropout == [0.1] and opt.kd_alpha == 0.7 and opt.kd_temperature == 1.0
+    assert opt.pos_ffn_activation_fn == "lma" and opt.seed == 3
+    if model == "teacher":
+        size, layers = {"multi30k": (256, 3)}.get(corpus, (512, 6))
+    else:
+        size, layers = int(model[len("student"):]), 3
+    assert (opt.hidden_size, opt.word_vec_size, opt.enc_layers, opt.dec_layers) == (size, size, layers, layers)
+    assert opt.save_model == str((tmp_path / "run").resolve() / "model")
+
+
+def test_a_stale_key_in_a_recipe_fails(corpus_dir, tmp_path):
+    config = recipes.compose("ope", "student64", corpus_dir, tmp_path / "run", [("transformer_fff", 2048)])
+    recipes.write_config(config, tmp_path / "config.yaml")
+    with pytest.raises(SystemExit):
+        train_cli.get_parser().parse_args(["-config", str(tmp_path / "config.yaml")])
+
+
+def test_composition_errors(corpus_dir, tmp_path):
+    with pytest.raises(recipes.RecipeError, match="unknown corpus 'iwslt'"):
+        recipes.compose("iwslt", "teacher", corpus_dir, tmp_path)
+    with pytest.raises(recipes.RecipeError, match="unknown model 'student32'"):
+        recipes.compose("ope", "student32", corpus_dir, tmp_path)
+    with pytest.raises(recipes.RecipeError, match="data.yaml does not exist: prepare the corpus first"):
+        recipes.compose("ope", "teacher", tmp_path, tmp_path)
+    with pytest.raises(recipes.RecipeError, match="expected KEY=VALUE"):
+        recipes.parse_setting("seed")
+
+
+@pytest.mark.integration
+def test_training_runs_resume_and_are_never_overwritten(corpus_dir, tmp_path, capsys):
+    settings = list(TINY_SETTINGS.items()) + [("train_steps", 4), ("save_checkpoint_steps", 2),
+                                              ("valid_steps", 4), ("pos_ffn_activation_fn", "lma")]
+    run_dir = tmp_path / "student"
+    final = recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
+    assert final == run_dir / "model_step_4.pt" and (run_dir / "DONE").read_text().strip() == final.name
+    mtime = final.stat().st_mtime_ns
+    assert recipes.train("multi30k", "student64", corpus_dir, run_dir, settings) == final
+    assert "finished already" in capsys.readouterr().out and final.stat().st_mtime_ns == mtime
+    # an interrupted run (killed after step 2) resumes from its latest checkpoint
+    (run_dir / "DONE").unlink()
+    final.unlink()
+    recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
+    assert "resuming from model_step_2.pt" in capsys.readouterr().out
+    assert load(final)["optim"]["training_step"] == 5
+    (run_dir / "DONE").unlink()
+    with pytest.raises(recipes.RecipeError, match="composed with other settings"):
+        recipes.train("multi30k", "student64", corpus_dir, run_dir, settings + [("seed", 9)])
+
+
+@pytest.fixture(scope="module")
+def evaluated(corpus_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("evalrun") / "student64_lma_seed1"
+    settings = list(TINY_SETTINGS.items()) + [("train_steps", 12), ("save_checkpoint_steps", 12),
+                                              ("valid_steps", 12), ("pos_ffn_activation_fn", "lma"),
+                                              ("dropout", 0.0), ("attention_dropout", 0.0)]
+    final = recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
+    out = run_dir / "eval.json"
+    result = run("python", "-m", "onmt_lma.evaluate", final, corpus_dir, "--out", out)
+    assert "[evaluate]" in result.stdout
+    return final, json.loads(out.read_text()), out
+
+
+@pytest.mark.integration
+def test_evaluation_fills_every_field(evaluated, corpus_dir):
+    checkpoint, result, _ = evaluated
+    assert result["corpus"] == "multi30k" and result["test_sentences"] == 60
+    assert result["model"]["activation"] == "lma" and result["model"]["hidden_size"] == 32
+    assert result["model"]["train_steps"] == 12
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result["bleu"]["signature"]
+    assert "tok:none" in result["bleu_tok"]["signature"]
+    assert 0 <= result["bleu"]["score"] <= 100 and 0 <= result["bleu_tok"]["score"] <= 100
+    assert math.isfinite(result["ppl"]) and result["ppl"] > 1
+    assert result["speed"]["sentences_per_s"] > 0 and result["speed"]["target_tokens_per_s"] > 0
+    assert result["memory"]["device"] == "cpu" and result["memory"]["peak_mb"] > 0
+    assert result["size_mb"] == pytest.approx(checkpoint.stat().st_size / 2**20)
+    ckpt = load(checkpoint)
+    expected = sum(t.numel() for t in ckpt["model"].values() if t.is_floating_point())
+    expected += sum(t.numel() for t in ckpt["generator"].values())
+    assert result["params"] == expected
+    assert result["commit"] and result["machine"]["cpu_count"] >= 1
+
+
+@pytest.mark.integration
+def test_bleu_matches_sacrebleu_called_directly(evaluated, corpus_dir):
+    _, result, out = evaluated
+    hyps = (out.parent / "eval.hyp.detok.en").read_text().splitlines()
+    refs = (corpus_dir / "test.ref.detok.en").read_text().splitlines()
+    assert result["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+
+
+@pytest.mark.integration
+def test_test_perplexity_equals_opennmt_validation_perplexity(evaluated):
+    """test = valid here, no dropout and no label smoothing: both are exp(NLL per target token)."""
+    checkpoint, result, _ = evaluated
+    log = (checkpoint.parent / "train.log").read_text()
+    validation = float(log.rsplit("Validation perplexity: ", 1)[1].split()[0])
+    assert result["ppl"] == pytest.approx(validation, rel=1e-3)
+
+
+def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False):
+    return {
+        "corpus": corpus, "run_dir": str(run_dir), "checkpoint": str(run_dir / "m.pt"),
+        "model": {"activation": activation, "lma_segments": 8, "hidden_size": size, "enc_layers": 3,
+                  "dec_layers": 3, "seed": seed, "kd_teacher": None if teacher else "t.pt"},
+        "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
+        "bleu_tok": {"score": bleu + 1, "signature": "tok:none"},
+        "ppl": ppl, "params": 1e6, "memory": {"peak_mb": 100.0}, "speed": {"sentences_per_s": 10.0},
+    }
+
+
+def test_report_means_standard_deviations_and_changes(tmp_path):
+    results = tmp_path / "runs"
+    rows = [("relu", 1, 10.0, 30.0), ("relu", 2, 11.0, 31.0), ("relu", 3, 12.0, 32.0),
+            ("lma", 1, 12.0, 28.0), ("lma", 2, 13.0, 29.0), ("prelu", 1, 9.0, 33.0)]
+    for activation, seed, bleu, ppl in rows:
+        run_dir = results / f"student64_{activation}_seed{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.log").write_text(
+            "[x INFO] Step 100/200; acc: 1\n[x INFO] Validation perplexity: 50.0\n"
+            f"[x INFO] Step 200/200; acc: 2\n[x INFO] Validation perplexity: {ppl}\n"
+        )
+        (run_dir / "m.pt.eval.json").write_text(json.dumps(synthetic_result("multi30k", 64, activation, seed, bleu, ppl, run_dir)))
+    teacher_dir = results / "teacher"
+    teacher_dir.mkdir()
+    (teacher_dir / "m.pt.eval.json").write_text(json.dumps(synthetic_result("multi30k", 256, "relu", 1, 20.0, 10.0, teacher_dir, teacher=True)))
+    path, text = write_report([results], tmp_path / "report")
+    row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | BLEU |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = next(l for l in text.splitlines() if l.startswith("| corpus | student |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[3:] == ["relu", "prelu", "lma-8"]
+    assert cells[3] == "11.00 ± 1.00 [n=3]"
+    assert cells[4] == "9.00 (-18.2%) [n=1]"
+    assert cells[5] == "12.50 ± 0.71 (+13.6%) [n=2]"
+    ppl_row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | ppl |"))
+    assert "28.50 ± 0.71 (-8.1%) [n=2]" in ppl_row
+    assert "| multi30k | 256-dim 3+3 | 20.00 | 21.00 | 10.00 | 1.0 M |" in text
+    for image in ("bleu_vs_size_multi30k.png", "valid_ppl_multi30k_64.png"):
+        assert (tmp_path / "report" / image).stat().st_size > 1000
+        assert f"]({image})" in text
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("train_teacher.sh", [], "expected 1 argument, got 0"),
+        ("train_teacher.sh", ["iwslt"], "unknown corpus 'iwslt'"),
+        ("train_student.sh", ["ope", "100", "lma", "1"], "unknown size '100' (valid: 256 128 64)"),
+        ("train_student.sh", ["ope", "64", "maxout", "1"], "unknown activation 'maxout'"),
+        ("train_student.sh", ["ope", "64", "lma", "first"], "SEED must be a positive integer, got 'first'"),
+        ("evaluate.sh", ["missing.pt", "ope"], "no checkpoint at 'missing.pt'"),
+        ("evaluate.sh", ["x.pt"], "expected 2 arguments, got 1"),
+        ("report.sh", ["out"], "expected an output folder and at least one results folder"),
+        ("demo.sh", ["now"], "no arguments expected"),
+    ],
+)
+def test_bad_script_arguments_fail_with_usage(script, args, message):
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: scripts/") and message in result.stderr
