@@ -2,11 +2,11 @@
 
 import json
 import math
+import os
 import subprocess
 
 import pytest
 import sacrebleu
-import torch
 import yaml
 
 from onmt_lma import plugin  # noqa: F401  (installs)
@@ -14,7 +14,7 @@ from onmt_lma import recipes
 from onmt_lma.bin import train as train_cli
 from onmt_lma.report import write_report
 
-from conftest import REPO, load, run
+from conftest import REPO, load
 
 TINY_SETTINGS = {
     "hidden_size": 32, "word_vec_size": 32, "transformer_ff": 64, "heads": 2,
@@ -28,7 +28,8 @@ def corpus_dir(vocab, tmp_path_factory):
     """A prepared-corpus directory in data_prep's layout, from the tiny corpus (test = valid)."""
     from sacremoses import MosesDetokenizer
 
-    out = tmp_path_factory.mktemp("prepared")
+    out = tmp_path_factory.mktemp("prepared") / "multi30k"  # $DATA_ROOT/<corpus>, as the scripts expect
+    out.mkdir()
     for split in ("train", "valid"):
         for lang in ("de", "en"):
             (out / f"{split}.{lang}").write_text((vocab / f"{split}.{lang}").read_text())
@@ -120,9 +121,11 @@ def evaluated(corpus_dir, tmp_path_factory):
                                               ("valid_steps", 12), ("pos_ffn_activation_fn", "lma"),
                                               ("dropout", 0.0), ("attention_dropout", 0.0)]
     final = recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
-    out = run_dir / "eval.json"
-    result = run("python", "-m", "onmt_lma.evaluate", final, corpus_dir, "--out", out)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "evaluate.sh"), str(final), "multi30k"],
+                            capture_output=True, text=True, env={**os.environ, "DATA_ROOT": str(corpus_dir.parent)})
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "[evaluate]" in result.stdout
+    out = run_dir / "model_step_12.pt.eval.json"
     return final, json.loads(out.read_text()), out
 
 
@@ -149,7 +152,7 @@ def test_evaluation_fills_every_field(evaluated, corpus_dir):
 @pytest.mark.integration
 def test_bleu_matches_sacrebleu_called_directly(evaluated, corpus_dir):
     _, result, out = evaluated
-    hyps = (out.parent / "eval.hyp.detok.en").read_text().splitlines()
+    hyps = (out.parent / "model_step_12.pt.eval.hyp.detok.en").read_text().splitlines()
     refs = (corpus_dir / "test.ref.detok.en").read_text().splitlines()
     assert result["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
 
