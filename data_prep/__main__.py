@@ -6,6 +6,7 @@ import sys
 from data_prep.pipeline import DEFAULT_VALID_SIZE, Options, prepare
 from data_prep.sources import CORPORA
 from data_prep.text import DataPrepError
+from onmt_lma.opts import int_type
 
 EPILOG = """corpora:
   ope       OpenNMT integration-test corpus: 200K train pairs, 6,003 test pairs, already
@@ -20,24 +21,8 @@ EPILOG = """corpora:
 """
 
 
-def positive_int(value):
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
-    return number
-
-
-def non_negative_int(value):
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return number
+positive_int = int_type("an integer >= 1", lambda n: n >= 1)
+non_negative_int = int_type("an integer >= 0", lambda n: n >= 0)
 
 
 def get_parser():

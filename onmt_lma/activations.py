@@ -122,8 +122,6 @@ class LMA(nn.Module):
         super().__init__()
         if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
             raise ValueError(f"LMA: segments must be an integer >= 2, got {segments!r}")
-        if segments > 2**15:
-            raise ValueError(f"LMA: segments must be <= {2**15}, got {segments!r}")
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
             raise ValueError(f"LMA: momentum must be in [0, 1), got {momentum!r}")
         self.segments = segments

@@ -2,23 +2,8 @@
 
 import argparse
 
-from onmt_lma.activations import LMA
-
 DEFAULT_SEGMENTS = 8
 DEFAULT_MOMENTUM = 0.99
-
-
-def segments_type(value):
-    """``-lma_segments``: an integer >= 2, checked at parse time."""
-    try:
-        segments = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value!r}") from None
-    try:
-        LMA(segments)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value!r}") from None
-    return segments
 
 
 def float_type(expected, accept):
@@ -36,6 +21,23 @@ def float_type(expected, accept):
     return parse
 
 
+def int_type(expected, accept):
+    """An argparse type: an integer for which ``accept`` holds, else ``expected ..., got ...``."""
+
+    def parse(value):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not accept(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
+
+
+#: ``-lma_segments``: an integer >= 2 (LMA's own limit is checked when it is built).
+segments_type = int_type("an integer >= 2", lambda k: k >= 2)
 #: ``-lma_momentum``: a float in [0, 1), checked at parse time.
 momentum_type = float_type("a number in [0, 1)", lambda m: 0.0 <= m < 1.0)
 

@@ -138,6 +138,19 @@ def validation_curve(train_log):
     return points
 
 
+def _finish(fig, ax, path, title, xlabel, ylabel):
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plots(results, out_dir):
     import matplotlib
 
@@ -160,15 +173,11 @@ def plots(results, out_dir):
                         capsize=3, label=activation)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(sizes), [str(s) for s in sorted(sizes)])
-        ax.set_xlabel("student size (embedding / hidden dimension)")
-        ax.set_ylabel("sacreBLEU (test)")
-        ax.set_title(f"{corpus}: BLEU against student size (mean ± std over seeds)")
-        ax.legend()
-        fig.tight_layout()
-        path = Path(out_dir) / f"bleu_vs_size_{corpus}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish(
+            fig, ax, Path(out_dir) / f"bleu_vs_size_{corpus}.png",
+            f"{corpus}: BLEU against student size (mean ± std over seeds)",
+            "student size (embedding / hidden dimension)", "sacreBLEU (test)",
+        ))
         for size, cells in sizes.items():
             fig, ax = plt.subplots(figsize=(6, 4))
             drawn = False
@@ -183,15 +192,11 @@ def plots(results, out_dir):
             if not drawn:
                 plt.close(fig)
                 continue
-            ax.set_xlabel("training step")
-            ax.set_ylabel("validation perplexity")
-            ax.set_title(f"{corpus}, {size}-dim students: validation perplexity")
-            ax.legend()
-            fig.tight_layout()
-            path = Path(out_dir) / f"valid_ppl_{corpus}_{size}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
+            written.append(_finish(
+                fig, ax, Path(out_dir) / f"valid_ppl_{corpus}_{size}.png",
+                f"{corpus}, {size}-dim students: validation perplexity",
+                "training step", "validation perplexity",
+            ))
     return written
 
 

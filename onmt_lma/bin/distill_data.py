@@ -5,7 +5,6 @@ Translates ``-src`` with the teacher ``-model`` (beam 5 by default) into
 (see :mod:`onmt_lma.seqkd`).  Accepts every ``onmt_translate`` option.
 """
 
-import argparse
 import os
 
 from onmt_lma.bin import user_errors_exit
@@ -15,17 +14,8 @@ from onmt.inference_engine import InferenceEnginePY
 from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
+from onmt_lma.opts import int_type
 from onmt_lma.seqkd import DistillDataError, distill_corpus
-
-
-def chunk_type(value):
-    try:
-        chunk = int(value)
-    except ValueError:
-        chunk = 0
-    if chunk < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
-    return chunk
 
 
 def get_parser():
@@ -35,7 +25,7 @@ def get_parser():
     group.add(
         "--chunk_lines",
         "-chunk_lines",
-        type=chunk_type,
+        type=int_type("an integer >= 1", lambda n: n >= 1),
         default=1000,
         help="Lines translated and written at a time; an interruption loses at most one chunk.",
     )
