@@ -6,12 +6,12 @@ DEFAULT_SEGMENTS = 8
 DEFAULT_MOMENTUM = 0.99
 
 
-def float_type(expected, accept):
-    """An argparse type: a float for which ``accept`` holds, else ``expected ..., got ...``."""
+def number_type(convert, expected, accept):
+    """An argparse type: ``convert(value)`` for which ``accept`` holds, else ``expected ..., got ...``."""
 
     def parse(value):
         try:
-            number = float(value)
+            number = convert(value)
         except (TypeError, ValueError):
             number = None
         if number is None or not accept(number):
@@ -22,21 +22,14 @@ def float_type(expected, accept):
 
 
 def int_type(expected, accept):
-    """An argparse type: an integer for which ``accept`` holds, else ``expected ..., got ...``."""
-
-    def parse(value):
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not accept(number):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
-        return number
-
-    return parse
+    return number_type(int, expected, accept)
 
 
-#: ``-lma_segments``: an integer >= 2 (LMA's own limit is checked when it is built).
+def float_type(expected, accept):
+    return number_type(float, expected, accept)
+
+
+#: ``-lma_segments``: an integer >= 2, checked at parse time.
 segments_type = int_type("an integer >= 2", lambda k: k >= 2)
 #: ``-lma_momentum``: a float in [0, 1), checked at parse time.
 momentum_type = float_type("a number in [0, 1)", lambda m: 0.0 <= m < 1.0)
