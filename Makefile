@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -e '.[test]'
 	$(PIP) install --no-deps OpenNMT-py==$(OPENNMT_VERSION)
+	$(PY) -c "from onmt_lma import kernels; print('fused LMA CPU kernel built:', kernels.build())"
 	$(PY) -c "import onmt_lma.plugin, torch; print('onmt-lma ready, torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from onmt_lma.kernels import cpu_kernel
+
 __all__ = [
     "LMA",
     "PReLU",
@@ -56,21 +58,40 @@ class _LMAFunction(torch.autograd.Function):
 
     Keeps only the input for backward (the segment ids are recomputed from it
     and the two statistics), so training stores one tensor of the input's size,
-    as ReLU does.  ``mean`` and ``std`` are constants for the gradient.
+    as ReLU does.  ``mean`` and ``std`` are constants for the gradient.  On CPU
+    the fused kernel of :mod:`onmt_lma.kernels` runs when available; otherwise
+    (and on other devices) the same math in PyTorch operations.
     """
 
     @staticmethod
     def forward(ctx, x, alpha, beta, mean, std):
+        ctx.save_for_backward(x, alpha, mean, std)
+        kernel = cpu_kernel() if x.device.type == "cpu" else None
+        ctx.kernel = kernel
+        if kernel is not None:  # fused: one pass, no temporaries
+            return kernel.forward(x, alpha.detach(), beta.detach(), mean.item(), std.item())
         dtype = _compute_dtype(x, alpha)
         xc = x.to(dtype)
         j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
         out = alpha.to(dtype)[j] * xc + beta.to(dtype)[j]
-        ctx.save_for_backward(x, alpha, mean, std)
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, alpha, mean, std = ctx.saved_tensors
+        if ctx.kernel is not None:
+            need_x, need_alpha, need_beta = ctx.needs_input_grad[:3]
+            grad_x, grad_alpha, grad_beta = ctx.kernel.backward(
+                grad_out.to(x.dtype), x, alpha.detach(), mean.item(), std.item(),
+                need_x, need_alpha or need_beta,
+            )
+            return (
+                grad_x if need_x else None,
+                grad_alpha if need_alpha else None,
+                grad_beta if need_beta else None,
+                None,
+                None,
+            )
         dtype = _compute_dtype(x, alpha)
         xc = x.to(dtype)
         grad = grad_out.to(dtype)

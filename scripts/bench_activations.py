@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from onmt_lma import build_activation
+from onmt_lma import build_activation, kernels
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"train batch 3192x2048": (3192, 2048), "decode step 5x2048": (5, 2048)}
@@ -60,8 +60,13 @@ def implementations(units):
         "swish": build_activation("swish", units=units),
         "aplu-8": build_activation("aplu", units=units, segments=8),
         "lma-naive": NaiveLMA(8),
-        "lma (onmt_lma.LMA)": build_activation("lma", segments=8),
+        "lma, PyTorch path": build_activation("lma", segments=8),
+        "lma, fused CPU kernel": build_activation("lma", segments=8),
     }
+
+
+#: implementation name -> ONMT_LMA_KERNEL while it is measured
+KERNEL_CHOICE = {"lma, PyTorch path": "torch", "lma, fused CPU kernel": "cpu"}
 
 
 def median_seconds(fn, repeats, warmup=3):
@@ -90,28 +95,33 @@ def saved_bytes(module, x):
     return sum(saved.values()), input_key in saved
 
 
+def measure_one(module, shape, repeats):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 1.5
+    x_train = x.clone().requires_grad_()
+    grad = torch.randn(*shape)
+
+    def infer():
+        with torch.no_grad():
+            module.eval()(x)
+
+    def train():
+        x_train.grad = None
+        module.train()(x_train).backward(grad)
+
+    bytes_kept, _ = saved_bytes(module.train(), x_train)
+    return {
+        "inference_forward_s": median_seconds(infer, repeats),
+        "train_forward_backward_s": median_seconds(train, repeats),
+        "bytes_kept_for_backward": bytes_kept,
+    }
+
+
 def measure(shape, repeats):
     rows = {}
     for name, module in implementations(shape[1]).items():
-        torch.manual_seed(0)
-        x = torch.randn(*shape) * 1.5
-        x_train = x.clone().requires_grad_()
-        grad = torch.randn(*shape)
-
-        def infer():
-            with torch.no_grad():
-                module.eval()(x)
-
-        def train():
-            x_train.grad = None
-            module.train()(x_train).backward(grad)
-
-        bytes_kept, _ = saved_bytes(module.train(), x_train)
-        rows[name] = {
-            "inference_forward_s": median_seconds(infer, repeats),
-            "train_forward_backward_s": median_seconds(train, repeats),
-            "bytes_kept_for_backward": bytes_kept,
-        }
+        with kernels.forced(KERNEL_CHOICE.get(name, "auto")):
+            rows[name] = measure_one(module, shape, repeats)
     relu = rows["relu"]
     for row in rows.values():
         row["inference_ratio"] = row["inference_forward_s"] / relu["inference_forward_s"]

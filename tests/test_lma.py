@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 
-from onmt_lma import LMA
+from onmt_lma import LMA, kernels
+
+
+@pytest.fixture(autouse=True, params=["torch", "cpu"])
+def implementation(request):
+    """Every test runs on the pure-PyTorch path and on the fused CPU kernel."""
+    with kernels.forced(request.param):
+        yield request.param
 
 
 def reference_lma(x, alpha, beta, mean, std, segments):
@@ -267,3 +274,46 @@ def test_backward_keeps_no_more_than_the_input_and_a_quarter():
     kept = sum(t.numel() * t.element_size() for t in distinct.values())
     assert kept <= 1.25 * x.numel() * x.element_size()
     out.sum().backward()
+
+
+def test_fused_kernel_equals_the_pytorch_path(implementation):
+    torch.manual_seed(10)
+    module = random_lma(8, seed=10)
+    x = (torch.randn(33, 70) * 2).requires_grad_()
+    grad = torch.randn(33, 70)
+    results = {}
+    for choice in ("torch", "cpu"):
+        with kernels.forced(choice):
+            m = LMA(8)
+            m.load_state_dict(module.state_dict())
+            xi = x.detach().clone().requires_grad_()
+            out = m(xi)
+            out.backward(grad)
+            results[choice] = (out.detach(), xi.grad, m.alpha.grad, m.beta.grad, m.running_std.clone())
+    for a, b in zip(results["torch"], results["cpu"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_automatic_choice_falls_back_when_the_kernel_cannot_be_built(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False})
+    with kernels.forced("auto"), pytest.warns(UserWarning, match="fused CPU kernel unavailable"):
+        assert kernels.cpu_kernel() is None
+    with kernels.forced("auto"):
+        module = random_lma(8, seed=11)
+        x = torch.randn(50, 20)
+        mean, std = population_stats(x)
+        expected, position = reference_lma(x, module.alpha, module.beta, mean, std, 8)
+        keep = away_from_cuts(position)
+        torch.testing.assert_close(module(x).double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False})
+    with kernels.forced("cpu"), pytest.raises(RuntimeError, match="ONMT_LMA_KERNEL=cpu but the CPU kernel cannot be built"):
+        kernels.cpu_kernel()
+    with pytest.raises(ValueError, match="expected auto, torch or cpu"):
+        with kernels.forced("gpu"):
+            pass
