@@ -53,6 +53,16 @@ def _compute_dtype(x, alpha):
     return torch.promote_types(torch.promote_types(x.dtype, alpha.dtype), torch.float32)
 
 
+def _lma_forward(x, alpha, beta, mean, std, kernel):
+    """``alpha[j] * x + beta[j]`` without autograd: fused kernel, else PyTorch ops."""
+    if kernel is not None:  # one pass, no temporaries
+        return kernel.forward(x, alpha.detach(), beta.detach(), mean.item(), std.item())
+    dtype = _compute_dtype(x, alpha)
+    xc = x.to(dtype)
+    j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
+    return (alpha.to(dtype)[j] * xc + beta.to(dtype)[j]).to(x.dtype)
+
+
 class _LMAFunction(torch.autograd.Function):
     """``h(x) = alpha[j] * x + beta[j]``, PAPER "LMA, exactly" 2.
 
@@ -66,15 +76,8 @@ class _LMAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, beta, mean, std):
         ctx.save_for_backward(x, alpha, mean, std)
-        kernel = cpu_kernel() if x.device.type == "cpu" else None
-        ctx.kernel = kernel
-        if kernel is not None:  # fused: one pass, no temporaries
-            return kernel.forward(x, alpha.detach(), beta.detach(), mean.item(), std.item())
-        dtype = _compute_dtype(x, alpha)
-        xc = x.to(dtype)
-        j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
-        out = alpha.to(dtype)[j] * xc + beta.to(dtype)[j]
-        return out.to(x.dtype)
+        ctx.kernel = cpu_kernel() if x.device.type == "cpu" else None
+        return _lma_forward(x, alpha, beta, mean, std, ctx.kernel)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -111,11 +114,29 @@ class _LMAFunction(torch.autograd.Function):
         return grad_x, grad_alpha, grad_beta, None, None
 
 
+def batch_statistics(x):
+    """Mean and population standard deviation over all elements (0-dim tensors).
+
+    float32 (float64 for float64 input); on CPU one fused pass when the kernel
+    is available, which is ~10x faster than ``torch.std_mean``.
+    """
+    stat_dtype = torch.promote_types(x.dtype, torch.float32)
+    kernel = cpu_kernel() if x.device.type == "cpu" else None
+    if kernel is not None:
+        mean, std = kernel.stats(x)
+        return torch.tensor(mean, dtype=stat_dtype), torch.tensor(std, dtype=stat_dtype)
+    std, mean = torch.std_mean(x.to(stat_dtype), correction=0)
+    return mean, std
+
+
 def lma(x, alpha, beta, mean, std):
     """Functional LMA with given statistics (0-dim or 1-element tensors)."""
     mean = mean.detach().reshape(())
     std = std.detach().reshape(())
-    return _LMAFunction.apply(x, alpha, beta, mean, std)
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or beta.requires_grad):
+        return _LMAFunction.apply(x, alpha, beta, mean, std)
+    # inference (e.g. each decoding step): no autograd bookkeeping
+    return _lma_forward(x, alpha, beta, mean, std, cpu_kernel() if x.device.type == "cpu" else None)
 
 
 # --------------------------------------------------------------------------- #
@@ -167,8 +188,7 @@ class LMA(nn.Module):
     def forward(self, x):
         if self.training and x.numel() > 0:
             with torch.no_grad():
-                stat_dtype = torch.promote_types(x.dtype, torch.float32)
-                std, mean = torch.std_mean(x.detach().to(stat_dtype), correction=0)
+                mean, std = batch_statistics(x.detach())
                 keep = self.momentum
                 self.running_mean.mul_(keep).add_((1 - keep) * mean.to(self.running_mean.dtype))
                 self.running_std.mul_(keep).add_((1 - keep) * std.to(self.running_std.dtype))

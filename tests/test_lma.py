@@ -317,3 +317,21 @@ def test_automatic_choice_falls_back_when_the_kernel_cannot_be_built(monkeypatch
     with pytest.raises(ValueError, match="expected auto, torch or cpu"):
         with kernels.forced("gpu"):
             pass
+
+
+def test_inference_without_autograd_equals_the_autograd_path():
+    module = random_lma(8, seed=12)
+    with torch.no_grad():
+        module.running_mean.fill_(0.2)
+        module.running_std.fill_(1.3)
+    module.eval()
+    x = torch.randn(6, 40) * 2
+    with_autograd = module(x)  # alpha requires grad: the autograd Function
+    assert with_autograd.grad_fn is not None
+    with torch.no_grad():
+        without = module(x)
+    assert without.grad_fn is None
+    torch.testing.assert_close(without, with_autograd.detach())
+    expected, position = reference_lma(x, module.alpha, module.beta, 0.2, 1.3, 8)
+    keep = away_from_cuts(position)
+    torch.testing.assert_close(without.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)

@@ -147,7 +147,62 @@ std::vector<torch::Tensor> lma_backward(torch::Tensor grad, torch::Tensor x, tor
   return {grad_x, grad_alpha, grad_beta};
 }
 
+// Mean and population standard deviation of all elements, one pass: per block
+// of kBlock elements sums in 8 independent lanes of acc_t (vectorizable without
+// reassociation), block totals in double.
+std::vector<double> lma_stats(torch::Tensor x) {
+  auto input = x.contiguous();
+  const int64_t n = input.numel();
+  TORCH_CHECK(n > 0, "lma_stats: empty input");
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads() * 4, (n + kGrain - 1) / kGrain));
+  const int64_t per_chunk = (n + chunks - 1) / chunks;
+  std::vector<double> partial(chunks * 2, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "lma_stats", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const scalar_t* px = input.data_ptr<scalar_t>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const int64_t begin = c * per_chunk;
+        const int64_t end = std::min(n, begin + per_chunk);
+        double sum = 0.0, squares = 0.0;
+        for (int64_t start = begin; start < end; start += kBlock) {
+          const int64_t count = std::min(kBlock, end - start);
+          acc_t s[8] = {0}, q[8] = {0};
+          int64_t i = 0;
+          for (; i + 8 <= count; i += 8) {
+            for (int l = 0; l < 8; ++l) {
+              const acc_t v = static_cast<acc_t>(px[start + i + l]);
+              s[l] += v;
+              q[l] += v * v;
+            }
+          }
+          for (; i < count; ++i) {
+            const acc_t v = static_cast<acc_t>(px[start + i]);
+            s[0] += v;
+            q[0] += v * v;
+          }
+          for (int l = 0; l < 8; ++l) {
+            sum += s[l];
+            squares += q[l];
+          }
+        }
+        partial[2 * c] = sum;
+        partial[2 * c + 1] = squares;
+      }
+    });
+  });
+  double sum = 0.0, squares = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    sum += partial[2 * c];
+    squares += partial[2 * c + 1];
+  }
+  const double mean = sum / n;
+  const double variance = std::max(squares / n - mean * mean, 0.0);
+  return {mean, std::sqrt(variance)};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("stats", &lma_stats, "mean and population std of all elements (CPU, one pass)");
   m.def("forward", &lma_forward, "LMA forward (CPU, fused)");
   m.def("backward", &lma_backward, "LMA backward (CPU, fused)");
 }
