@@ -14,9 +14,10 @@ Fields (PAPER.md, "Translation setup"):
     (sentences/s, target tokens/s);
   * ``memory``: while translating one sentence at a time, in a fresh process:
     on CUDA ``torch.cuda.max_memory_allocated`` (as the paper); on CPU the
-    growth of the process's peak resident set size (``ru_maxrss``) from just
-    before the model is loaded to the end, i.e. model + decoding memory without
-    the Python/PyTorch runtime.
+    process's peak resident memory from loading the model to the end of
+    translation (Linux ``VmHWM``, reset just before loading) minus its resident
+    memory before loading, i.e. model + decoding memory without the
+    Python/PyTorch runtime.
 """
 
 import argparse
@@ -25,7 +26,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,8 +52,19 @@ def _translate_opts(checkpoint, src, output, beam, gpu, batch_size=1):
     return opt
 
 
-def _rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+def _status_mb(field):
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss():
+    """Reset the peak resident size (VmHWM) to the current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def translate_worker(checkpoint, src, output, beam, gpu):
@@ -63,7 +74,8 @@ def translate_worker(checkpoint, src, output, beam, gpu):
     import torch
 
     opt = _translate_opts(checkpoint, src, output, beam, gpu)
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
+    _reset_peak_rss()
     if gpu >= 0:
         torch.cuda.reset_peak_memory_stats()
     engine = InferenceEnginePY(opt)
@@ -75,8 +87,8 @@ def translate_worker(checkpoint, src, output, beam, gpu):
         memory = {"device": "cuda", "measure": "torch.cuda.max_memory_allocated",
                   "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
     else:
-        peak = _rss_mb()
-        memory = {"device": "cpu", "measure": "peak RSS growth from before model load (ru_maxrss)",
+        peak = _status_mb("VmHWM")
+        memory = {"device": "cpu", "measure": "peak resident memory (VmHWM) minus resident memory before model load",
                   "peak_mb": peak - before, "process_peak_rss_mb": peak}
     return {"seconds": seconds, "memory": memory}
 

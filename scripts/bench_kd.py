@@ -14,9 +14,7 @@ depend on its quality.  Writes results/bench/kd_teacher_cost.{json,md}.
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +27,9 @@ from onmt_lma.bin import train as train_cli
 
 import onmt.trainer
 
+from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
+
 REPO = Path(__file__).resolve().parents[1]
-WARMUP_STEPS = 3
 
 MODEL = [
     "-encoder_type", "transformer", "-decoder_type", "transformer", "-position_encoding",
@@ -62,44 +61,11 @@ def prepare(work, data, lines):
     return config
 
 
-class StepTimer:
-    """Times every ``Trainer._gradient_accumulation`` call and counts its target tokens."""
-
-    def __init__(self):
-        self.steps = []
-        self._original = onmt.trainer.Trainer._gradient_accumulation
-        timer = self
-
-        def timed(trainer, true_batches, normalization, total_stats, report_stats):
-            words = total_stats.n_words
-            start = time.perf_counter()
-            result = timer._original(trainer, true_batches, normalization, total_stats, report_stats)
-            timer.steps.append((total_stats.n_words - words, time.perf_counter() - start))
-            return result
-
-        onmt.trainer.Trainer._gradient_accumulation = timed
-
-    def tokens_per_second(self):
-        measured = self.steps[WARMUP_STEPS:]
-        return sum(w for w, _ in measured) / sum(t for _, t in measured)
-
-
 def train(config, save_model, steps, extra):
     train_cli.main(
         ["-config", str(config), *MODEL, "-save_model", str(save_model),
          "-train_steps", str(steps), "-save_checkpoint_steps", str(steps), *extra]
     )
-
-
-def machine():
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-    }
 
 
 def main():
@@ -127,11 +93,8 @@ def main():
         for repeat in range(args.repeats):
             for name, extra in (("student alone", []), ("student + online teacher", ["-kd_teacher", str(teacher)])):
                 print(f"== {name}, run {repeat + 1}/{args.repeats}, {args.steps} steps", flush=True)
-                timer = StepTimer()
-                try:
+                with StepTimer() as timer:
                     train(config, work / "student", args.steps, student + extra)
-                finally:
-                    onmt.trainer.Trainer._gradient_accumulation = timer._original
                 runs[name].append(timer.tokens_per_second())
 
     alone = statistics.median(runs["student alone"])
