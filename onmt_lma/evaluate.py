@@ -37,13 +37,15 @@ import sacrebleu
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _translate_opts(checkpoint, src, output, beam, gpu, batch_size=1):
+def _translate_opts(checkpoint, src, output, beam, gpu, batch_size=1, fixed_length=None):
     from onmt_lma.bin.translate import get_parser
     from onmt.utils.parse import ArgumentParser
 
     args = ["-model", str(checkpoint), "-src", str(src), "-output", str(output),
             "-beam_size", str(beam), "-batch_size", str(batch_size), "-batch_type", "sents",
             "-max_length", "250", "-gpu", str(gpu)]
+    if fixed_length:  # every hypothesis exactly this long: equal decoding work across models
+        args += ["-min_length", str(fixed_length), "-max_length", str(fixed_length)]
     opt = get_parser().parse_args(args)
     ArgumentParser.validate_translate_opts(opt)
     ArgumentParser._get_all_transform_translate(opt)
@@ -67,13 +69,13 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def translate_worker(checkpoint, src, output, beam, gpu):
+def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None):
     """Run in a fresh process: translate one sentence at a time; speed and peak memory."""
     from onmt_lma import plugin  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY
     import torch
 
-    opt = _translate_opts(checkpoint, src, output, beam, gpu)
+    opt = _translate_opts(checkpoint, src, output, beam, gpu, fixed_length=fixed_length)
     before = _status_mb("VmRSS")
     _reset_peak_rss()
     if gpu >= 0:
@@ -258,9 +260,11 @@ def main(argv=None):
     parser.add_argument("--gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     parser.add_argument("--force", action="store_true", help="replace an existing result")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:  # internal: python -m onmt_lma.evaluate --worker CKPT SRC OUT_HYP
-        print(json.dumps(translate_worker(args.checkpoint, args.corpus_dir, args.out_hyp, args.beam, args.gpu)))
+        print(json.dumps(translate_worker(args.checkpoint, args.corpus_dir, args.out_hyp, args.beam, args.gpu,
+                                          args.fixed_length)))
         return
     if args.corpus_dir is None:
         parser.error("CORPUS_DIR is required")

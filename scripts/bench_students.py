@@ -29,6 +29,7 @@ from onmt_lma.bin import train as train_cli
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 256)
 ACTIVATIONS = ("relu", "lma")
+OUTPUT_LENGTH = 20  # every translation exactly 20 tokens: equal decoding work however trained
 
 
 def prepare(data, work):
@@ -53,7 +54,8 @@ def train_speed(corpus, work, size, activation, steps):
 def translate_speed(checkpoint, source):
     result = subprocess.run(
         [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(source),
-         str(checkpoint) + ".hyp", "--beam", "5"], capture_output=True, text=True, check=True,
+         str(checkpoint) + ".hyp", "--beam", "5", "--fixed-length", str(OUTPUT_LENGTH)],
+        capture_output=True, text=True, check=True,
     )
     run = json.loads(result.stdout.strip().splitlines()[-1])
     sentences = len(Path(source).read_text(encoding="utf-8").splitlines())
@@ -118,7 +120,7 @@ def main():
         f"`python scripts/bench_students.py --steps {args.steps} --sentences {args.sentences}`: Multi30k, recipes' "
         f"student settings (3 + 3 layers, feed-forward 2048, 3192-token batches), training tokens/s over "
         f"{args.steps - WARMUP_STEPS} timed steps; beam-5 translation of {args.sentences} test sentences one at a "
-        "time (after so few training steps the two models translate to different lengths: compare output tokens/s, which is per decoding step); memory = peak resident memory from model load on, minus resident memory before (CPU). Goals: ratios >= 0.9, memory <= +2%.\n\n"
+        f"time with every output exactly {OUTPUT_LENGTH} tokens long (-min_length = -max_length), so that both models do the same decoding work; memory = peak resident memory from model load on, minus resident memory before (CPU). Goals: ratios >= 0.9, memory <= +2%.\n\n"
         + table + f"\nMachine: {meta['machine']}\n"
     )
     print(f"wrote {args.out / 'students.json'} and .md")
