@@ -210,8 +210,4 @@ def install():
     _patch("spawned_infer", spawned_infer, onmt.inference_engine)
 
 
-def is_installed():
-    return bool(_ORIGINAL)
-
-
 install()
