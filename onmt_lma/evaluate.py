@@ -270,7 +270,7 @@ def main(argv=None):
         parser.error("CORPUS_DIR is required")
     out = Path(args.out or f"{args.checkpoint}.eval.json")
     if out.exists() and not args.force:
-        print(f"[evaluate] {out} exists: kept (use --force to replace it)")
+        print(f"[evaluate] {out} exists: kept (replace it with --force, or FORCE=1 scripts/evaluate.sh)")
         return
     try:
         result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu)
