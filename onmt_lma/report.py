@@ -126,7 +126,12 @@ def teacher_lines(results):
 
 
 def validation_curve(train_log):
-    """(step, validation perplexity) pairs from an OpenNMT-py training log."""
+    """(step, validation perplexity) pairs from an OpenNMT-py training log.
+
+    OpenNMT-py does not log the step of a validation: it is taken from the last
+    ``Step N/`` report before it, exact when ``valid_steps`` is a multiple of
+    ``report_every`` (as in every recipe).
+    """
     points, step = [], None
     for line in Path(train_log).read_text(encoding="utf-8", errors="replace").splitlines():
         match = re.search(r"Step (\d+)/", line)

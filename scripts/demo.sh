@@ -30,7 +30,7 @@ demo_settings="train_steps=$teacher_steps valid_steps=40 save_checkpoint_steps=$
 step "1/4 data: Multi30k (29,000 / 1,014 / 1,000 pairs)" prepare_corpus multi30k
 EXTRA="$demo_settings" step "2/4 teacher: 256-dim, 3 + 3 layers, $teacher_steps steps" \
   "$REPO/scripts/train_teacher.sh" multi30k
-student_settings="train_steps=$student_steps valid_steps=25 save_checkpoint_steps=$student_steps batch_size=1536 warmup_steps=100 report_every=20"
+student_settings="train_steps=$student_steps valid_steps=20 save_checkpoint_steps=$student_steps batch_size=1536 warmup_steps=100 report_every=20"
 for act in relu lma; do
   EXTRA="$student_settings" step "3/4 $act student: 64-dim, 3 + 3 layers, distilled, $student_steps steps" \
     "$REPO/scripts/train_student.sh" multi30k 64 "$act" 1
