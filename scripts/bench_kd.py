@@ -16,17 +16,11 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import build_vocab as build_vocab_cli
 from onmt_lma.bin import train as train_cli
-
-import onmt.trainer
-
 from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
 
 REPO = Path(__file__).resolve().parents[1]

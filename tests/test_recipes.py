@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import sacrebleu
-import yaml
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import recipes

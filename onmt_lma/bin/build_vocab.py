@@ -1,7 +1,5 @@
 """``onmt_lma_build_vocab``: ``onmt_build_vocab``, with unknown options refused."""
 
-from onmt_lma import plugin  # noqa: F401  (installs the plugin, silences onmt's warnings)
-
 import onmt.bin.build_vocab
 
 

@@ -4,8 +4,6 @@ Accepts every ``onmt_train`` option (command line or ``-config`` YAML) plus
 the plugin's; unlike ``onmt_train``, an unknown option is an error.
 """
 
-from onmt_lma import plugin  # noqa: F401  (installs the plugin)
-
 import onmt.bin.train
 import onmt.opts
 from onmt.utils.parse import ArgumentParser

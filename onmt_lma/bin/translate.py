@@ -5,8 +5,6 @@ The model is rebuilt from the checkpoint's own options; ``-lma_segments``,
 must then match the checkpoint.
 """
 
-from onmt_lma import plugin  # noqa: F401  (installs the plugin)
-
 import onmt.bin.translate
 import onmt.opts
 from onmt.utils.parse import ArgumentParser
