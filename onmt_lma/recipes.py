@@ -15,6 +15,8 @@ config differs from the one composed now.
 """
 
 import argparse
+import contextlib
+import fcntl
 import re
 import sys
 from pathlib import Path
@@ -95,18 +97,34 @@ def checkpoints(run_dir):
     return [path for _, path in sorted(found)]
 
 
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold ``RUN_DIR/.lock`` so that no two processes train one run."""
+    with open(Path(run_dir) / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(f"{run_dir} is being trained by another process") from None
+        yield
+
+
 def train(corpus, model, data_dir, run_dir, settings=()):
     """Train (or resume, or skip) one run; returns its final checkpoint."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _train_locked(corpus, model, data_dir, run_dir, settings)
+
+
+def _train_locked(corpus, model, data_dir, run_dir, settings):
     from onmt_lma.bin import train as train_cli
 
-    run_dir = Path(run_dir)
     done = run_dir / "DONE"
     if done.exists():
         final = run_dir / done.read_text().strip()
         print(f"[recipes] {run_dir}: finished already ({final}); remove the directory to retrain")
         return final
     config = compose(corpus, model, data_dir, run_dir, settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     wanted = yaml.safe_dump(config, sort_keys=False)
     if config_path.exists():

@@ -5,10 +5,15 @@
 RESULTS are JSON files or directories searched for ``*.eval.json``.  Writes
 ``DIR/report.md``: a table shaped like the paper's Table 3 (corpus x student x
 metric rows, one column per activation, mean +- sample standard deviation over
-seeds, change relative to ReLU) and the teachers' figures; and PNG plots:
-``bleu_vs_size.png`` (BLEU against student size per activation) and
-``valid_ppl_<corpus>_<size>.png`` (validation perplexity over training steps
-per activation, from each run's ``train.log``).
+seeds, change relative to ReLU), each activation's BLEU difference to ReLU
+against the spread over seeds, the LMA segment study where several segment
+counts were run, the teachers' figures and every run's wall time; and PNG
+plots: ``bleu_vs_size_<corpus>.png`` (BLEU against student size per
+activation), ``valid_ppl_<corpus>_<size>.png`` (validation perplexity over
+training steps, from each run's ``train.log``) and
+``segments_<corpus>_<size>.png`` (the segment study).  A run's ``train.log``
+is looked for beside its JSON first, then in its run directory.  ``--reading
+FILE`` puts a hand-written reading of the results at the top.
 """
 
 import argparse
@@ -30,6 +35,25 @@ def metric(result, key):
     if key == "speed":
         return result["speed"]["sentences_per_s"]
     return result[key]
+
+
+def train_log(result):
+    """The run's OpenNMT-py training log: beside its JSON (collected results), else in its run directory."""
+    for folder in (Path(result["_file"]).parent, Path(result["run_dir"])):
+        if (folder / "train.log").is_file():
+            return folder / "train.log"
+    return None
+
+
+def training_seconds(log):
+    """Training wall time from a training log: the last ``N sec`` of each process, summed over resumptions."""
+    total, last = 0, 0
+    for seconds in re.findall(r"Step \d+/ *\d+;.*?(\d+) sec;", Path(log).read_text(encoding="utf-8", errors="replace")):
+        seconds = int(seconds)
+        if seconds < last:  # a resumed run restarts the clock
+            total += last
+        last = seconds
+    return total + last
 
 
 def load_results(paths):
@@ -75,7 +99,8 @@ def group(results):
 def _columns(groups):
     labels = {a for cells in groups.values() for a in cells}
     base = {a.split("-")[0] for a in labels}
-    ordered = [a for name in ACTIVATION_ORDER if name in base for a in sorted(labels) if a.split("-")[0] == name]
+    by_segments = sorted(labels, key=lambda a: (a.split("-")[0], int(a.split("-")[1]) if "-" in a else 0))
+    ordered = [a for name in ACTIVATION_ORDER if name in base for a in by_segments if a.split("-")[0] == name]
     return ordered + sorted(labels - set(ordered))
 
 
@@ -121,6 +146,71 @@ def teacher_lines(results):
         out.append(
             f"| {r['corpus']} | {r['model']['hidden_size']}-dim {r['model']['enc_layers']}+{r['model']['dec_layers']} "
             f"| {r['bleu']['score']:.2f} | {r['bleu_tok']['score']:.2f} | {r['ppl']:.2f} | {r['params'] / 1e6:.1f} M |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def comparison_lines(results):
+    """Each activation's BLEU difference to ReLU, next to the spread over seeds (Welch's t)."""
+    out = []
+    for (corpus, size), cells in sorted(group(results).items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        if "relu" not in cells:
+            continue
+        relu = [r["bleu"]["score"] for r in cells["relu"]]
+        for label in _columns({(corpus, size): cells}):
+            if label == "relu":
+                continue
+            other = [r["bleu"]["score"] for r in cells[label]]
+            difference = statistics.fmean(other) - statistics.fmean(relu)
+            spread = f"{min(other):.2f} to {max(other):.2f} vs {min(relu):.2f} to {max(relu):.2f}"
+            t = "—"
+            if len(other) > 1 and len(relu) > 1:
+                standard_error = (statistics.variance(other) / len(other) + statistics.variance(relu) / len(relu)) ** 0.5
+                t = f"{difference / standard_error:+.2f}" if standard_error > 0 else "—"
+            out.append(f"| {corpus} | {size} | {label} | {difference:+.2f} | {spread} | {t} | {len(other)} / {len(relu)} |")
+    if not out:
+        return ""
+    header = ["| corpus | student | activation | BLEU − ReLU | BLEU range over seeds (activation vs ReLU) "
+              "| Welch's t | seeds |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    return "\n".join(header + out) + "\n"
+
+
+def segment_groups(results):
+    """{(corpus, size): {segments: [lma results]}} where LMA was run with several segment counts."""
+    found = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if not is_teacher(r) and r["model"]["activation"] == "lma":
+            found[(r["corpus"], r["model"]["hidden_size"])][r["model"]["lma_segments"]].append(r)
+    return {key: cells for key, cells in found.items() if len(cells) > 1}
+
+
+def segment_lines(results):
+    out = []
+    for (corpus, size), cells in sorted(segment_groups(results).items()):
+        out.append(f"\n{corpus}, {size}-dim LMA students (mean over the seeds run [n]):\n")
+        out.append("| segments | BLEU | tok. BLEU | ppl | params | mem MB | sent/s | n |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for segments in sorted(cells):
+            runs = cells[segments]
+            mean = {key: statistics.fmean(metric(r, key) for r in runs) for key, _ in METRICS}
+            params = statistics.fmean(r["params"] for r in runs)
+            out.append(f"| {segments} | {mean['bleu']:.2f} | {mean['bleu_tok']:.2f} | {mean['ppl']:.2f} "
+                       f"| {params:,.0f} | {mean['memory']:.0f} | {mean['speed']:.2f} | {len(runs)} |")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def runs_lines(results):
+    """One row per run: what it is, its commit and its wall times."""
+    out = ["| run | activation | seed | steps | training | evaluation | commit | evaluated |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(results, key=lambda r: (not is_teacher(r), Path(r["run_dir"]).name)):
+        log = train_log(r)
+        training = f"{training_seconds(log) / 60:.1f} min" if log else "—"
+        out.append(
+            f"| {Path(r['run_dir']).name} "
+            f"| {activation_label(r['model'])} | {r['model'].get('seed')} | {r['model'].get('train_steps')} "
+            f"| {training} | {r.get('evaluation_seconds', 0) / 60:.1f} min | {str(r.get('commit'))[:10]} "
+            f"| {r.get('evaluated_at', '—')} |"
         )
     return "\n".join(out) + "\n"
 
@@ -188,8 +278,8 @@ def plots(results, out_dir):
             drawn = False
             for activation, runs in sorted(cells.items()):
                 for i, r in enumerate(runs):
-                    log = Path(r["run_dir"]) / "train.log"
-                    curve = validation_curve(log) if log.exists() else []
+                    log = train_log(r)
+                    curve = validation_curve(log) if log else []
                     if curve:
                         ax.plot(*zip(*curve), marker=".", alpha=0.8, color=f"C{_columns(groups).index(activation)}",
                                 label=activation if i == 0 else None)
@@ -202,14 +292,32 @@ def plots(results, out_dir):
                 f"{corpus}, {size}-dim students: validation perplexity",
                 "training step", "validation perplexity",
             ))
+    for (corpus, size), cells in sorted(segment_groups(results).items()):
+        counts = sorted(cells)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, runs in enumerate(cells[c] for c in counts):
+            ax.plot([counts[i]] * len(runs), [r["bleu"]["score"] for r in runs], "o", color="C4", alpha=0.5)
+        ax.plot(counts, [statistics.fmean(r["bleu"]["score"] for r in cells[c]) for c in counts], "-", color="C4",
+                label="LMA (mean over seeds)")
+        relu = group(results)[(corpus, size)].get("relu")
+        if relu:
+            ax.axhline(statistics.fmean(r["bleu"]["score"] for r in relu), color="C0", linestyle="--",
+                       label="ReLU (mean over seeds)")
+        ax.set_xticks(counts)
+        written.append(_finish(
+            fig, ax, Path(out_dir) / f"segments_{corpus}_{size}.png",
+            f"{corpus}, {size}-dim LMA students: segments", "segments k", "sacreBLEU (test)",
+        ))
     return written
 
 
-def write_report(paths, out_dir):
+def write_report(paths, out_dir, reading=None):
     results = load_results(paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = "# Results\n\n"
+    if reading is not None:
+        text += "## Reading\n\n" + Path(reading).read_text(encoding="utf-8").strip() + "\n\n"
     teachers = teacher_lines(results)
     if teachers:
         text += "## Teachers\n\n" + teachers + "\n"
@@ -222,9 +330,19 @@ def write_report(paths, out_dir):
     )
     signatures = sorted({r["bleu"]["signature"] for r in results})
     text += "\nsacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures) + "\n"
+    comparison = comparison_lines(results)
+    if comparison:
+        text += ("\n## Against ReLU, with the spread over seeds\n\nBLEU difference of the means; the range of "
+                 "the seeds' scores; Welch's t (difference over its standard error; |t| well below 2 is within "
+                 "seed noise, and with 3 seeds a side even |t| near 3 is weak evidence).\n\n" + comparison)
+    segments = segment_lines(results)
+    if segments:
+        text += "\n## LMA segment study\n" + segments
     images = plots(results, out_dir)
     if images:
         text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n"
+    text += "\n## Runs\n\nTraining: wall time from the run's training log, summed over resumptions; " \
+            "evaluation: translation, scoring and perplexity.\n\n" + runs_lines(results)
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return out_dir / "report.md", text
 
@@ -234,8 +352,10 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="*.eval.json files or directories holding them")
     parser.add_argument("--out", default="results", help="output directory (default: results)")
+    parser.add_argument("--reading", help="Markdown file with a reading of the results, put at the top if it exists")
     args = parser.parse_args(argv)
-    path, text = write_report(args.results, args.out)
+    reading = args.reading if args.reading and Path(args.reading).is_file() else None
+    path, text = write_report(args.results, args.out, reading)
     print(text)
     print(f"[report] wrote {path}")
 

@@ -92,6 +92,13 @@ def test_composition_errors(corpus_dir, tmp_path):
         recipes.parse_setting("seed")
 
 
+def test_a_run_being_trained_cannot_be_trained_twice(corpus_dir, tmp_path):
+    with recipes.run_lock(tmp_path):
+        with pytest.raises(recipes.RecipeError, match="is being trained by another process"):
+            recipes.train("multi30k", "student64", corpus_dir, tmp_path, [("train_steps", 1)])
+    assert not (tmp_path / "config.yaml").exists()
+
+
 @pytest.mark.integration
 def test_training_runs_resume_and_are_never_overwritten(corpus_dir, tmp_path, capsys):
     settings = list(TINY_SETTINGS.items()) + [("train_steps", 4), ("save_checkpoint_steps", 2),
@@ -165,10 +172,10 @@ def test_test_perplexity_equals_opennmt_validation_perplexity(evaluated):
     assert result["ppl"] == pytest.approx(validation, rel=1e-3)
 
 
-def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False):
+def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False, segments=8):
     return {
         "corpus": corpus, "run_dir": str(run_dir), "checkpoint": str(run_dir / "m.pt"),
-        "model": {"activation": activation, "lma_segments": 8, "hidden_size": size, "enc_layers": 3,
+        "model": {"activation": activation, "lma_segments": segments, "hidden_size": size, "enc_layers": 3,
                   "dec_layers": 3, "seed": seed, "kd_teacher": None if teacher else "t.pt"},
         "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
         "bleu_tok": {"score": bleu + 1, "signature": "tok:none"},
@@ -208,6 +215,39 @@ def test_report_means_standard_deviations_and_changes(tmp_path):
         assert f"]({image})" in text
 
 
+def test_report_compares_with_relu_studies_segments_and_times_runs(tmp_path):
+    """Collected results (train.log beside the JSON, run directory gone), a reading, a segment study."""
+    collected = tmp_path / "collected"
+    rows = [("relu", 8, 1, 10.0), ("relu", 8, 2, 12.0), ("lma", 8, 1, 13.0), ("lma", 8, 2, 15.0),
+            ("lma", 4, 1, 11.0), ("lma", 16, 1, 14.0)]
+    for activation, segments, seed, bleu in rows:
+        name = f"student64_{activation}{'' if segments == 8 else segments}_seed{seed}"
+        (collected / name).mkdir(parents=True)
+        # a run stopped after 60 s at step 40 and resumed: 60 + 90 s of training
+        (collected / name / "train.log").write_text(
+            "[x INFO] Step 20/80; acc: 1; 30 sec;\n[x INFO] Step 40/80; acc: 1; 60 sec;\n"
+            "[x INFO] Step 60/80; acc: 2; 45 sec;\n[x INFO] Validation perplexity: 20.0\n"
+            "[x INFO] Step 80/80; acc: 2; 90 sec;\n[x INFO] Validation perplexity: 18.0\n"
+        )
+        result = synthetic_result("multi30k", 64, activation, seed, bleu, 20.0, tmp_path / "gone" / name,
+                                  segments=segments)
+        result.update(evaluation_seconds=120.0, commit="0123456789abcdef", evaluated_at="2026-11-24T10:00:00+00:00")
+        (collected / name / f"{name}.eval.json").write_text(json.dumps(result))
+    reading = tmp_path / "READING.md"
+    reading.write_text("LMA-8 beats ReLU by 3 BLEU here.\n")
+    _, text = write_report([collected], tmp_path / "report", reading)
+    assert text.index("## Reading") < text.index("## Students") and "LMA-8 beats ReLU by 3 BLEU here." in text
+    # lma-8: +3.00, standard error sqrt(2/2 + 2/2) = 1.414 -> t = +2.12
+    assert "| multi30k | 64 | lma-8 | +3.00 | 13.00 to 15.00 vs 10.00 to 12.00 | +2.12 | 2 / 2 |" in text
+    assert "| multi30k | 64 | lma-4 | +0.00 | 11.00 to 11.00 vs 10.00 to 12.00 | — | 1 / 2 |" in text
+    segment_rows = [l for l in text.split("## LMA segment study")[1].splitlines() if l.startswith("| ") and l[2].isdigit()]
+    assert [l.split("|")[1].strip() for l in segment_rows] == ["4", "8", "16"]
+    assert segment_rows[1].split("|")[2].strip() == "14.00" and segment_rows[1].split("|")[-2].strip() == "2"
+    assert "| student64_lma16_seed1 | lma-16 | 1 | None | 2.5 min | 2.0 min | 0123456789 |" in text
+    for image in ("segments_multi30k_64.png", "valid_ppl_multi30k_64.png"):
+        assert (tmp_path / "report" / image).stat().st_size > 1000
+
+
 @pytest.mark.parametrize(
     "script, args, message",
     [
@@ -220,6 +260,7 @@ def test_report_means_standard_deviations_and_changes(tmp_path):
         ("evaluate.sh", ["x.pt"], "expected 2 arguments, got 1"),
         ("report.sh", ["out"], "expected an output folder and at least one results folder"),
         ("demo.sh", ["now"], "no arguments expected"),
+        ("multi30k_study.sh", ["--all"], "unknown option '--all'"),
     ],
 )
 def test_bad_script_arguments_fail_with_usage(script, args, message):
