@@ -56,7 +56,7 @@ def _compute_dtype(x, alpha):
 def _lma_forward(x, alpha, beta, mean, std, kernel):
     """``alpha[j] * x + beta[j]`` without autograd: fused kernel, else PyTorch ops."""
     if kernel is not None:  # one pass, no temporaries
-        return kernel.forward(x, alpha.detach(), beta.detach(), mean.item(), std.item())
+        return kernel.forward(x, alpha, beta, mean, std)
     dtype = _compute_dtype(x, alpha)
     xc = x.to(dtype)
     j = segment_index(xc, mean.to(dtype), std.to(dtype), alpha.numel())
@@ -85,8 +85,7 @@ class _LMAFunction(torch.autograd.Function):
         if ctx.kernel is not None:
             need_x, need_alpha, need_beta = ctx.needs_input_grad[:3]
             grad_x, grad_alpha, grad_beta = ctx.kernel.backward(
-                grad_out.to(x.dtype), x, alpha.detach(), mean.item(), std.item(),
-                need_x, need_alpha or need_beta,
+                grad_out, x, alpha, mean, std, need_x, need_alpha or need_beta,
             )
             return (
                 grad_x if need_x else None,
@@ -131,12 +130,14 @@ def batch_statistics(x):
 
 def lma(x, alpha, beta, mean, std):
     """Functional LMA with given statistics (0-dim or 1-element tensors)."""
-    mean = mean.detach().reshape(())
-    std = std.detach().reshape(())
     if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or beta.requires_grad):
-        return _LMAFunction.apply(x, alpha, beta, mean, std)
-    # inference (e.g. each decoding step): no autograd bookkeeping
-    return _lma_forward(x, alpha, beta, mean, std, cpu_kernel() if x.device.type == "cpu" else None)
+        return _LMAFunction.apply(x, alpha, beta, mean.detach().reshape(()), std.detach().reshape(()))
+    # inference (e.g. each decoding step): no autograd bookkeeping, and on CPU
+    # straight into the kernel, which reads the one-element statistics itself
+    kernel = cpu_kernel() if x.is_cpu else None
+    if kernel is not None:
+        return kernel.forward(x, alpha, beta, mean, std)
+    return _lma_forward(x, alpha, beta, mean.reshape(()), std.reshape(()), None)
 
 
 # --------------------------------------------------------------------------- #
@@ -192,9 +193,11 @@ class LMA(nn.Module):
                 keep = self.momentum
                 self.running_mean.mul_(keep).add_((1 - keep) * mean.to(self.running_mean.dtype))
                 self.running_std.mul_(keep).add_((1 - keep) * std.to(self.running_std.dtype))
-        else:
-            mean, std = self.running_mean, self.running_std
-        return lma(x, self.alpha, self.beta, mean, std)
+            return lma(x, self.alpha, self.beta, mean, std)
+        # evaluation, once per decoding step: read parameters and buffers from their
+        # dicts (nn.Module.__getattr__ costs more than the kernel on a few thousand elements)
+        parameters, buffers = self._parameters, self._buffers
+        return lma(x, parameters["alpha"], parameters["beta"], buffers["running_mean"], buffers["running_std"])
 
     def extra_repr(self):
         return f"segments={self.segments}, momentum={self.momentum}"

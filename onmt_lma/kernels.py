@@ -1,19 +1,25 @@
 """Fused LMA kernels, chosen automatically, with the pure-PyTorch path as fallback.
 
-The CPU kernel (``csrc/lma_cpu.cpp``) is compiled with PyTorch's C++ extension
-tools the first time it is needed (about a minute; cached afterwards in
-``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); ``make
-venv`` builds it ahead.  Without a compiler, or with ``ONMT_LMA_KERNEL=torch``,
-LMA runs on the pure-PyTorch path, which gives the same results.
+The CPU kernel (``csrc/lma_cpu.cpp``) is built by the package's install
+(``setup.py``, as ``onmt_lma._lma_cpu``, when torch is importable at build
+time: ``pip install --no-build-isolation``, as ``make venv`` does).  Without
+that build it is compiled with PyTorch's C++ extension tools the first time it
+is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``).  Without a compiler, or with
+``ONMT_LMA_KERNEL=torch``, LMA runs on the pure-PyTorch path, which gives the
+same results.  On processors with AVX2 and FMA the kernel takes vector paths
+for float32 inputs and up to 16 segments (``cpu_kernel().vectorized(k)``).
 """
 
 import contextlib
+import hashlib
 import os
 import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "lma_cpu.cpp"
-_state = {"cpu": None, "tried": False}
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]  # kept equal to setup.py's
+_state = {"cpu": None, "tried": False, "origin": None}
 
 
 def kernel_choice():
@@ -32,17 +38,37 @@ def cpu_kernel():
     if not _state["tried"]:
         _state["tried"] = True
         try:
-            from torch.utils.cpp_extension import load
-
-            _state["cpu"] = load(
-                name="onmt_lma_cpu", sources=[str(_SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                extra_ldflags=["-fopenmp"], verbose=False,
-            )
-        except Exception as error:  # no compiler, no headers, no ninja, ...
-            if choice == "cpu":
-                raise RuntimeError(f"ONMT_LMA_KERNEL=cpu but the CPU kernel cannot be built: {error}") from error
-            warnings.warn(f"onmt_lma: fused CPU kernel unavailable, using the PyTorch path ({error})")
+            _state["cpu"], _state["origin"] = _installed_kernel(), "built by the install"
+        except ImportError:
+            try:
+                _state["cpu"], _state["origin"] = _compiled_now(), "compiled on first use"
+            except Exception as error:  # no compiler, no headers, no ninja, ...
+                if choice == "cpu":
+                    raise RuntimeError(f"ONMT_LMA_KERNEL=cpu but the CPU kernel cannot be built: {error}") from error
+                warnings.warn(f"onmt_lma: fused CPU kernel unavailable, using the PyTorch path ({error})")
     return _state["cpu"]
+
+
+def _installed_kernel():
+    import torch  # noqa: F401  (loads the libraries the extension links to)
+
+    from onmt_lma import _lma_cpu
+
+    if getattr(_lma_cpu, "source_sha256", None) != hashlib.sha256(_SOURCE.read_bytes()).hexdigest():
+        raise ImportError(f"{_lma_cpu.__file__} was built from another {_SOURCE.name}: reinstall to rebuild it")
+    return _lma_cpu
+
+
+def _compiled_now():
+    from torch.utils.cpp_extension import load
+
+    return load(name="onmt_lma_cpu", sources=[str(_SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"])
+
+
+def kernel_origin():
+    """How the CPU kernel in use came to be (``built by the install``, ``compiled on first use``), or None."""
+    cpu_kernel()
+    return _state["origin"] if _state["cpu"] is not None else None
 
 
 def build():

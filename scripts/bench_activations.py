@@ -8,9 +8,11 @@ For each activation at feed-forward shapes of the recipes (a training batch of
   * bytes autograd keeps for backward (distinct tensors saved by the activation).
 Implementations: relu, prelu, swish, aplu-8, "lma-naive" (segment ids as int64 and
 alpha / beta gathered into full-size tensors, plain autograd: the straightforward
-implementation) and onmt_lma.LMA.  Writes results/bench/activations.{json,md}.
+implementation), the same math under torch.compile (fixed shapes; compiled before
+timing), and onmt_lma.LMA on its PyTorch path and on its fused CPU kernel.
+Writes results/bench/activations.{json,md}.
 
-    python scripts/bench_activations.py [--repeats 20] [--threads N]
+    python scripts/bench_activations.py [--repeats 20] [--threads N] [--no-compile]
 """
 
 import argparse
@@ -53,13 +55,26 @@ class NaiveLMA(nn.Module):
         return self.alpha[j] * x + self.beta[j]
 
 
-def implementations(units):
+class CompiledLMA(NaiveLMA):
+    """NaiveLMA's math compiled by torch.compile (inductor, fixed shapes)."""
+
+    def __init__(self, segments=8):
+        super().__init__(segments)
+        self.compiled = torch.compile(NaiveLMA.forward, dynamic=False)
+
+    def forward(self, x):
+        return self.compiled(self, x)
+
+
+def implementations(units, compile_too=True):
+    compiled = {"lma-naive, torch.compile": CompiledLMA(8)} if compile_too else {}
     return {
         "relu": build_activation("relu"),
         "prelu": build_activation("prelu", units=units),
         "swish": build_activation("swish", units=units),
         "aplu-8": build_activation("aplu", units=units, segments=8),
         "lma-naive": NaiveLMA(8),
+        **compiled,
         "lma, PyTorch path": build_activation("lma", segments=8),
         "lma, fused CPU kernel": build_activation("lma", segments=8),
     }
@@ -117,9 +132,9 @@ def measure_one(module, shape, repeats):
     }
 
 
-def measure(shape, repeats):
+def measure(shape, repeats, compile_too=True):
     rows = {}
-    for name, module in implementations(shape[1]).items():
+    for name, module in implementations(shape[1], compile_too).items():
         with kernels.forced(KERNEL_CHOICE.get(name, "auto")):
             rows[name] = measure_one(module, shape, repeats)
     relu = rows["relu"]
@@ -156,17 +171,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (slow to compile)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {name: measure(shape, args.repeats) for name, shape in SHAPES.items()}
+    results = {name: measure(shape, args.repeats, not args.no_compile) for name, shape in SHAPES.items()}
     text = markdown(results, args)
     print(text)
+    kernel = kernels.cpu_kernel()
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "lma_kernel": kernels.kernel_origin(), "lma_kernel_avx2_path": bool(kernel and kernel.vectorized(8))}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "activations.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     (args.out / "activations.md").write_text(text + f"\nMachine: {machine}\n")

@@ -2,6 +2,7 @@
 
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -37,6 +38,20 @@ def away_from_cuts(position, margin=1e-4):
     nearest = position.round()
     inner = (nearest >= 1) & (nearest <= position.max().ceil() - 1)
     return ~(inner & ((position - nearest).abs() <= margin))
+
+
+def input_away_from_cuts(shape, segments, dtype, scale=1.3, margin=1e-5):
+    """Random input whose elements are all further than ``margin`` (in segment widths) from
+    the cut points of its own batch statistics: nudges the few near a cut, then re-checks."""
+    x = torch.randn(*shape, dtype=torch.float64) * scale
+    for _ in range(10):
+        mean, std = population_stats(x)
+        position = (x - (mean - 3 * std)) / (6 * std / segments)
+        near = ~away_from_cuts(position, 10 * margin)
+        if not near.any():
+            return x.to(dtype)
+        x[near] += 100 * margin * 6 * std / segments
+    raise AssertionError("could not move the input away from the cut points")
 
 
 def random_lma(segments, seed=0, momentum=0.99):
@@ -120,9 +135,12 @@ def test_gradcheck_in_evaluation_mode_float64():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_training_mode_gradients_match_reference_autograd(dtype):
-    module = random_lma(8, seed=5).to(dtype)
-    x = (torch.randn(6, 10, 17, dtype=dtype) * 1.3).requires_grad_()
+@pytest.mark.parametrize("segments", [2, 5, 8, 12, 16, 17, 24])
+def test_training_mode_gradients_match_reference_autograd(dtype, segments):
+    """Segment counts on both sides of the kernel's vector limits (8, 16); sizes with
+    several blocks, several chunks and ragged tails."""
+    module = random_lma(segments, seed=5).to(dtype)
+    x = input_away_from_cuts((9, 41, 61), segments, dtype).requires_grad_()
     grad_out = torch.randn_like(x)
     module(x).backward(grad_out)
 
@@ -130,7 +148,7 @@ def test_training_mode_gradients_match_reference_autograd(dtype):
     x_ref = x.detach().double().requires_grad_()
     alpha = module.alpha.detach().double().requires_grad_()
     beta = module.beta.detach().double().requires_grad_()
-    expected, position = reference_lma(x_ref, alpha, beta, mean, std, 8)
+    expected, position = reference_lma(x_ref, alpha, beta, mean, std, segments)
     assert away_from_cuts(position, 1e-5).all(), "pick a seed with no input on a cut point"
     expected.backward(grad_out.double())
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -300,8 +318,12 @@ def test_automatic_choice_falls_back_when_the_kernel_cannot_be_built(monkeypatch
     def no_compiler(*args, **kwargs):
         raise OSError("no C++ compiler")
 
+    def not_installed():
+        raise ImportError("no onmt_lma._lma_cpu")
+
+    monkeypatch.setattr(kernels, "_installed_kernel", not_installed)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
-    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False})
+    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False, "origin": None})
     with kernels.forced("auto"), pytest.warns(UserWarning, match="fused CPU kernel unavailable"):
         assert kernels.cpu_kernel() is None
     with kernels.forced("auto"):
@@ -311,12 +333,81 @@ def test_automatic_choice_falls_back_when_the_kernel_cannot_be_built(monkeypatch
         expected, position = reference_lma(x, module.alpha, module.beta, mean, std, 8)
         keep = away_from_cuts(position)
         torch.testing.assert_close(module(x).double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False})
+    monkeypatch.setattr(kernels, "_state", {"cpu": None, "tried": False, "origin": None})
     with kernels.forced("cpu"), pytest.raises(RuntimeError, match="ONMT_LMA_KERNEL=cpu but the CPU kernel cannot be built"):
         kernels.cpu_kernel()
     with pytest.raises(ValueError, match="expected auto, torch or cpu"):
         with kernels.forced("gpu"):
             pass
+
+
+NO_COMPILER_SCRIPT = """
+import sys, warnings
+sys.modules["onmt_lma._lma_cpu"] = None  # as if installed without building the kernel
+import torch
+from onmt_lma import LMA, kernels
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y = LMA(8).train()(torch.linspace(-3, 3, 1000))
+assert kernels.cpu_kernel() is None and kernels.kernel_origin() is None
+assert any("fused CPU kernel unavailable" in str(w.message) for w in caught), [str(w.message) for w in caught]
+print("fallback ok", float(y.sum()))
+"""
+
+
+def test_a_user_without_a_compiler_gets_the_pytorch_path(tmp_path, implementation):
+    """A real attempt to compile with a C++ compiler that does not exist, in a fresh process."""
+    if implementation == "torch":
+        pytest.skip("about the automatic choice")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+           "ONMT_LMA_KERNEL": "auto"}
+    result = subprocess.run([sys.executable, "-c", NO_COMPILER_SCRIPT], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    relu_sum = torch.linspace(-3, 3, 1000).relu().sum().item()  # LMA starts as ReLU
+    assert float(result.stdout.split()[-1]) == pytest.approx(relu_sum, rel=1e-5)
+
+
+def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation):
+    """setup.py's kernel build is optional: with no compiler, a warning and no extension."""
+    if implementation == "torch":
+        pytest.skip("about the install")
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "onmt_lma" / "__init__.py").touch()
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-such-cc")}
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path,
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the CPU kernel was not built" in result.stderr
+    assert not list((tmp_path / "onmt_lma").glob("_lma_cpu*"))
+
+
+def test_an_installed_kernel_of_another_source_is_not_used(monkeypatch, tmp_path):
+    other = tmp_path / "lma_cpu.cpp"
+    other.write_text("// another version\n")
+    monkeypatch.setattr(kernels, "_SOURCE", other)
+    with pytest.raises(ImportError, match="was built from another lma_cpu.cpp"):
+        kernels._installed_kernel()
+
+
+def test_the_vector_paths_are_taken_where_the_processor_has_avx2(implementation):
+    if implementation == "torch":
+        pytest.skip("about the kernel")
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    kernel = kernels.cpu_kernel()
+    has_vector_units = "avx2" in flags and "fma" in flags
+    assert [kernel.vectorized(k) for k in (2, 8, 16, 17)] == [has_vector_units] * 3 + [False]
 
 
 def test_inference_without_autograd_equals_the_autograd_path():

@@ -1,0 +1,50 @@
+"""Builds the fused LMA CPU kernel (onmt_lma/csrc/lma_cpu.cpp) as onmt_lma._lma_cpu.
+
+Everything else about the package is in pyproject.toml.  The kernel is compiled
+against the torch of the build environment, so install with
+``pip install --no-build-isolation .`` (``make venv`` does) once torch is in the
+environment.  Where torch is not importable at build time (pip's default
+isolated build) or the build fails (no C++ compiler, no Python headers), the
+package installs without it: ``onmt_lma.kernels`` then compiles the same source
+on first use, or falls back to the pure-PyTorch path with a warning.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+SOURCE = "onmt_lma/csrc/lma_cpu.cpp"
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]  # kept equal to onmt_lma.kernels.CFLAGS
+LDFLAGS = ["-fopenmp"]
+
+
+def kernel_extension():
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("onmt-lma: torch is not importable at build time; the CPU kernel will be built on "
+              "first use (install with --no-build-isolation to build it now)", file=sys.stderr)
+        return [], {}
+
+    class OptionalBuildExtension(BuildExtension):
+        """A kernel that does not build leaves the package usable (PyTorch path)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as error:  # no compiler, no headers, ...
+                print(f"onmt-lma: the CPU kernel was not built ({error}); LMA will build it on "
+                      "first use or use the PyTorch path", file=sys.stderr)
+
+    # the source's hash goes into the module: onmt_lma.kernels ignores a build of another source
+    digest = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
+    extension = CppExtension("onmt_lma._lma_cpu", [SOURCE], extra_compile_args=CFLAGS + [f"-DLMA_SOURCE_SHA256=\"{digest}\""],
+                             extra_link_args=LDFLAGS)
+    return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+
+
+extensions, commands = kernel_extension()
+setup(ext_modules=extensions, cmdclass=commands or {"build_ext": build_ext})
