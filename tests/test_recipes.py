@@ -248,6 +248,25 @@ def test_report_compares_with_relu_studies_segments_and_times_runs(tmp_path):
         assert (tmp_path / "report" / image).stat().st_size > 1000
 
 
+def test_study_plan_lists_every_run_in_order_with_its_state(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    (results / "runs" / "teacher").mkdir(parents=True)
+    (results / "runs" / "teacher" / "teacher.eval.json").write_text("{}")
+    (runs / "multi30k" / "student64_relu_seed1").mkdir(parents=True)
+    (runs / "multi30k" / "student64_relu_seed1" / "DONE").write_text("model_step_800.pt\n")
+    (runs / "multi30k" / "student64_lma_seed1").mkdir()
+    result = subprocess.run(["bash", str(REPO / "scripts" / "multi30k_study.sh"), "--plan"], capture_output=True,
+                            text=True, env={**os.environ, "RUNS_ROOT": str(runs), "RESULTS": str(results)})
+    assert result.returncode == 0, result.stderr
+    plan = [line.split() for line in result.stdout.splitlines()]
+    assert plan[:4] == [["teacher", "collected"], ["student64_relu_seed1", "trained"],
+                        ["student64_lma_seed1", "started"], ["student64_aplu_seed1", "todo"]]
+    names = [name for name, _ in plan]
+    assert names[6:9] == ["student64_lma4_seed1", "student64_lma12_seed1", "student64_lma16_seed1"]
+    assert len(names) == 1 + 5 * 3 + 3 and len(set(names)) == len(names)
+    assert all(state == "todo" for _, state in plan[4:])
+
+
 @pytest.mark.parametrize(
     "script, args, message",
     [
