@@ -50,6 +50,7 @@ collect() {
   FORCE=0 "$REPO/scripts/evaluate.sh" "$checkpoint" "$corpus"
   mkdir -p "$RESULTS/runs/$run.tmp"
   cp "$dir/config.yaml" "$dir/train.log" "$RESULTS/runs/$run.tmp/"
+  if [ -f "$dir/COMMITS" ]; then cp "$dir/COMMITS" "$RESULTS/runs/$run.tmp/"; fi
   cp "$checkpoint.eval.hyp.detok.en" "$RESULTS/runs/$run.tmp/test.hyp.detok.en"
   cp "$checkpoint.eval.json" "$RESULTS/runs/$run.tmp/$run.eval.json"
   rm -rf "${RESULTS:?}/runs/$run"
@@ -74,6 +75,9 @@ start=$SECONDS
 while read -r run act seed segments; do
   [ "$(state "$run")" = collected ] && continue
   echo "[study] $(date -u +%FT%TZ) $run ($(( (SECONDS - start) / 60 )) min in)"
+  # the code each (re)start trains with, kept with the run's results
+  mkdir -p "$RUNS_ROOT/$corpus/$run"
+  echo "$(date -u +%FT%TZ) $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)" >> "$RUNS_ROOT/$corpus/$run/COMMITS"
   if [ "$run" = teacher ]; then
     "$REPO/scripts/train_teacher.sh" "$corpus" </dev/null
   else
