@@ -115,6 +115,8 @@ def _cell(values, reference):
 
 def table(results):
     groups = group(results)
+    if not groups:
+        return "No student runs yet.\n"
     columns = _columns(groups)
     lines = [
         "| corpus | student | metric | " + " | ".join(columns) + " |",

@@ -200,6 +200,8 @@ def test_report_means_standard_deviations_and_changes(tmp_path):
     teacher_dir = results / "teacher"
     teacher_dir.mkdir()
     (teacher_dir / "m.pt.eval.json").write_text(json.dumps(synthetic_result("multi30k", 256, "relu", 1, 20.0, 10.0, teacher_dir, teacher=True)))
+    _, teacher_only = write_report([teacher_dir], tmp_path / "teacher_report")
+    assert "No student runs yet." in teacher_only and "| multi30k | 256-dim 3+3 | 20.00 |" in teacher_only
     path, text = write_report([results], tmp_path / "report")
     row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | BLEU |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
