@@ -168,6 +168,7 @@ def model_facts(checkpoint):
         ckpt = torch.load(checkpoint, map_location="cpu")
     opt = ckpt["opt"]
     tensors = list(ckpt["model"].values()) + list((ckpt.get("generator") or {}).values())
+    learned_lma = learned_lma_layers(ckpt["model"]) if opt.pos_ffn_activation_fn == "lma" else None
     params = sum(t.numel() for t in tensors if t.is_floating_point())
     return {
         "activation": opt.pos_ffn_activation_fn,
@@ -179,7 +180,28 @@ def model_facts(checkpoint):
         "seed": getattr(opt, "seed", None),
         "kd_teacher": getattr(opt, "kd_teacher", None),
         "train_steps": ckpt["optim"]["training_step"] - 1 if ckpt.get("optim") else None,
+        "learned_lma": learned_lma,
     }, params
+
+
+def learned_lma_layers(state):
+    """Each LMA layer's learned lines and running statistics, by module name.
+
+    ``{"encoder.transformer.0.feed_forward.activation": {"alpha": [...],
+    "beta": [...], "running_mean": m, "running_std": s}, ...}``: what the
+    layer computes in evaluation mode (PAPER "LMA, exactly" 2 and 4).
+    """
+    layers = {}
+    for key in state:
+        if key.endswith(".activation.alpha"):
+            name = key[: -len(".alpha")]
+            layers[name] = {
+                "alpha": state[f"{name}.alpha"].double().tolist(),
+                "beta": state[f"{name}.beta"].double().tolist(),
+                "running_mean": state[f"{name}.running_mean"].double().item(),
+                "running_std": state[f"{name}.running_std"].double().item(),
+            }
+    return layers
 
 
 def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1):

@@ -11,7 +11,8 @@ counts were run, the teachers' figures and every run's wall time; and PNG
 plots: ``bleu_vs_size_<corpus>.png`` (BLEU against student size per
 activation), ``valid_ppl_<corpus>_<size>.png`` (validation perplexity over
 training steps, from each run's ``train.log``) and
-``segments_<corpus>_<size>.png`` (the segment study).  A run's ``train.log``
+``segments_<corpus>_<size>.png`` (the segment study) and
+``lma_shapes_<corpus>_<size>.png`` (the function each LMA layer learned).  A run's ``train.log``
 is looked for beside its JSON first, then in its run directory.  ``--reading
 FILE`` puts a hand-written reading of the results at the top.
 """
@@ -310,6 +311,70 @@ def plots(results, out_dir):
             fig, ax, Path(out_dir) / f"segments_{corpus}_{size}.png",
             f"{corpus}, {size}-dim LMA students: segments", "segments k", "sacreBLEU (test)",
         ))
+    written += lma_shape_plots(results, out_dir)
+    return written
+
+
+def lma_curve(layer, xs):
+    """``h(x)`` of a learned LMA layer (an entry of ``model.learned_lma`` in an
+    evaluation), computed by the package's own LMA in evaluation mode."""
+    import torch
+
+    from onmt_lma.activations import LMA
+
+    module = LMA(len(layer["alpha"])).double().eval()
+    with torch.no_grad():
+        module.alpha.copy_(torch.tensor(layer["alpha"], dtype=torch.float64))
+        module.beta.copy_(torch.tensor(layer["beta"], dtype=torch.float64))
+        module.running_mean.fill_(layer["running_mean"])
+        module.running_std.fill_(layer["running_std"])
+        return module(torch.tensor(xs, dtype=torch.float64)).tolist()
+
+
+def lma_shape_plots(results, out_dir):
+    """``lma_shapes_<corpus>_<size>.png``: the function each LMA layer learned,
+    one panel per layer, over its running mean +- 4 running standard deviations."""
+    import matplotlib.pyplot as plt
+
+    found = defaultdict(list)
+    for r in results:
+        if not is_teacher(r) and r["model"].get("learned_lma"):
+            found[(r["corpus"], r["model"]["hidden_size"])].append(r)
+    written = []
+    for (corpus, size), runs in sorted(found.items()):
+        runs.sort(key=lambda r: (r["model"]["lma_segments"], r["model"].get("seed") or 0))
+        layers = list(runs[0]["model"]["learned_lma"])
+        columns = min(3, len(layers))
+        rows = -(-len(layers) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+        labels = sorted({activation_label(r["model"]) for r in runs}, key=lambda a: int(a.split("-")[1]))
+        for ax, name in zip(axes.flat, layers):
+            low = high = None
+            for r in runs:
+                layer = r["model"]["learned_lma"].get(name)
+                if layer is None:
+                    continue
+                mean, std = layer["running_mean"], layer["running_std"]
+                xs = [mean + std * (-4 + 8 * i / 400) for i in range(401)]
+                label = activation_label(r["model"])
+                ax.plot(xs, lma_curve(layer, xs), color=f"C{labels.index(label)}", alpha=0.8, linewidth=1,
+                        label=f"{label} seed {r['model'].get('seed')}")
+                low, high = min(xs[0], low if low is not None else xs[0]), max(xs[-1], high or xs[-1])
+            relu_xs = sorted({low, min(max(0.0, low), high), high})
+            ax.plot(relu_xs, [max(0.0, x) for x in relu_xs], "k--", linewidth=0.8, label="ReLU")
+            ax.set_title(name.replace(".feed_forward.activation", "").replace("transformer_layers", "layer")
+                         .replace("transformer", "layer"), fontsize=9)
+            ax.set_xlabel("x")
+            ax.set_ylabel("h(x)")
+        for ax in list(axes.flat)[len(layers):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle(f"{corpus}, {size}-dim students: learned LMA functions (evaluation mode)")
+        fig.tight_layout()
+        path = Path(out_dir) / f"lma_shapes_{corpus}_{size}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
 
 

@@ -11,7 +11,7 @@ import sacrebleu
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import recipes
 from onmt_lma.bin import train as train_cli
-from onmt_lma.report import write_report
+from onmt_lma.report import lma_curve, write_report
 
 from conftest import REPO, load
 
@@ -155,6 +155,14 @@ def test_evaluation_fills_every_field(evaluated, corpus_dir):
     expected += sum(t.numel() for t in ckpt["generator"].values())
     assert result["params"] == expected
     assert result["commit"] and result["machine"]["cpu_count"] >= 1
+    # the learned LMA of each layer (1 + 1 layers here), as the checkpoint holds it
+    learned = result["model"]["learned_lma"]
+    assert sorted(learned) == ["decoder.transformer_layers.0.feed_forward.activation",
+                               "encoder.transformer.0.feed_forward.activation"]
+    for name, layer in learned.items():
+        for key in ("alpha", "beta", "running_mean", "running_std"):
+            stored = ckpt["model"][f"{name}.{key}"].double().flatten().tolist()
+            assert stored == pytest.approx(layer[key] if isinstance(layer[key], list) else [layer[key]])
 
 
 @pytest.mark.integration
@@ -250,6 +258,29 @@ def test_report_compares_with_relu_studies_segments_and_times_runs(tmp_path):
     assert "| student64_lma16_seed1 | lma-16 | 1 | None | 2.5 min | 2.0 min | 0123456789 |" in text
     for image in ("segments_multi30k_64.png", "valid_ppl_multi30k_64.png"):
         assert (tmp_path / "report" / image).stat().st_size > 1000
+
+
+def test_learned_lma_functions_are_drawn_as_the_model_computes_them(tmp_path):
+    layer = {"alpha": [0.3, -0.1, 0.0, 0.2, 0.9, 0.7, 1.1, 0.5], "beta": [0.1, 0.0, -0.2, 0.05, -0.3, 0.2, 0.0, -0.4],
+             "running_mean": -0.4, "running_std": 1.3}
+    xs = [-9.0, -4.3, -1.0, -0.41, -0.39, 0.0, 0.6, 1.55, 2.0, 3.5, 12.0]
+    width = 6 * layer["running_std"] / 8
+    expected = []
+    for x in xs:  # PAPER "LMA, exactly" 1-2, in float64
+        j = min(max(math.floor((x - (layer["running_mean"] - 3 * layer["running_std"])) / width), 0), 7)
+        expected.append(layer["alpha"][j] * x + layer["beta"][j])
+    assert lma_curve(layer, xs) == pytest.approx(expected, abs=1e-12)
+
+    collected = tmp_path / "collected"
+    for seed in (1, 2):
+        name = f"student64_lma_seed{seed}"
+        (collected / name).mkdir(parents=True)
+        result = synthetic_result("multi30k", 64, "lma", seed, 10.0, 20.0, tmp_path / "gone" / name)
+        result["model"]["learned_lma"] = {f"encoder.transformer.{i}.feed_forward.activation": layer for i in range(3)}
+        (collected / name / f"{name}.eval.json").write_text(json.dumps(result))
+    _, text = write_report([collected], tmp_path / "report")
+    assert "](lma_shapes_multi30k_64.png)" in text
+    assert (tmp_path / "report" / "lma_shapes_multi30k_64.png").stat().st_size > 1000
 
 
 def test_study_plan_lists_every_run_in_order_with_its_state(tmp_path):
