@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Model-level cost of LMA: ReLU vs LMA-8 students (64 and 256-dim, feed-forward 2048), side by side.
+"""Model-level cost of the activations: students side by side (default: ReLU vs LMA-8, 64 and 256-dim).
 
 On Multi30k (prepared from ../shared/data, or $LMA_DATA), with the recipes'
-student settings, in one run and alternating ReLU / LMA:
+student settings (feed-forward 2048), in one run:
   * training target tokens/s (every step timed, the first 3 are warm-up);
   * beam-5 translation of the first --sentences test sentences one at a time
     (sentences/s) and inference memory in a fresh process (as
-    ``python -m onmt_lma.evaluate`` measures it).
-Writes results/bench/students.{json,md}.  Goals (issue: fast LMA): training
-tokens/s and translation sentences/s >= 0.9 of ReLU, memory <= ReLU + 2%.
+    ``python -m onmt_lma.evaluate`` measures it), --rounds times per model,
+    the models taking turns in each round; the table gives the median and the range.
+Ratios are against the first activation listed.  Writes results/bench/<name>.{json,md}.
+Goals (issue: fast LMA): training tokens/s and translation sentences/s >= 0.9
+of ReLU, memory <= ReLU + 2%.
 
-    python scripts/bench_students.py [--steps 12] [--sentences 200]
+    python scripts/bench_students.py [--steps 12] [--sentences 200] [--rounds 3]
+    python scripts/bench_students.py --sizes 64 --activations relu lma-4 lma-8 lma-12 lma-16 --name segments
 """
 
 import argparse
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import recipes
@@ -27,8 +31,8 @@ from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
 from onmt_lma.bin import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = (64, 256)
-ACTIVATIONS = ("relu", "lma")
+PLAIN = ("relu", "prelu", "swish")
+SEGMENTED = ("lma", "aplu")
 OUTPUT_LENGTH = 20  # every translation exactly 20 tokens: equal decoding work however trained
 
 
@@ -39,10 +43,22 @@ def prepare(data, work):
     return out
 
 
-def train_speed(corpus, work, size, activation, steps):
-    run_dir = work / f"student{size}_{activation}"
-    settings = [("pos_ffn_activation_fn", activation), ("train_steps", steps), ("save_checkpoint_steps", steps),
-                ("valid_steps", 10**6), ("report_every", 10**6)]
+def parse_activation(label):
+    """'relu', 'prelu', 'swish' or 'lma-K' / 'aplu-K' (K segments) -> (name, segments)."""
+    name, _, segments = label.partition("-")
+    if name in PLAIN and not segments:
+        return name, 8
+    if name in SEGMENTED and segments.isdigit() and int(segments) >= 2:
+        return name, int(segments)
+    raise argparse.ArgumentTypeError(
+        f"activation {label!r}: expected one of {', '.join(PLAIN)} or lma-K / aplu-K with K >= 2 segments")
+
+
+def train_speed(corpus, work, size, label, steps):
+    activation, segments = parse_activation(label)
+    run_dir = work / f"student{size}_{label}"
+    settings = [("pos_ffn_activation_fn", activation), ("lma_segments", segments), ("train_steps", steps),
+                ("save_checkpoint_steps", steps), ("valid_steps", 10**6), ("report_every", 10**6)]
     config = recipes.compose("multi30k", f"student{size}", corpus, run_dir, settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipes.write_config(config, run_dir / "config.yaml")
@@ -63,67 +79,99 @@ def translate_speed(checkpoint, source):
     return sentences / run["seconds"], tokens / run["seconds"], run["memory"]["peak_mb"]
 
 
+def label_name(label):
+    name, segments = parse_activation(label)
+    return {"relu": "ReLU", "prelu": "PReLU", "swish": "Swish", "lma": "LMA", "aplu": "APLU"}[name] + (
+        f"-{segments}" if name in SEGMENTED else "")
+
+
+def table(results, sizes, labels):
+    rows = []
+    for size in sizes:
+        reference = results[f"{size}/{labels[0]}"]
+        for label in labels:
+            r = results[f"{size}/{label}"]
+            sent = sorted(r["translate_sentences_per_s"])
+            rows.append(
+                f"| {size} | {label_name(label)} | {r['train_target_tokens_per_s']:.0f} | "
+                f"{r['train_target_tokens_per_s'] / reference['train_target_tokens_per_s']:.2f} | "
+                f"{median(sent):.1f} ({sent[0]:.1f}–{sent[-1]:.1f}) | "
+                f"{median(sent) / median(reference['translate_sentences_per_s']):.2f} | "
+                f"{median(r['translate_target_tokens_per_s']):.0f} | "
+                f"{median(r['translate_target_tokens_per_s']) / median(reference['translate_target_tokens_per_s']):.2f} | "
+                f"{median(r['inference_memory_mb']):.0f} | "
+                f"{100 * (median(r['inference_memory_mb']) / median(reference['inference_memory_mb']) - 1):+.1f}% |"
+            )
+    reference = label_name(labels[0])
+    return (
+        f"| student | activation | train tok/s | ratio to {reference} | translate sent/s, median (range) | ratio "
+        f"| output tok/s (incl. EOS) | ratio | memory MB | change |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("LMA_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--steps", type=int, default=12, help=f"training steps per run (first {WARMUP_STEPS} are warm-up)")
     parser.add_argument("--sentences", type=int, default=200, help="test sentences translated one at a time")
+    parser.add_argument("--rounds", type=int, default=3, help="translation measurements per model, taking turns")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], choices=[64, 128, 256])
+    parser.add_argument("--activations", nargs="+", default=["relu", "lma-8"], type=str,
+                        help="relu, prelu, swish, lma-K, aplu-K; ratios are against the first")
+    parser.add_argument("--name", default="students", help="output file name (default: students)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
     args = parser.parse_args()
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be > {WARMUP_STEPS}")
+    if args.rounds < 1 or args.sentences < 1:
+        parser.error("--rounds and --sentences must be >= 1")
+    for label in args.activations:
+        try:
+            parse_activation(label)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--activations: {error}")
+    if len(set(args.activations)) != len(args.activations):
+        parser.error(f"--activations: each at most once, got {' '.join(args.activations)}")
     if not (args.data / "multi30k" / "train.de.gz").is_file():
         parser.error(f"--data {args.data}: expected multi30k/train.de.gz there")
 
-    results = {}
+    results, checkpoints = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus = prepare(args.data, work)
         source = work / "test_subset.de"
         source.write_text("\n".join((corpus / "test.de").read_text().splitlines()[: args.sentences]) + "\n")
-        for size in SIZES:
-            for activation in ACTIVATIONS:
-                print(f"== {size}-dim {activation}: training {args.steps} steps, translating "
-                      f"{args.sentences} sentences", flush=True)
-                tokens_per_s, checkpoint = train_speed(corpus, work, size, activation, args.steps)
-                sentences_per_s, tokens_per_s_out, memory_mb = translate_speed(checkpoint, source)
-                results[f"{size}/{activation}"] = {
-                    "train_target_tokens_per_s": tokens_per_s,
-                    "translate_sentences_per_s": sentences_per_s,
-                    "translate_target_tokens_per_s": tokens_per_s_out,
-                    "inference_memory_mb": memory_mb,
-                }
-    rows = []
-    for size in SIZES:
-        relu, lma = results[f"{size}/relu"], results[f"{size}/lma"]
-        rows.append(
-            f"| {size} | {relu['train_target_tokens_per_s']:.0f} | {lma['train_target_tokens_per_s']:.0f} | "
-            f"{lma['train_target_tokens_per_s'] / relu['train_target_tokens_per_s']:.2f} | "
-            f"{relu['translate_sentences_per_s']:.1f} | {lma['translate_sentences_per_s']:.1f} | "
-            f"{lma['translate_sentences_per_s'] / relu['translate_sentences_per_s']:.2f} | "
-            f"{relu['translate_target_tokens_per_s']:.0f} | {lma['translate_target_tokens_per_s']:.0f} | "
-            f"{lma['translate_target_tokens_per_s'] / relu['translate_target_tokens_per_s']:.2f} | "
-            f"{relu['inference_memory_mb']:.0f} | {lma['inference_memory_mb']:.0f} | "
-            f"{100 * (lma['inference_memory_mb'] / relu['inference_memory_mb'] - 1):+.1f}% |"
-        )
-    table = (
-        "| student | train tok/s ReLU | LMA-8 | ratio | translate sent/s ReLU | LMA-8 | ratio "
-        "| output tok/s (incl. EOS) ReLU | LMA-8 | ratio | memory MB ReLU | LMA-8 | change |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
-    )
-    print("\n" + table)
-    meta = {"steps": args.steps, "warmup_steps": WARMUP_STEPS, "sentences": args.sentences, "machine": machine()}
+        for size in args.sizes:
+            for label in args.activations:
+                print(f"== {size}-dim {label}: training {args.steps} steps", flush=True)
+                tokens_per_s, checkpoints[f"{size}/{label}"] = train_speed(corpus, work, size, label, args.steps)
+                results[f"{size}/{label}"] = {"train_target_tokens_per_s": tokens_per_s, "translate_sentences_per_s": [],
+                                              "translate_target_tokens_per_s": [], "inference_memory_mb": []}
+        for round_ in range(1, args.rounds + 1):
+            for key, checkpoint in checkpoints.items():
+                print(f"== round {round_}/{args.rounds}: {key} translating {args.sentences} sentences", flush=True)
+                for field, value in zip(("translate_sentences_per_s", "translate_target_tokens_per_s",
+                                         "inference_memory_mb"), translate_speed(checkpoint, source)):
+                    results[key][field].append(value)
+    text = table(results, args.sizes, args.activations)
+    print("\n" + text)
+    command = "python scripts/bench_students.py " + " ".join(sys.argv[1:])
+    meta = {"command": command.strip(), "steps": args.steps, "warmup_steps": WARMUP_STEPS, "sentences": args.sentences,
+            "rounds": args.rounds, "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "students.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-    (args.out / "students.md").write_text(
-        "# Students: ReLU vs LMA-8, model level\n\n"
-        f"`python scripts/bench_students.py --steps {args.steps} --sentences {args.sentences}`: Multi30k, recipes' "
-        f"student settings (3 + 3 layers, feed-forward 2048, 3192-token batches), training tokens/s over "
-        f"{args.steps - WARMUP_STEPS} timed steps; beam-5 translation of {args.sentences} test sentences one at a "
-        f"time with every output exactly {OUTPUT_LENGTH} tokens long (-min_length = -max_length), so that both models do the same decoding work; memory = peak resident memory from model load on, minus resident memory before (CPU). Goals: ratios >= 0.9, memory <= +2%.\n\n"
-        + table + f"\nMachine: {meta['machine']}\n"
+    (args.out / f"{args.name}.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(
+        f"# Students side by side: {', '.join(map(label_name, args.activations))}, model level\n\n"
+        f"`{meta['command']}`: Multi30k, recipes' student settings (3 + 3 layers, feed-forward 2048, "
+        f"3192-token batches), training tokens/s over {args.steps - WARMUP_STEPS} timed steps; beam-5 translation "
+        f"of {args.sentences} test sentences one at a time with every output exactly {OUTPUT_LENGTH} tokens long "
+        f"(-min_length = -max_length), so that every model does the same decoding work, measured {args.rounds} "
+        f"times per model with the models taking turns (median and range); memory = peak resident memory from "
+        f"model load on, minus resident memory before (CPU), median. Ratios and changes are against "
+        f"{label_name(args.activations[0])}.\n\n" + text + f"\nMachine: {meta['machine']}\n"
     )
-    print(f"wrote {args.out / 'students.json'} and .md")
+    print(f"wrote {args.out / args.name}.json and .md")
 
 
 if __name__ == "__main__":
