@@ -393,7 +393,9 @@ def write_report(paths, out_dir, reading=None):
         "Mean ± sample standard deviation over seeds [n = seeds]; in parentheses the change relative "
         "to the ReLU student's mean. BLEU: sacreBLEU on detokenized text; tok. BLEU: tokenized, as "
         "Moses multi-bleu.perl; mem: inference memory translating one sentence at a time; sent/s: "
-        "beam-5 translation one sentence at a time.\n\n" + table(results)
+        "beam-5 translation one sentence at a time, measured once per run at the end of its evaluation (runs "
+        "measured at different times on a shared machine differ by tens of percent: compare speeds with a "
+        "side-by-side benchmark, scripts/bench_students.py).\n\n" + table(results)
     )
     signatures = sorted({r["bleu"]["signature"] for r in results})
     text += "\nsacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures) + "\n"

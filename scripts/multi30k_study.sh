@@ -5,8 +5,9 @@
 # Each run is trained (scripts/train_*.sh), evaluated on test_2016
 # (scripts/evaluate.sh) and collected into results/multi30k/runs/<run>/ (its
 # evaluation JSON, hypotheses, config and training log) before the next starts,
-# in an order that gives a first full comparison early: seed 1 of every
-# activation, then the segment study, then seeds 2 and 3.
+# in an order that gives a first full comparison early and the spread over
+# seeds next: seed 1 of every activation, seed 2 of every activation, the
+# segment study, seed 3.
 #
 # Safe to stop at any time (kill, end of session) and to run again: finished
 # runs are skipped, an interrupted one resumes from its latest checkpoint.
@@ -27,12 +28,13 @@ corpus=multi30k
 
 # name activation seed segments, in training order ("teacher" first)
 plan() {
+  local seed act segments
   echo "teacher - 1 -"
-  for act in relu lma aplu prelu swish; do echo "student64_${act}_seed1 $act 1 8"; done
-  for segments in 4 12 16; do echo "student64_lma${segments}_seed1 lma 1 $segments"; done
-  for seed in 2 3; do
+  for seed in 1 2; do
     for act in relu lma aplu prelu swish; do echo "student64_${act}_seed${seed} $act $seed 8"; done
   done
+  for segments in 4 12 16; do echo "student64_lma${segments}_seed1 lma 1 $segments"; done
+  for act in relu lma aplu prelu swish; do echo "student64_${act}_seed3 $act 3 8"; done
 }
 
 state() {  # state RUN: collected | trained | started | todo

@@ -297,7 +297,8 @@ def test_study_plan_lists_every_run_in_order_with_its_state(tmp_path):
     assert plan[:4] == [["teacher", "collected"], ["student64_relu_seed1", "trained"],
                         ["student64_lma_seed1", "started"], ["student64_aplu_seed1", "todo"]]
     names = [name for name, _ in plan]
-    assert names[6:9] == ["student64_lma4_seed1", "student64_lma12_seed1", "student64_lma16_seed1"]
+    assert names[6:11] == [f"student64_{a}_seed2" for a in ("relu", "lma", "aplu", "prelu", "swish")]
+    assert names[11:14] == ["student64_lma4_seed1", "student64_lma12_seed1", "student64_lma16_seed1"]
     assert len(names) == 1 + 5 * 3 + 3 and len(set(names)) == len(names)
     assert all(state == "todo" for _, state in plan[4:])
 
