@@ -290,10 +290,13 @@ def plots(results, out_dir):
             if not drawn:
                 plt.close(fig)
                 continue
+            ax.set_yscale("log")  # early steps are ~20x the late ones; the differences are late
             written.append(_finish(
                 fig, ax, Path(out_dir) / f"valid_ppl_{corpus}_{size}.png",
                 f"{corpus}, {size}-dim students: validation perplexity",
-                "training step", "validation perplexity",
+                # OpenNMT-py validates with the training criterion, label smoothing included:
+                # these values sit above the plain test perplexity of the evaluation.
+                "training step", "validation perplexity (training log, label-smoothed)",
             ))
     for (corpus, size), cells in sorted(segment_groups(results).items()):
         counts = sorted(cells)
