@@ -14,15 +14,20 @@
 # Run it in the background with a log, e.g.
 #   setsid nohup scripts/multi30k_study.sh > runs/multi30k/study.log 2>&1 &
 # Then: scripts/multi30k_study.sh --report  (results/multi30k/report.md, plots).
-USAGE="usage: scripts/multi30k_study.sh [--plan | --report]
+# With --commit, every collected run is committed at once (with the rebuilt
+# report), so a session or machine that stops mid-way loses no finished run.
+USAGE="usage: scripts/multi30k_study.sh [--commit | --plan | --report]
   (no option) train, evaluate and collect every run not collected yet
+  --commit    the same, and after each run rebuild the report and commit RESULTS
+              (only that folder, less the hand-written READING.md and REPRODUCE.md)
+              to the branch checked out there
   --plan      list the runs in order with their state, and exit
   --report    rebuild results/multi30k/report.md and its plots from what is collected
 env: DATA_ROOT, RUNS_ROOT (as the other scripts), RESULTS (default results/multi30k)"
 source "$(dirname "$0")/common.sh"
 [ $# -le 1 ] || die_usage "expected at most one option"
 mode=${1:-run}
-case $mode in run|--plan|--report) ;; *) die_usage "unknown option '$mode'";; esac
+case $mode in run|--commit|--plan|--report) ;; *) die_usage "unknown option '$mode'";; esac
 RESULTS=${RESULTS:-$REPO/results/multi30k}
 corpus=multi30k
 
@@ -64,6 +69,20 @@ report() {
   echo "[study] wrote $RESULTS/report.md"
 }
 
+# commit_results MESSAGE: the report, plots and collected runs, nothing else of
+# the repository (other staged changes stay staged); a failure (say another git
+# command holds the index) is a warning: the next commit takes these files too.
+commit_results() {
+  local message=$1 paths=(. ':(exclude)READING.md' ':(exclude)REPRODUCE.md')
+  report
+  if (cd "$RESULTS" && git add -A -- "${paths[@]}" && { git diff --cached --quiet -- "${paths[@]}" ||
+        git commit -q -m "$message" -- "${paths[@]}"; }); then
+    echo "[study] committed $RESULTS: $message"
+  else
+    echo "[study] warning: could not commit $RESULTS (the next run's commit will include it)" >&2
+  fi
+}
+
 if [ "$mode" = --plan ]; then
   plan | while read -r run _; do printf '%-28s %s\n' "$run" "$(state "$run")"; done
   exit 0
@@ -87,6 +106,8 @@ while read -r run act seed segments; do
   fi
   collect "$run" </dev/null
   echo "[study] $(date -u +%FT%TZ) $run collected"
+  if [ "$mode" = --commit ]; then commit_results "results/multi30k: $run collected"; fi
 done < <(plan)
 report
+if [ "$mode" = --commit ]; then commit_results "results/multi30k: every run collected"; fi
 echo "[study] all runs collected ($(( (SECONDS - start) / 60 )) min)"

@@ -322,3 +322,51 @@ def test_bad_script_arguments_fail_with_usage(script, args, message):
     result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("usage: scripts/") and message in result.stderr
+
+
+def test_study_commit_takes_the_results_folder_and_nothing_else(tmp_path):
+    """--commit: the rebuilt report and the collected runs are committed; hand-written files and
+    changes staged elsewhere in the repository are left as they were."""
+    repo = tmp_path / "repo"
+    results = repo / "results" / "multi30k"
+    results.mkdir(parents=True)
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                              env=git_env).stdout
+
+    git("init", "-q")
+    (repo / "README.md").write_text("a\n")
+    (results / "READING.md").write_text("First reading.\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "start")
+    (results / "READING.md").write_text("A reading being edited.\n")
+    (repo / "README.md").write_text("b\n")
+    git("add", "README.md")
+
+    env = {**git_env, "RUNS_ROOT": str(tmp_path / "runs"), "RESULTS": str(results)}
+    plan = subprocess.run(["bash", str(REPO / "scripts" / "multi30k_study.sh"), "--plan"], capture_output=True,
+                          text=True, env=env, check=True).stdout
+    for seed_bleu, name in enumerate(line.split()[0] for line in plan.splitlines()):
+        activation = "relu" if name == "teacher" else name.split("_")[1].rstrip("0123456789")
+        segments = int(name.split("_")[1][3:] or 8) if activation == "lma" else 8
+        seed = 1 if name == "teacher" else int(name[-1])
+        result = synthetic_result("multi30k", 256 if name == "teacher" else 64, activation, seed, 10.0 + seed_bleu,
+                                  20.0, tmp_path / "gone" / name, teacher=name == "teacher", segments=segments)
+        (results / "runs" / name).mkdir(parents=True)
+        (results / "runs" / name / f"{name}.eval.json").write_text(json.dumps(result))
+
+    study = subprocess.run(["bash", str(REPO / "scripts" / "multi30k_study.sh"), "--commit"], capture_output=True,
+                           text=True, env=env)
+    assert study.returncode == 0, study.stderr
+    assert "all runs collected" in study.stdout and "[study] committed" in study.stdout
+    assert git("log", "-1", "--format=%s").strip() == "results/multi30k: every run collected"
+    committed = set(git("show", "--name-only", "--format=", "HEAD").split())
+    assert {"results/multi30k/report.md", "results/multi30k/runs/student64_lma16_seed1/student64_lma16_seed1.eval.json",
+            "results/multi30k/segments_multi30k_64.png"} <= committed
+    assert "README.md" not in committed and "results/multi30k/READING.md" not in committed
+    assert git("diff", "--cached", "--name-only").split() == ["README.md"]  # still staged, not committed
+    assert git("diff", "--name-only").split() == ["results/multi30k/READING.md"]
+    assert "A reading being edited." in (results / "report.md").read_text()
