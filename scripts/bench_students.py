@@ -6,8 +6,10 @@ student settings (feed-forward 2048), in one run:
   * training target tokens/s (every step timed, the first 3 are warm-up);
   * beam-5 translation of the first --sentences test sentences one at a time
     (sentences/s) and inference memory in a fresh process (as
-    ``python -m onmt_lma.evaluate`` measures it), --rounds times per model,
-    the models taking turns in each round; the table gives the median and the range.
+    ``python -m onmt_lma.evaluate`` measures it);
+each measured --rounds times per model, the models taking turns in each round
+(a slow minute of the machine falls on all of them); the table gives the
+median and the range.
 Ratios are against the first activation listed.  Writes results/bench/<name>.{json,md}.
 Goals (issue: fast LMA): training tokens/s and translation sentences/s >= 0.9
 of ReLU, memory <= ReLU + 2%.
@@ -54,9 +56,8 @@ def parse_activation(label):
         f"activation {label!r}: expected one of {', '.join(PLAIN)} or lma-K / aplu-K with K >= 2 segments")
 
 
-def train_speed(corpus, work, size, label, steps):
+def train_speed(corpus, run_dir, size, label, steps):
     activation, segments = parse_activation(label)
-    run_dir = work / f"student{size}_{label}"
     settings = [("pos_ffn_activation_fn", activation), ("lma_segments", segments), ("train_steps", steps),
                 ("save_checkpoint_steps", steps), ("valid_steps", 10**6), ("report_every", 10**6)]
     config = recipes.compose("multi30k", f"student{size}", corpus, run_dir, settings)
@@ -91,10 +92,11 @@ def table(results, sizes, labels):
         reference = results[f"{size}/{labels[0]}"]
         for label in labels:
             r = results[f"{size}/{label}"]
+            train = sorted(r["train_target_tokens_per_s"])
             sent = sorted(r["translate_sentences_per_s"])
             rows.append(
-                f"| {size} | {label_name(label)} | {r['train_target_tokens_per_s']:.0f} | "
-                f"{r['train_target_tokens_per_s'] / reference['train_target_tokens_per_s']:.2f} | "
+                f"| {size} | {label_name(label)} | {median(train):.0f} ({train[0]:.0f}–{train[-1]:.0f}) | "
+                f"{median(train) / median(reference['train_target_tokens_per_s']):.2f} | "
                 f"{median(sent):.1f} ({sent[0]:.1f}–{sent[-1]:.1f}) | "
                 f"{median(sent) / median(reference['translate_sentences_per_s']):.2f} | "
                 f"{median(r['translate_target_tokens_per_s']):.0f} | "
@@ -104,7 +106,7 @@ def table(results, sizes, labels):
             )
     reference = label_name(labels[0])
     return (
-        f"| student | activation | train tok/s | ratio to {reference} | translate sent/s, median (range) | ratio "
+        f"| student | activation | train tok/s, median (range) | ratio to {reference} | translate sent/s, median (range) | ratio "
         f"| output tok/s (incl. EOS) | ratio | memory MB | change |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
@@ -115,7 +117,7 @@ def main():
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("LMA_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--steps", type=int, default=12, help=f"training steps per run (first {WARMUP_STEPS} are warm-up)")
     parser.add_argument("--sentences", type=int, default=200, help="test sentences translated one at a time")
-    parser.add_argument("--rounds", type=int, default=3, help="translation measurements per model, taking turns")
+    parser.add_argument("--rounds", type=int, default=3, help="training and translation measurements per model, taking turns")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256], choices=[64, 128, 256])
     parser.add_argument("--activations", nargs="+", default=["relu", "lma-8"], type=str,
                         help="relu, prelu, swish, lma-K, aplu-K; ratios are against the first")
@@ -136,18 +138,23 @@ def main():
     if not (args.data / "multi30k" / "train.de.gz").is_file():
         parser.error(f"--data {args.data}: expected multi30k/train.de.gz there")
 
-    results, checkpoints = {}, {}
+    checkpoints = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus = prepare(args.data, work)
         source = work / "test_subset.de"
         source.write_text("\n".join((corpus / "test.de").read_text().splitlines()[: args.sentences]) + "\n")
-        for size in args.sizes:
-            for label in args.activations:
-                print(f"== {size}-dim {label}: training {args.steps} steps", flush=True)
-                tokens_per_s, checkpoints[f"{size}/{label}"] = train_speed(corpus, work, size, label, args.steps)
-                results[f"{size}/{label}"] = {"train_target_tokens_per_s": tokens_per_s, "translate_sentences_per_s": [],
-                                              "translate_target_tokens_per_s": [], "inference_memory_mb": []}
+        keys = [f"{size}/{label}" for size in args.sizes for label in args.activations]
+        results = {key: {"train_target_tokens_per_s": [], "translate_sentences_per_s": [],
+                         "translate_target_tokens_per_s": [], "inference_memory_mb": []} for key in keys}
+        for round_ in range(1, args.rounds + 1):
+            for key in keys:
+                size, label = key.split("/")
+                print(f"== round {round_}/{args.rounds}: {key} training {args.steps} steps", flush=True)
+                run_dir = work / f"student{size}_{label}_round{round_}"
+                tokens_per_s, checkpoint = train_speed(corpus, run_dir, int(size), label, args.steps)
+                results[key]["train_target_tokens_per_s"].append(tokens_per_s)
+                checkpoints.setdefault(key, checkpoint)  # round 1's model is the one translated
         for round_ in range(1, args.rounds + 1):
             for key, checkpoint in checkpoints.items():
                 print(f"== round {round_}/{args.rounds}: {key} translating {args.sentences} sentences", flush=True)
@@ -166,9 +173,10 @@ def main():
         f"`{meta['command']}`: Multi30k, recipes' student settings (3 + 3 layers, feed-forward 2048, "
         f"3192-token batches), training tokens/s over {args.steps - WARMUP_STEPS} timed steps; beam-5 translation "
         f"of {args.sentences} test sentences one at a time with every output exactly {OUTPUT_LENGTH} tokens long "
-        f"(-min_length = -max_length), so that every model does the same decoding work, measured {args.rounds} "
-        f"times per model with the models taking turns (median and range); memory = peak resident memory from "
-        f"model load on, minus resident memory before (CPU), median. Ratios and changes are against "
+        f"(-min_length = -max_length), so that every model does the same decoding work. Training and translation "
+        f"each measured {args.rounds} times per model with the models taking turns (median and range); memory = "
+        f"peak resident memory from model load on, minus resident memory before (CPU), median. Ratios and changes "
+        f"are against "
         f"{label_name(args.activations[0])}.\n\n" + text + f"\nMachine: {meta['machine']}\n"
     )
     print(f"wrote {args.out / args.name}.json and .md")
