@@ -25,12 +25,17 @@ from collections import defaultdict
 from pathlib import Path
 
 ACTIVATION_ORDER = ["relu", "prelu", "swish", "aplu", "lma"]
-METRICS = [("bleu", "BLEU"), ("bleu_tok", "tok. BLEU"), ("ppl", "ppl"), ("memory", "mem MB"), ("speed", "sent/s")]
+METRICS = [("bleu", "BLEU"), ("bleu_tok", "tok. BLEU"), ("length", "length ratio"), ("ppl", "ppl"),
+           ("memory", "mem MB"), ("speed", "sent/s")]
 
 
 def metric(result, key):
+    """One number of an evaluation JSON; None where it does not hold it."""
     if key in ("bleu", "bleu_tok"):
         return result[key]["score"]
+    if key == "length":  # hypothesis / reference length, from sacreBLEU's "... hyp_len = H ref_len = R)"
+        lengths = re.search(r"hyp_len = (\d+) ref_len = (\d+)", result["bleu"].get("text", ""))
+        return int(lengths[1]) / int(lengths[2]) if lengths else None
     if key == "memory":
         return result["memory"]["peak_mb"]
     if key == "speed":
@@ -127,15 +132,13 @@ def table(results):
         cells = groups[(corpus, size)]
         for key, label in METRICS:
             reference = None
-            if "relu" in cells:
-                reference = mean_std([metric(r, key) for r in cells["relu"]])[0]
+            relu = [v for v in (metric(r, key) for r in cells.get("relu", [])) if v is not None]
+            if relu:
+                reference = mean_std(relu)[0]
             row = []
             for column in columns:
-                if column not in cells:
-                    row.append("—")
-                    continue
-                values = [metric(r, key) for r in cells[column]]
-                row.append(_cell(values, None if column == "relu" else reference))
+                values = [v for v in (metric(r, key) for r in cells.get(column, [])) if v is not None]
+                row.append(_cell(values, None if column == "relu" else reference) if values else "—")
             lines.append(f"| {corpus} | {size} | {label} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -195,7 +198,8 @@ def segment_lines(results):
         out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for segments in sorted(cells):
             runs = cells[segments]
-            mean = {key: statistics.fmean(metric(r, key) for r in runs) for key, _ in METRICS}
+            mean = {key: statistics.fmean(metric(r, key) for r in runs) for key in ("bleu", "bleu_tok", "ppl",
+                                                                                     "memory", "speed")}
             params = statistics.fmean(r["params"] for r in runs)
             out.append(f"| {segments} | {mean['bleu']:.2f} | {mean['bleu_tok']:.2f} | {mean['ppl']:.2f} "
                        f"| {params:,.0f} | {mean['memory']:.0f} | {mean['speed']:.2f} | {len(runs)} |")
@@ -395,7 +399,8 @@ def write_report(paths, out_dir, reading=None):
         "## Students\n\n"
         "Mean ± sample standard deviation over seeds [n = seeds]; in parentheses the change relative "
         "to the ReLU student's mean. BLEU: sacreBLEU on detokenized text; tok. BLEU: tokenized, as "
-        "Moses multi-bleu.perl; mem: inference memory translating one sentence at a time; sent/s: "
+        "Moses multi-bleu.perl; length ratio: hypothesis over reference length in sacreBLEU's count (below 1, "
+        "BLEU's brevity penalty applies); mem: inference memory translating one sentence at a time; sent/s: "
         "beam-5 translation one sentence at a time, measured once per run at the end of its evaluation (runs "
         "measured at different times on a shared machine differ by tens of percent: compare speeds with a "
         "side-by-side benchmark, scripts/bench_students.py).\n\n" + table(results)

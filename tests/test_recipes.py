@@ -182,12 +182,14 @@ def test_test_perplexity_equals_opennmt_validation_perplexity(evaluated):
     assert result["ppl"] == pytest.approx(validation, rel=1e-3)
 
 
-def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False, segments=8):
+def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False, segments=8, hyp_len=None):
+    text = f"BLEU = {bleu:.2f} 50.0/30.0/20.0/10.0 (BP = 1.000 ratio = 1.000 hyp_len = {hyp_len} ref_len = 1000)"
     return {
         "corpus": corpus, "run_dir": str(run_dir), "checkpoint": str(run_dir / "m.pt"),
         "model": {"activation": activation, "lma_segments": segments, "hidden_size": size, "enc_layers": 3,
                   "dec_layers": 3, "seed": seed, "kd_teacher": None if teacher else "t.pt"},
-        "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
+        "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+                 **({"text": text} if hyp_len else {})},
         "bleu_tok": {"score": bleu + 1, "signature": "tok:none"},
         "ppl": ppl, "params": 1e6, "memory": {"peak_mb": 100.0}, "speed": {"sentences_per_s": 10.0},
     }
@@ -195,16 +197,17 @@ def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher
 
 def test_report_means_standard_deviations_and_changes(tmp_path):
     results = tmp_path / "runs"
-    rows = [("relu", 1, 10.0, 30.0), ("relu", 2, 11.0, 31.0), ("relu", 3, 12.0, 32.0),
-            ("lma", 1, 12.0, 28.0), ("lma", 2, 13.0, 29.0), ("prelu", 1, 9.0, 33.0)]
-    for activation, seed, bleu, ppl in rows:
+    rows = [("relu", 1, 10.0, 30.0, 900), ("relu", 2, 11.0, 31.0, 950), ("relu", 3, 12.0, 32.0, 1000),
+            ("lma", 1, 12.0, 28.0, 760), ("lma", 2, 13.0, 29.0, None), ("prelu", 1, 9.0, 33.0, None)]
+    for activation, seed, bleu, ppl, hyp_len in rows:
         run_dir = results / f"student64_{activation}_seed{seed}"
         run_dir.mkdir(parents=True)
         (run_dir / "train.log").write_text(
             "[x INFO] Step 100/200; acc: 1\n[x INFO] Validation perplexity: 50.0\n"
             f"[x INFO] Step 200/200; acc: 2\n[x INFO] Validation perplexity: {ppl}\n"
         )
-        (run_dir / "m.pt.eval.json").write_text(json.dumps(synthetic_result("multi30k", 64, activation, seed, bleu, ppl, run_dir)))
+        (run_dir / "m.pt.eval.json").write_text(
+            json.dumps(synthetic_result("multi30k", 64, activation, seed, bleu, ppl, run_dir, hyp_len=hyp_len)))
     teacher_dir = results / "teacher"
     teacher_dir.mkdir()
     (teacher_dir / "m.pt.eval.json").write_text(json.dumps(synthetic_result("multi30k", 256, "relu", 1, 20.0, 10.0, teacher_dir, teacher=True)))
@@ -221,6 +224,9 @@ def test_report_means_standard_deviations_and_changes(tmp_path):
     assert cells[5] == "12.50 ± 0.71 (+13.6%) [n=2]"
     ppl_row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | ppl |"))
     assert "28.50 ± 0.71 (-8.1%) [n=2]" in ppl_row
+    # the length ratio where sacreBLEU's text gives the lengths, "—" where no run of a column does
+    length_row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | length ratio |"))
+    assert [c.strip() for c in length_row.strip("|").split("|")][3:] == ["0.95 ± 0.05 [n=3]", "—", "0.76 (-20.0%) [n=1]"]
     assert "| multi30k | 256-dim 3+3 | 20.00 | 21.00 | 10.00 | 1.0 M |" in text
     for image in ("bleu_vs_size_multi30k.png", "valid_ppl_multi30k_64.png"):
         assert (tmp_path / "report" / image).stat().st_size > 1000
