@@ -131,14 +131,11 @@ def table(results):
     for corpus, size in sorted(groups, key=lambda k: (k[0], -k[1])):
         cells = groups[(corpus, size)]
         for key, label in METRICS:
-            reference = None
-            relu = [v for v in (metric(r, key) for r in cells.get("relu", [])) if v is not None]
-            if relu:
-                reference = mean_std(relu)[0]
-            row = []
-            for column in columns:
-                values = [v for v in (metric(r, key) for r in cells.get(column, [])) if v is not None]
-                row.append(_cell(values, None if column == "relu" else reference) if values else "—")
+            values = {column: [v for v in (metric(r, key) for r in cells.get(column, [])) if v is not None]
+                      for column in columns}
+            reference = mean_std(values["relu"])[0] if values.get("relu") else None
+            row = [_cell(values[column], None if column == "relu" else reference) if values[column] else "—"
+                   for column in columns]
             lines.append(f"| {corpus} | {size} | {label} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -89,20 +89,19 @@ def label_name(label):
 def table(results, sizes, labels):
     rows = []
     for size in sizes:
-        reference = results[f"{size}/{labels[0]}"]
+        reference = {field: median(values) for field, values in results[f"{size}/{labels[0]}"].items()}
         for label in labels:
             r = results[f"{size}/{label}"]
-            train = sorted(r["train_target_tokens_per_s"])
-            sent = sorted(r["translate_sentences_per_s"])
+            m = {field: median(values) for field, values in r.items()}
+            ratio = {field: m[field] / reference[field] for field in m}
+            train, sent = sorted(r["train_target_tokens_per_s"]), sorted(r["translate_sentences_per_s"])
             rows.append(
-                f"| {size} | {label_name(label)} | {median(train):.0f} ({train[0]:.0f}–{train[-1]:.0f}) | "
-                f"{median(train) / median(reference['train_target_tokens_per_s']):.2f} | "
-                f"{median(sent):.1f} ({sent[0]:.1f}–{sent[-1]:.1f}) | "
-                f"{median(sent) / median(reference['translate_sentences_per_s']):.2f} | "
-                f"{median(r['translate_target_tokens_per_s']):.0f} | "
-                f"{median(r['translate_target_tokens_per_s']) / median(reference['translate_target_tokens_per_s']):.2f} | "
-                f"{median(r['inference_memory_mb']):.0f} | "
-                f"{100 * (median(r['inference_memory_mb']) / median(reference['inference_memory_mb']) - 1):+.1f}% |"
+                f"| {size} | {label_name(label)} | {m['train_target_tokens_per_s']:.0f} ({train[0]:.0f}–{train[-1]:.0f}) | "
+                f"{ratio['train_target_tokens_per_s']:.2f} | "
+                f"{m['translate_sentences_per_s']:.1f} ({sent[0]:.1f}–{sent[-1]:.1f}) | "
+                f"{ratio['translate_sentences_per_s']:.2f} | "
+                f"{m['translate_target_tokens_per_s']:.0f} | {ratio['translate_target_tokens_per_s']:.2f} | "
+                f"{m['inference_memory_mb']:.0f} | {100 * (ratio['inference_memory_mb'] - 1):+.1f}% |"
             )
     reference = label_name(labels[0])
     return (

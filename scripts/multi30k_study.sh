@@ -108,6 +108,5 @@ while read -r run act seed segments; do
   echo "[study] $(date -u +%FT%TZ) $run collected"
   if [ "$mode" = --commit ]; then commit_results "results/multi30k: $run collected"; fi
 done < <(plan)
-report
-if [ "$mode" = --commit ]; then commit_results "results/multi30k: every run collected"; fi
+if [ "$mode" = --commit ]; then commit_results "results/multi30k: every run collected"; else report; fi
 echo "[study] all runs collected ($(( (SECONDS - start) / 60 )) min)"
