@@ -280,17 +280,23 @@ def plots(results, out_dir):
         for size, cells in sizes.items():
             fig, ax = plt.subplots(figsize=(6, 4))
             drawn = False
+            seeds = sorted({r["model"].get("seed") or 0 for runs in cells.values() for r in runs})
+            line_styles = dict(zip(seeds, ["-", "--", ":", "-."] * len(seeds)))  # one per seed
             for activation, runs in sorted(cells.items()):
                 for i, r in enumerate(runs):
                     log = train_log(r)
                     curve = validation_curve(log) if log else []
                     if curve:
                         ax.plot(*zip(*curve), marker=".", alpha=0.8, color=f"C{_columns(groups).index(activation)}",
+                                linestyle=line_styles[r["model"].get("seed") or 0],
                                 label=activation if i == 0 else None)
                         drawn = True
             if not drawn:
                 plt.close(fig)
                 continue
+            if len(seeds) > 1:  # legend entries for the line styles
+                for seed, style in line_styles.items():
+                    ax.plot([], [], color="grey", linestyle=style, label=f"seed {seed}")
             ax.set_yscale("log")  # early steps are ~20x the late ones; the differences are late
             written.append(_finish(
                 fig, ax, Path(out_dir) / f"valid_ppl_{corpus}_{size}.png",
