@@ -261,6 +261,7 @@ def test_report_compares_with_relu_studies_segments_and_times_runs(tmp_path):
     segment_rows = [l for l in text.split("## LMA segment study")[1].splitlines() if l.startswith("| ") and l[2].isdigit()]
     assert [l.split("|")[1].strip() for l in segment_rows] == ["4", "8", "16"]
     assert segment_rows[1].split("|")[2].strip() == "14.00" and segment_rows[1].split("|")[-2].strip() == "2"
+    assert [l.split("|")[3].strip() for l in segment_rows] == ["s1 11.00", "s1 13.00, s2 15.00", "s1 14.00"]
     assert "| student64_lma16_seed1 | lma-16 | 1 | None | 2.5 min | 2.0 min | 0123456789 |" in text
     for image in ("segments_multi30k_64.png", "valid_ppl_multi30k_64.png"):
         assert (tmp_path / "report" / image).stat().st_size > 1000
