@@ -86,6 +86,11 @@ def is_teacher(result):
     return not result["model"].get("kd_teacher") and "teacher" in Path(result["run_dir"]).name
 
 
+def seed(result):
+    """The run's seed (0 where its JSON does not name one), to sort and tell runs apart."""
+    return result["model"].get("seed") or 0
+
+
 def mean_std(values):
     """Mean and sample standard deviation (None for a single value)."""
     mean = statistics.fmean(values)
@@ -198,8 +203,7 @@ def segment_lines(results):
             runs = cells[segments]
             mean = {key: statistics.fmean(metric(r, key) for r in runs) for key in ("bleu", "bleu_tok", "ppl",
                                                                                      "memory", "speed")}
-            by_seed = ", ".join(f"s{r['model'].get('seed')} {metric(r, 'bleu'):.2f}"
-                                for r in sorted(runs, key=lambda r: r["model"].get("seed") or 0))
+            by_seed = ", ".join(f"s{seed(r)} {metric(r, 'bleu'):.2f}" for r in sorted(runs, key=seed))
             params = statistics.fmean(r["params"] for r in runs)
             out.append(f"| {segments} | {mean['bleu']:.2f} | {by_seed} | {mean['bleu_tok']:.2f} | {mean['ppl']:.2f} "
                        f"| {params:,.0f} | {mean['memory']:.0f} | {mean['speed']:.2f} | {len(runs)} |")
@@ -283,7 +287,7 @@ def plots(results, out_dir):
         for size, cells in sizes.items():
             fig, ax = plt.subplots(figsize=(6, 4))
             drawn = False
-            seeds = sorted({r["model"].get("seed") or 0 for runs in cells.values() for r in runs})
+            seeds = sorted({seed(r) for runs in cells.values() for r in runs})
             line_styles = dict(zip(seeds, ["-", "--", ":", "-."] * len(seeds)))  # one per seed
             for activation, runs in sorted(cells.items()):
                 for i, r in enumerate(runs):
@@ -291,15 +295,15 @@ def plots(results, out_dir):
                     curve = validation_curve(log) if log else []
                     if curve:
                         ax.plot(*zip(*curve), marker=".", alpha=0.8, color=f"C{_columns(groups).index(activation)}",
-                                linestyle=line_styles[r["model"].get("seed") or 0],
+                                linestyle=line_styles[seed(r)],
                                 label=activation if i == 0 else None)
                         drawn = True
             if not drawn:
                 plt.close(fig)
                 continue
             if len(seeds) > 1:  # legend entries for the line styles
-                for seed, style in line_styles.items():
-                    ax.plot([], [], color="grey", linestyle=style, label=f"seed {seed}")
+                for number, style in line_styles.items():
+                    ax.plot([], [], color="grey", linestyle=style, label=f"seed {number}")
             ax.set_yscale("log")  # early steps are ~20x the late ones; the differences are late
             written.append(_finish(
                 fig, ax, Path(out_dir) / f"valid_ppl_{corpus}_{size}.png",
@@ -355,7 +359,7 @@ def lma_shape_plots(results, out_dir):
             found[(r["corpus"], r["model"]["hidden_size"])].append(r)
     written = []
     for (corpus, size), runs in sorted(found.items()):
-        runs.sort(key=lambda r: (r["model"]["lma_segments"], r["model"].get("seed") or 0))
+        runs.sort(key=lambda r: (r["model"]["lma_segments"], seed(r)))
         layers = list(runs[0]["model"]["learned_lma"])
         columns = min(3, len(layers))
         rows = -(-len(layers) // columns)
