@@ -269,19 +269,26 @@ def plots(results, out_dir):
     for (corpus, size), cells in groups.items():
         by_corpus[corpus][size] = cells
     for corpus, sizes in by_corpus.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for activation in _columns(groups):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        columns = _columns(groups)
+        for i, activation in enumerate(columns):
             xs = [s for s in sorted(sizes) if activation in sizes[s]]
             if not xs:
                 continue
-            stats = [mean_std([r["bleu"]["score"] for r in sizes[s][activation]]) for s in xs]
-            ax.errorbar(xs, [m for m, _ in stats], yerr=[s or 0 for _, s in stats], marker="o",
-                        capsize=3, label=activation)
+            # side by side around each size (the x axis is log2), so that error bars do not overlap
+            dodge = 2 ** (0.08 * (i - (len(columns) - 1) / 2))
+            scores = [[r["bleu"]["score"] for r in sizes[s][activation]] for s in xs]
+            stats = [mean_std(values) for values in scores]
+            ax.errorbar([s * dodge for s in xs], [m for m, _ in stats], yerr=[s or 0 for _, s in stats],
+                        marker="o", capsize=3, color=f"C{i}", label=activation)
+            for s, values in zip(xs, scores):  # every seed's score
+                ax.plot([s * dodge] * len(values), values, "x", color=f"C{i}", alpha=0.6)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(sizes), [str(s) for s in sorted(sizes)])
+        ax.minorticks_off()
         written.append(_finish(
             fig, ax, Path(out_dir) / f"bleu_vs_size_{corpus}.png",
-            f"{corpus}: BLEU against student size (mean ± std over seeds)",
+            f"{corpus}: BLEU against student size (mean ± std; x: each seed)",
             "student size (embedding / hidden dimension)", "sacreBLEU (test)",
         ))
         for size, cells in sizes.items():
