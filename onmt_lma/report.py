@@ -272,17 +272,17 @@ def plots(results, out_dir):
         fig, ax = plt.subplots(figsize=(7, 4))
         columns = _columns(groups)
         for i, activation in enumerate(columns):
-            xs = [s for s in sorted(sizes) if activation in sizes[s]]
+            xs = [size for size in sorted(sizes) if activation in sizes[size]]
             if not xs:
                 continue
             # side by side around each size (the x axis is log2), so that error bars do not overlap
             dodge = 2 ** (0.08 * (i - (len(columns) - 1) / 2))
-            scores = [[r["bleu"]["score"] for r in sizes[s][activation]] for s in xs]
+            scores = [[r["bleu"]["score"] for r in sizes[size][activation]] for size in xs]
             stats = [mean_std(values) for values in scores]
-            ax.errorbar([s * dodge for s in xs], [m for m, _ in stats], yerr=[s or 0 for _, s in stats],
-                        marker="o", capsize=3, color=f"C{i}", label=activation)
-            for s, values in zip(xs, scores):  # every seed's score
-                ax.plot([s * dodge] * len(values), values, "x", color=f"C{i}", alpha=0.6)
+            ax.errorbar([size * dodge for size in xs], [mean for mean, _ in stats],
+                        yerr=[std or 0 for _, std in stats], marker="o", capsize=3, color=f"C{i}", label=activation)
+            for size, values in zip(xs, scores):  # every seed's score
+                ax.plot([size * dodge] * len(values), values, "x", color=f"C{i}", alpha=0.6)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(sizes), [str(s) for s in sorted(sizes)])
         ax.minorticks_off()
