@@ -26,6 +26,7 @@ __all__ = [
     "APLU",
     "lma",
     "segment_index",
+    "continuous_intercepts",
     "register_activation",
     "build_activation",
     "activation_names",
@@ -46,6 +47,26 @@ def segment_index(x, mean, std, segments):
     width = std.clamp_min(torch.finfo(std.dtype).tiny) * (6.0 / segments)
     position = (x - mean) / width + segments / 2
     return position.floor_().clamp_(0, segments - 1).long()
+
+
+def continuous_intercepts(alpha, mean, std):
+    """Intercepts that make ``alpha[j] * x + beta[j]`` continuous at every cut point.
+
+    The variant ``-lma_continuous``: with cut points ``b_j = b_0 + j * 6 std / k``
+    (``b_0 = mean - 3 std``, Eq. 3 of the paper), the lines of segments
+    ``j - 1`` and ``j`` meet at ``b_j`` when
+    ``beta[j] = beta[j-1] + (alpha[j-1] - alpha[j]) * b_j``; ``beta[0] = 0``
+    anchors the first line at the origin.  At LMA's start (slopes 0 then 1)
+    this is ``relu(x - mean)``.  Differentiable in ``alpha``; ``mean`` and
+    ``std`` are constants, as in the paper.
+    """
+    k = alpha.numel()
+    dtype = torch.promote_types(alpha.dtype, mean.dtype)
+    width = std.reshape(()).to(dtype) * (6.0 / k)
+    cuts = mean.reshape(()).to(dtype) - 3 * std.reshape(()).to(dtype) + width * torch.arange(
+        1, k, dtype=dtype, device=alpha.device)  # b_1 .. b_{k-1}
+    steps = (alpha[:-1] - alpha[1:]).to(dtype) * cuts
+    return torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)]).to(alpha.dtype)
 
 
 def _compute_dtype(x, alpha):
@@ -150,6 +171,9 @@ class LMA(nn.Module):
         segments: number of segments ``k`` (>= 2; the paper's default is 8).
         momentum: weight of the old value in the running statistics,
             ``running = momentum * running + (1 - momentum) * batch``, in [0, 1).
+        continuous: not the paper's LMA but a variant: only the slopes learn,
+            and the intercepts follow from them (:func:`continuous_intercepts`)
+            so that the function has no jump at any cut point.
 
     Parameters ``alpha`` (slopes) and ``beta`` (intercepts), each ``(k,)``, are
     shared by every unit of the layer and start as ReLU: slope 0 on the left
@@ -158,10 +182,10 @@ class LMA(nn.Module):
     standard deviation of all elements of the input; in evaluation mode from
     the buffers ``running_mean`` and ``running_std`` (PAPER step 4).  The
     buffers have shape ``(1,)`` because OpenNMT-py's checkpoint loader slices
-    every tensor along dimension 0.
+    every tensor along dimension 0.  A continuous LMA has no ``beta`` parameter.
     """
 
-    def __init__(self, segments: int = 8, momentum: float = 0.99):
+    def __init__(self, segments: int = 8, momentum: float = 0.99, continuous: bool = False):
         super().__init__()
         if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
             raise ValueError(f"LMA: segments must be an integer >= 2, got {segments!r}")
@@ -169,8 +193,9 @@ class LMA(nn.Module):
             raise ValueError(f"LMA: momentum must be in [0, 1), got {momentum!r}")
         self.segments = segments
         self.momentum = float(momentum)
+        self.continuous = bool(continuous)
         self.alpha = nn.Parameter(torch.empty(segments))
-        self.beta = nn.Parameter(torch.empty(segments))
+        self.beta = None if self.continuous else nn.Parameter(torch.empty(segments))
         self.register_buffer("running_mean", torch.zeros(1))
         self.register_buffer("running_std", torch.ones(1))
         self.reset_parameters()
@@ -180,11 +205,12 @@ class LMA(nn.Module):
         with torch.no_grad():
             self.alpha.fill_(1.0)
             self.alpha[: self.segments // 2] = 0.0
-            self.beta.zero_()
+            if self.beta is not None:
+                self.beta.zero_()
 
-    def reset_running_stats(self):
-        self.running_mean.zero_()
-        self.running_std.fill_(1.0)
+    def intercepts(self, mean, std):
+        """``beta``: the learned one, or the continuous variant's from the slopes and cut points."""
+        return continuous_intercepts(self.alpha, mean, std) if self.continuous else self.beta
 
     def forward(self, x):
         if self.training and x.numel() > 0:
@@ -193,14 +219,17 @@ class LMA(nn.Module):
                 keep = self.momentum
                 self.running_mean.mul_(keep).add_((1 - keep) * mean.to(self.running_mean.dtype))
                 self.running_std.mul_(keep).add_((1 - keep) * std.to(self.running_std.dtype))
-            return lma(x, self.alpha, self.beta, mean, std)
+            return lma(x, self.alpha, self.intercepts(mean, std), mean, std)
+        if self.continuous:
+            mean, std = self.running_mean, self.running_std
+            return lma(x, self.alpha, self.intercepts(mean, std), mean, std)
         # evaluation, once per decoding step: read parameters and buffers from their
         # dicts (nn.Module.__getattr__ costs more than the kernel on a few thousand elements)
         parameters, buffers = self._parameters, self._buffers
         return lma(x, parameters["alpha"], parameters["beta"], buffers["running_mean"], buffers["running_std"])
 
     def extra_repr(self):
-        return f"segments={self.segments}, momentum={self.momentum}"
+        return f"segments={self.segments}, momentum={self.momentum}" + (", continuous" if self.continuous else "")
 
 
 class PReLU(nn.Module):
@@ -318,7 +347,9 @@ def _need_units(name, units):
 register_activation("relu")(lambda units, segments, momentum: nn.ReLU())
 register_activation("gelu")(lambda units, segments, momentum: nn.GELU())
 register_activation("silu")(lambda units, segments, momentum: nn.SiLU())
-register_activation("lma")(lambda units, segments, momentum: LMA(segments, momentum))
+register_activation("lma")(
+    lambda units, segments, momentum, continuous=False: LMA(segments, momentum, continuous)
+)
 register_activation("prelu")(lambda units, segments, momentum: PReLU(_need_units("prelu", units)))
 register_activation("swish")(lambda units, segments, momentum: Swish(_need_units("swish", units)))
 register_activation("aplu")(
@@ -331,6 +362,7 @@ def build_activation(
     units: Optional[int] = None,
     segments: int = 8,
     momentum: float = 0.99,
+    continuous: bool = False,
 ) -> nn.Module:
     """A fresh activation module for one feed-forward block.
 
@@ -339,6 +371,7 @@ def build_activation(
         units: feed-forward inner size (needed by the per-unit prelu, swish, aplu).
         segments: segments of LMA and APLU.
         momentum: running-statistics momentum of LMA.
+        continuous: LMA's continuous variant (only for ``lma``).
     """
     try:
         factory = _ACTIVATIONS[name]
@@ -346,4 +379,8 @@ def build_activation(
         raise ValueError(
             f"unknown activation {name!r}; valid names: {', '.join(activation_names())}"
         ) from None
+    if continuous:
+        if name != "lma":
+            raise ValueError(f"continuous applies to lma only, not {name!r}")
+        return factory(units, segments, momentum, continuous=True)
     return factory(units, segments, momentum)

@@ -69,13 +69,13 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None):
-    """Run in a fresh process: translate one sentence at a time; speed and peak memory."""
+def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1):
+    """Run in a fresh process: translate ``batch_size`` sentences at a time; speed and peak memory."""
     from onmt_lma import plugin  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY
     import torch
 
-    opt = _translate_opts(checkpoint, src, output, beam, gpu, fixed_length=fixed_length)
+    opt = _translate_opts(checkpoint, src, output, beam, gpu, batch_size, fixed_length=fixed_length)
     before = _status_mb("VmRSS")
     _reset_peak_rss()
     if gpu >= 0:
@@ -166,20 +166,27 @@ def model_facts(checkpoint):
 
     with checkpoint_loading(str(checkpoint)):
         ckpt = torch.load(checkpoint, map_location="cpu")
+    from onmt_lma.average import checkpoint_steps
+
     opt = ckpt["opt"]
+    steps = checkpoint_steps(ckpt)
     tensors = list(ckpt["model"].values()) + list((ckpt.get("generator") or {}).values())
     learned_lma = learned_lma_layers(ckpt["model"]) if opt.pos_ffn_activation_fn == "lma" else None
     params = sum(t.numel() for t in tensors if t.is_floating_point())
     return {
         "activation": opt.pos_ffn_activation_fn,
         "lma_segments": getattr(opt, "lma_segments", None),
+        "lma_continuous": getattr(opt, "lma_continuous", False),
+        "lma_lr_scale": getattr(opt, "lma_lr_scale", 1.0),
+        "learning_rate": getattr(opt, "learning_rate", None),
         "hidden_size": opt.hidden_size,
         "enc_layers": opt.enc_layers,
         "dec_layers": opt.dec_layers,
         "transformer_ff": opt.transformer_ff,
         "seed": getattr(opt, "seed", None),
         "kd_teacher": getattr(opt, "kd_teacher", None),
-        "train_steps": ckpt["optim"]["training_step"] - 1 if ckpt.get("optim") else None,
+        "train_steps": max(steps) if steps else None,
+        "averaged_steps": steps if len(steps) > 1 else None,
         "learned_lma": learned_lma,
     }, params
 
@@ -189,22 +196,25 @@ def learned_lma_layers(state):
 
     ``{"encoder.transformer.0.feed_forward.activation": {"alpha": [...],
     "beta": [...], "running_mean": m, "running_std": s}, ...}``: what the
-    layer computes in evaluation mode (PAPER "LMA, exactly" 2 and 4).
+    layer computes in evaluation mode (the paper's Eq. 2 with the running
+    statistics).  A continuous LMA's intercepts are derived from its slopes.
     """
+    from onmt_lma.activations import continuous_intercepts
+
     layers = {}
     for key in state:
         if key.endswith(".activation.alpha"):
             name = key[: -len(".alpha")]
-            layers[name] = {
-                "alpha": state[f"{name}.alpha"].double().tolist(),
-                "beta": state[f"{name}.beta"].double().tolist(),
-                "running_mean": state[f"{name}.running_mean"].double().item(),
-                "running_std": state[f"{name}.running_std"].double().item(),
-            }
+            alpha = state[f"{name}.alpha"].double()
+            mean, std = state[f"{name}.running_mean"].double(), state[f"{name}.running_std"].double()
+            beta = state.get(f"{name}.beta")
+            beta = continuous_intercepts(alpha, mean, std) if beta is None else beta.double()
+            layers[name] = {"alpha": alpha.tolist(), "beta": beta.tolist(),
+                            "running_mean": mean.item(), "running_std": std.item()}
     return layers
 
 
-def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1):
+def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
     checkpoint, corpus_dir, out = Path(checkpoint), Path(corpus_dir), Path(out)
     for name in ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en", "manifest.json"):
         if not (corpus_dir / name).is_file():
@@ -218,7 +228,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1):
         hyp_path = Path(tmp) / "hyp"
         worker = subprocess.run(
             [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(corpus_dir / "test.de"),
-             str(hyp_path), "--beam", str(beam), "--gpu", str(gpu)],
+             str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size)],
             capture_output=True, text=True,
         )
         if worker.returncode != 0:
@@ -252,7 +262,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1):
         "ppl_tokens": ppl_tokens,
         "beam": beam,
         "speed": {
-            "batch": "one sentence at a time",
+            "batch": "one sentence at a time" if batch_size == 1 else f"{batch_size} sentences at a time",
             "sentences_per_s": len(hyps) / run["seconds"],
             "target_tokens_per_s": target_tokens / run["seconds"],
             "seconds": run["seconds"],
@@ -280,13 +290,15 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON file (default: <checkpoint>.eval.json)")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="sentences translated at a time (default 1: the paper's speed measure)")
     parser.add_argument("--force", action="store_true", help="replace an existing result")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fixed-length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:  # internal: python -m onmt_lma.evaluate --worker CKPT SRC OUT_HYP
         print(json.dumps(translate_worker(args.checkpoint, args.corpus_dir, args.out_hyp, args.beam, args.gpu,
-                                          args.fixed_length)))
+                                          args.fixed_length, args.batch_size)))
         return
     if args.corpus_dir is None:
         parser.error("CORPUS_DIR is required")
@@ -295,7 +307,9 @@ def main(argv=None):
         print(f"[evaluate] {out} exists: kept (replace it with --force, or FORCE=1 scripts/evaluate.sh)")
         return
     try:
-        result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu)
+        if args.batch_size < 1:
+            raise RuntimeError(f"--batch-size must be >= 1, got {args.batch_size}")
+        result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu, args.batch_size)
     except (FileNotFoundError, RuntimeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"[evaluate] {out}: BLEU {result['bleu']['score']:.2f} ({result['bleu']['signature']}), "

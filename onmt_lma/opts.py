@@ -33,6 +33,8 @@ def float_type(expected, accept):
 segments_type = int_type("an integer >= 2", lambda k: k >= 2)
 #: ``-lma_momentum``: a float in [0, 1), checked at parse time.
 momentum_type = float_type("a number in [0, 1)", lambda m: 0.0 <= m < 1.0)
+#: ``-lma_lr_scale``: a finite float >= 0, checked at parse time.
+lr_scale_type = float_type("a number >= 0", lambda s: 0.0 <= s < float("inf"))
 
 
 def add_lma_opts(parser, for_translation=False):
@@ -65,6 +67,23 @@ def add_lma_opts(parser, for_translation=False):
         help="LMA running statistics: running = momentum * running + (1 - momentum)"
         " * batch, used in evaluation mode. In [0, 1). Paper default: 0.99." + note,
     )
+    if not for_translation:
+        group.add(
+            "--lma_continuous",
+            "-lma_continuous",
+            action="store_true",
+            help="Not the paper's LMA: a variant whose intercepts follow from the slopes so that the"
+            " function is continuous at every cut point (only the k slopes learn).",
+        )
+        group.add(
+            "--lma_lr_scale",
+            "-lma_lr_scale",
+            type=lr_scale_type,
+            default=1.0,
+            help="Learning rate of the activations' own parameters (LMA's alpha and beta; PReLU's,"
+            " Swish's, APLU's) relative to the model's, as their own optimizer parameter group;"
+            " 0 freezes them at their start. Paper: 1.",
+        )
     if for_translation:
         group.add(
             "--pos_ffn_activation_fn",

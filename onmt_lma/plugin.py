@@ -12,9 +12,12 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
   ``PositionwiseFeedForward`` gets its own module from
   :func:`onmt_lma.build_activation` (``ACTIVATION_FUNCTIONS`` holds one shared
   stateless function, unfit for a layer with parameters and statistics);
-* options -- ``-lma_segments`` and ``-lma_momentum`` join OpenNMT-py's model
-  options, so they are saved in every checkpoint and translation rebuilds
-  exactly the trained model;
+* options -- ``-lma_segments``, ``-lma_momentum``, ``-lma_continuous`` and
+  ``-lma_lr_scale`` join OpenNMT-py's model options, so they are saved in every
+  checkpoint and translation rebuilds exactly the trained model;
+* optimizer -- with ``-lma_lr_scale`` other than 1 the activations' parameters
+  form their own parameter group, whose learning rate is the schedule's times
+  the scale (0: frozen, left out of the optimizer);
 * initialization -- OpenNMT-py's ``-param_init`` draws *every* parameter
   uniformly; the activations are put back to their documented start values;
 * checkpoints -- loaded by torch's ``weights_only`` unpickler with the
@@ -36,7 +39,6 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"onmt(\.|$)")
 import torch.nn as nn  # noqa: E402
 
 import onmt.bin.train  # noqa: E402
-import onmt.decoders.ensemble  # noqa: E402
 import onmt.inference_engine  # noqa: E402
 import onmt.inputters.dynamic_iterator  # noqa: E402
 import onmt.model_builder  # noqa: E402
@@ -46,6 +48,7 @@ import onmt.train_single  # noqa: E402
 import onmt.trainer  # noqa: E402
 import onmt.utils  # noqa: E402
 import onmt.utils.loss  # noqa: E402
+import onmt.utils.optimizers  # noqa: E402
 from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForward  # noqa: E402
 
 from onmt_lma.activations import STATEFUL_ACTIVATIONS, build_activation  # noqa: E402
@@ -97,8 +100,20 @@ def attach_activations(model, model_opt):
                 units=block.w_1.out_features,
                 segments=model_opt.lma_segments,
                 momentum=model_opt.lma_momentum,
+                continuous=getattr(model_opt, "lma_continuous", False),
             )
     return model
+
+
+def activation_parameters(model):
+    """The parameters of the plugin's activation modules (LMA's alpha/beta, ...)."""
+    return [p for activation in activation_modules(model) for p in activation.parameters()]
+
+
+def _scale_group_learning_rates(optimizer, args, kwargs):
+    """Step pre-hook: OpenNMT-py sets every group's ``lr`` to the schedule's just before the step."""
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
 
 
 def check_translation_opts(opt, model_opt, model_path):
@@ -134,7 +149,28 @@ def build_model(model_opt, opt, vocabs, checkpoint, device_id):
         # -param_init drew every parameter uniformly: restore documented starts.
         for activation in activation_modules(model):
             activation.reset_parameters()
+    if getattr(model_opt, "lma_lr_scale", 1.0) == 0:  # frozen: the optimizer never sees them
+        for parameter in activation_parameters(model):
+            parameter.requires_grad_(False)
     return model
+
+
+def build_torch_optimizer(model, opt):
+    """OpenNMT-py's optimizer; the activations' parameters in a group of their own
+    with ``lr_scale`` = ``-lma_lr_scale`` when it is not 1."""
+    optimizer = _ORIGINAL["build_torch_optimizer"](model, opt)
+    scale = getattr(opt, "lma_lr_scale", 1.0)
+    own = [p for p in activation_parameters(model) if p.requires_grad]
+    if scale in (0.0, 1.0) or not own:
+        return optimizer
+    if len(optimizer.param_groups) != 1:
+        raise ValueError(f"-lma_lr_scale is not supported with -optim {opt.optim}")
+    own_ids = {id(p) for p in own}
+    group = optimizer.param_groups[0]
+    group["params"] = [p for p in group["params"] if id(p) not in own_ids]
+    optimizer.add_param_group({"params": own, "lr_scale": scale})
+    optimizer.register_step_pre_hook(_scale_group_learning_rates)
+    return optimizer
 
 
 def load_test_model(opt, device_id=0, model_path=None):
@@ -203,6 +239,7 @@ def install():
         onmt.train_single,
     )
     _patch("build_trainer", build_trainer, onmt.train_single)
+    _patch("build_torch_optimizer", build_torch_optimizer, onmt.utils.optimizers)
     _patch("LossCompute", DistillationLossCompute, onmt.trainer)
     _patch("Statistics", DistillationStatistics, onmt.utils)
     _patch("single_main", train_process, onmt.bin.train)

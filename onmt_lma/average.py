@@ -1,0 +1,118 @@
+"""Average checkpoints, and strip a checkpoint for release.
+
+    onmt_lma_average_models -models A.pt B.pt ... -output OUT.pt [-float16]
+
+The mean of every floating-point tensor of the model and generator, LMA's
+running statistics (``running_mean``, ``running_std``) included, so that the
+averaged model computes with the averaged cut points (PAPER Eq. 3 with the
+buffers of step 4).  Means are taken in float64.  The result holds the model,
+generator, vocabularies and options of the last checkpoint, and no optimizer
+state: it translates, it does not resume training.  With ``-float16`` the
+tensors are stored in half precision (half the size; OpenNMT-py loads them into
+a float32 model).  One checkpoint with ``-float16`` strips it for release.
+
+OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
+``torch.load`` (it has no allow-list for the options it pickles).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
+
+
+class AverageError(ValueError):
+    """Checkpoints that cannot be averaged together."""
+
+
+def load(path):
+    with checkpoint_loading(str(path)):
+        return torch.load(path, map_location="cpu")
+
+
+def _same_architecture(first, other, path):
+    for key in ("model", "generator"):
+        names, other_names = set(first[key] or {}), set(other[key] or {})
+        if names != other_names:
+            raise AverageError(f"{path}: its {key} tensors differ from the first checkpoint's "
+                               f"({sorted(names ^ other_names)[:3]} ...)")
+        for name in names:
+            if first[key][name].shape != other[key][name].shape:
+                raise AverageError(f"{path}: {key} tensor {name} has shape {tuple(other[key][name].shape)}, "
+                                   f"the first checkpoint's {tuple(first[key][name].shape)}")
+    if first["vocab"] != other["vocab"]:
+        raise AverageError(f"{path}: its vocabularies differ from the first checkpoint's")
+    for option in ("pos_ffn_activation_fn", "lma_segments", "lma_continuous", "hidden_size"):
+        if getattr(first["opt"], option, None) != getattr(other["opt"], option, None):
+            raise AverageError(f"{path}: -{option} {getattr(other['opt'], option, None)} differs from the "
+                               f"first checkpoint's {getattr(first['opt'], option, None)}")
+
+
+def checkpoint_steps(checkpoint):
+    """The training step(s) a checkpoint holds: its own, or those it was averaged from."""
+    if checkpoint.get("optim"):
+        return [checkpoint["optim"]["training_step"] - 1]
+    return list((checkpoint.get("onmt_lma") or {}).get("steps") or [])
+
+
+def average(paths, float16=False):
+    """The averaged (or, for one path, stripped) checkpoint as a dict."""
+    if not paths:
+        raise AverageError("no checkpoints given")
+    sums, first, steps = {}, None, []
+    for path in paths:
+        checkpoint = load(path)
+        if first is None:
+            first = checkpoint
+        else:
+            _same_architecture(first, checkpoint, path)
+        steps.extend(checkpoint_steps(checkpoint))
+        for key in ("model", "generator"):
+            for name, tensor in (checkpoint[key] or {}).items():
+                if tensor.is_floating_point():
+                    total = sums.setdefault((key, name), torch.zeros(tensor.shape, dtype=torch.float64))
+                    total += tensor.double()
+    result = {"vocab": first["vocab"], "opt": first["opt"], "optim": None, "model": {}, "generator": {}}
+    for key in ("model", "generator"):
+        for name, tensor in (first[key] or {}).items():
+            if tensor.is_floating_point():
+                dtype = torch.float16 if float16 else tensor.dtype
+                tensor = (sums[(key, name)] / len(paths)).to(dtype)
+            result[key][name] = tensor.contiguous()
+    result["onmt_lma"] = {"averaged": [Path(p).name for p in paths], "steps": steps,
+                          "float16": bool(float16)}
+    return result
+
+
+def save(checkpoint, output):
+    """Write under a temporary name, then rename: never a half-written file."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, output)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="onmt_lma_average_models", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-models", "-m", nargs="+", required=True, help="checkpoints to average")
+    parser.add_argument("-output", "-o", required=True, help="where the averaged checkpoint goes")
+    parser.add_argument("-float16", action="store_true", help="store tensors in half precision")
+    args = parser.parse_args(argv)
+    if os.path.abspath(args.output) in map(os.path.abspath, args.models):
+        parser.exit(2, f"{parser.prog}: error: -output {args.output} is one of the -models\n")
+    try:
+        save(average(args.models, args.float16), args.output)
+    except (CheckpointError, AverageError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"[average] {args.output}: mean of {len(args.models)} checkpoint(s)"
+          + (", float16" if args.float16 else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
