@@ -181,7 +181,7 @@ def train_students(teacher, args, finish):
             n = pilot_budget(curve, args.min_steps, args.max_steps, args.window)
             capped = False
             if n is None and args.deadline_min and time.time() - started > 60 * args.deadline_min:
-                common = [s for s in sorted(curve) if s % (2 * args.every) == 0 and all(
+                common = [s for s in sorted(curve) if s % args.every == 0 and all(
                     checkpoint(args.runs / r.name, s).exists() for r in processes)]
                 n, capped = (common[-1] if common else None), True
             if n is not None:
