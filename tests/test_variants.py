@@ -1,0 +1,236 @@
+"""The converged study's options and tools: continuous LMA, -lma_lr_scale, averaging, the pilot's rule."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.activations import LMA, build_activation, continuous_intercepts
+from onmt_lma.average import AverageError, average, checkpoint_steps, main as average_main
+from onmt_lma.bin import train as train_cli
+
+import onmt.model_builder
+from onmt.utils.optimizers import Optimizer
+from onmt.utils.parse import ArgumentParser
+
+from conftest import REPO, TINY_MODEL_ARGS, load, run, train_args
+from test_plugin import feed_forward_blocks, tiny_vocabs
+
+
+def reference_continuous(x, alpha, mean, std):
+    """Float64, written from the definition: the piecewise-linear function through its knots.
+
+    The first line passes through the origin with slope alpha[0]; at each cut
+    point the function keeps its value and takes the next slope.
+    """
+    k = len(alpha)
+    width = 6 * std / k
+    cuts = [mean - 3 * std + j * width for j in range(1, k)]
+    out = []
+    for value in x:
+        y, previous = alpha[0] * value, None
+        segment = min(max(math.floor((value - (mean - 3 * std)) / width), 0), k - 1)
+        # value of the function = sum of slope changes times the distance past each cut
+        y = alpha[0] * value + sum((alpha[j] - alpha[j - 1]) * (value - cuts[j - 1])
+                                   for j in range(1, segment + 1))
+        out.append(y)
+    return out
+
+
+@pytest.mark.parametrize("segments", [2, 5, 8])
+def test_continuous_lma_equals_the_piecewise_linear_reference(segments):
+    torch.manual_seed(segments)
+    lma = LMA(segments, continuous=True).double().eval()
+    with torch.no_grad():
+        lma.alpha.normal_()
+        lma.running_mean.fill_(0.3)
+        lma.running_std.fill_(1.7)
+    x = torch.linspace(-9, 9, 1001, dtype=torch.float64)
+    expected = reference_continuous(x.tolist(), lma.alpha.tolist(), 0.3, 1.7)
+    assert torch.allclose(lma(x), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_continuous_lma_has_no_jump_at_any_cut_point_and_starts_as_shifted_relu():
+    lma = LMA(8, continuous=True).double()
+    x = torch.randn(4000, dtype=torch.float64) * 2 + 0.5
+    mean, std = x.mean(), x.std(correction=0)
+    assert torch.allclose(lma(x), torch.relu(x - mean), atol=1e-12)  # slopes 0 then 1, knot at the mean
+    with torch.no_grad():
+        lma.alpha.normal_()
+    beta = continuous_intercepts(lma.alpha, mean, std)
+    for j in range(1, 8):
+        cut = mean - 3 * std + j * 6 * std / 8
+        left, right = lma.alpha[j - 1] * cut + beta[j - 1], lma.alpha[j] * cut + beta[j]
+        assert torch.isclose(left, right, atol=1e-12)
+    assert "beta" not in dict(lma.named_parameters())  # only the slopes learn
+
+
+def test_continuous_lma_gradients_match_finite_differences():
+    lma = LMA(6, continuous=True).double().eval()
+    with torch.no_grad():
+        lma.alpha.normal_()
+        lma.running_std.fill_(1.3)
+    x = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a: torch.func.functional_call(lma, {"alpha": a}, (x,)),
+                                    (x, lma.alpha.detach().clone().requires_grad_()))
+
+
+def test_continuous_is_an_lma_option_only():
+    assert build_activation("lma", continuous=True).continuous
+    with pytest.raises(ValueError, match="continuous applies to lma only"):
+        build_activation("prelu", units=4, continuous=True)
+
+
+@pytest.fixture
+def train_opt(tiny_corpus):
+    def parse(*args):
+        opt = train_cli.get_parser().parse_args(
+            ["-config", str(tiny_corpus / "config.yaml"), "-save_model", "unused"] + TINY_MODEL_ARGS + list(args))
+        ArgumentParser.update_model_opts(opt)
+        ArgumentParser.validate_model_opts(opt)
+        return opt
+
+    return parse
+
+
+def test_continuous_lma_is_built_into_every_feed_forward_block(train_opt):
+    opt = train_opt("-pos_ffn_activation_fn", "lma", "-lma_continuous")
+    model = onmt.model_builder.build_model(opt, opt, tiny_vocabs(), None, -1)
+    assert all(b.activation.continuous for b in feed_forward_blocks(model))
+
+
+def test_lr_scale_gives_the_activations_a_scaled_parameter_group(train_opt):
+    opt = train_opt("-pos_ffn_activation_fn", "lma", "-lma_lr_scale", "0.1", "-decay_method", "noam",
+                    "-warmup_steps", "4", "-learning_rate", "2.0")
+    model = onmt.model_builder.build_model(opt, opt, tiny_vocabs(), None, -1)
+    optim = Optimizer.from_opt(model, opt)
+    groups = optim._optimizer.param_groups
+    activation_ids = {id(p) for b in feed_forward_blocks(model) for p in b.activation.parameters()}
+    assert [group.get("lr_scale", 1.0) for group in groups] == [1.0, 0.1]
+    assert {id(p) for p in groups[1]["params"]} == activation_ids
+    assert not activation_ids & {id(p) for p in groups[0]["params"]}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    schedule_lr = optim.learning_rate()  # noam's learning rate of the coming step
+    optim.step()
+    assert groups[0]["lr"] == pytest.approx(schedule_lr)
+    assert groups[1]["lr"] == pytest.approx(0.1 * schedule_lr)
+    # Adam's first step moves every parameter by lr (the gradient's sign): 10x less for alpha/beta
+    alpha = "encoder.transformer.0.feed_forward.activation.alpha"
+    weight = "encoder.transformer.0.feed_forward.w_1.weight"
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert moved[alpha] == pytest.approx(0.1 * moved[weight], rel=1e-3)
+
+
+def test_lr_scale_zero_freezes_the_activations(train_opt):
+    opt = train_opt("-pos_ffn_activation_fn", "lma", "-lma_lr_scale", "0")
+    model = onmt.model_builder.build_model(opt, opt, tiny_vocabs(), None, -1)
+    optim = Optimizer.from_opt(model, opt)
+    assert len(optim._optimizer.param_groups) == 1
+    frozen = [p for b in feed_forward_blocks(model) for p in b.activation.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    in_optimizer = {id(p) for p in optim._optimizer.param_groups[0]["params"]}
+    assert not in_optimizer & {id(p) for p in frozen}
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "inf"])
+def test_bad_lr_scale_fails_at_parse_time(value, train_opt, capsys):
+    with pytest.raises(SystemExit):
+        train_opt("-lma_lr_scale", value)
+    assert "-lma_lr_scale: expected a number >= 0" in capsys.readouterr().err
+
+
+def test_the_same_seed_gives_relu_and_lma_the_same_initial_weights(train_opt):
+    """With the recipes' Glorot initialization (-param_init 0), which draws for weight matrices only.
+
+    (OpenNMT-py's -param_init > 0 draws for every parameter in order, LMA's too,
+    so every weight after the first LMA would differ.)"""
+    models = {}
+    for name in ("relu", "lma"):
+        opt = train_opt("-pos_ffn_activation_fn", name, "-seed", "7", "-param_init", "0", "-param_init_glorot")
+        torch.manual_seed(7)
+        models[name] = dict(onmt.model_builder.build_model(opt, opt, tiny_vocabs(), None, -1).named_parameters())
+    shared = [n for n in models["relu"]]
+    assert shared and all(torch.equal(models["relu"][n], models["lma"][n]) for n in shared)
+    assert set(models["lma"]) - set(models["relu"])  # LMA adds only its own parameters
+
+
+# --------------------------------------------------------------------------- #
+# Averaging
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def lma_checkpoints(vocab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("avg")
+    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "12",
+                                      "-save_checkpoint_steps", "4", "-keep_checkpoint", "-1"))
+    return [out / f"lma_step_{s}.pt" for s in (4, 8, 12)]
+
+
+@pytest.mark.integration
+def test_average_is_the_mean_of_every_tensor_running_statistics_included(lma_checkpoints):
+    loaded = [load(p) for p in lma_checkpoints]
+    result = average(lma_checkpoints)
+    for key in ("model", "generator"):
+        for name, tensor in result[key].items():
+            expected = sum(c[key][name].double() for c in loaded) / 3
+            assert torch.allclose(tensor.double(), expected, atol=1e-6), name
+    stats = [c["model"]["encoder.transformer.0.feed_forward.activation.running_std"] for c in loaded]
+    assert len({s.item() for s in stats}) == 3  # they differ, so the mean is a real check
+    assert result["optim"] is None and checkpoint_steps(result) == [4, 8, 12]
+
+
+@pytest.mark.integration
+def test_an_averaged_float16_lma_checkpoint_translates(lma_checkpoints, vocab, tmp_path):
+    out = tmp_path / "avg.pt"
+    average_main(["-models", *map(str, lma_checkpoints), "-output", str(out), "-float16"])
+    checkpoint = load(out)
+    assert all(t.dtype == torch.float16 for t in checkpoint["model"].values() if t.is_floating_point())
+    src = vocab / "test.de"
+    run("onmt_lma_translate", "-model", out, "-src", src, "-output", tmp_path / "hyp", "-beam_size", "5")
+    assert len((tmp_path / "hyp").read_text().splitlines()) == len(src.read_text().splitlines())
+
+
+@pytest.mark.integration
+def test_average_refuses_mismatched_checkpoints_and_overwriting_an_input(lma_checkpoints, vocab, tmp_path):
+    run("onmt_lma_train", *train_args(vocab, tmp_path / "relu", "-train_steps", "2", "-save_checkpoint_steps", "2"))
+    with pytest.raises(AverageError, match="relu_step_2.pt"):
+        average([lma_checkpoints[0], tmp_path / "relu_step_2.pt"])
+    result = run("onmt_lma_average_models", "-models", lma_checkpoints[0], "-output", lma_checkpoints[0],
+                 expect_ok=False)
+    assert "is one of the -models" in result.stderr
+
+
+# --------------------------------------------------------------------------- #
+# The converged study's budget rule
+# --------------------------------------------------------------------------- #
+def study_module():
+    spec = importlib.util.spec_from_file_location("multi30k_converged", REPO / "scripts" / "multi30k_converged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_steps():
+    budget = study_module().pilot_budget
+    falling = {s: 100 * 0.9 ** (s / 250) for s in range(250, 6001, 250)}  # 10% per 250 steps: never flat
+    assert budget(falling) == 6000  # the cap
+    assert budget({s: p for s, p in falling.items() if s <= 3000}) is None  # not decided yet
+    flat_from_2500 = {s: (p if s <= 2000 else falling[2000] * (1 - 0.001 * (s - 2000) / 250))
+                      for s, p in falling.items()}
+    # at 2,500 the last 500 steps gained 0.2%; at 2,000 the gain was still 19%: N = 2,500
+    assert budget(flat_from_2500) == 2500
+    early_flat = {s: 10.0 for s in range(250, 6001, 250)}
+    assert budget(early_flat) == 2000  # never before the minimum
+
+
+def test_every_study_run_names_its_part_and_the_settings_are_options():
+    module = study_module()
+    names = [run.name for run in module.RUNS]
+    assert len(names) == len(set(names)) and module.PILOT in names
+    assert {run.part for run in module.RUNS} == {"main", "a", "b", "c", "d", "e"}
+    parser = train_cli.get_parser()
+    known = {action.dest for action in parser._actions}
+    assert all(key in known for run in module.RUNS for key, _ in run.settings)
