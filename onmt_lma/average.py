@@ -9,7 +9,10 @@ buffers of step 4).  Means are taken in float64.  The result holds the model,
 generator, vocabularies and options of the last checkpoint, and no optimizer
 state: it translates, it does not resume training.  With ``-float16`` the
 tensors are stored in half precision (half the size; OpenNMT-py loads them into
-a float32 model).  One checkpoint with ``-float16`` strips it for release.
+a float32 model).  ``-release`` is ``-float16`` and also drops this machine's
+absolute paths from the saved options (each becomes its last two parts:
+``runs/teacher/model`` -> ``teacher/model``); one checkpoint with ``-release``
+is a model ready to publish.
 
 OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
 ``torch.load`` (it has no allow-list for the options it pickles).
@@ -59,8 +62,24 @@ def checkpoint_steps(checkpoint):
     return list((checkpoint.get("onmt_lma") or {}).get("steps") or [])
 
 
-def average(paths, float16=False):
-    """The averaged (or, for one path, stripped) checkpoint as a dict."""
+def _without_absolute_paths(value):
+    if isinstance(value, str) and value.startswith("/"):
+        return "/".join(Path(value).parts[-2:])
+    if isinstance(value, dict):
+        return {k: _without_absolute_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_absolute_paths(v) for v in value]
+    return value
+
+
+def forget_paths(opt):
+    """A copy of checkpoint options with every absolute path cut to its last two parts."""
+    return argparse.Namespace(**{k: _without_absolute_paths(v) for k, v in vars(opt).items()})
+
+
+def average(paths, float16=False, release=False):
+    """The averaged (or, for one path, stripped) checkpoint as a dict (``release``: float16, no paths)."""
+    float16 = float16 or release
     if not paths:
         raise AverageError("no checkpoints given")
     sums, first, steps = {}, None, []
@@ -76,7 +95,8 @@ def average(paths, float16=False):
                 if tensor.is_floating_point():
                     total = sums.setdefault((key, name), torch.zeros(tensor.shape, dtype=torch.float64))
                     total += tensor.double()
-    result = {"vocab": first["vocab"], "opt": first["opt"], "optim": None, "model": {}, "generator": {}}
+    opt = forget_paths(first["opt"]) if release else first["opt"]
+    result = {"vocab": first["vocab"], "opt": opt, "optim": None, "model": {}, "generator": {}}
     for key in ("model", "generator"):
         for name, tensor in (first[key] or {}).items():
             if tensor.is_floating_point():
@@ -103,15 +123,17 @@ def main(argv=None):
     parser.add_argument("-models", "-m", nargs="+", required=True, help="checkpoints to average")
     parser.add_argument("-output", "-o", required=True, help="where the averaged checkpoint goes")
     parser.add_argument("-float16", action="store_true", help="store tensors in half precision")
+    parser.add_argument("-release", action="store_true",
+                        help="-float16, and the options' absolute paths cut to their last two parts")
     args = parser.parse_args(argv)
     if os.path.abspath(args.output) in map(os.path.abspath, args.models):
         parser.exit(2, f"{parser.prog}: error: -output {args.output} is one of the -models\n")
     try:
-        save(average(args.models, args.float16), args.output)
+        save(average(args.models, args.float16, args.release), args.output)
     except (CheckpointError, AverageError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"[average] {args.output}: mean of {len(args.models)} checkpoint(s)"
-          + (", float16" if args.float16 else ""))
+          + (", float16" if args.float16 or args.release else "") + (", for release" if args.release else ""))
 
 
 if __name__ == "__main__":

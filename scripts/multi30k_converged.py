@@ -19,6 +19,7 @@ steps, at most MAX_STEPS.
     python scripts/multi30k_converged.py run [--gpu 0] [--parallel 12] [--deadline-min M]
     python scripts/multi30k_converged.py collect --results results/multi30k_converged
     python scripts/multi30k_converged.py release --results results/multi30k_converged
+    python scripts/multi30k_converged.py report --results results/multi30k_converged
 
 ``run`` trains the teacher (resumable, skipped when finished), starts every
 student at once (``--parallel``, meant for a GPU; on 2 CPU cores use 1), stops
@@ -345,10 +346,146 @@ def release(args):
     sums = []
     for name, path in picks:
         target = out / f"{name}.pt"
-        average.save(average.average([path], float16=True), target)
+        average.save(average.average([path], release=True), target)
         sums.append(f"{hashlib.sha256(target.read_bytes()).hexdigest()}  {target.name}")
         log(f"released {target.name} from {relative_text(str(path), args)}")
     (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+
+
+# --------------------------------------------------------------------------- #
+# Report (from the collected results only)
+# --------------------------------------------------------------------------- #
+def load_collected(results):
+    """{run name: {"final": eval, "averaged": eval, "curve": {step: BLEU}, "valid": {step: ppl}}}."""
+    from onmt_lma.report import validation_curve as from_log
+
+    runs = {}
+    for folder in sorted((Path(results) / "runs").iterdir()):
+        entry = {"final": None, "averaged": None, "curve": {}, "valid": {}}
+        for path in folder.glob("*.eval.json"):
+            entry["averaged" if path.name.startswith("model_avg_") else "final"] = json.loads(path.read_text())
+        if (folder / "curve.json").exists():
+            entry["curve"] = {int(k): v for k, v in json.loads((folder / "curve.json").read_text()).items()}
+        if (folder / "train.log").exists():
+            entry["valid"] = dict(from_log(folder / "train.log"))
+        runs[folder.name] = entry
+    return runs
+
+
+def paired_lines(pairs, label):
+    """Paired differences (B - A) over seeds: each, mean, spread, paired t and the sign count."""
+    import statistics
+
+    diffs = [b - a for a, b in pairs]
+    lines = [f"- {label}: differences by seed " + ", ".join(f"{d:+.2f}" for d in diffs)]
+    if len(diffs) >= 2:
+        mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+        t = mean / (sd / len(diffs) ** 0.5) if sd > 0 else float("inf") * (1 if mean > 0 else -1)
+        lines.append(f"  mean {mean:+.2f}, sample std {sd:.2f}, paired t {t:+.2f} (df {len(diffs) - 1}); "
+                     f"above in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds")
+    return lines
+
+
+def bleu(entry, which):
+    return entry[which]["bleu"]["score"] if entry and entry.get(which) else None
+
+
+def fmt(value, digits=2):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def report_lines(runs, budget):
+    lines = ["# Converged Multi30k study: report", "",
+             "Made by `python scripts/multi30k_converged.py report` from the collected runs; "
+             "sacreBLEU on test_2016 (beam 5), signature in each run's JSON.", ""]
+    teacher = runs.get("teacher", {}).get("final")
+    if teacher:
+        lines += ["## Teacher", "", "| BLEU | tok. BLEU | test ppl | parameters |", "| --- | --- | --- | --- |",
+                  f"| {teacher['bleu']['score']:.2f} | {teacher['bleu_tok']['score']:.2f} | {teacher['ppl']:.2f} "
+                  f"| {teacher['params']:,} |", "", f"sacreBLEU signature: `{teacher['bleu']['signature']}`", ""]
+    if budget:
+        lines += [f"## Budget: N = {budget['N']} steps" + (" (capped by a deadline)" if budget["capped_by_deadline"]
+                                                          else " (the pilot's rule)"), ""]
+    lines += ["## Main comparison: ReLU and LMA-8, paired by seed", "",
+              "| seed | ReLU final | ReLU averaged | LMA-8 final | LMA-8 averaged | LMA − ReLU (averaged) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    pairs = {"final": [], "averaged": []}
+    for seed in (1, 2, 3):
+        relu, lma = runs.get(f"student64_relu_seed{seed}"), runs.get(f"student64_lma_seed{seed}")
+        cells = [bleu(relu, "final"), bleu(relu, "averaged"), bleu(lma, "final"), bleu(lma, "averaged")]
+        for which, (a, b) in (("final", (cells[0], cells[2])), ("averaged", (cells[1], cells[3]))):
+            if a is not None and b is not None:
+                pairs[which].append((a, b))
+        diff = cells[3] - cells[1] if None not in (cells[1], cells[3]) else None
+        lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(diff)} |")
+    lines.append("")
+    for which in ("final", "averaged"):
+        if pairs[which]:
+            lines += paired_lines(pairs[which], f"LMA-8 − ReLU, {which} checkpoint")
+    lines += ["", "## Diagnostics (seed 1; against ReLU seed 1)", "",
+              "| run | what | BLEU final | BLEU averaged | Δ vs ReLU (averaged) | test ppl | valid ppl at N |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    relu1 = bleu(runs.get(PILOT), "averaged")
+    for run in RUNS:
+        entry = runs.get(run.name)
+        if run.part == "main" or not entry:
+            continue
+        average_bleu = bleu(entry, "averaged")
+        delta = average_bleu - relu1 if None not in (average_bleu, relu1) else None
+        valid = entry["valid"].get(budget["N"]) if budget else None
+        ppl = entry["final"]["ppl"] if entry.get("final") else None
+        lines.append(f"| {run.part}: {run.name} | {run.what} | {fmt(bleu(entry, 'final'))} | {fmt(average_bleu)} "
+                     f"| {fmt(delta)} | {fmt(ppl)} | {fmt(valid)} |")
+    return lines + [""]
+
+
+def report_plots(runs, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {1: "-", 2: "--", 3: ":"}
+    written = []
+    for key, name, ylabel, log in (("curve", "bleu_vs_steps.png", "test_2016 sacreBLEU (beam 5)", False),
+                                   ("valid", "valid_ppl.png", "validation perplexity (plain NLL)", True)):
+        if not any(runs.get(run.name, {}).get(key) for run in RUNS):
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for index, run in enumerate(RUNS):
+            points = sorted(runs.get(run.name, {}).get(key, {}).items())
+            if points:
+                color = {"relu": "C0", "lma": "C1"}.get(run.activation, "C2") if run.part == "main" else f"C{index}"
+                ax.plot(*zip(*points), styles.get(run.seed, "-") if run.part == "main" else "-.", color=color,
+                        label=f"{run.what} seed {run.seed}" if run.part == "main" else f"({run.part}) {run.what}")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(out) / name, dpi=110)
+        plt.close(fig)
+        written.append(Path(out) / name)
+    return written
+
+
+def write_study_report(args):
+    from onmt_lma.report import lma_shape_plots
+
+    runs = load_collected(args.results)
+    budget_file = args.results / "BUDGET.json"
+    budget = json.loads(budget_file.read_text()) if budget_file.exists() else None
+    text = "\n".join(report_lines(runs, budget))
+    report_plots(runs, args.results)
+    evaluations = [dict(entry["averaged"], _file=str(args.results / "runs" / name)) for name, entry in runs.items()
+                   if entry.get("averaged") and entry["averaged"]["model"].get("learned_lma")]
+    if evaluations:
+        lma_shape_plots(evaluations, args.results)
+    (args.results / "report.md").write_text(text)
+    log(f"wrote {args.results / 'report.md'}")
+    return text
 
 
 def plan(args):
@@ -361,7 +498,7 @@ def plan(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("plan", "run", "finish", "collect", "release"))
+    parser.add_argument("action", choices=("plan", "run", "finish", "collect", "release", "report"))
     parser.add_argument("run", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "multi30k_converged")
     parser.add_argument("--data", type=Path, default=REPO / "data" / CORPUS, help="prepared Multi30k")
@@ -397,6 +534,8 @@ def main(argv=None):
         finish_run(args.run, args.steps, args)
     elif args.action == "release":
         release(args)
+    elif args.action == "report":
+        write_study_report(args)
     else:
         collect(args)
 

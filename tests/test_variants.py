@@ -234,3 +234,20 @@ def test_every_study_run_names_its_part_and_the_settings_are_options():
     parser = train_cli.get_parser()
     known = {action.dest for action in parser._actions}
     assert all(key in known for run in module.RUNS for key, _ in run.settings)
+
+
+def test_paired_differences_report_mean_spread_t_and_signs():
+    lines = study_module().paired_lines([(20.0, 18.0), (21.0, 19.5), (22.0, 19.0)], "LMA − ReLU")
+    assert "-2.00, -1.50, -3.00" in lines[0]
+    # mean -2.1667, sample std 0.7638, t = mean / (std / sqrt(3)) = -4.91
+    assert "mean -2.17, sample std 0.76, paired t -4.91 (df 2); above in 0 of 3 seeds" in lines[1]
+
+
+@pytest.mark.integration
+def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path):
+    out = tmp_path / "released.pt"
+    average_main(["-models", str(lma_checkpoints[-1]), "-output", str(out), "-release"])
+    released = load(out)
+    assert not [k for k, v in vars(released["opt"]).items() if isinstance(v, str) and v.startswith("/")]
+    assert "/" + str(tmp_path).strip("/").split("/")[0] not in repr(vars(released["opt"]))
+    assert all(t.dtype == torch.float16 for t in released["model"].values() if t.is_floating_point())
