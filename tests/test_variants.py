@@ -1,5 +1,6 @@
 """The converged study's options and tools: continuous LMA, -lma_lr_scale, averaging, the pilot's rule."""
 
+import hashlib
 import importlib.util
 import math
 
@@ -251,3 +252,42 @@ def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path
     assert not [k for k, v in vars(released["opt"]).items() if isinstance(v, str) and v.startswith("/")]
     assert "/" + str(tmp_path).strip("/").split("/")[0] not in repr(vars(released["opt"]))
     assert all(t.dtype == torch.float16 for t in released["model"].values() if t.is_floating_point())
+
+
+# --------------------------------------------------------------------------- #
+# Released models
+# --------------------------------------------------------------------------- #
+def released_module():
+    spec = importlib.util.spec_from_file_location("released_models", REPO / "scripts" / "released_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_released_models_match_their_sha256_and_load_safely():
+    module = released_module()
+    models = module.verified_models(REPO / "results" / "multi30k_converged" / "models")
+    assert models[0][0] == "teacher"
+    for _, path in models:
+        checkpoint = load(path)  # weights_only with the allow-list
+        assert checkpoint["optim"] is None
+        assert all(t.dtype == torch.float16 for t in checkpoint["model"].values() if t.is_floating_point())
+        assert not [v for v in vars(checkpoint["opt"]).values() if isinstance(v, str) and v.startswith("/")]
+    assert sum(p.stat().st_size for _, p in models) < 130 * 2**20
+
+
+def test_a_changed_or_unlisted_released_model_is_refused(tmp_path):
+    module = released_module()
+    (tmp_path / "a.pt").write_bytes(b"model")
+    (tmp_path / "SHA256SUMS").write_text(f"{hashlib.sha256(b'model').hexdigest()}  a.pt\n")
+    assert [name for name, _ in module.verified_models(tmp_path)] == ["a"]
+    (tmp_path / "a.pt").write_bytes(b"changed")
+    with pytest.raises(module.ReleaseError, match="a.pt: sha256"):
+        module.verified_models(tmp_path)
+    (tmp_path / "a.pt").write_bytes(b"model")
+    (tmp_path / "b.pt").write_bytes(b"other")
+    with pytest.raises(module.ReleaseError, match="SHA256SUMS lists"):
+        module.verified_models(tmp_path)
+    (tmp_path / "SHA256SUMS").unlink()
+    with pytest.raises(module.ReleaseError, match="SHA256SUMS is missing"):
+        module.verified_models(tmp_path)
