@@ -207,11 +207,16 @@ def test_average_refuses_mismatched_checkpoints_and_overwriting_an_input(lma_che
 # --------------------------------------------------------------------------- #
 # The converged study's budget rule
 # --------------------------------------------------------------------------- #
-def study_module():
-    spec = importlib.util.spec_from_file_location("multi30k_converged", REPO / "scripts" / "multi30k_converged.py")
+def script_module(name):
+    """A script of scripts/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def study_module():
+    return script_module("multi30k_converged")
 
 
 def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_steps():
@@ -258,10 +263,7 @@ def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path
 # Released models
 # --------------------------------------------------------------------------- #
 def released_module():
-    spec = importlib.util.spec_from_file_location("released_models", REPO / "scripts" / "released_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("released_models")
 
 
 def test_the_released_models_match_their_sha256_and_load_safely():
