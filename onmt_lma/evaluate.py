@@ -282,7 +282,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m onmt_lma.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m onmt_lma.evaluate", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("corpus_dir", nargs="?")

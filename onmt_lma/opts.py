@@ -37,6 +37,18 @@ momentum_type = float_type("a number in [0, 1)", lambda m: 0.0 <= m < 1.0)
 lr_scale_type = float_type("a number >= 0", lambda s: 0.0 <= s < float("inf"))
 
 
+def refuse_abbreviations(parser):
+    """Make ``parser`` take only whole option names: ``-lma_seg 3`` is a misspelling, not ``-lma_segments 3``.
+
+    ``allow_abbrev=False`` alone is not enough before Python 3.12: argparse still
+    expands prefixes of single-dash options (all of OpenNMT-py's), so the prefix
+    search itself is turned off.  Exact names and ``-name=value`` still work.
+    """
+    parser.allow_abbrev = False
+    parser._get_option_tuples = lambda option_string: []
+    return parser
+
+
 def add_lma_opts(parser, for_translation=False):
     """Options of the LMA / APLU activations (model options, saved in checkpoints).
 

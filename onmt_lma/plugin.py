@@ -24,12 +24,16 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
   allow-list of :mod:`onmt_lma.checkpoint`;
 * logging -- ``-log_file`` keeps receiving the training log (OpenNMT-py's
   corpus iterator would reset the handlers before the first step);
+* checkpoints saved atomically -- OpenNMT-py writes ``BASE_step_N.pt`` in
+  place, so a kill during a save left a truncated file that resumption took
+  for the latest; it is now written as ``BASE.partial_step_N.pt`` and renamed;
 * distillation -- the trainer's training loss gets the teacher of
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
   report the KD part next to the NLL part.
 """
 
 import logging
+import os
 import warnings
 
 # OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
@@ -204,6 +208,21 @@ def init_logger(*args, **kwargs):
     return _ORIGINAL["init_logger"](*args, **kwargs)
 
 
+def save_checkpoint_atomically(saver, step, model):
+    """``ModelSaver._save`` under a temporary name, renamed once complete."""
+    final_base = saver.base_path
+    saver.base_path = final_base + ".partial"
+    try:
+        path, extra = _ORIGINAL["_save"](saver, step, model)
+    finally:
+        saver.base_path = final_base
+    if path is None:  # another rank saves
+        return path, extra
+    final = f"{final_base}_step_{step}.pt"
+    os.replace(path, final)
+    return final, extra
+
+
 def train_process(opt, device_id):
     """``onmt.train_single.main``, run in this process or a spawned worker."""
     return _ORIGINAL["single_main"](opt, device_id)
@@ -243,6 +262,8 @@ def install():
     _patch("LossCompute", DistillationLossCompute, onmt.trainer)
     _patch("Statistics", DistillationStatistics, onmt.utils)
     _patch("single_main", train_process, onmt.bin.train)
+    _ORIGINAL.setdefault("_save", onmt.models.model_saver.ModelSaver._save)
+    onmt.models.model_saver.ModelSaver._save = save_checkpoint_atomically
     _patch("init_logger", init_logger, onmt.inputters.dynamic_iterator)
     _patch("spawned_infer", spawned_infer, onmt.inference_engine)
 

@@ -97,6 +97,23 @@ def checkpoints(run_dir):
     return [path for _, path in sorted(found)]
 
 
+def latest_readable_checkpoint(run_dir):
+    """The newest checkpoint of ``run_dir`` that loads; unreadable ones are skipped with a warning
+    (a kill during a save by a version without atomic saves leaves a truncated file)."""
+    import torch
+
+    from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
+
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            with checkpoint_loading(str(path)):
+                torch.load(path, map_location="cpu")
+            return path
+        except CheckpointError as error:
+            print(f"[recipes] warning: skipping {path.name}: {error}", file=sys.stderr)
+    return None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir):
     """Hold ``RUN_DIR/.lock`` so that no two processes train one run."""
@@ -136,10 +153,10 @@ def _train_locked(corpus, model, data_dir, run_dir, settings):
             )
     write_config(config, config_path)
     args = ["-config", str(config_path)]
-    previous = checkpoints(run_dir)
-    if previous:
-        print(f"[recipes] {run_dir}: resuming from {previous[-1].name}")
-        args += ["-train_from", str(previous[-1])]
+    latest = latest_readable_checkpoint(run_dir)
+    if latest:
+        print(f"[recipes] {run_dir}: resuming from {latest.name}")
+        args += ["-train_from", str(latest)]
     else:
         print(f"[recipes] {run_dir}: training {corpus} {model}, {config['train_steps']} steps")
     train_cli.main(args)
@@ -151,7 +168,7 @@ def _train_locked(corpus, model, data_dir, run_dir, settings):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m onmt_lma.recipes", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m onmt_lma.recipes", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("compose", "train"))
     parser.add_argument("corpus", choices=CORPORA)

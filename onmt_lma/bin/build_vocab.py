@@ -2,9 +2,12 @@
 
 import onmt.bin.build_vocab
 
+from onmt_lma.opts import refuse_abbreviations
+
 
 def main(argv=None):
-    opts = onmt.bin.build_vocab._get_parser().parse_args(argv)
+    parser = refuse_abbreviations(onmt.bin.build_vocab._get_parser())  # -n_samp is not -n_sample
+    opts = parser.parse_args(argv)
     onmt.bin.build_vocab.build_vocab_main(opts)
 
 

@@ -14,7 +14,7 @@ from onmt.inference_engine import InferenceEnginePY
 from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
-from onmt_lma.opts import int_type
+from onmt_lma.opts import int_type, refuse_abbreviations
 from onmt_lma.seqkd import DistillDataError, distill_corpus
 
 
@@ -29,7 +29,7 @@ def get_parser():
         default=1000,
         help="Lines translated and written at a time; an interruption loses at most one chunk.",
     )
-    return parser
+    return refuse_abbreviations(parser)
 
 
 def main(argv=None):

@@ -10,13 +10,14 @@ from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
 from onmt_lma.distill import add_kd_opts
+from onmt_lma.opts import refuse_abbreviations
 
 
 def get_parser():
     parser = ArgumentParser(description="onmt_lma_train: onmt_train with LMA activations")
     onmt.opts.train_opts(parser)
     add_kd_opts(parser)
-    return parser
+    return refuse_abbreviations(parser)
 
 
 def main(argv=None):

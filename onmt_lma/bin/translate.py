@@ -3,21 +3,37 @@
 The model is rebuilt from the checkpoint's own options; ``-lma_segments``,
 ``-lma_momentum`` and ``-pos_ffn_activation_fn`` may be given as a check and
 must then match the checkpoint.
+
+Unlike ``onmt_translate``, the output is line-aligned with the source: an
+empty (or blank) source line gets an empty translation (``-n_best`` empty
+lines) instead of being dropped, which shifted every later line against its
+reference.  The output is written under a temporary name and renamed when
+complete, so a failed run leaves an existing ``-output`` as it was; ``-output``
+equal to ``-src`` (or ``-tgt``) is refused before anything runs.
 """
+
+import os
+import tempfile
+from pathlib import Path
 
 import onmt.bin.translate
 import onmt.opts
 from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
-from onmt_lma.opts import add_lma_opts
+from onmt_lma.opts import add_lma_opts, refuse_abbreviations
+from onmt_lma.seqkd import DistillDataError, read_lines
+
+
+class TranslationInputError(DistillDataError):
+    """Translation inputs or outputs that cannot be used (reported as one line)."""
 
 
 def get_parser():
     parser = ArgumentParser(description="onmt_lma_translate: onmt_translate for LMA models")
     onmt.opts.translate_opts(parser)
     add_lma_opts(parser, for_translation=True)
-    return parser
+    return refuse_abbreviations(parser)
 
 
 def main(argv=None):
@@ -27,7 +43,53 @@ def main(argv=None):
         _translate(opt)
 
 
+def check_files(opt):
+    """Refuse, before the model loads, a missing -src or -tgt and an -output that would destroy an input."""
+    for option in ("src", "tgt"):
+        path = getattr(opt, option, None)
+        if path is not None and not os.path.isfile(path):
+            raise TranslationInputError(f"-{option} {path}: no such file")
+    output = Path(opt.output)
+    if not output.parent.is_dir():
+        raise TranslationInputError(f"-output {opt.output}: folder {output.parent} does not exist")
+    for option in ("src", "tgt"):
+        path = getattr(opt, option, None)
+        if path is not None and output.exists() and os.path.samefile(path, output):
+            raise TranslationInputError(f"-output {opt.output} is the -{option} file: it would be overwritten")
+
+
 def _translate(opt):
+    """Translate the non-empty source lines, then put empty lines back in place; rename when complete."""
+    check_files(opt)
+    sources = read_lines(opt.src)
+    keep = [i for i, line in enumerate(sources) if line.split()]
+    output = opt.output
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output))) as tmp:
+        opt.src, opt.output = os.path.join(tmp, "src"), os.path.join(tmp, "out")
+        Path(opt.src).write_text("".join(sources[i] + "\n" for i in keep), encoding="utf-8")
+        if opt.tgt is not None:
+            targets = read_lines(opt.tgt)
+            if len(targets) != len(sources):
+                raise TranslationInputError(f"-tgt {opt.tgt} has {len(targets)} lines, -src {len(sources)}")
+            opt.tgt = os.path.join(tmp, "tgt")
+            Path(opt.tgt).write_text("".join(targets[i] + "\n" for i in keep), encoding="utf-8")
+        if keep:
+            _run(opt)
+        translated = read_lines(opt.output) if keep else []
+        n_best = opt.n_best
+        if len(translated) != len(keep) * n_best:
+            raise RuntimeError(f"{len(translated)} output lines for {len(keep)} non-empty source lines "
+                               f"(-n_best {n_best})")
+        lines, position = [[""] * n_best for _ in sources], 0
+        for i in keep:
+            lines[i] = translated[position:position + n_best]
+            position += n_best
+        complete = os.path.join(tmp, "complete")
+        Path(complete).write_text("".join(line + "\n" for group in lines for line in group), encoding="utf-8")
+        os.replace(complete, output)
+
+
+def _run(opt):
     if not opt.profile:
         onmt.bin.translate.translate(opt)
         return

@@ -1,0 +1,119 @@
+"""Nothing lost, nothing silently wrong: what the commands do with bad or awkward input.
+
+Each case ran through the real commands; each failed before its fix.
+"""
+
+import pytest
+
+from onmt_lma import recipes
+
+from conftest import run, train_args
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def checkpoint(vocab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad_input")
+    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma",
+                                      "-train_steps", "4", "-save_checkpoint_steps", "2", "-keep_checkpoint", "-1"))
+    return out / "lma_step_4.pt"
+
+
+# --------------------------------------------------------------------------- #
+# Abbreviated options are misspellings
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("command, args, wrong", [
+    ("onmt_lma_train", ["-lma_seg", "3"], "-lma_seg"),
+    ("onmt_lma_train", ["-kd_alph", "0.5"], "-kd_alph"),
+    ("onmt_lma_translate", ["-model", "m.pt", "-src", "s", "-beam", "5"], "-beam"),
+    ("onmt_lma_build_vocab", ["-n_samp", "-1"], "-n_samp"),
+    ("onmt_lma_distill_data", ["-model", "m.pt", "-src", "s", "-output", "o", "-beam", "5"], "-beam"),
+])
+def test_an_abbreviated_option_is_refused(command, args, wrong, vocab):
+    extra = ["-config", vocab / "config.yaml"] if command in ("onmt_lma_train", "onmt_lma_build_vocab") else []
+    result = run(command, *extra, *args, expect_ok=False)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr and wrong in result.stderr
+
+
+def test_an_abbreviated_key_in_a_yaml_config_is_refused(vocab, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text((vocab / "config.yaml").read_text() + "lma_seg: 3\n")
+    result = run("onmt_lma_train", "-config", config, "-save_model", tmp_path / "m", expect_ok=False)
+    assert result.returncode == 2 and "lma_seg" in result.stderr
+
+
+# --------------------------------------------------------------------------- #
+# Translation: line-aligned, never clobbered
+# --------------------------------------------------------------------------- #
+def test_empty_source_lines_keep_their_place(checkpoint, vocab, tmp_path):
+    lines = (vocab / "test.de").read_text(encoding="utf-8").splitlines()[:3]
+    src = tmp_path / "s.de"
+    src.write_text(f"{lines[0]}\n\n{lines[1]}\n   \n{lines[2]}\n", encoding="utf-8")
+    run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", tmp_path / "h.en", "-beam_size", "2")
+    out = (tmp_path / "h.en").read_text(encoding="utf-8").split("\n")
+    assert len(out) == 6 and out[-1] == ""  # five lines, each ended by a newline
+    assert out[1] == "" and out[3] == "" and all(out[i] for i in (0, 2, 4))
+    # the same sentences alone translate to the same lines
+    alone = tmp_path / "alone.de"
+    alone.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run("onmt_lma_translate", "-model", checkpoint, "-src", alone, "-output", tmp_path / "a.en", "-beam_size", "2")
+    assert (tmp_path / "a.en").read_text(encoding="utf-8").splitlines() == [out[0], out[2], out[4]]
+
+
+def test_n_best_keeps_the_groups_aligned(checkpoint, vocab, tmp_path):
+    line = (vocab / "test.de").read_text(encoding="utf-8").splitlines()[0]
+    src = tmp_path / "s.de"
+    src.write_text(f"\n{line}\n", encoding="utf-8")
+    run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", tmp_path / "h.en",
+        "-beam_size", "3", "-n_best", "2")
+    out = (tmp_path / "h.en").read_text(encoding="utf-8").splitlines()
+    assert out[:2] == ["", ""] and all(out[2:4]) and len(out) == 4
+
+
+def test_a_failed_translation_leaves_an_existing_output_as_it_was(checkpoint, vocab, tmp_path):
+    output = tmp_path / "h.en"
+    output.write_text("earlier hypotheses\n")
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", vocab / "test.de", "-output", output,
+                 "-lma_segments", "3", expect_ok=False)
+    assert result.returncode == 2 and "lma_segments" in result.stderr
+    result = run("onmt_lma_translate", "-model", tmp_path / "missing.pt", "-src", vocab / "test.de",
+                 "-output", output, expect_ok=False)
+    assert result.returncode != 0
+    assert output.read_text() == "earlier hypotheses\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.en"]  # no temporary left behind
+
+
+def test_output_equal_to_the_source_is_refused_and_the_source_kept(checkpoint, vocab, tmp_path):
+    src = tmp_path / "s.de"
+    src.write_text((vocab / "test.de").read_text(encoding="utf-8"), encoding="utf-8")
+    before = src.read_bytes()
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", src, expect_ok=False)
+    assert result.returncode == 2 and "is the -src file" in result.stderr
+    assert src.read_bytes() == before
+
+
+def test_missing_source_and_output_folder_are_one_line_errors(checkpoint, tmp_path):
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", tmp_path / "none.de", "-output",
+                 tmp_path / "h.en", expect_ok=False)
+    assert result.returncode == 2 and "none.de: no such file" in result.stderr and "Traceback" not in result.stderr
+    src = tmp_path / "s.de"
+    src.write_text("ein Hund\n")
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", tmp_path / "no" / "h.en",
+                 expect_ok=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoints: saved atomically, a truncated one is skipped on resumption
+# --------------------------------------------------------------------------- #
+def test_checkpoints_are_renamed_into_place_and_a_truncated_one_is_skipped(checkpoint, tmp_path):
+    folder = checkpoint.parent
+    assert not [p.name for p in folder.iterdir() if "partial" in p.name]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for step in (2, 4):
+        (run_dir / f"model_step_{step}.pt").write_bytes((folder / f"lma_step_{step}.pt").read_bytes())
+    data = (run_dir / "model_step_4.pt").read_bytes()
+    (run_dir / "model_step_4.pt").write_bytes(data[: len(data) // 2])  # a kill during a save, before the fix
+    assert recipes.latest_readable_checkpoint(run_dir) == run_dir / "model_step_2.pt"
