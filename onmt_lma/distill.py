@@ -35,6 +35,19 @@ class DistillationError(ValueError):
     """A distillation setting that cannot work (reported before training starts)."""
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or weights: stopped, nothing saved."""
+
+
+def check_finite_loss(loss, step, parts):
+    """Raise :class:`NonFiniteTrainingError` naming the step and the loss parts when ``loss`` is inf or NaN."""
+    if not torch.isfinite(loss).all():
+        described = ", ".join(f"{name} {value:.6g}" for name, value in parts.items())
+        raise NonFiniteTrainingError(
+            f"the training loss is not finite at step {step} ({described}); training stopped before "
+            "saving it: lower -learning_rate or -kd_temperature, or set -max_grad_norm")
+
+
 # --------------------------------------------------------------------------- #
 # The math
 # --------------------------------------------------------------------------- #
@@ -75,7 +88,9 @@ def distillation_loss(
 # Options
 # --------------------------------------------------------------------------- #
 alpha_type = float_type("a number in [0, 1]", lambda a: 0.0 <= a <= 1.0)
-temperature_type = float_type("a number > 0", lambda t: 0.0 < t < math.inf)
+#: at most MAX_TEMPERATURE, so that T^2 times a float32 KL stays finite and meaningful
+MAX_TEMPERATURE = 1000.0
+temperature_type = float_type(f"a number in (0, {MAX_TEMPERATURE:g}]", lambda t: 0.0 < t <= MAX_TEMPERATURE)
 
 
 def teacher_path_type(value):
@@ -206,6 +221,10 @@ class DistillationLossCompute(LossCompute):
     teacher = None
     kd_alpha = DEFAULT_ALPHA
     kd_temperature = DEFAULT_TEMPERATURE
+    optim = None  # the trainer's optimizer, for the step in error messages (set by the plugin)
+
+    def _step(self):
+        return self.optim.training_step if self.optim is not None else "?"
 
     def attach(self, teacher, alpha, temperature):
         if self.copy_attn or isinstance(self.criterion, SparsemaxLoss):
@@ -223,7 +242,10 @@ class DistillationLossCompute(LossCompute):
 
     def forward(self, batch, output, attns, trunc_start=0, trunc_size=None):
         if self.teacher is None:
-            return super().forward(batch, output, attns, trunc_start, trunc_size)
+            loss, stats = super().forward(batch, output, attns, trunc_start, trunc_size)
+            if self.optim is not None:  # the training loss (validation's has no optimizer)
+                check_finite_loss(loss, self._step(), {"loss": loss.sum().item()})
+            return loss, stats
         if trunc_size is None:
             trunc_size = batch["tgt"].size(1) - trunc_start
         end = trunc_start + trunc_size
@@ -239,6 +261,8 @@ class DistillationLossCompute(LossCompute):
             self.kd_temperature,
             self.criterion.label_smoothing,
         )
+        check_finite_loss(loss, self._step(), {"NLL": nll.item(), "KL": kl.item(),
+                                               "T^2": self.kd_temperature ** 2})
         n_sents = len(batch["srclen"]) if trunc_start == 0 else 0
         stats = self._stats(n_sents, nll.item(), student_logits, target)
         stats.kd_loss = kl.item()

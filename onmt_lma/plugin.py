@@ -40,6 +40,7 @@ import warnings
 # the warnings are raised while onmt imports, so the filter comes first.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"onmt(\.|$)")
 
+import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import onmt.bin.train  # noqa: E402
@@ -60,6 +61,7 @@ from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
 from onmt_lma.distill import (  # noqa: E402
     DistillationLossCompute,
     DistillationStatistics,
+    NonFiniteTrainingError,
     attach_teacher,
 )
 from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
@@ -192,6 +194,7 @@ def load_checkpoint(ckpt_path):
 
 def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
     trainer = _ORIGINAL["build_trainer"](opt, device_id, model, vocabs, optim, model_saver)
+    trainer.train_loss.optim = trainer.optim  # the training loss checks itself, naming the step
     return attach_teacher(trainer, opt, vocabs)
 
 
@@ -209,7 +212,11 @@ def init_logger(*args, **kwargs):
 
 
 def save_checkpoint_atomically(saver, step, model):
-    """``ModelSaver._save`` under a temporary name, renamed once complete."""
+    """``ModelSaver._save`` under a temporary name, renamed once complete; never non-finite weights."""
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise NonFiniteTrainingError(f"not saving the step-{step} checkpoint: {len(broken)} parameter tensors "
+                                     f"hold inf or NaN (first {broken[0]}); lower -learning_rate or set -max_grad_norm")
     final_base = saver.base_path
     saver.base_path = final_base + ".partial"
     try:

@@ -4,6 +4,7 @@ Each case ran through the real commands; each failed before its fix.
 """
 
 import pytest
+import torch
 
 from onmt_lma import recipes
 
@@ -117,3 +118,22 @@ def test_checkpoints_are_renamed_into_place_and_a_truncated_one_is_skipped(check
     data = (run_dir / "model_step_4.pt").read_bytes()
     (run_dir / "model_step_4.pt").write_bytes(data[: len(data) // 2])  # a kill during a save, before the fix
     assert recipes.latest_readable_checkpoint(run_dir) == run_dir / "model_step_2.pt"
+
+
+# --------------------------------------------------------------------------- #
+# Non-finite training stops, naming the step, and saves nothing
+# --------------------------------------------------------------------------- #
+def test_a_non_finite_loss_stops_training_before_any_checkpoint(vocab, tmp_path):
+    from onmt_lma.distill import NonFiniteTrainingError, check_finite_loss
+
+    with pytest.raises(NonFiniteTrainingError, match="not finite at step 7 .*NLL nan"):
+        check_finite_loss(torch.tensor(float("nan")), 7, {"NLL": float("nan")})
+    check_finite_loss(torch.tensor(3.0), 7, {"NLL": 3.0})  # a finite loss passes
+    # a learning rate of 1e30 turns the weights to inf/NaN within a few steps
+    result = run("onmt_lma_train", *train_args(vocab, tmp_path / "m", "-learning_rate", "1e30",
+                                               "-train_steps", "6", "-save_checkpoint_steps", "2"),
+                 expect_ok=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("onmt_lma_train: error: ") and ("not finite at step" in last or "inf or NaN" in last)
+    assert not list(tmp_path.glob("m_step_*.pt"))

@@ -97,8 +97,9 @@ def test_statistics_sum_and_report_the_kd_part(caplog):
     [
         (["-kd_alpha", "1.5"], "kd_alpha: expected a number in [0, 1], got '1.5'"),
         (["-kd_alpha", "-0.1"], "kd_alpha: expected a number in [0, 1], got '-0.1'"),
-        (["-kd_temperature", "0"], "kd_temperature: expected a number > 0, got '0'"),
-        (["-kd_temperature", "-2"], "kd_temperature: expected a number > 0, got '-2'"),
+        (["-kd_temperature", "0"], "kd_temperature: expected a number in (0, 1000], got '0'"),
+        (["-kd_temperature", "-2"], "kd_temperature: expected a number in (0, 1000], got '-2'"),
+        (["-kd_temperature", "1e30"], "kd_temperature: expected a number in (0, 1000], got '1e30'"),
         (["-kd_teacher", "no/such/teacher.pt"], "teacher checkpoint 'no/such/teacher.pt' does not exist"),
     ],
 )
