@@ -152,6 +152,37 @@ def postprocess(lines, corpus_dir):
     return tokenized, [detokenizer.detokenize(line.split()) for line in tokenized]
 
 
+#: more unknown test tokens than this means the checkpoint was trained on another corpus or subword scheme
+MAX_UNKNOWN_SHARE = 0.5
+
+
+class CorpusMismatchError(RuntimeError):
+    """A checkpoint whose vocabularies do not fit the corpus it is evaluated on."""
+
+
+def check_vocabulary(checkpoint, corpus_dir):
+    """Refuse, before translating, a checkpoint whose source or target vocabulary misses most test tokens.
+
+    A word-level model on a SentencePiece corpus (or the reverse, or another
+    corpus) translates almost everything as unknown and would otherwise write a
+    complete-looking result with BLEU near 0.
+    """
+    from onmt_lma.checkpoint import checkpoint_loading
+    import torch
+
+    with checkpoint_loading(str(checkpoint)):
+        vocab = torch.load(checkpoint, map_location="cpu")["vocab"]
+    for side, name in (("src", "test.de"), ("tgt", "test.en")):
+        known = set(vocab[side])
+        tokens = (Path(corpus_dir) / name).read_text(encoding="utf-8").split()
+        unknown = sum(token not in known for token in tokens)
+        if tokens and unknown / len(tokens) > MAX_UNKNOWN_SHARE:
+            raise CorpusMismatchError(
+                f"checkpoint {checkpoint} does not fit corpus {corpus_dir}: {unknown} of {len(tokens)} tokens of "
+                f"{name} are not in its {'source' if side == 'src' else 'target'} vocabulary; was it trained on "
+                "this corpus, with the same subword scheme?")
+
+
 def _git_commit():
     try:
         return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
@@ -222,6 +253,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    check_vocabulary(checkpoint, corpus_dir)
     started = time.time()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,7 +342,7 @@ def main(argv=None):
         if args.batch_size < 1:
             raise RuntimeError(f"--batch-size must be >= 1, got {args.batch_size}")
         result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu, args.batch_size)
-    except (FileNotFoundError, RuntimeError) as error:
+    except (FileNotFoundError, RuntimeError) as error:  # CorpusMismatchError too
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"[evaluate] {out}: BLEU {result['bleu']['score']:.2f} ({result['bleu']['signature']}), "
           f"tokenized BLEU {result['bleu_tok']['score']:.2f}, ppl {result['ppl']:.2f}, "

@@ -137,3 +137,31 @@ def test_a_non_finite_loss_stops_training_before_any_checkpoint(vocab, tmp_path)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("onmt_lma_train: error: ") and ("not finite at step" in last or "inf or NaN" in last)
     assert not list(tmp_path.glob("m_step_*.pt"))
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation refuses a checkpoint that does not fit the corpus
+# --------------------------------------------------------------------------- #
+def test_evaluation_refuses_a_checkpoint_of_another_corpus(checkpoint, vocab, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from onmt_lma import evaluate
+
+    corpus = tmp_path / "pieces"
+    corpus.mkdir()
+    for name in ("test.en", "test.ref.tok.en", "test.ref.detok.en"):
+        shutil.copy(vocab / "test.en", corpus / name)
+    (corpus / "manifest.json").write_text('{"corpus": "pieces", "options": {"subword": "sentencepiece"}}')
+    # the same sentences as SentencePiece would cut them: almost no piece is a word of the model
+    words = (vocab / "test.de").read_text(encoding="utf-8").split("\n")
+    (corpus / "test.de").write_text("\n".join(" ".join("▁" + w[:3] for w in line.split()) for line in words),
+                                    encoding="utf-8")
+    with pytest.raises(evaluate.CorpusMismatchError, match="tokens of test.de are not in its source vocabulary"):
+        evaluate.check_vocabulary(checkpoint, corpus)
+    evaluate.check_vocabulary(checkpoint, vocab)  # its own corpus passes
+    out = tmp_path / "result.json"
+    result = subprocess.run([sys.executable, "-m", "onmt_lma.evaluate", str(checkpoint), str(corpus), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "does not fit corpus" in result.stderr and not out.exists()
