@@ -94,6 +94,8 @@ temperature_type = float_type(f"a number in (0, {MAX_TEMPERATURE:g}]", lambda t:
 
 
 def teacher_path_type(value):
+    if os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"teacher checkpoint {value!r} is a folder; give its model_step_N.pt file")
     if not os.path.isfile(value):
         raise argparse.ArgumentTypeError(f"teacher checkpoint {value!r} does not exist")
     return value

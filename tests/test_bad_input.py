@@ -165,3 +165,26 @@ def test_evaluation_refuses_a_checkpoint_of_another_corpus(checkpoint, vocab, tm
     result = subprocess.run([sys.executable, "-m", "onmt_lma.evaluate", str(checkpoint), str(corpus), "--out", str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "does not fit corpus" in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-beam_size", "0"], "-beam_size 0: expected an integer >= 1"),
+    (["-beam_size", "2", "-n_best", "3"], "-n_best 3: expected an integer from 1 to -beam_size 2"),
+])
+def test_impossible_beams_are_one_line_errors(checkpoint, vocab, tmp_path, args, message):
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", vocab / "test.de", "-output", tmp_path / "h",
+                 *args, expect_ok=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_source_that_is_not_utf8_names_the_file_and_line(checkpoint, tmp_path):
+    src = tmp_path / "s.de"
+    src.write_bytes(b"ein Hund\n\xff\xfe kaputt\n")
+    result = run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", tmp_path / "h",
+                 expect_ok=False)
+    assert result.returncode == 2 and "s.de, line 2: not UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_teacher_folder_is_named_as_a_folder(vocab, tmp_path):
+    result = run("onmt_lma_train", *train_args(vocab, tmp_path / "m", "-kd_teacher", tmp_path), expect_ok=False)
+    assert result.returncode == 2 and "is a folder; give its model_step_N.pt file" in result.stderr

@@ -44,7 +44,12 @@ def main(argv=None):
 
 
 def check_files(opt):
-    """Refuse, before the model loads, a missing -src or -tgt and an -output that would destroy an input."""
+    """Refuse, before the model loads, a missing -src or -tgt, an -output that would destroy an input,
+    and a beam or n-best that cannot work."""
+    if opt.beam_size < 1:
+        raise TranslationInputError(f"-beam_size {opt.beam_size}: expected an integer >= 1")
+    if not 1 <= opt.n_best <= opt.beam_size:
+        raise TranslationInputError(f"-n_best {opt.n_best}: expected an integer from 1 to -beam_size {opt.beam_size}")
     for option in ("src", "tgt"):
         path = getattr(opt, option, None)
         if path is not None and not os.path.isfile(path):
