@@ -7,8 +7,16 @@ after an interruption.  Finished lines live in ``OUTPUT.partial``, appended one
 whole chunk at a time; an interrupted run resumes after the last complete line
 (a torn last line is dropped and redone), and the file gets its final name only
 when every source line has its translation.
+
+What made the lines -- the source file's sha256, the model files' sha256 and
+the options that change a translation -- is written beside them
+(``OUTPUT.partial.json`` while running, ``OUTPUT.json`` when complete); a rerun
+with another source, model or option refuses to resume or to call the output
+complete, naming what differs.
 """
 
+import hashlib
+import json
 import os
 
 from tqdm import tqdm
@@ -42,17 +50,50 @@ def recover_partial(path):
     return data[:whole].count(b"\n")
 
 
-def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progress=True):
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_provenance(record_path, made_from, what):
+    """Refuse ``what`` when the record beside it says it was made from other inputs."""
+    if not os.path.exists(record_path):
+        return
+    with open(record_path, encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    differences = [f"{key} {recorded.get(key)!r} then, {value!r} now"
+                   for key, value in made_from.items() if recorded.get(key) != value]
+    if differences:
+        raise DistillDataError(f"{what} was made from other inputs ({'; '.join(differences)}): "
+                               "remove it to distil again")
+
+
+def _write_json(path, content):
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(content, handle, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progress=True, made_from=None):
     """Write ``translate_lines(chunk)`` for every line of ``src_path`` into ``out_path``.
 
     ``translate_lines`` maps a list of non-empty source lines to as many
-    translations; an empty source line gets an empty translation.  Returns the
-    number of lines translated by this call (0 when ``out_path`` was complete).
+    translations; an empty source line gets an empty translation.  ``made_from``
+    (models, options) is recorded with the source's sha256 beside the output and
+    checked on every rerun.  Returns the number of lines translated by this call
+    (0 when ``out_path`` was complete).
     """
     if chunk_lines < 1:
         raise DistillDataError(f"chunk_lines must be >= 1, got {chunk_lines}")
+    if os.path.exists(out_path) and os.path.samefile(src_path, out_path):
+        raise DistillDataError(f"-output {out_path} is the -src file: it would be overwritten")
     sources = read_lines(src_path)
+    made_from = {"src_sha256": file_sha256(src_path), **(made_from or {})}
     if os.path.exists(out_path):
+        check_provenance(out_path + ".json", made_from, out_path)
         finished = len(read_lines(out_path))
         if finished == len(sources):
             return 0
@@ -61,7 +102,9 @@ def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progre
             "remove it to distil again"
         )
     partial = out_path + ".partial"
+    check_provenance(partial + ".json", made_from, partial)
     done = recover_partial(partial)
+    _write_json(partial + ".json", made_from)
     if done > len(sources):
         raise DistillDataError(
             f"{partial} holds {done} lines but {src_path} has only {len(sources)}: "
@@ -83,5 +126,6 @@ def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progre
             out.flush()
             os.fsync(out.fileno())
             bar.update(len(chunk))
+    os.replace(partial + ".json", out_path + ".json")
     os.replace(partial, out_path)
     return len(sources) - done

@@ -1,5 +1,6 @@
 """Knowledge distillation: the loss as a pure function, options, statistics, sequence-level files."""
 
+import json
 import math
 
 import pytest
@@ -179,3 +180,26 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         distill_corpus(str(bad), str(tmp_path / "x.en"), FakeTeacher(), progress=False)
     with pytest.raises(DistillDataError, match="returned 0 lines for 3"):
         distill_corpus(str(src), str(tmp_path / "y.en"), lambda lines: [], progress=False)
+
+
+def test_a_partial_or_finished_output_of_other_inputs_is_refused(tmp_path):
+    src = tmp_path / "src.de"
+    src.write_text("a\nb\nc\nd\n")
+    out = tmp_path / "out.en"
+    with pytest.raises(KeyboardInterrupt):
+        distill_corpus(str(src), str(out), FakeTeacher(calls_before_kill=1), chunk_lines=2, progress=False,
+                       made_from={"models_sha256": ["m1"]})
+    assert (tmp_path / "out.en.partial").read_text() == "A\nB\n"
+    other = tmp_path / "other.de"
+    other.write_text("w\nx\ny\nz\n")  # same length, other content
+    with pytest.raises(DistillDataError, match=r"out\.en\.partial was made from other inputs \(src_sha256"):
+        distill_corpus(str(other), str(out), FakeTeacher(), progress=False, made_from={"models_sha256": ["m1"]})
+    with pytest.raises(DistillDataError, match=r"models_sha256 \['m1'\] then, \['m2'\] now"):
+        distill_corpus(str(src), str(out), FakeTeacher(), progress=False, made_from={"models_sha256": ["m2"]})
+    # the same inputs resume, and the record moves beside the finished file
+    assert distill_corpus(str(src), str(out), FakeTeacher(), progress=False, made_from={"models_sha256": ["m1"]}) == 2
+    assert json.loads((tmp_path / "out.en.json").read_text())["models_sha256"] == ["m1"]
+    with pytest.raises(DistillDataError, match=r"out\.en was made from other inputs"):
+        distill_corpus(str(other), str(out), FakeTeacher(), progress=False, made_from={"models_sha256": ["m1"]})
+    with pytest.raises(DistillDataError, match="is the -src file"):
+        distill_corpus(str(src), str(src), FakeTeacher(), progress=False)

@@ -145,3 +145,7 @@ def test_sequence_level_data_resumes_after_a_kill(vocab, teacher, tmp_path):
     assert f"({n_lines - finished} lines translated by this run)" in result.stderr
     assert output.read_text() == reference.read_text()
     assert not partial.exists()
+    # a rerun with another beam (or source, or teacher) does not call the output complete
+    other = [*args[:-1], "4"]
+    result = run("onmt_lma_distill_data", *other, "-output", output, expect_ok=False)
+    assert result.returncode == 2 and "was made from other inputs" in result.stderr and "beam_size" in result.stderr

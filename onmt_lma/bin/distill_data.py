@@ -15,7 +15,13 @@ from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.opts import int_type, refuse_abbreviations
-from onmt_lma.seqkd import DistillDataError, distill_corpus
+from onmt_lma.seqkd import DistillDataError, distill_corpus, file_sha256
+
+#: options that change what the teacher writes, recorded with the output
+TRANSLATION_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty", "alpha", "beta",
+                       "coverage_penalty", "block_ngram_repeat", "ignore_when_blocking", "replace_unk",
+                       "ban_unk_token", "random_sampling_topk", "random_sampling_topp", "random_sampling_temp",
+                       "seed", "precision", "transforms", "src_subword_model", "tgt_subword_model")
 
 
 def get_parser():
@@ -50,7 +56,9 @@ def main(argv=None):
             _, predictions = engine.infer_list(lines)
             return [n_best[0] for n_best in predictions]
 
-        written = distill_corpus(opt.src, out_path, translate_lines, opt.chunk_lines)
+        made_from = {"models_sha256": [file_sha256(path) for path in opt.models],
+                     "options": {name: getattr(opt, name, None) for name in TRANSLATION_OPTIONS}}
+        written = distill_corpus(opt.src, out_path, translate_lines, opt.chunk_lines, made_from=made_from)
         engine.terminate()
         logger.info("%s: complete (%d lines translated by this run)", out_path, written)
 
