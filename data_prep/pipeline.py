@@ -258,6 +258,21 @@ def output_names(opt):
     return names
 
 
+def changed_outputs(out, opt, manifest):
+    """What of ``out`` no longer is what ``manifest`` recorded: missing files, other sizes or line counts."""
+    changed = []
+    sizes, lines = manifest.get("output_bytes", {}), manifest.get("outputs", {})
+    for name in output_names(opt):
+        path = out / name
+        if not path.exists():
+            changed.append(f"{name} missing")
+        elif name in sizes and path.stat().st_size != sizes[name]:
+            changed.append(f"{name} has {path.stat().st_size} bytes, {sizes[name]} recorded")
+        elif name in lines and _count_lines(path) != lines[name]:
+            changed.append(f"{name} has {_count_lines(path)} lines, {lines[name]} recorded")
+    return changed
+
+
 def prepare(opt, out_dir):
     """Prepare ``opt.corpus`` into ``out_dir``; returns the manifest."""
     corpus = CORPORA[opt.corpus]
@@ -270,9 +285,12 @@ def prepare(opt, out_dir):
     key = opt.key(inputs)
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
-        if previous.get("key") == key and all((out / n).exists() for n in output_names(opt)):
-            log(f"{out}: up to date ({manifest_path})")
-            return previous
+        if previous.get("key") == key:
+            changed = changed_outputs(out, opt, previous)
+            if not changed:
+                log(f"{out}: up to date ({manifest_path})")
+                return previous
+            log(f"{out}: rebuilding, outputs differ from {manifest_path}: {'; '.join(changed)}")
         manifest_path.unlink()  # rebuilding: the directory no longer looks finished
 
     filtered = build_text_stage(fetched, opt, out / "tok", opt.text_key(inputs))
@@ -291,6 +309,8 @@ def prepare(opt, out_dir):
         "inputs": {name: {"sha256": digest, "bytes": path.stat().st_size} for name, (path, digest) in fetched.items()},
         "train_pairs_dropped_by_length": filtered,
         "outputs": {n: _count_lines(out / n) for n in output_names(opt) if n != "spm.model"},
+        # data.yaml is left out: it names the folder, and a moved copy rewrites it
+        "output_bytes": {n: (out / n).stat().st_size for n in output_names(opt) if n != "data.yaml"},
         "key": key,
     }
     with atomic_write(manifest_path) as handle:

@@ -79,6 +79,12 @@ def test_a_rerun_skips_and_a_changed_option_rebuilds(multi30k_out, tmp_path, cap
     prep("multi30k", "--out", out, "--source", shared_data() / "multi30k")
     assert "up to date" in capsys.readouterr().err
     assert (out / "train.en").stat().st_mtime_ns == before
+    # a truncated output is not "up to date": the directory is rebuilt, saying why
+    full = (out / "train.en").read_bytes()
+    (out / "train.en").write_bytes(full[: len(full) // 2])
+    prep("multi30k", "--out", out, "--source", shared_data() / "multi30k")
+    assert "rebuilding, outputs differ from" in capsys.readouterr().err
+    assert (out / "train.en").read_bytes() == full
     prep("multi30k", "--out", out, "--source", shared_data() / "multi30k", "--max-length", "12")
     kept = len(lines(out / "train.en"))
     assert 0 < kept < 29000
