@@ -188,3 +188,17 @@ def test_a_source_that_is_not_utf8_names_the_file_and_line(checkpoint, tmp_path)
 def test_a_teacher_folder_is_named_as_a_folder(vocab, tmp_path):
     result = run("onmt_lma_train", *train_args(vocab, tmp_path / "m", "-kd_teacher", tmp_path), expect_ok=False)
     assert result.returncode == 2 and "is a folder; give its model_step_N.pt file" in result.stderr
+
+
+def test_build_vocab_refuses_an_existing_vocabulary_before_counting(tmp_path):
+    (tmp_path / "t.de").write_text("ein Hund\n")
+    (tmp_path / "t.en").write_text("a dog\n")
+    (tmp_path / "v.de").write_text("kept\t1\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"save_data: {tmp_path}/run\nsrc_vocab: {tmp_path}/v.de\ntgt_vocab: {tmp_path}/v.en\n"
+                      f"data:\n  corpus_1: {{path_src: {tmp_path}/t.de, path_tgt: {tmp_path}/t.en}}\n")
+    result = run("onmt_lma_build_vocab", "-config", config, "-n_sample", "-1", expect_ok=False)
+    assert result.returncode == 2 and "v.de exists: remove it, or give -overwrite" in result.stderr
+    assert "Traceback" not in result.stderr and (tmp_path / "v.de").read_text() == "kept\t1\n"
+    run("onmt_lma_build_vocab", "-config", config, "-n_sample", "-1", "-overwrite")
+    assert "Hund" in (tmp_path / "v.de").read_text()

@@ -1,5 +1,7 @@
 """``onmt_lma_build_vocab``: ``onmt_build_vocab``, with unknown options refused."""
 
+import os
+
 import onmt.bin.build_vocab
 
 from onmt_lma.opts import refuse_abbreviations
@@ -8,6 +10,10 @@ from onmt_lma.opts import refuse_abbreviations
 def main(argv=None):
     parser = refuse_abbreviations(onmt.bin.build_vocab._get_parser())  # -n_samp is not -n_sample
     opts = parser.parse_args(argv)
+    # OpenNMT-py refuses an existing vocabulary only after counting the whole corpus, with a traceback
+    existing = [v for v in (opts.src_vocab, opts.tgt_vocab) if v and os.path.exists(v)]
+    if existing and not opts.overwrite:
+        parser.exit(2, f"{parser.prog}: error: {existing[0]} exists: remove it, or give -overwrite to replace it\n")
     onmt.bin.build_vocab.build_vocab_main(opts)
 
 
