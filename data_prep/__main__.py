@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from data_prep.pipeline import DEFAULT_VALID_SIZE, Options, prepare
 from data_prep.sources import CORPORA
@@ -83,6 +84,8 @@ def main(argv=None):
         max_length=args.max_length,
         workers=args.workers or 0,
     )
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out}: is a file, expected a folder (new or prepared by data_prep)")
     try:
         prepare(options, args.out)
     except DataPrepError as error:

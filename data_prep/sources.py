@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import zlib
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -156,11 +157,15 @@ def read_archive_members(archive, members, out_dir):
     Refuses archives with members that would unpack outside a directory
     (absolute paths, ``..``, links), and lists expected members that are missing.
     """
-    out_dir = Path(out_dir)
     try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as error:
-        raise DataPrepError(f"{archive}: not a readable tar archive ({error})") from None
+        return _read_archive_members(archive, members, Path(out_dir))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:  # a truncated or corrupt archive
+        raise DataPrepError(f"{archive}: not a readable tar archive ({type(error).__name__}: {error}); "
+                            "remove it to download it again") from None
+
+
+def _read_archive_members(archive, members, out_dir):
+    tar = tarfile.open(archive)
     with tar:
         names = tar.getnames()
         unsafe = [n for n in names if not _safe_member_name(n)]

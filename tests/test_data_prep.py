@@ -293,6 +293,17 @@ def test_archive_errors(europarl_text, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prep("wmt13", "--out", tmp_path / "out-broken", "--source", broken)
     assert "not a readable tar archive" in capsys.readouterr().err
+    # a download cut short: a valid gzip/tar start, then nothing
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    europarl_archive(truncated / "whole.tgz", de, en)
+    data = (truncated / "whole.tgz").read_bytes()
+    (truncated / "training-parallel-europarl-v7.tgz").write_bytes(data[: len(data) // 2])
+    (truncated / "whole.tgz").unlink()
+    with pytest.raises(SystemExit):
+        prep("wmt13", "--out", tmp_path / "out-truncated", "--source", truncated)
+    err = capsys.readouterr().err
+    assert "not a readable tar archive" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -303,10 +314,12 @@ def test_archive_errors(europarl_text, tmp_path, capsys):
         (["multi30k", "--out", "X", "--vocab-size", "100"], "--vocab-size applies to --subword sentencepiece"),
         (["ope", "--out", "X", "--max-length", "-1"], "expected an integer >= 0, got '-1'"),
         (["europarl", "--out", "X"], "invalid choice: 'europarl'"),
+        (["multi30k", "--out", "FILE"], "is a file, expected a folder"),
     ],
 )
 def test_bad_arguments(argv, message, tmp_path, capsys):
-    argv = [a.replace("X", str(tmp_path / "out")) for a in argv]
+    (tmp_path / "file").write_text("")
+    argv = [a.replace("X", str(tmp_path / "out")).replace("FILE", str(tmp_path / "file")) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         data_prep_main(argv)
     assert exit_info.value.code == 2
