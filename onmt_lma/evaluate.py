@@ -245,6 +245,27 @@ def learned_lma_layers(state):
     return layers
 
 
+def evaluation_inputs(checkpoint, corpus_dir):
+    """What a result depends on: the checkpoint's sha256 and the prepared corpus's key (its manifest)."""
+    from onmt_lma.seqkd import file_sha256
+
+    manifest = json.loads((Path(corpus_dir) / "manifest.json").read_text())
+    return {"checkpoint_sha256": file_sha256(checkpoint), "corpus_key": manifest.get("key")}
+
+
+def kept_result(out, checkpoint, corpus_dir):
+    """True when ``out`` holds a result of these very inputs (or one too old to say): keep it."""
+    recorded = json.loads(Path(out).read_text()).get("inputs")
+    if recorded is None:
+        return True
+    now = evaluation_inputs(checkpoint, corpus_dir)
+    changed = [key for key in now if recorded.get(key) != now[key]]
+    if changed:
+        print(f"[evaluate] {out} was made from other inputs ({', '.join(changed)} changed): evaluating again")
+        return False
+    return True
+
+
 def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
     checkpoint, corpus_dir, out = Path(checkpoint), Path(corpus_dir), Path(out)
     for name in ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en", "manifest.json"):
@@ -300,6 +321,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
             "seconds": run["seconds"],
         },
         "memory": run["memory"],
+        "inputs": evaluation_inputs(checkpoint, corpus_dir),
         "commit": _git_commit(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -335,10 +357,11 @@ def main(argv=None):
     if args.corpus_dir is None:
         parser.error("CORPUS_DIR is required")
     out = Path(args.out or f"{args.checkpoint}.eval.json")
-    if out.exists() and not args.force:
-        print(f"[evaluate] {out} exists: kept (replace it with --force, or FORCE=1 scripts/evaluate.sh)")
-        return
     try:
+        if out.exists() and not args.force and kept_result(out, args.checkpoint, args.corpus_dir):
+            print(f"[evaluate] {out} exists, made from these inputs: kept (replace it with --force, or FORCE=1 "
+                  "scripts/evaluate.sh)")
+            return
         if args.batch_size < 1:
             raise RuntimeError(f"--batch-size must be >= 1, got {args.batch_size}")
         result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu, args.batch_size)

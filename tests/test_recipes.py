@@ -1,9 +1,11 @@
 """Recipes, the run scripts, evaluation and the report."""
 
+import hashlib
 import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 import sacrebleu
@@ -380,3 +382,25 @@ def test_study_commit_takes_the_results_folder_and_nothing_else(tmp_path):
     assert git("diff", "--cached", "--name-only").split() == ["README.md"]  # still staged, not committed
     assert git("diff", "--name-only").split() == ["results/multi30k/READING.md"]
     assert "A reading being edited." in (results / "report.md").read_text()
+
+
+@pytest.mark.integration
+def test_a_kept_result_is_redone_when_its_checkpoint_changed(evaluated, corpus_dir, tmp_path):
+    import shutil
+
+    checkpoint, result, out = evaluated
+    assert result["inputs"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    copy = tmp_path / "model.pt"
+    shutil.copy(checkpoint, copy)
+    shutil.copy(out, tmp_path / "model.pt.eval.json")
+    evaluate_cmd = [sys.executable, "-m", "onmt_lma.evaluate", str(copy), str(corpus_dir)]
+    kept = subprocess.run(evaluate_cmd, capture_output=True, text=True)
+    assert kept.returncode == 0 and "made from these inputs: kept" in kept.stdout
+    from onmt_lma.average import average, save
+
+    save(average([checkpoint], float16=True), copy)  # another checkpoint under the same name
+    redone = subprocess.run(evaluate_cmd, capture_output=True, text=True)
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    assert "checkpoint_sha256 changed): evaluating again" in redone.stdout
+    new = json.loads((tmp_path / "model.pt.eval.json").read_text())
+    assert new["inputs"]["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
