@@ -202,3 +202,13 @@ def test_build_vocab_refuses_an_existing_vocabulary_before_counting(tmp_path):
     assert "Traceback" not in result.stderr and (tmp_path / "v.de").read_text() == "kept\t1\n"
     run("onmt_lma_build_vocab", "-config", config, "-n_sample", "-1", "-overwrite")
     assert "Hund" in (tmp_path / "v.de").read_text()
+
+
+def test_an_empty_source_gives_an_empty_output_and_still_checks_the_model(checkpoint, tmp_path):
+    src = tmp_path / "empty.de"
+    src.write_text("")
+    run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", tmp_path / "h")
+    assert (tmp_path / "h").read_text() == ""
+    result = run("onmt_lma_translate", "-model", tmp_path / "none.pt", "-src", src, "-output", tmp_path / "h2",
+                 expect_ok=False)
+    assert result.returncode == 2 and "none.pt" in result.stderr and not (tmp_path / "h2").exists()

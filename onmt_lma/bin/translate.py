@@ -16,11 +16,14 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
+
 import onmt.bin.translate
 import onmt.opts
 from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
+from onmt_lma.checkpoint import checkpoint_loading
 from onmt_lma.opts import add_lma_opts, refuse_abbreviations
 from onmt_lma.seqkd import DistillDataError, read_lines
 
@@ -80,6 +83,10 @@ def _translate(opt):
             Path(opt.tgt).write_text("".join(targets[i] + "\n" for i in keep), encoding="utf-8")
         if keep:
             _run(opt)
+        else:  # nothing to translate (OpenNMT-py fails on an empty input): still refuse a bad model
+            for model in opt.models:
+                with checkpoint_loading(model):
+                    torch.load(model, map_location="cpu")
         translated = read_lines(opt.output) if keep else []
         n_best = opt.n_best
         if len(translated) != len(keep) * n_best:
