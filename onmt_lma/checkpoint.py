@@ -44,7 +44,7 @@ def checkpoint_loading(path):
         raise CheckpointError(
             f"refusing to load checkpoint {path!r}: it holds {refused.group(1)}, which is not "
             f"among what OpenNMT-py checkpoints hold (tensors, containers, numbers, strings, "
-            f"{allowed}); only load it with full unpickling if you trust its source"
+            f"{allowed}): loading it could run code it carries; do not use it"
         ) from None
     except CheckpointError:
         raise

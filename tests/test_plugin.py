@@ -156,8 +156,10 @@ def test_checkpoints_outside_the_allow_list_are_refused(tmp_path):
     assert argparse.Namespace in CHECKPOINT_SAFE_GLOBALS
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "opt": argparse.Namespace(), "extra": NotAllowed()}, path)
-    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.pt.*: it holds test_plugin\.NotAllowed"):
+    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.pt.*: it holds test_plugin\.NotAllowed") as refused:
         onmt.models.model_saver.load_checkpoint(str(path))
+    # the message never suggests turning the safe loader off
+    assert "do not use it" in str(refused.value) and "weights_only" not in str(refused.value)
     ok = tmp_path / "ok.pt"
     torch.save({"opt": argparse.Namespace(a=1, b=[1, 2], c={"x"}), "model": {"w": torch.ones(2)}}, ok)
     loaded = onmt.model_builder.load_checkpoint(str(ok))
