@@ -328,10 +328,12 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
         "evaluation_seconds": time.time() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(out.suffix + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
-    (out.parent / (out.stem + ".hyp.detok.en")).write_text("\n".join(hyp_detok) + "\n", encoding="utf-8")
+    # each file under a temporary name, renamed when complete; the JSON last: it marks the result done
+    for path, text in ((out.parent / (out.stem + ".hyp.detok.en"), "\n".join(hyp_detok) + "\n"),
+                       (out, json.dumps(result, indent=2) + "\n")):
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
     return result
 
 
