@@ -1,6 +1,5 @@
 """Where the corpora come from, and getting their files: download, local copy, archive members."""
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -13,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from data_prep.text import DataPrepError, atomic_write
+from onmt_lma.files import sha256_of
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,6 @@ MULTI30K = Corpus(
 )
 
 CORPORA = {c.name: c for c in (OPE, WMT13, MULTI30K)}
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _locate(source, name):

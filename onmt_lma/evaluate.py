@@ -247,10 +247,10 @@ def learned_lma_layers(state):
 
 def evaluation_inputs(checkpoint, corpus_dir):
     """What a result depends on: the checkpoint's sha256 and the prepared corpus's key (its manifest)."""
-    from onmt_lma.seqkd import file_sha256
+    from onmt_lma.files import sha256_of
 
     manifest = json.loads((Path(corpus_dir) / "manifest.json").read_text())
-    return {"checkpoint_sha256": file_sha256(checkpoint), "corpus_key": manifest.get("key")}
+    return {"checkpoint_sha256": sha256_of(checkpoint), "corpus_key": manifest.get("key")}
 
 
 def kept_result(out, checkpoint, corpus_dir):

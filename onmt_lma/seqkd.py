@@ -15,11 +15,12 @@ with another source, model or option refuses to resume or to call the output
 complete, naming what differs.
 """
 
-import hashlib
 import json
 import os
 
 from tqdm import tqdm
+
+from onmt_lma.files import sha256_of
 
 
 class DistillDataError(RuntimeError):
@@ -48,14 +49,6 @@ def recover_partial(path):
         if whole != len(data):
             handle.truncate(whole)
     return data[:whole].count(b"\n")
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_provenance(record_path, made_from, what):
@@ -91,7 +84,7 @@ def distill_corpus(src_path, out_path, translate_lines, chunk_lines=1000, progre
     if os.path.exists(out_path) and os.path.samefile(src_path, out_path):
         raise DistillDataError(f"-output {out_path} is the -src file: it would be overwritten")
     sources = read_lines(src_path)
-    made_from = {"src_sha256": file_sha256(src_path), **(made_from or {})}
+    made_from = {"src_sha256": sha256_of(src_path), **(made_from or {})}
     if os.path.exists(out_path):
         check_provenance(out_path + ".json", made_from, out_path)
         finished = len(read_lines(out_path))

@@ -326,9 +326,8 @@ def averaged_result(run_dir):
 
 def release(args):
     """Released models: the averaged main students, the best diagnostic's, and the teacher, float16."""
-    import hashlib
-
     from onmt_lma import average
+    from onmt_lma.files import sha256_of
 
     chosen = {}
     for run in RUNS:
@@ -347,7 +346,7 @@ def release(args):
     for name, path in picks:
         target = out / f"{name}.pt"
         average.save(average.average([path], release=True), target)
-        sums.append(f"{hashlib.sha256(target.read_bytes()).hexdigest()}  {target.name}")
+        sums.append(f"{sha256_of(target)}  {target.name}")
         log(f"released {target.name} from {relative_text(str(path), args)}")
     (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
 

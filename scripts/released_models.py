@@ -14,12 +14,13 @@ model's translation.  ``make demo`` runs it after its own short pipeline.
 """
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from onmt_lma.files import sha256_of  # noqa: E402
 
 
 class ReleaseError(RuntimeError):
@@ -40,7 +41,7 @@ def verified_models(models_dir):
     if sorted(expected) != found:
         raise ReleaseError(f"{models_dir}: SHA256SUMS lists {sorted(expected)}, the folder holds {found}")
     for name, digest in expected.items():
-        actual = hashlib.sha256((models_dir / name).read_bytes()).hexdigest()
+        actual = sha256_of(models_dir / name)
         if actual != digest:
             raise ReleaseError(f"{models_dir / name}: sha256 {actual} is not the released {digest}")
     # the teacher first, then the students by name
@@ -99,5 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -15,7 +15,8 @@ from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.opts import int_type, refuse_abbreviations
-from onmt_lma.seqkd import DistillDataError, distill_corpus, file_sha256
+from onmt_lma.files import sha256_of
+from onmt_lma.seqkd import DistillDataError, distill_corpus
 
 #: options that change what the teacher writes, recorded with the output
 TRANSLATION_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty", "alpha", "beta",
@@ -56,7 +57,7 @@ def main(argv=None):
             _, predictions = engine.infer_list(lines)
             return [n_best[0] for n_best in predictions]
 
-        made_from = {"models_sha256": [file_sha256(path) for path in opt.models],
+        made_from = {"models_sha256": [sha256_of(path) for path in opt.models],
                      "options": {name: getattr(opt, name, None) for name in TRANSLATION_OPTIONS}}
         written = distill_corpus(opt.src, out_path, translate_lines, opt.chunk_lines, made_from=made_from)
         engine.terminate()
