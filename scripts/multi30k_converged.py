@@ -259,13 +259,15 @@ def finisher(args, pool):
 
 
 def run_study(args):
+    from onmt_lma import evaluate
+
     args.runs.mkdir(parents=True, exist_ok=True)
     teacher = train_teacher(args)
     teacher_eval = Path(f"{teacher}.eval.json")
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         if not teacher_eval.exists():
-            pool.submit(lambda: __import__("onmt_lma.evaluate").evaluate.evaluate(
-                teacher, args.data, teacher_eval, beam=5, gpu=args.gpu, batch_size=args.batch_size))
+            pool.submit(evaluate.evaluate, teacher, args.data, teacher_eval, beam=5, gpu=args.gpu,
+                        batch_size=args.batch_size)
         budget, futures = train_students(teacher, args, finisher(args, pool))
         submitted = {name for name, _ in futures}
         for run in RUNS:  # runs stopped by an earlier call of this script, not finished then
