@@ -37,7 +37,7 @@ __all__ = [
 # LMA: the math as pure functions
 # --------------------------------------------------------------------------- #
 def segment_index(x, mean, std, segments):
-    """Segment of every element of ``x`` (int64, same shape), PAPER "LMA, exactly" 1.
+    """Segment of every element of ``x`` (int64, same shape), the paper's batch segmentation (Xu et al. 2020, method section).
 
     ``j = clamp(floor((x - b_0) / (6 std / k)), 0, k - 1)`` with
     ``b_0 = mean - 3 std``, written as ``(x - mean) / width + k / 2`` so that a
@@ -53,7 +53,7 @@ def continuous_intercepts(alpha, mean, std):
     """Intercepts that make ``alpha[j] * x + beta[j]`` continuous at every cut point.
 
     The variant ``-lma_continuous``: with cut points ``b_j = b_0 + j * 6 std / k``
-    (``b_0 = mean - 3 std``, Eq. 3 of the paper), the lines of segments
+    (``b_0 = mean - 3 std``, as in the paper), the lines of segments
     ``j - 1`` and ``j`` meet at ``b_j`` when
     ``beta[j] = beta[j-1] + (alpha[j-1] - alpha[j]) * b_j``; ``beta[0] = 0``
     anchors the first line at the origin.  At LMA's start (slopes 0 then 1)
@@ -85,7 +85,7 @@ def _lma_forward(x, alpha, beta, mean, std, kernel):
 
 
 class _LMAFunction(torch.autograd.Function):
-    """``h(x) = alpha[j] * x + beta[j]``, PAPER "LMA, exactly" 2.
+    """``h(x) = alpha[j] * x + beta[j]``, the paper's per-segment line (Xu et al. 2020, method section).
 
     Keeps only the input for backward (the segment ids are recomputed from it
     and the two statistics), so training stores one tensor of the input's size,
@@ -177,10 +177,10 @@ class LMA(nn.Module):
 
     Parameters ``alpha`` (slopes) and ``beta`` (intercepts), each ``(k,)``, are
     shared by every unit of the layer and start as ReLU: slope 0 on the left
-    ``k // 2`` segments, 1 on the rest, intercept 0 (PAPER "LMA, exactly" 3).
+    ``k // 2`` segments, 1 on the rest, intercept 0 (the paper's initialization as ReLU, Xu et al. 2020, method section).
     In training mode the cut points come from the mean and (population)
     standard deviation of all elements of the input; in evaluation mode from
-    the buffers ``running_mean`` and ``running_std`` (PAPER step 4).  The
+    the buffers ``running_mean`` and ``running_std`` (the paper's test-time statistics, Xu et al. 2020).  The
     buffers have shape ``(1,)`` because OpenNMT-py's checkpoint loader slices
     every tensor along dimension 0.  A continuous LMA has no ``beta`` parameter.
     """

@@ -4,7 +4,7 @@
 
 The mean of every floating-point tensor of the model and generator, LMA's
 running statistics (``running_mean``, ``running_std``) included, so that the
-averaged model computes with the averaged cut points (PAPER Eq. 3 with the
+averaged model computes with the averaged cut points (the paper's cut points with the
 buffers of step 4).  Means are taken in float64.  The result holds the model,
 generator, vocabularies and options of the last checkpoint, and no optimizer
 state: it translates, it does not resume training.  With ``-float16`` the

@@ -1,4 +1,4 @@
-"""Word-level knowledge distillation from a teacher checkpoint (PAPER.md "Distillation").
+"""Word-level knowledge distillation from a teacher checkpoint (Xu et al. 2020, distillation).
 
 ``loss = (1 - A) * NLL(student, gold) + A * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
 

@@ -2,7 +2,7 @@
 
     python -m onmt_lma.evaluate CHECKPOINT CORPUS_DIR [--out FILE] [--beam 5] [--gpu 0]
 
-Fields (PAPER.md, "Translation setup"):
+Fields (Xu et al. 2020, translation experiments):
   * ``bleu``: sacreBLEU on detokenized text against ``test.ref.detok.en``, with
     its signature; ``bleu_tok``: BLEU on Moses-tokenized text against
     ``test.ref.tok.en`` with sacreBLEU's ``tokenize=none``, which computes what

@@ -1,4 +1,4 @@
-"""LMA against an independent float64 re-implementation of PAPER.md "LMA, exactly"."""
+"""LMA against an independent float64 re-implementation of the LMA definition of Xu et al. 2020, method section."""
 
 import io
 import math

@@ -63,7 +63,7 @@ def test_every_recipe_parses_with_the_strict_option_parser(corpus, model, corpus
     config = recipes.compose(corpus, model, corpus_dir, tmp_path / "run", settings)
     recipes.write_config(config, tmp_path / "config.yaml")
     opt = train_cli.get_parser().parse_args(["-config", str(tmp_path / "config.yaml")])
-    # the paper's settings (PAPER.md, "Translation setup")
+    # the paper's settings (Xu et al. 2020, translation experiments)
     assert (opt.heads, opt.transformer_ff, opt.optim, opt.adam_beta2) == (8, 2048, "adam", 0.998)
     assert (opt.decay_method, opt.batch_size, opt.batch_type) == ("noam", 3192, "tokens")
     # noam peaks at learning_rate * d^-0.5 * warmup^-0.5: the peak of the authors' code
@@ -278,7 +278,7 @@ def test_learned_lma_functions_are_drawn_as_the_model_computes_them(tmp_path):
     xs = [-9.0, -4.3, -1.0, -0.41, -0.39, 0.0, 0.6, 1.55, 2.0, 3.5, 12.0]
     width = 6 * layer["running_std"] / 8
     expected = []
-    for x in xs:  # PAPER "LMA, exactly" 1-2, in float64
+    for x in xs:  # the paper's batch segmentation and per-segment lines (Xu et al. 2020, method section), in float64
         j = min(max(math.floor((x - (layer["running_mean"] - 3 * layer["running_std"])) / width), 0), 7)
         expected.append(layer["alpha"][j] * x + layer["beta"][j])
     assert lma_curve(layer, xs) == pytest.approx(expected, abs=1e-12)
