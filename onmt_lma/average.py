@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
-from onmt_lma.opts import refuse_abbreviations
+from onmt_lma.opts import CommandParser
 
 
 class AverageError(ValueError):
@@ -118,15 +118,22 @@ def save(checkpoint, output):
     os.replace(partial, output)
 
 
+def get_parser():
+    import onmt.opts
+
+    parser = CommandParser(prog="onmt_lma_average_models", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    onmt.opts.config_opts(parser)
+    parser.add("--models", "-models", "-m", nargs="+", required=True, help="checkpoints to average")
+    parser.add("--output", "-output", "-o", required=True, help="where the averaged checkpoint goes")
+    parser.add("--float16", "-float16", action="store_true", help="store tensors in half precision")
+    parser.add("--release", "-release", action="store_true",
+               help="-float16, and the options' absolute paths cut to their last two parts")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="onmt_lma_average_models", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-models", "-m", nargs="+", required=True, help="checkpoints to average")
-    parser.add_argument("-output", "-o", required=True, help="where the averaged checkpoint goes")
-    parser.add_argument("-float16", action="store_true", help="store tensors in half precision")
-    parser.add_argument("-release", action="store_true",
-                        help="-float16, and the options' absolute paths cut to their last two parts")
-    refuse_abbreviations(parser)
+    parser = get_parser()
     args = parser.parse_args(argv)
     if os.path.abspath(args.output) in map(os.path.abspath, args.models):
         parser.exit(2, f"{parser.prog}: error: -output {args.output} is one of the -models\n")

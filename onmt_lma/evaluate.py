@@ -1,12 +1,23 @@
-"""Evaluate a checkpoint on a prepared corpus's test set; one JSON file per run.
+"""``onmt_lma_evaluate``: evaluate checkpoints on a test set; one JSON file per checkpoint.
 
-    python -m onmt_lma.evaluate CHECKPOINT CORPUS_DIR [--out FILE] [--beam 5] [--gpu 0]
+    onmt_lma_evaluate -model CK [CK ...] -corpus DIR [-out FILE|DIR] [-beam_size 5] [-gpu 0]
+    onmt_lma_evaluate -model CK [CK ...] -src test.de -ref test.en [-ref_tok test.tok.en] [-corpus DIR] ...
+
+``-corpus DIR`` alone: the test split of a corpus prepared by ``python -m
+data_prep``.  ``-src``/``-ref``: any raw (untokenized) test set; the steps of
+the model's corpus are applied to it (Moses tokenization, ``tokenizer.perl -a``
+with escaping, then the corpus's SentencePiece model if it has one), read from
+the prepared corpus ``-corpus`` names or, without it, the one whose
+vocabularies the checkpoint was trained with.  The output is decoded and
+detokenized back to plain text before scoring.
 
 Fields (Xu et al. 2020, translation experiments):
-  * ``bleu``: sacreBLEU on detokenized text against ``test.ref.detok.en``, with
-    its signature; ``bleu_tok``: BLEU on Moses-tokenized text against
-    ``test.ref.tok.en`` with sacreBLEU's ``tokenize=none``, which computes what
-    Moses ``multi-bleu.perl`` does (the paper's number);
+  * ``bleu``: sacreBLEU on detokenized text against the plain-text reference,
+    with its signature; ``chrf``: sacreBLEU's chrF (character 6-grams, beta 2),
+    with its signature; ``bleu_tok``: BLEU on Moses-tokenized text against the
+    tokenized reference (``test.ref.tok.en``, or ``-ref_tok``; null without one)
+    with sacreBLEU's ``tokenize=none``, which computes what Moses
+    ``multi-bleu.perl`` does (the paper's number);
   * ``ppl``: test perplexity of the gold references (teacher-forced), per
     target token of the model's vocabulary, end of sentence included;
   * ``params``, ``size_mb`` (checkpoint on disk);
@@ -21,6 +32,7 @@ Fields (Xu et al. 2020, translation experiments):
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -33,6 +45,9 @@ import time
 from pathlib import Path
 
 import sacrebleu
+
+from onmt_lma import plugin  # noqa: F401  (first: silences onmt's import warnings)
+from onmt.utils.logging import logger  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,22 +84,36 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1):
-    """Run in a fresh process: translate ``batch_size`` sentences at a time; speed and peak memory."""
+def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1, chunk_lines=50):
+    """Run in a fresh process: translate ``batch_size`` sentences at a time; speed and peak memory.
+
+    The source goes to the engine a chunk of lines at a time, so that a
+    progress bar with an ETA can show; the time counts translation only.
+    """
     from onmt_lma import plugin  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY
     import torch
+    from tqdm import tqdm
 
+    lines = Path(src).read_text(encoding="utf-8").splitlines()
     opt = _translate_opts(checkpoint, src, output, beam, gpu, batch_size, fixed_length=fixed_length)
     before = _status_mb("VmRSS")
     _reset_peak_rss()
     if gpu >= 0:
         torch.cuda.reset_peak_memory_stats()
     engine = InferenceEnginePY(opt)
-    start = time.perf_counter()
-    engine.infer_file()
-    seconds = time.perf_counter() - start
+    seconds, hyps = 0.0, []
+    with tqdm(total=len(lines), desc=f"translating {Path(src).name}", unit="sent", mininterval=5,
+              file=sys.stderr) as progress:
+        for first in range(0, len(lines), chunk_lines):
+            chunk = lines[first:first + chunk_lines]
+            start = time.perf_counter()
+            _, predictions = engine.infer_list(chunk)
+            seconds += time.perf_counter() - start
+            hyps += [n_best[0] for n_best in predictions]
+            progress.update(len(chunk))
     engine.terminate()
+    Path(output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if gpu >= 0:
         memory = {"device": "cuda", "measure": "torch.cuda.max_memory_allocated",
                   "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
@@ -113,8 +142,11 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
         src=src_lines, tgt=tgt_lines, device_id=engine.device_id,
     )
     total_log_prob, tokens = 0.0, 0
-    with torch.no_grad():
+    from tqdm import tqdm
+
+    with torch.no_grad(), tqdm(total=len(src_lines), desc="perplexity", unit="sent", mininterval=5) as progress:
         for batch, _ in batches:
+            progress.update(batch["src"].size(0))
             src_t, enc_final_hs, enc_out, src_len = translator._run_encoder(batch)
             translator.model.decoder.init_state(src_t, enc_out, enc_final_hs)
             scores, _ = translator._score_target(batch, enc_out, src_len, None)
@@ -124,16 +156,18 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     return math.exp(-total_log_prob / tokens), tokens
 
 
-def bleu_scores(hyp_tok, hyp_detok, ref_tok, ref_detok):
-    """Detokenized sacreBLEU (signature) and tokenized BLEU (multi-bleu.perl)."""
-    detok = sacrebleu.BLEU()
-    detok_score = detok.corpus_score(hyp_detok, [ref_detok])
-    tok = sacrebleu.BLEU(tokenize="none", force=True)
-    tok_score = tok.corpus_score(hyp_tok, [ref_tok])
-    return (
-        {"score": detok_score.score, "signature": str(detok.get_signature()), "text": str(detok_score)},
-        {"score": tok_score.score, "signature": str(tok.get_signature()), "text": str(tok_score)},
-    )
+def _score(metric, hyps, refs):
+    score = metric.corpus_score(hyps, [refs])
+    return {"score": score.score, "signature": str(metric.get_signature()), "text": str(score)}
+
+
+def text_scores(hyp_tok, hyp_detok, ref_tok, ref_detok):
+    """Detokenized sacreBLEU and chrF (with signatures); tokenized BLEU (multi-bleu.perl) where ``ref_tok``."""
+    return {
+        "bleu": _score(sacrebleu.BLEU(), hyp_detok, ref_detok),
+        "chrf": _score(sacrebleu.CHRF(), hyp_detok, ref_detok),
+        "bleu_tok": _score(sacrebleu.BLEU(tokenize="none", force=True), hyp_tok, ref_tok) if ref_tok else None,
+    }
 
 
 def postprocess(lines, corpus_dir):
@@ -160,7 +194,7 @@ class CorpusMismatchError(RuntimeError):
     """A checkpoint whose vocabularies do not fit the corpus it is evaluated on."""
 
 
-def check_vocabulary(checkpoint, corpus_dir):
+def check_vocabulary(checkpoint, test):
     """Refuse, before translating, a checkpoint whose source or target vocabulary misses most test tokens.
 
     A word-level model on a SentencePiece corpus (or the reverse, or another
@@ -172,15 +206,16 @@ def check_vocabulary(checkpoint, corpus_dir):
 
     with checkpoint_loading(str(checkpoint)):
         vocab = torch.load(checkpoint, map_location="cpu")["vocab"]
-    for side, name in (("src", "test.de"), ("tgt", "test.en")):
+    for side, path in (("src", test.src), ("tgt", test.tgt)):
         known = set(vocab[side])
-        tokens = (Path(corpus_dir) / name).read_text(encoding="utf-8").split()
+        tokens = Path(path).read_text(encoding="utf-8").split()
         unknown = sum(token not in known for token in tokens)
         if tokens and unknown / len(tokens) > MAX_UNKNOWN_SHARE:
             raise CorpusMismatchError(
-                f"checkpoint {checkpoint} does not fit corpus {corpus_dir}: {unknown} of {len(tokens)} tokens of "
-                f"{name} are not in its {'source' if side == 'src' else 'target'} vocabulary; was it trained on "
-                "this corpus, with the same subword scheme?")
+                f"checkpoint {checkpoint} does not fit test set {test.name} (steps of corpus {test.corpus_dir}): "
+                f"{unknown} of {len(tokens)} tokens of its {'source' if side == 'src' else 'reference'} are not in "
+                f"its {'source' if side == 'src' else 'target'} vocabulary; was it trained on this corpus, with the "
+                "same subword scheme?")
 
 
 def _git_commit():
@@ -245,72 +280,176 @@ def learned_lma_layers(state):
     return layers
 
 
-def evaluation_inputs(checkpoint, corpus_dir):
-    """What a result depends on: the checkpoint's sha256 and the prepared corpus's key (its manifest)."""
+# --------------------------------------------------------------------------- #
+# Test sets: a prepared corpus's test split, or raw files with the corpus's steps
+# --------------------------------------------------------------------------- #
+class EvaluationInputError(ValueError):
+    """Test files, checkpoints or options that cannot be evaluated; the message names the file."""
+
+
+@dataclasses.dataclass
+class TestSet:
+    """A test set in the model's input form (``src``, ``tgt``: files) and its references (lists of lines)."""
+
+    name: str
+    corpus_dir: Path  # whose steps made ``src`` / ``tgt`` and undo the output's (SentencePiece, Moses)
+    src: Path
+    tgt: Path
+    ref_detok: list
+    ref_tok: list  # or None: no tokenized BLEU
+    files: dict  # what was read, by role: {"src": path, "ref": path, ...}
+
+
+def _lines(path, role):
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationInputError(f"-{role} {path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise EvaluationInputError(f"-{role} {path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    if not lines:
+        raise EvaluationInputError(f"-{role} {path} is empty")
+    blank = next((number for number, line in enumerate(lines, 1) if not line.strip()), None)
+    if role == "src" and blank:
+        raise EvaluationInputError(f"-src {path}, line {blank} is empty: every test sentence needs a source")
+    return lines
+
+
+def _check_corpus(corpus_dir, names):
+    corpus_dir = Path(corpus_dir)
+    for name in names:
+        if not (corpus_dir / name).is_file():
+            raise EvaluationInputError(f"{corpus_dir / name} is missing: prepare the corpus with python -m data_prep")
+    return corpus_dir
+
+
+def prepared_test_set(corpus_dir):
+    """The test split of a corpus made by ``python -m data_prep``."""
+    corpus_dir = _check_corpus(corpus_dir, ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en",
+                                            "manifest.json"))
+    return TestSet(name=f"{json.loads((corpus_dir / 'manifest.json').read_text())['corpus']} test",
+                   corpus_dir=corpus_dir, src=corpus_dir / "test.de", tgt=corpus_dir / "test.en",
+                   ref_detok=_lines(corpus_dir / "test.ref.detok.en", "ref"),
+                   ref_tok=_lines(corpus_dir / "test.ref.tok.en", "ref_tok"),
+                   files={"corpus": corpus_dir})
+
+
+def checkpoint_corpus(checkpoint):
+    """The prepared corpus whose vocabularies ``checkpoint`` was trained with (None if not one of data_prep)."""
+    from onmt_lma.checkpoint import checkpoint_loading
+    import torch
+
+    with checkpoint_loading(str(checkpoint)):
+        opt = torch.load(checkpoint, map_location="cpu")["opt"]
+    folder = Path(getattr(opt, "src_vocab", None) or ".").parent
+    return folder if (folder / "manifest.json").is_file() else None
+
+
+def raw_test_set(src, ref, ref_tok, corpus_dir, workdir):
+    """Raw ``src``/``ref`` put through the corpus's steps (Moses ``-a``, escaping; SentencePiece if it has one)."""
+    from data_prep.text import moses_tokenize, normalize_whitespace
+
+    corpus_dir = _check_corpus(corpus_dir, ("manifest.json",))
+    sources, refs = _lines(src, "src"), _lines(ref, "ref")
+    refs_tok = _lines(ref_tok, "ref_tok") if ref_tok else None
+    for role, lines, path in (("ref", refs, ref), ("ref_tok", refs_tok, ref_tok)):
+        if lines is not None and len(lines) != len(sources):
+            raise EvaluationInputError(f"-{role} {path} has {len(lines)} lines, -src {src} has {len(sources)}")
+    src_tok = moses_tokenize([normalize_whitespace(line) for line in sources], "de", desc="tokenizing -src")
+    tgt_tok = refs_tok or moses_tokenize([normalize_whitespace(line) for line in refs], "en", desc="tokenizing -ref")
+    spm_model = corpus_dir / "spm.model"
+    if spm_model.is_file():
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+        src_tok, tgt_tok = ([" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
+                            for lines in (src_tok, tgt_tok))
+    workdir = Path(workdir)
+    for name, lines in (("src", src_tok), ("tgt", tgt_tok)):
+        (workdir / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    files = {"src": Path(src), "ref": Path(ref), "corpus": corpus_dir}
+    if ref_tok:
+        files["ref_tok"] = Path(ref_tok)
+    return TestSet(name=Path(src).name, corpus_dir=corpus_dir, src=workdir / "src", tgt=workdir / "tgt",
+                   ref_detok=refs, ref_tok=refs_tok, files=files)
+
+
+def portable(path, base=None):
+    """``path`` relative to ``base`` (default: the current directory): no machine's absolute paths in results."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(base or os.curdir))
+
+
+def evaluation_inputs(checkpoint, test):
+    """What a result depends on: the checkpoint's and the test files' sha256, the prepared corpus's key."""
     from onmt_lma.files import sha256_of
 
-    manifest = json.loads((Path(corpus_dir) / "manifest.json").read_text())
-    return {"checkpoint_sha256": sha256_of(checkpoint), "corpus_key": manifest.get("key")}
+    manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
+    inputs = {"checkpoint_sha256": sha256_of(checkpoint), "corpus_key": manifest.get("key")}
+    inputs.update({f"{role}_sha256": sha256_of(path) for role, path in test.files.items() if role != "corpus"})
+    return inputs
 
 
-def kept_result(out, checkpoint, corpus_dir):
+def kept_result(out, checkpoint, test):
     """True when ``out`` holds a result of these very inputs (or one too old to say): keep it."""
     recorded = json.loads(Path(out).read_text()).get("inputs")
     if recorded is None:
         return True
-    now = evaluation_inputs(checkpoint, corpus_dir)
+    now = evaluation_inputs(checkpoint, test)
     changed = [key for key in now if recorded.get(key) != now[key]]
     if changed:
-        print(f"[evaluate] {out} was made from other inputs ({', '.join(changed)} changed): evaluating again")
+        logger.info("%s was made from other inputs (%s changed): evaluating again", out, ", ".join(changed))
         return False
     return True
 
 
-def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
-    checkpoint, corpus_dir, out = Path(checkpoint), Path(corpus_dir), Path(out)
-    for name in ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en", "manifest.json"):
-        if not (corpus_dir / name).is_file():
-            raise FileNotFoundError(f"{corpus_dir / name} is missing: prepare the corpus with python -m data_prep")
+def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=None):
+    """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``); write ``out``."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    test = test or prepared_test_set(corpus_dir)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    manifest = json.loads((corpus_dir / "manifest.json").read_text())
-    check_vocabulary(checkpoint, corpus_dir)
+        raise EvaluationInputError(f"checkpoint {checkpoint} does not exist")
+    manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
+    check_vocabulary(checkpoint, test)
     started = time.time()
+    sources = test.src.read_text(encoding="utf-8").splitlines()
+    if len(test.ref_detok) != len(sources):
+        raise EvaluationInputError(f"{test.name}: {len(test.ref_detok)} references for {len(sources)} sources")
 
     with tempfile.TemporaryDirectory() as tmp:
         hyp_path = Path(tmp) / "hyp"
+        logger.info("%s: translating %s (%d sentences, beam %d)", checkpoint, test.name, len(sources), beam)
         worker = subprocess.run(
-            [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(corpus_dir / "test.de"),
+            [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(test.src),
              str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size)],
-            capture_output=True, text=True,
+            stdout=subprocess.PIPE, text=True,  # its progress and errors go to our stderr
         )
         if worker.returncode != 0:
-            raise RuntimeError(f"translation of {corpus_dir / 'test.de'} failed:\n{worker.stderr[-3000:]}")
+            raise RuntimeError(f"translation of {test.name} with {checkpoint} failed: see the error above")
         run = json.loads(worker.stdout.strip().splitlines()[-1])
         hyps = hyp_path.read_text(encoding="utf-8").splitlines()
 
-    sources = (corpus_dir / "test.de").read_text(encoding="utf-8").splitlines()
     if len(hyps) != len(sources):
         raise RuntimeError(f"{len(hyps)} translations for {len(sources)} test sentences")
-    hyp_tok, hyp_detok = postprocess(hyps, corpus_dir)
-    ref_tok = (corpus_dir / "test.ref.tok.en").read_text(encoding="utf-8").splitlines()
-    ref_detok = (corpus_dir / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()
-    bleu, bleu_tok = bleu_scores(hyp_tok, hyp_detok, ref_tok, ref_detok)
-    ppl, ppl_tokens = gold_perplexity(checkpoint, corpus_dir / "test.de", corpus_dir / "test.en", gpu)
+    hyp_tok, hyp_detok = postprocess(hyps, test.corpus_dir)
+    scores = text_scores(hyp_tok, hyp_detok, test.ref_tok, test.ref_detok)
+    ppl, ppl_tokens = gold_perplexity(checkpoint, test.src, test.tgt, gpu)
     model, params = model_facts(checkpoint)
+    if model["kd_teacher"]:
+        model["kd_teacher"] = portable(model["kd_teacher"])
     target_tokens = sum(len(h.split()) for h in hyps)
 
     result = {
-        "checkpoint": str(checkpoint.resolve()),
-        "run_dir": str(checkpoint.resolve().parent),
+        "checkpoint": portable(checkpoint),
+        "run_dir": portable(checkpoint.parent),
         "corpus": manifest["corpus"],
         "subword": manifest["options"]["subword"],
+        "test": {"name": test.name, **{role: portable(path) for role, path in test.files.items()}},
         "test_sentences": len(sources),
         "model": model,
         "params": params,
         "size_mb": checkpoint.stat().st_size / 2**20,
-        "bleu": bleu,
-        "bleu_tok": bleu_tok,
+        **scores,
         "ppl": ppl,
         "ppl_tokens": ppl_tokens,
         "beam": beam,
@@ -321,7 +460,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
             "seconds": run["seconds"],
         },
         "memory": run["memory"],
-        "inputs": evaluation_inputs(checkpoint, corpus_dir),
+        "inputs": evaluation_inputs(checkpoint, test),
         "commit": _git_commit(),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -337,41 +476,138 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1):
     return result
 
 
+# --------------------------------------------------------------------------- #
+# The command
+# --------------------------------------------------------------------------- #
+def get_parser():
+    import onmt.opts
+
+    from onmt_lma.opts import CommandParser, int_type
+
+    parser = CommandParser(prog="onmt_lma_evaluate", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    onmt.opts.config_opts(parser)
+    group = parser.add_argument_group("Evaluation (onmt-lma)")
+    group.add("--model", "-model", dest="models", nargs="+", required=True, help="checkpoint(s) to evaluate")
+    group.add("--corpus", "-corpus", help="prepared corpus (python -m data_prep): its test split, or, with -src, "
+              "only its steps (tokenization, subwords); default with -src: the checkpoint's own corpus")
+    group.add("--src", "-src", help="raw source test file (German), one sentence a line")
+    group.add("--ref", "-ref", help="raw reference (English), line-aligned with -src")
+    group.add("--ref_tok", "-ref_tok", help="Moses-tokenized reference, for tokenized (multi-bleu.perl) BLEU")
+    group.add("--out", "-out", help="result JSON (one -model) or folder (several); default: beside each checkpoint, "
+              "CK.eval.json (-corpus test split) or CK.<src name>.eval.json")
+    group.add("--beam_size", "-beam_size", type=int_type("an integer >= 1", lambda n: n >= 1), default=5,
+              help="beam size (paper: 5)")
+    group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
+    group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),
+              default=1, help="sentences translated at a time (default 1: the paper's speed measure)")
+    group.add("--force", "-force", action="store_true", help="replace existing results")
+    group.add("--log_file", "-log_file", default="", help="also log to this file")
+    return parser
+
+
+def result_paths(models, test_name, out):
+    """Where each checkpoint's JSON goes (refusing two checkpoints that would share one)."""
+    suffix = ".eval.json" if test_name is None else f".{test_name}.eval.json"
+    if out and len(models) == 1 and not Path(out).is_dir():
+        return [Path(out)]
+    paths = [Path(out) / (Path(m).name + suffix) if out else Path(str(m) + suffix) for m in models]
+    clash = next((p for p in paths if paths.count(p) > 1), None)
+    if clash:
+        raise EvaluationInputError(f"two -model checkpoints would both write {clash}: give them different names, "
+                                   "or evaluate them in separate calls with -out")
+    return paths
+
+
+def summary_table(rows):
+    """Side-by-side table of results (markdown), one row per checkpoint."""
+    lines = ["| checkpoint | activation | BLEU | chrF | tok. BLEU | ppl | sent/s | memory MB | params | size MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, r in rows:
+        tok = f"{r['bleu_tok']['score']:.2f}" if r.get("bleu_tok") else "–"
+        lines.append(f"| {model} | {r['model']['activation']} | {r['bleu']['score']:.2f} | {r['chrf']['score']:.2f} "
+                     f"| {tok} | {r['ppl']:.2f} | {r['speed']['sentences_per_s']:.1f} | "
+                     f"{r['memory']['peak_mb']:.0f} | {r['params'] / 1e6:.2f} M | {r['size_mb']:.1f} |")
+    signatures = {r["bleu"]["signature"] for _, r in rows} | {r["chrf"]["signature"] for _, r in rows}
+    return "\n".join(lines + [""] + sorted(signatures))
+
+
+def run_command(opt):
+    from onmt_lma.checkpoint import CheckpointError
+
+    if (opt.src is None) != (opt.ref is None):
+        raise EvaluationInputError("-src and -ref go together (a raw test set), or neither (-corpus's test split)")
+    if opt.src is None and opt.corpus is None:
+        raise EvaluationInputError("give -corpus DIR (its test split) or -src FILE -ref FILE (any raw test set)")
+    if opt.ref_tok and opt.src is None:
+        raise EvaluationInputError("-ref_tok goes with -src/-ref (a prepared corpus has its own)")
+    for model in opt.models:
+        if not Path(model).is_file():
+            raise EvaluationInputError(f"-model {model}: no such checkpoint")
+    paths = result_paths(opt.models, None if opt.src is None else Path(opt.src).name, opt.out)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tests = {}
+        for model, out in zip(opt.models, paths):
+            corpus = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
+            if corpus is None:
+                raise EvaluationInputError(
+                    f"-model {model} was not trained on a corpus prepared by python -m data_prep: name the prepared "
+                    "corpus whose tokenization and subwords apply with -corpus DIR")
+            key = Path(corpus).resolve()
+            if key not in tests:  # the raw files are tokenized once per corpus
+                if opt.src is None:
+                    tests[key] = prepared_test_set(corpus)
+                else:
+                    folder = Path(tmp) / str(len(tests))
+                    folder.mkdir()
+                    tests[key] = raw_test_set(opt.src, opt.ref, opt.ref_tok, corpus, folder)
+            test = tests[key]
+            check_vocabulary(model, test)  # every checkpoint refused before any translation
+        for model, out in zip(opt.models, paths):
+            corpus = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
+            test = tests[Path(corpus).resolve()]
+            if out.exists() and not opt.force and kept_result(out, model, test):
+                logger.info("%s exists, made from these inputs: kept (replace it with -force)", out)
+                result = json.loads(out.read_text())
+            else:
+                try:
+                    result = evaluate(model, corpus, out, opt.beam_size, opt.gpu, opt.eval_batch_size, test=test)
+                except CheckpointError as error:
+                    raise EvaluationInputError(str(error)) from None
+                logger.info("%s: BLEU %.2f, chrF %.2f, ppl %.2f, %.1f sent/s, memory %.0f MB", out,
+                            result["bleu"]["score"], result["chrf"]["score"], result["ppl"],
+                            result["speed"]["sentences_per_s"], result["memory"]["peak_mb"])
+            rows.append((model, result))
+    print(summary_table(rows))
+    return rows
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m onmt_lma.evaluate", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
-    parser.add_argument("corpus_dir", nargs="?")
-    parser.add_argument("out_hyp", nargs="?", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help="JSON file (default: <checkpoint>.eval.json)")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="sentences translated at a time (default 1: the paper's speed measure)")
-    parser.add_argument("--force", action="store_true", help="replace an existing result")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--fixed-length", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:  # internal: python -m onmt_lma.evaluate --worker CKPT SRC OUT_HYP
-        print(json.dumps(translate_worker(args.checkpoint, args.corpus_dir, args.out_hyp, args.beam, args.gpu,
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # internal: python -m onmt_lma.evaluate --worker CKPT SRC OUT_HYP ...
+        worker = argparse.ArgumentParser(prog="python -m onmt_lma.evaluate --worker")
+        for name in ("checkpoint", "src", "out_hyp"):
+            worker.add_argument(name)
+        worker.add_argument("--beam", type=int, default=5)
+        worker.add_argument("--gpu", type=int, default=-1)
+        worker.add_argument("--batch-size", type=int, default=1)
+        worker.add_argument("--fixed-length", type=int)
+        args = worker.parse_args(argv[1:])
+        print(json.dumps(translate_worker(args.checkpoint, args.src, args.out_hyp, args.beam, args.gpu,
                                           args.fixed_length, args.batch_size)))
         return
-    if args.corpus_dir is None:
-        parser.error("CORPUS_DIR is required")
-    out = Path(args.out or f"{args.checkpoint}.eval.json")
+    from onmt.utils.logging import init_logger
+
+    from onmt_lma.checkpoint import CheckpointError
+
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    init_logger(opt.log_file)
     try:
-        if out.exists() and not args.force and kept_result(out, args.checkpoint, args.corpus_dir):
-            print(f"[evaluate] {out} exists, made from these inputs: kept (replace it with --force, or FORCE=1 "
-                  "scripts/evaluate.sh)")
-            return
-        if args.batch_size < 1:
-            raise RuntimeError(f"--batch-size must be >= 1, got {args.batch_size}")
-        result = evaluate(args.checkpoint, args.corpus_dir, out, args.beam, args.gpu, args.batch_size)
-    except (FileNotFoundError, RuntimeError) as error:  # CorpusMismatchError too
+        run_command(opt)
+    except (EvaluationInputError, CorpusMismatchError, CheckpointError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"[evaluate] {out}: BLEU {result['bleu']['score']:.2f} ({result['bleu']['signature']}), "
-          f"tokenized BLEU {result['bleu_tok']['score']:.2f}, ppl {result['ppl']:.2f}, "
-          f"{result['speed']['sentences_per_s']:.1f} sent/s, memory {result['memory']['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

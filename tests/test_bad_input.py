@@ -158,13 +158,18 @@ def test_evaluation_refuses_a_checkpoint_of_another_corpus(checkpoint, vocab, tm
     words = (vocab / "test.de").read_text(encoding="utf-8").split("\n")
     (corpus / "test.de").write_text("\n".join(" ".join("▁" + w[:3] for w in line.split()) for line in words),
                                     encoding="utf-8")
-    with pytest.raises(evaluate.CorpusMismatchError, match="tokens of test.de are not in its source vocabulary"):
-        evaluate.check_vocabulary(checkpoint, corpus)
-    evaluate.check_vocabulary(checkpoint, vocab)  # its own corpus passes
+    with pytest.raises(evaluate.CorpusMismatchError, match="tokens of its source are not in its source vocabulary"):
+        evaluate.check_vocabulary(checkpoint, evaluate.prepared_test_set(corpus))
+    own = tmp_path / "own"
+    own.mkdir()
+    for name in ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en"):
+        shutil.copy(vocab / name.replace(".ref.tok", "").replace(".ref.detok", ""), own / name)
+    (own / "manifest.json").write_text('{"corpus": "tiny", "options": {"subword": "none"}}')
+    evaluate.check_vocabulary(checkpoint, evaluate.prepared_test_set(own))  # its own corpus passes
     out = tmp_path / "result.json"
-    result = subprocess.run([sys.executable, "-m", "onmt_lma.evaluate", str(checkpoint), str(corpus), "--out", str(out)],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "does not fit corpus" in result.stderr and not out.exists()
+    result = subprocess.run([sys.executable, "-m", "onmt_lma.evaluate", "-model", str(checkpoint), "-corpus",
+                             str(corpus), "-out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2 and "does not fit test set" in result.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [

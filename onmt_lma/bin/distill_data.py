@@ -14,7 +14,7 @@ from onmt.inference_engine import InferenceEnginePY
 from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
-from onmt_lma.opts import int_type, refuse_abbreviations
+from onmt_lma.opts import CommandParser, int_type
 from onmt_lma.files import sha256_of
 from onmt_lma.seqkd import DistillDataError, distill_corpus
 
@@ -26,7 +26,7 @@ TRANSLATION_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty"
 
 
 def get_parser():
-    parser = ArgumentParser(description="onmt_lma_distill_data: translate a corpus with a teacher")
+    parser = CommandParser(description="onmt_lma_distill_data: translate a corpus with a teacher")
     onmt.opts.translate_opts(parser)
     group = parser.add_argument_group("Sequence-level distillation (onmt-lma)")
     group.add(
@@ -36,7 +36,7 @@ def get_parser():
         default=1000,
         help="Lines translated and written at a time; an interruption loses at most one chunk.",
     )
-    return refuse_abbreviations(parser)
+    return parser
 
 
 def main(argv=None):

@@ -1,23 +1,23 @@
 """``onmt_lma_train``: ``onmt_train`` with the onmt-lma plugin.
 
 Accepts every ``onmt_train`` option (command line or ``-config`` YAML) plus
-the plugin's; unlike ``onmt_train``, an unknown option is an error.
+the plugin's; unlike ``onmt_train``, an unknown option is an error (see
+:class:`onmt_lma.opts.CommandParser`).
 """
 
 import onmt.bin.train
 import onmt.opts
-from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
 from onmt_lma.distill import add_kd_opts
-from onmt_lma.opts import refuse_abbreviations
+from onmt_lma.opts import CommandParser
 
 
 def get_parser():
-    parser = ArgumentParser(description="onmt_lma_train: onmt_train with LMA activations")
+    parser = CommandParser(description="onmt_lma_train: onmt_train with LMA activations")
     onmt.opts.train_opts(parser)
     add_kd_opts(parser)
-    return refuse_abbreviations(parser)
+    return parser
 
 
 def main(argv=None):

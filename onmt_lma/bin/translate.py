@@ -20,11 +20,10 @@ import torch
 
 import onmt.bin.translate
 import onmt.opts
-from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.bin import user_errors_exit
 from onmt_lma.checkpoint import checkpoint_loading
-from onmt_lma.opts import add_lma_opts, refuse_abbreviations
+from onmt_lma.opts import CommandParser, add_lma_opts
 from onmt_lma.seqkd import DistillDataError, read_lines
 
 
@@ -33,10 +32,10 @@ class TranslationInputError(DistillDataError):
 
 
 def get_parser():
-    parser = ArgumentParser(description="onmt_lma_translate: onmt_translate for LMA models")
+    parser = CommandParser(description="onmt_lma_translate: onmt_translate for LMA models")
     onmt.opts.translate_opts(parser)
     add_lma_opts(parser, for_translation=True)
-    return refuse_abbreviations(parser)
+    return parser
 
 
 def main(argv=None):

@@ -1,0 +1,93 @@
+"""One YAML for every onmt_lma_* command (as OpenNMT-py's quickstart): keys of other commands are ignored,
+a key of no command is an error naming the file and the nearest option; the command line takes only the
+command's own options."""
+
+import re
+import tomllib
+
+import pytest
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.opts import COMMAND_PARSERS, command_parser, shared_config_keys
+
+from conftest import REPO
+
+#: the least each command needs besides the YAML
+REQUIRED = {
+    "onmt_lma_train": [],
+    "onmt_lma_build_vocab": ["-n_sample", "-1"],
+    "onmt_lma_translate": ["-model", "m.pt", "-src", "test.de"],
+    "onmt_lma_distill_data": ["-model", "m.pt", "-src", "train.de"],
+    "onmt_lma_evaluate": ["-model", "m.pt", "-corpus", "data/multi30k"],
+    "onmt_lma_average_models": ["-models", "a.pt", "b.pt", "-output", "avg.pt"],
+}
+#: an own option of each command, misspelled, and what it should have been
+MISSPELLED = {
+    "onmt_lma_train": ("-lma_segmnts", "-lma_segments"),
+    "onmt_lma_build_vocab": ("-n_sampel", "-n_sample"),
+    "onmt_lma_translate": ("-beam_sise", "-beam_size"),
+    "onmt_lma_distill_data": ("-chunk_line", "-chunk_lines"),
+    "onmt_lma_evaluate": ("-ref_tk", "-ref_tok"),
+    "onmt_lma_average_models": ("-outptu", "-output"),
+}
+
+
+def readme_example_yaml():
+    """The README's example config (the first yaml block after '## Example')."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.search(r"## Example.*?```yaml\n(.*?)```", text, re.S)[1]
+
+
+@pytest.fixture
+def example(tmp_path):
+    path = tmp_path / "student.yaml"
+    path.write_text(readme_example_yaml(), encoding="utf-8")
+    return path
+
+
+def test_the_command_list_is_the_installed_commands():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(COMMAND_PARSERS) == set(scripts)
+    assert REQUIRED.keys() == MISSPELLED.keys() == COMMAND_PARSERS.keys()
+
+
+@pytest.mark.parametrize("command", COMMAND_PARSERS)
+def test_every_command_reads_the_readme_example_yaml(command, example):
+    opt = command_parser(command).parse_args(["-config", str(example), *REQUIRED[command]])
+    if command == "onmt_lma_train":  # its own keys are taken
+        assert (opt.hidden_size, opt.pos_ffn_activation_fn, opt.lma_segments) == (64, "lma", 8)
+    if command == "onmt_lma_translate":
+        assert opt.lma_segments == 8 and not hasattr(opt, "hidden_size")  # a training key: ignored
+    if command == "onmt_lma_build_vocab":
+        assert opt.src_vocab.endswith("vocab.de") and not hasattr(opt, "lma_segments")
+
+
+@pytest.mark.parametrize("command", COMMAND_PARSERS)
+def test_a_misspelled_yaml_key_names_the_file_and_the_nearest_option(command, example, capsys):
+    example.write_text(example.read_text() + "lma_segmnts: 8\n")
+    with pytest.raises(SystemExit) as stop:
+        command_parser(command).parse_args(["-config", str(example), *REQUIRED[command]])
+    assert stop.value.code == 2
+    assert f"unknown option 'lma_segmnts' in {example}; did you mean 'lma_segments'?" in capsys.readouterr().err
+
+
+def test_a_yaml_key_of_no_command_and_nothing_near_says_so(example, capsys):
+    example.write_text(example.read_text() + "zzzz_qqqq: 1\n")
+    with pytest.raises(SystemExit):
+        command_parser("onmt_lma_train").parse_args(["-config", str(example)])
+    assert "unknown option 'zzzz_qqqq'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMAND_PARSERS)
+def test_the_command_line_takes_only_the_command_s_own_options(command, example, capsys):
+    wrong, right = MISSPELLED[command]
+    with pytest.raises(SystemExit) as stop:
+        command_parser(command).parse_args(["-config", str(example), *REQUIRED[command], wrong, "1"])
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {wrong} 1; did you mean {right}?" in capsys.readouterr().err
+    # another command's option is not this one's on the command line, though it may be in the YAML
+    other = "-hidden_size" if command != "onmt_lma_train" else "-beam_size"
+    assert other.lstrip("-") in shared_config_keys()
+    with pytest.raises(SystemExit):
+        command_parser(command).parse_args(["-config", str(example), *REQUIRED[command], other, "5"])
+    assert f"unrecognized arguments: {other} 5" in capsys.readouterr().err
