@@ -26,8 +26,9 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# the unit tests; tests that need ../shared/data are skipped (reason printed) when it is not there
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not integration" tests
+	LMA_SKIP_WITHOUT_DATA=1 $(PY) -m pytest -q -rs -m "not integration" tests
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh

@@ -65,6 +65,7 @@ def get_parser():
     parser.add_argument(
         "--workers", type=positive_int, help="processes for tokenization (default: all cores)"
     )
+    parser.add_argument("--log-file", default="", help="also log to this file (as OpenNMT-py's -log_file)")
     return parser
 
 
@@ -86,6 +87,10 @@ def main(argv=None):
     )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out}: is a file, expected a folder (new or prepared by data_prep)")
+    from onmt_lma import plugin  # noqa: F401  (first: silences onmt's import warnings)
+    from onmt.utils.logging import init_logger
+
+    init_logger(args.log_file)
     try:
         prepare(options, args.out)
     except DataPrepError as error:

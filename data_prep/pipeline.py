@@ -10,8 +10,8 @@ Two stages, each skipped when its inputs and options have not changed:
 """
 
 import json
+import logging
 import os
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,8 +63,12 @@ class Options:
         return key
 
 
+#: OpenNMT-py's logger ("onmt"; ``python -m data_prep`` sets it up with its ``init_logger``)
+logger = logging.getLogger("onmt")
+
+
 def log(message):
-    print(f"[data_prep] {message}", file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 # --------------------------------------------------------------------------- #

@@ -141,8 +141,11 @@ def main(argv=None):
         save(average(args.models, args.float16, args.release), args.output)
     except (CheckpointError, AverageError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"[average] {args.output}: mean of {len(args.models)} checkpoint(s)"
-          + (", float16" if args.float16 or args.release else "") + (", for release" if args.release else ""))
+    from onmt.utils.logging import init_logger, logger
+
+    init_logger()
+    logger.info("%s: mean of %d checkpoint(s)%s%s", args.output, len(args.models),
+                ", float16" if args.float16 or args.release else "", ", for release" if args.release else "")
 
 
 if __name__ == "__main__":

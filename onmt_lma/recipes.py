@@ -101,6 +101,7 @@ def latest_readable_checkpoint(run_dir):
     """The newest checkpoint of ``run_dir`` that loads; unreadable ones are skipped with a warning
     (a kill during a save by a version without atomic saves leaves a truncated file)."""
     import torch
+    from onmt.utils.logging import logger
 
     from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
 
@@ -110,7 +111,7 @@ def latest_readable_checkpoint(run_dir):
                 torch.load(path, map_location="cpu")
             return path
         except CheckpointError as error:
-            print(f"[recipes] warning: skipping {path.name}: {error}", file=sys.stderr)
+            logger.warning("skipping %s: %s", path.name, error)
     return None
 
 
@@ -134,12 +135,15 @@ def train(corpus, model, data_dir, run_dir, settings=()):
 
 
 def _train_locked(corpus, model, data_dir, run_dir, settings):
+    from onmt.utils.logging import init_logger, logger
+
     from onmt_lma.bin import train as train_cli
 
+    init_logger(str(run_dir / "train.log"))  # what the recipe decides goes to the run's log too
     done = run_dir / "DONE"
     if done.exists():
         final = run_dir / done.read_text().strip()
-        print(f"[recipes] {run_dir}: finished already ({final}); remove the directory to retrain")
+        logger.info("%s: finished already (%s); remove the directory to retrain", run_dir, final)
         return final
     config = compose(corpus, model, data_dir, run_dir, settings)
     config_path = run_dir / "config.yaml"
@@ -155,10 +159,10 @@ def _train_locked(corpus, model, data_dir, run_dir, settings):
     args = ["-config", str(config_path)]
     latest = latest_readable_checkpoint(run_dir)
     if latest:
-        print(f"[recipes] {run_dir}: resuming from {latest.name}")
+        logger.info("%s: resuming from %s", run_dir, latest.name)
         args += ["-train_from", str(latest)]
     else:
-        print(f"[recipes] {run_dir}: training {corpus} {model}, {config['train_steps']} steps")
+        logger.info("%s: training %s %s, %s steps", run_dir, corpus, model, config["train_steps"])
     train_cli.main(args)
     final = run_dir / f"model_step_{config['train_steps']}.pt"
     if not final.exists():

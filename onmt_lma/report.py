@@ -1,4 +1,4 @@
-"""Tables and plots from evaluation JSON files (``python -m onmt_lma.evaluate``).
+"""Tables and plots from evaluation JSON files (``onmt_lma_evaluate``).
 
     python -m onmt_lma.report RESULTS... [--out DIR]
 
@@ -25,14 +25,14 @@ from collections import defaultdict
 from pathlib import Path
 
 ACTIVATION_ORDER = ["relu", "prelu", "swish", "aplu", "lma"]
-METRICS = [("bleu", "BLEU"), ("bleu_tok", "tok. BLEU"), ("length", "length ratio"), ("ppl", "ppl"),
+METRICS = [("bleu", "BLEU"), ("chrf", "chrF"), ("bleu_tok", "tok. BLEU"), ("length", "length ratio"), ("ppl", "ppl"),
            ("memory", "mem MB"), ("speed", "sent/s")]
 
 
 def metric(result, key):
     """One number of an evaluation JSON; None where it does not hold it."""
-    if key in ("bleu", "bleu_tok"):
-        return result[key]["score"]
+    if key in ("bleu", "chrf", "bleu_tok"):  # chrF since onmt_lma_evaluate has it; tok. BLEU needs a tok. reference
+        return result[key]["score"] if result.get(key) else None
     if key == "length":  # hypothesis / reference length, from sacreBLEU's "... hyp_len = H ref_len = R)"
         lengths = re.search(r"hyp_len = (\d+) ref_len = (\d+)", result["bleu"].get("text", ""))
         return int(lengths[1]) / int(lengths[2]) if lengths else None
@@ -149,11 +149,12 @@ def teacher_lines(results):
     rows = [r for r in results if is_teacher(r)]
     if not rows:
         return ""
-    out = ["| corpus | teacher | BLEU | tok. BLEU | ppl | params |", "| --- | --- | --- | --- | --- | --- |"]
+    out = ["| corpus | teacher | BLEU | chrF | tok. BLEU | ppl | params |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        chrf, tok = (f"{v:.2f}" if v is not None else "—" for v in (metric(r, "chrf"), metric(r, "bleu_tok")))
         out.append(
             f"| {r['corpus']} | {r['model']['hidden_size']}-dim {r['model']['enc_layers']}+{r['model']['dec_layers']} "
-            f"| {r['bleu']['score']:.2f} | {r['bleu_tok']['score']:.2f} | {r['ppl']:.2f} | {r['params'] / 1e6:.1f} M |"
+            f"| {r['bleu']['score']:.2f} | {chrf} | {tok} | {r['ppl']:.2f} | {r['params'] / 1e6:.1f} M |"
         )
     return "\n".join(out) + "\n"
 

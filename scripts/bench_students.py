@@ -6,7 +6,7 @@ student settings (feed-forward 2048), in one run:
   * training target tokens/s (every step timed, the first 3 are warm-up);
   * beam-5 translation of the first --sentences test sentences one at a time
     (sentences/s) and inference memory in a fresh process (as
-    ``python -m onmt_lma.evaluate`` measures it);
+    ``onmt_lma_evaluate`` measures it);
 each measured --rounds times per model, the models taking turns in each round
 (a slow minute of the machine falls on all of them); the table gives the
 median and the range.

@@ -25,7 +25,7 @@ steps, at most MAX_STEPS.
 student at once (``--parallel``, meant for a GPU; on 2 CPU cores use 1), stops
 each at N, then per run: BLEU on test_2016 every 500 steps, the average of the
 last AVERAGE_LAST checkpoints, and a full evaluation of the final and the
-averaged checkpoint (python -m onmt_lma.evaluate).  ``collect`` copies what the
+averaged checkpoint (onmt_lma.evaluate).  ``collect`` copies what the
 results need out of the runs folder, paths relative.
 """
 

@@ -6,7 +6,7 @@
 
 Checks every ``*.pt`` in MODELS against ``SHA256SUMS`` (a missing or changed
 file is an error, nothing is evaluated), evaluates each with
-``python -m onmt_lma.evaluate`` (beam 5; sacreBLEU with its signature, test
+``onmt_lma_evaluate`` (beam 5; sacreBLEU with its signature, test
 perplexity, size, speed at ``--batch-size`` sentences a time on this machine's
 CPU), keeps the JSON files in OUT (a rerun reuses them), and prints one table
 and the first ``--examples`` test sentences with the reference and every

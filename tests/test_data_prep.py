@@ -70,6 +70,7 @@ def test_multi30k_from_the_local_copy(multi30k_out):
     assert all(not any(NBSP in l for l in lines(out / f"{s}.{g}")) for s in counts for g in ("de", "en"))
 
 
+@pytest.mark.integration  # rebuilds a corpus: slower
 def test_a_rerun_skips_and_a_changed_option_rebuilds(multi30k_out, tmp_path, capsys):
     out = tmp_path / "m"
     shutil.copytree(multi30k_out, out)
@@ -94,6 +95,7 @@ def test_a_rerun_skips_and_a_changed_option_rebuilds(multi30k_out, tmp_path, cap
     assert len(lines(out / "test.en")) == 1000  # the filter is for train only
 
 
+@pytest.mark.integration  # rebuilds a corpus: slower
 def test_sentencepiece_mode(multi30k_out, tmp_path):
     import sentencepiece as spm
 
@@ -193,6 +195,7 @@ def test_wmt13_from_an_archive_with_other_members(europarl_text, tmp_path):
         assert_vocab_readable_by_opennmt(out / f"vocab.{lang}")
 
 
+@pytest.mark.integration  # rebuilds a corpus: slower
 def test_an_interrupted_run_leaves_nothing_that_looks_finished(multi30k_out, tmp_path, monkeypatch):
     import data_prep.pipeline as prepare_module
 

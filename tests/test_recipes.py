@@ -117,12 +117,13 @@ def test_training_runs_resume_and_are_never_overwritten(corpus_dir, tmp_path, ca
     assert final == run_dir / "model_step_4.pt" and (run_dir / "DONE").read_text().strip() == final.name
     mtime = final.stat().st_mtime_ns
     assert recipes.train("multi30k", "student64", corpus_dir, run_dir, settings) == final
-    assert "finished already" in capsys.readouterr().out and final.stat().st_mtime_ns == mtime
+    assert "finished already" in capsys.readouterr().err and final.stat().st_mtime_ns == mtime
     # an interrupted run (killed after step 2) resumes from its latest checkpoint
     (run_dir / "DONE").unlink()
     final.unlink()
     recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
-    assert "resuming from model_step_2.pt" in capsys.readouterr().out
+    assert "resuming from model_step_2.pt" in capsys.readouterr().err
+    assert "resuming from model_step_2.pt" in (run_dir / "train.log").read_text()  # logged as OpenNMT-py logs
     assert load(final)["optim"]["training_step"] == 5
     (run_dir / "DONE").unlink()
     with pytest.raises(recipes.RecipeError, match="composed with other settings"):
@@ -267,6 +268,7 @@ def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher
                   "dec_layers": 3, "seed": seed, "kd_teacher": None if teacher else "t.pt"},
         "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
                  **({"text": text} if hyp_len else {})},
+        "chrf": {"score": bleu + 20, "signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"},
         "bleu_tok": {"score": bleu + 1, "signature": "tok:none"},
         "ppl": ppl, "params": 1e6, "memory": {"peak_mb": 100.0}, "speed": {"sentences_per_s": 10.0},
     }
@@ -304,7 +306,9 @@ def test_report_means_standard_deviations_and_changes(tmp_path):
     # the length ratio where sacreBLEU's text gives the lengths, "—" where no run of a column does
     length_row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | length ratio |"))
     assert [c.strip() for c in length_row.strip("|").split("|")][3:] == ["0.95 ± 0.05 [n=3]", "—", "0.76 (-20.0%) [n=1]"]
-    assert "| multi30k | 256-dim 3+3 | 20.00 | 21.00 | 10.00 | 1.0 M |" in text
+    assert "| multi30k | 256-dim 3+3 | 20.00 | 40.00 | 21.00 | 10.00 | 1.0 M |" in text
+    chrf_row = next(l for l in text.splitlines() if l.startswith("| multi30k | 64 | chrF |"))
+    assert [c.strip() for c in chrf_row.strip("|").split("|")][3] == "31.00 ± 1.00 [n=3]"
     for image in ("bleu_vs_size_multi30k.png", "valid_ppl_multi30k_64.png"):
         assert (tmp_path / "report" / image).stat().st_size > 1000
         assert f"]({image})" in text
