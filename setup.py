@@ -10,6 +10,7 @@ on first use, or falls back to the pure-PyTorch path with a warning.
 """
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "onmt_lma/csrc/lma_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]  # kept equal to onmt_lma.kernels.CFLAGS
-LDFLAGS = ["-fopenmp"]
+# the flags onmt_lma.kernels also compiles with on first use (one source)
+FLAGS = json.loads((Path(__file__).parent / "onmt_lma" / "csrc" / "compile_flags.json").read_text())
 
 
 def kernel_extension():
@@ -41,8 +42,8 @@ def kernel_extension():
 
     # the source's hash goes into the module: onmt_lma.kernels ignores a build of another source
     digest = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
-    extension = CppExtension("onmt_lma._lma_cpu", [SOURCE], extra_compile_args=CFLAGS + [f"-DLMA_SOURCE_SHA256=\"{digest}\""],
-                             extra_link_args=LDFLAGS)
+    extension = CppExtension("onmt_lma._lma_cpu", [SOURCE], extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""],
+                             extra_link_args=FLAGS["ldflags"])
     return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 
 

@@ -11,7 +11,7 @@ block by :func:`build_activation`; the per-unit baselines act on the last
 dimension (the feed-forward inner size), as in ``(batch, time, d_ff)``.
 """
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,14 @@ __all__ = [
     "register_activation",
     "build_activation",
     "activation_names",
+    "registered_activations",
+    "DEFAULT_SEGMENTS",
+    "DEFAULT_MOMENTUM",
 ]
+
+#: the paper's defaults: k = 8 segments, running statistics with momentum 0.99 (Xu et al. 2020, method section)
+DEFAULT_SEGMENTS = 8
+DEFAULT_MOMENTUM = 0.99
 
 
 # --------------------------------------------------------------------------- #
@@ -185,7 +192,7 @@ class LMA(nn.Module):
     every tensor along dimension 0.  A continuous LMA has no ``beta`` parameter.
     """
 
-    def __init__(self, segments: int = 8, momentum: float = 0.99, continuous: bool = False):
+    def __init__(self, segments: int = DEFAULT_SEGMENTS, momentum: float = DEFAULT_MOMENTUM, continuous: bool = False):
         super().__init__()
         if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
             raise ValueError(f"LMA: segments must be an integer >= 2, got {segments!r}")
@@ -286,7 +293,7 @@ class APLU(nn.Module):
     SLOPE_INIT = 0.2
     HINGE_INIT_STD = 0.5
 
-    def __init__(self, units: int, segments: int = 8):
+    def __init__(self, units: int, segments: int = DEFAULT_SEGMENTS):
         super().__init__()
         if isinstance(segments, bool) or not isinstance(segments, int) or segments < 2:
             raise ValueError(f"APLU: segments must be an integer >= 2, got {segments!r}")
@@ -312,15 +319,19 @@ class APLU(nn.Module):
 # --------------------------------------------------------------------------- #
 # Registry
 # --------------------------------------------------------------------------- #
-# name -> factory(units, segments, momentum) returning a fresh module
+# name -> factory(units, segments, momentum) returning a fresh module, in registration order: the one
+# list of activations (the plugin, the report's columns, the scripts' usage and the benchmarks read it)
 _ACTIVATIONS: Dict[str, Callable[..., nn.Module]] = {}
-
-#: Activations with state (parameters or buffers), built per feed-forward block.
-STATEFUL_ACTIVATIONS = ("lma", "prelu", "swish", "aplu")
+# called with each name registered from now on (the installed plugin exposes it to OpenNMT-py)
+_ON_REGISTER: List[Callable[[str], None]] = []
 
 
 def register_activation(name: str):
-    """Decorator registering ``factory(units, segments, momentum) -> nn.Module``."""
+    """Decorator registering ``factory(units, segments, momentum) -> nn.Module`` under ``name``.
+
+    Registered after :func:`onmt_lma.install` too, the name becomes a choice of
+    ``-pos_ffn_activation_fn`` at once, built per feed-forward block.
+    """
 
     def decorator(factory):
         if name in _ACTIVATIONS:
@@ -328,14 +339,28 @@ def register_activation(name: str):
         if not callable(factory):
             raise TypeError(f"activation {name!r}: factory must be callable")
         _ACTIVATIONS[name] = factory
+        for listener in _ON_REGISTER:
+            listener(name)
         return factory
 
     return decorator
 
 
+def on_register(listener):
+    """Call ``listener(name)`` for every activation registered so far and from now on."""
+    _ON_REGISTER.append(listener)
+    for name in _ACTIVATIONS:
+        listener(name)
+
+
 def activation_names():
     """Registered names, sorted."""
     return sorted(_ACTIVATIONS)
+
+
+def registered_activations():
+    """Registered names in registration order: the paper's Table 3 order first (ReLU, PReLU, Swish, APLU, LMA)."""
+    return list(_ACTIVATIONS)
 
 
 def _need_units(name, units):
@@ -345,23 +370,23 @@ def _need_units(name, units):
 
 
 register_activation("relu")(lambda units, segments, momentum: nn.ReLU())
-register_activation("gelu")(lambda units, segments, momentum: nn.GELU())
-register_activation("silu")(lambda units, segments, momentum: nn.SiLU())
-register_activation("lma")(
-    lambda units, segments, momentum, continuous=False: LMA(segments, momentum, continuous)
-)
 register_activation("prelu")(lambda units, segments, momentum: PReLU(_need_units("prelu", units)))
 register_activation("swish")(lambda units, segments, momentum: Swish(_need_units("swish", units)))
 register_activation("aplu")(
     lambda units, segments, momentum: APLU(_need_units("aplu", units), segments)
 )
+register_activation("lma")(
+    lambda units, segments, momentum, continuous=False: LMA(segments, momentum, continuous)
+)
+register_activation("gelu")(lambda units, segments, momentum: nn.GELU())
+register_activation("silu")(lambda units, segments, momentum: nn.SiLU())
 
 
 def build_activation(
     name: str,
     units: Optional[int] = None,
-    segments: int = 8,
-    momentum: float = 0.99,
+    segments: int = DEFAULT_SEGMENTS,
+    momentum: float = DEFAULT_MOMENTUM,
     continuous: bool = False,
 ) -> nn.Module:
     """A fresh activation module for one feed-forward block.

@@ -496,7 +496,7 @@ def get_parser():
     group.add("--ref_tok", "-ref_tok", help="Moses-tokenized reference, for tokenized (multi-bleu.perl) BLEU")
     group.add("--out", "-out", help="result JSON (one -model) or folder (several); default: beside each checkpoint, "
               "CK.eval.json (-corpus test split) or CK.<src name>.eval.json")
-    group.add("--beam_size", "-beam_size", type=int_type("an integer >= 1", lambda n: n >= 1), default=5,
+    group.add("--beam_size", "-beam_size", "-beam", type=int_type("an integer >= 1", lambda n: n >= 1), default=5,
               help="beam size (paper: 5)")
     group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),

@@ -13,12 +13,14 @@ for float32 inputs and up to 16 segments (``cpu_kernel().vectorized(k)``).
 
 import contextlib
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "lma_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]  # kept equal to setup.py's
+#: compiler and linker flags, shared with setup.py's build (one source: csrc/compile_flags.json)
+FLAGS = json.loads((_SOURCE.parent / "compile_flags.json").read_text())
 _state = {"cpu": None, "tried": False, "origin": None}
 
 
@@ -62,18 +64,13 @@ def _installed_kernel():
 def _compiled_now():
     from torch.utils.cpp_extension import load
 
-    return load(name="onmt_lma_cpu", sources=[str(_SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"])
+    return load(name="onmt_lma_cpu", sources=[str(_SOURCE)], extra_cflags=FLAGS["cflags"], extra_ldflags=FLAGS["ldflags"])
 
 
 def kernel_origin():
     """How the CPU kernel in use came to be (``built by the install``, ``compiled on first use``), or None."""
     cpu_kernel()
     return _state["origin"] if _state["cpu"] is not None else None
-
-
-def build():
-    """Build (or load from cache) the CPU kernel now; returns whether it is usable."""
-    return cpu_kernel() is not None
 
 
 @contextlib.contextmanager

@@ -7,8 +7,7 @@ import functools
 import importlib
 import sys
 
-DEFAULT_SEGMENTS = 8
-DEFAULT_MOMENTUM = 0.99
+from onmt_lma.activations import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS
 
 
 def number_type(convert, expected, accept):

@@ -7,8 +7,10 @@ module first.
 
 What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 
-* activations -- ``lma``, ``prelu``, ``swish`` and ``aplu`` become valid
-  ``-pos_ffn_activation_fn`` choices; after OpenNMT-py builds a model, every
+* activations -- every activation of :func:`onmt_lma.register_activation`
+  that OpenNMT-py does not have itself (``lma``, ``prelu``, ``swish``,
+  ``aplu``, and any registered later) becomes a valid
+  ``-pos_ffn_activation_fn`` choice; after OpenNMT-py builds a model, every
   ``PositionwiseFeedForward`` gets its own module from
   :func:`onmt_lma.build_activation` (``ACTIVATION_FUNCTIONS`` holds one shared
   stateless function, unfit for a layer with parameters and statistics);
@@ -30,11 +32,29 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * distillation -- the trainer's training loss gets the teacher of
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
   report the KD part next to the NLL part.
+
+Nothing else patches OpenNMT-py, except :class:`onmt_lma.benchmark.StepTimer`,
+which wraps ``Trainer._gradient_accumulation`` only inside its ``with`` block
+to time training steps (benchmarks only).
+
+Private OpenNMT-py names the package relies on, checked against 3.5.1 (the
+version ``make venv`` installs): ``ModelSaver._save`` (here);
+``LossCompute._bottle``, ``LossCompute._stats`` (the KD loss, :mod:`onmt_lma.distill`);
+``Translator._run_encoder``, ``Translator._score_target``,
+``Translator._tgt_pad_idx`` (test perplexity in :mod:`onmt_lma.evaluate`);
+``ArgumentParser._get_all_transform_translate`` and
+``ArgumentParser._validate_transforms_opts`` (translation options built in
+:mod:`onmt_lma.evaluate` and ``onmt_lma_distill_data``, as
+``onmt_translate`` builds them); configargparse's ``_open_config_files``,
+``_config_file_parser`` and ``_ignore_unknown_config_file_keys`` (shared YAML
+configs, :class:`onmt_lma.opts.CommandParser`).
 """
 
+import copy
 import logging
 import os
 import warnings
+import weakref
 
 # OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
 # the warnings are raised while onmt imports, so the filter comes first.
@@ -56,7 +76,7 @@ import onmt.utils.loss  # noqa: E402
 import onmt.utils.optimizers  # noqa: E402
 from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForward  # noqa: E402
 
-from onmt_lma.activations import STATEFUL_ACTIVATIONS, build_activation  # noqa: E402
+from onmt_lma.activations import build_activation, on_register  # noqa: E402
 from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
 from onmt_lma.distill import (  # noqa: E402
     DistillationLossCompute,
@@ -67,6 +87,8 @@ from onmt_lma.distill import (  # noqa: E402
 from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
 
 _ORIGINAL = {}
+#: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
+ONMT_ACTIVATIONS = frozenset(ACTIVATION_FUNCTIONS)
 
 
 class _BuiltPerBlock:
@@ -94,10 +116,14 @@ def activation_modules(model):
     ]
 
 
+#: each attached activation's state as its factory made it (restored after OpenNMT-py's -param_init)
+START_STATES = weakref.WeakKeyDictionary()
+
+
 def attach_activations(model, model_opt):
     """Give every feed-forward block of ``model`` its own activation module."""
     name = model_opt.pos_ffn_activation_fn
-    if name not in STATEFUL_ACTIVATIONS:
+    if name in ONMT_ACTIVATIONS:
         return model
     for block in model.modules():
         if isinstance(block, PositionwiseFeedForward):
@@ -108,6 +134,7 @@ def attach_activations(model, model_opt):
                 momentum=model_opt.lma_momentum,
                 continuous=getattr(model_opt, "lma_continuous", False),
             )
+            START_STATES[block.activation] = copy.deepcopy(block.activation.state_dict())
     return model
 
 
@@ -152,9 +179,9 @@ def build_base_model(model_opt, vocabs):
 def build_model(model_opt, opt, vocabs, checkpoint, device_id):
     model = _ORIGINAL["build_model"](model_opt, opt, vocabs, checkpoint, device_id)
     if checkpoint is None:
-        # -param_init drew every parameter uniformly: restore documented starts.
+        # -param_init drew every parameter uniformly: put the activations back where their factories started them
         for activation in activation_modules(model):
-            activation.reset_parameters()
+            activation.load_state_dict(START_STATES[activation])
     if getattr(model_opt, "lma_lr_scale", 1.0) == 0:  # frozen: the optimizer never sees them
         for parameter in activation_parameters(model):
             parameter.requires_grad_(False)
@@ -247,12 +274,17 @@ def _patch(name, replacement, *modules):
         setattr(module, name, replacement)
 
 
+def _expose(name):
+    """Make a registered activation a choice of ``-pos_ffn_activation_fn`` (the choices are a live view)."""
+    if name not in ONMT_ACTIVATIONS:
+        ACTIVATION_FUNCTIONS[name] = _BuiltPerBlock(name)
+
+
 def install():
     """Install the plugin into OpenNMT-py 3.5.1 (idempotent)."""
     if _ORIGINAL:
         return
-    for name in STATEFUL_ACTIVATIONS:
-        ACTIVATION_FUNCTIONS[name] = _BuiltPerBlock(name)  # choices are a live view
+    on_register(_expose)  # every registered activation, now and later
     _patch("model_opts", model_opts, onmt.opts)
     _patch("build_base_model", build_base_model, onmt.model_builder)
     _patch("build_model", build_model, onmt.model_builder, onmt.train_single)

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.sources import CORPORA as PREPARED_CORPORA  # noqa: E402
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-CORPORA = ("ope", "wmt13", "multi30k")
+CORPORA = tuple(PREPARED_CORPORA)  # the corpora data_prep makes, each with its recipes
 MODELS = ("teacher", "student256", "student128", "student64")
 
 

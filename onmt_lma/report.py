@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-ACTIVATION_ORDER = ["relu", "prelu", "swish", "aplu", "lma"]
+from onmt_lma.activations import registered_activations  # noqa: E402  (the column order: the one list)
 METRICS = [("bleu", "BLEU"), ("chrf", "chrF"), ("bleu_tok", "tok. BLEU"), ("length", "length ratio"), ("ppl", "ppl"),
            ("memory", "mem MB"), ("speed", "sent/s")]
 
@@ -111,7 +111,7 @@ def _columns(groups):
     labels = {a for cells in groups.values() for a in cells}
     base = {a.split("-")[0] for a in labels}
     by_segments = sorted(labels, key=lambda a: (a.split("-")[0], int(a.split("-")[1]) if "-" in a else 0))
-    ordered = [a for name in ACTIVATION_ORDER if name in base for a in by_segments if a.split("-")[0] == name]
+    ordered = [a for name in registered_activations() if name in base for a in by_segments if a.split("-")[0] == name]
     return ordered + sorted(labels - set(ordered))
 
 

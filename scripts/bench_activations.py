@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from onmt_lma import build_activation, kernels
+from onmt_lma.activations import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"train batch 3192x2048": (3192, 2048), "decode step 5x2048": (5, 2048)}
@@ -35,7 +36,7 @@ SHAPES = {"train batch 3192x2048": (3192, 2048), "decode step 5x2048": (5, 2048)
 class NaiveLMA(nn.Module):
     """LMA as first written: int64 segment ids, alpha / beta gathered to full size, autograd."""
 
-    def __init__(self, segments=8, momentum=0.99):
+    def __init__(self, segments=DEFAULT_SEGMENTS, momentum=DEFAULT_MOMENTUM):
         super().__init__()
         self.k, self.momentum = segments, momentum
         self.alpha = nn.Parameter(torch.cat([torch.zeros(segments // 2), torch.ones(segments - segments // 2)]))
@@ -58,7 +59,7 @@ class NaiveLMA(nn.Module):
 class CompiledLMA(NaiveLMA):
     """NaiveLMA's math compiled by torch.compile (inductor, fixed shapes)."""
 
-    def __init__(self, segments=8):
+    def __init__(self, segments=DEFAULT_SEGMENTS):
         super().__init__(segments)
         self.compiled = torch.compile(NaiveLMA.forward, dynamic=False)
 

@@ -29,12 +29,11 @@ from statistics import median
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import recipes
+from onmt_lma.activations import DEFAULT_SEGMENTS, registered_activations
 from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
 from onmt_lma.bin import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]
-PLAIN = ("relu", "prelu", "swish")
-SEGMENTED = ("lma", "aplu")
 OUTPUT_LENGTH = 20  # every translation exactly 20 tokens: equal decoding work however trained
 
 
@@ -46,14 +45,12 @@ def prepare(data, work):
 
 
 def parse_activation(label):
-    """'relu', 'prelu', 'swish' or 'lma-K' / 'aplu-K' (K segments) -> (name, segments)."""
+    """A registered activation, with ``-K`` for K segments ('relu', 'lma-8', 'aplu-4') -> (name, segments)."""
     name, _, segments = label.partition("-")
-    if name in PLAIN and not segments:
-        return name, 8
-    if name in SEGMENTED and segments.isdigit() and int(segments) >= 2:
-        return name, int(segments)
-    raise argparse.ArgumentTypeError(
-        f"activation {label!r}: expected one of {', '.join(PLAIN)} or lma-K / aplu-K with K >= 2 segments")
+    if name in registered_activations() and (not segments or (segments.isdigit() and int(segments) >= 2)):
+        return name, int(segments) if segments else DEFAULT_SEGMENTS
+    raise argparse.ArgumentTypeError(f"activation {label!r}: expected one of {', '.join(registered_activations())}, "
+                                     "with -K for K >= 2 segments (lma-8)")
 
 
 def train_speed(corpus, run_dir, size, label, steps):
@@ -82,8 +79,8 @@ def translate_speed(checkpoint, source):
 
 def label_name(label):
     name, segments = parse_activation(label)
-    return {"relu": "ReLU", "prelu": "PReLU", "swish": "Swish", "lma": "LMA", "aplu": "APLU"}[name] + (
-        f"-{segments}" if name in SEGMENTED else "")
+    pretty = {"relu": "ReLU", "prelu": "PReLU", "silu": "SiLU", "gelu": "GELU"}.get(name, name.capitalize())
+    return (name.upper() if "-" in label else pretty) + (f"-{segments}" if "-" in label else "")
 
 
 def table(results, sizes, labels):

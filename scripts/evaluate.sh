@@ -4,9 +4,9 @@
 # signature), chrF and tokenized BLEU (as multi-bleu.perl), test perplexity, parameters,
 # size on disk, speed, inference memory. Writes CHECKPOINT.eval.json (kept if it
 # exists: FORCE=1 replaces it). GPU=0 evaluates on CUDA device 0.
-USAGE="usage: scripts/evaluate.sh CHECKPOINT CORPUS   (CORPUS: ope, wmt13, multi30k)
-env: DATA_ROOT (default data/), GPU (default -1: CPU), FORCE=1 to replace an existing result"
 source "$(dirname "$0")/common.sh"
+USAGE="usage: scripts/evaluate.sh CHECKPOINT CORPUS   (CORPUS: ${CORPORA// /, })
+env: DATA_ROOT (default data/), GPU (default -1: CPU), FORCE=1 to replace an existing result"
 [ $# -eq 2 ] || die_usage "expected 2 arguments, got $#"
 checkpoint=$1 corpus=$2
 one_of "$corpus" "$CORPORA" corpus

@@ -4,12 +4,12 @@
 # with the paper's KD settings (weight 0.7, temperature 1; recipes/common.yaml).
 # KD_TEACHER=none trains without distillation; KD_TEACHER=PATH picks another teacher.
 # Resumes an interrupted run; a finished run is left as it is.
+source "$(dirname "$0")/common.sh"
 USAGE="usage: scripts/train_student.sh CORPUS SIZE ACTIVATION SEED
-  CORPUS: ope, wmt13, multi30k   SIZE: 256, 128, 64
-  ACTIVATION: relu, prelu, swish, aplu, lma   SEED: a positive integer
+  CORPUS: ${CORPORA// /, }   SIZE: ${SIZES// /, }
+  ACTIVATION: ${ACTIVATIONS// /, }   SEED: a positive integer
 env: KD_TEACHER (default: the corpus's finished teacher; 'none': no distillation),
      LMA_SEGMENTS (default 8, for lma and aplu), DATA_ROOT, RUNS_ROOT, EXTRA='key=value ...'"
-source "$(dirname "$0")/common.sh"
 [ $# -eq 4 ] || die_usage "expected 4 arguments, got $#"
 corpus=$1 size=$2 activation=$3 seed=$4
 one_of "$corpus" "$CORPORA" corpus

@@ -381,7 +381,7 @@ def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation)
 
     from conftest import REPO
 
-    for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp"):
+    for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma/csrc/compile_flags.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "onmt_lma" / "__init__.py").touch()

@@ -18,6 +18,7 @@ from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForw
 from onmt.utils.parse import ArgumentParser
 
 from conftest import TINY_MODEL_ARGS
+from conftest import load as load_checkpoint_file
 
 SPECIALS = ["<unk>", "<blank>", "<s>", "</s>"]
 
@@ -57,6 +58,43 @@ def test_install_is_idempotent_and_adds_the_activation_choices():
     assert {"relu", "gelu", "silu", "gated-gelu", "lma", "prelu", "swish", "aplu"} <= set(
         ACTIVATION_FUNCTIONS
     )
+
+
+class ScaledLeakyReLU(torch.nn.Module):
+    """An activation of a user's own, with a parameter, to register in a test."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(units))
+
+    def forward(self, x):
+        return self.scale * torch.nn.functional.leaky_relu(x, 0.1)
+
+
+def test_an_activation_registered_after_install_trains_through_onmt_lma_train(vocab, tmp_path):
+    """The registry is the only list: a name registered now is a -pos_ffn_activation_fn choice at once,
+    built per feed-forward block, trained and saved."""
+    from onmt_lma import register_activation
+    from onmt_lma.activations import registered_activations
+
+    built = []
+
+    def factory(units, segments, momentum):
+        built.append(units)
+        return ScaledLeakyReLU(units)
+
+    name = "scaled_leaky_test"
+    if name not in registered_activations():  # one registration per test session
+        register_activation(name)(factory)
+    assert name in ACTIVATION_FUNCTIONS and name in registered_activations()
+    save = tmp_path / "leaky"
+    train_cli.main(["-config", str(vocab / "config.yaml"), *TINY_MODEL_ARGS, "-save_model", str(save),
+                    "-pos_ffn_activation_fn", name, "-train_steps", "1", "-save_checkpoint_steps", "1"])
+    checkpoint = load_checkpoint_file(tmp_path / "leaky_step_1.pt")
+    scales = [k for k in checkpoint["model"] if k.endswith(".feed_forward.activation.scale")]
+    assert len(scales) == 3 and built == [64, 64, 64]  # 2 encoder + 1 decoder blocks, each its own module
+    assert checkpoint["opt"].pos_ffn_activation_fn == name
+    assert not all(torch.equal(checkpoint["model"][k], torch.ones(64)) for k in scales)  # it trained
 
 
 @pytest.mark.parametrize(

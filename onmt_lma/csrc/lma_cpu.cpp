@@ -1,4 +1,4 @@
-// Fused CPU kernels for LMA (PAPER.md "LMA, exactly"): one pass over the input,
+// Fused CPU kernels for LMA (Xu et al. 2020, method section: batch segmentation and per-segment lines): one pass over the input,
 // parallel over chunks with ATen's thread pool (OpenMP), segment ids computed on
 // the fly (never stored).
 //
