@@ -13,7 +13,6 @@ The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher,
 """
 
 import argparse
-import math
 import os
 
 import torch

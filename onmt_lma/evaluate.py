@@ -90,7 +90,6 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
     The source goes to the engine a chunk of lines at a time, so that a
     progress bar with an ETA can show; the time counts translation only.
     """
-    from onmt_lma import plugin  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY
     import torch
     from tqdm import tqdm
@@ -126,7 +125,6 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
 
 def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     """Perplexity of the references under the model (teacher forcing), per target token."""
-    from onmt_lma import plugin  # noqa: F401
     from onmt.constants import CorpusTask
     from onmt.inference_engine import InferenceEnginePY
     from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter

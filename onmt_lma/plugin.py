@@ -33,7 +33,7 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
   report the KD part next to the NLL part.
 
-Nothing else patches OpenNMT-py, except :class:`onmt_lma.benchmark.StepTimer`,
+Nothing else patches OpenNMT-py, except :class:`onmt_lma.study.benchmark.StepTimer`,
 which wraps ``Trainer._gradient_accumulation`` only inside its ``with`` block
 to time training steps (benchmarks only).
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import build_vocab as build_vocab_cli
 from onmt_lma.bin import train as train_cli
-from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
+from onmt_lma.study.benchmark import WARMUP_STEPS, StepTimer, machine
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from statistics import median
 
 from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import recipes
+from onmt_lma.study import recipes
 from onmt_lma.activations import DEFAULT_SEGMENTS, registered_activations
-from onmt_lma.benchmark import WARMUP_STEPS, StepTimer, machine
+from onmt_lma.study.benchmark import WARMUP_STEPS, StepTimer, machine
 from onmt_lma.bin import train as train_cli
 
 REPO = Path(__file__).resolve().parents[1]

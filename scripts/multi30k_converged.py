@@ -34,7 +34,6 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -96,7 +95,7 @@ def pilot_budget(curve, min_steps=MIN_STEPS, max_steps=MAX_STEPS, window=WINDOW,
 
 
 def validation_curve(run_dir):
-    from onmt_lma.report import validation_curve as from_log
+    from onmt_lma.study.report import validation_curve as from_log
 
     log_file = Path(run_dir) / "train.log"
     return dict(from_log(log_file)) if log_file.is_file() else {}
@@ -111,7 +110,7 @@ def device_settings(gpu):
 
 
 def recipe_command(model, run_dir, args, settings):
-    command = [sys.executable, "-m", "onmt_lma.recipes", "train", CORPUS, model, "--data", str(args.data),
+    command = [sys.executable, "-m", "onmt_lma.study.recipes", "train", CORPUS, model, "--data", str(args.data),
                "--run-dir", str(run_dir)]
     for key, value in settings:
         command += ["--set", f"{key}={json.dumps(value)}"]
@@ -359,7 +358,7 @@ def release(args):
 # --------------------------------------------------------------------------- #
 def load_collected(results):
     """{run name: {"final": eval, "averaged": eval, "curve": {step: BLEU}, "valid": {step: ppl}}}."""
-    from onmt_lma.report import validation_curve as from_log
+    from onmt_lma.study.report import validation_curve as from_log
 
     runs = {}
     for folder in sorted((Path(results) / "runs").iterdir()):
@@ -473,7 +472,7 @@ def report_plots(runs, out):
 
 
 def write_study_report(args):
-    from onmt_lma.report import lma_shape_plots
+    from onmt_lma.study.plots import lma_shape_plots
 
     runs = load_collected(args.results)
     budget_file = args.results / "BUDGET.json"
@@ -521,7 +520,7 @@ def main(argv=None):
     parser.add_argument("--teacher-set", dest="teacher_extra", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     args.runs, args.data = args.runs.resolve(), args.data.resolve()
-    from onmt_lma.recipes import parse_setting
+    from onmt_lma.study.recipes import parse_setting
 
     args.extra = [parse_setting(s) for s in args.extra]
     args.teacher_extra = [parse_setting(s) for s in args.teacher_extra]

@@ -68,7 +68,7 @@ collect() {
 }
 
 report() {
-  "$PYTHON" -m onmt_lma.report --out "$RESULTS" --reading "$RESULTS/READING.md" "$RESULTS/runs" >/dev/null
+  "$PYTHON" -m onmt_lma.study.report --out "$RESULTS" --reading "$RESULTS/READING.md" "$RESULTS/runs" >/dev/null
   echo "[study] wrote $RESULTS/report.md"
 }
 

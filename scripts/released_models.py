@@ -80,7 +80,7 @@ def main(argv=None):
 
     print(f"\nReleased models ({args.models.relative_to(REPO) if args.models.is_relative_to(REPO) else args.models}),"
           f" test_2016, beam 5, on this machine's CPU at {args.batch_size} sentences a time:\n")
-    print(f"| model | what | BLEU | test ppl | parameters | file MB | sent/s |")
+    print("| model | what | BLEU | test ppl | parameters | file MB | sent/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         print(f"| {name} | {describe(r['model'])} | {r['bleu']['score']:.2f} | {r['ppl']:.2f} | {r['params']:,} "

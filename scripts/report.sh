@@ -6,4 +6,4 @@ source "$(dirname "$0")/common.sh"
 [ $# -ge 2 ] || die_usage "expected an output folder and at least one results folder"
 out=$1; shift
 for p in "$@"; do [ -e "$p" ] || die_usage "no such file or folder: $p"; done
-"$PYTHON" -m onmt_lma.report --out "$out" "$@"
+"$PYTHON" -m onmt_lma.study.report --out "$out" "$@"

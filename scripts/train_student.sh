@@ -5,6 +5,7 @@
 # KD_TEACHER=none trains without distillation; KD_TEACHER=PATH picks another teacher.
 # Resumes an interrupted run; a finished run is left as it is.
 source "$(dirname "$0")/common.sh"
+ACTIVATIONS=$(registered_activations)
 USAGE="usage: scripts/train_student.sh CORPUS SIZE ACTIVATION SEED
   CORPUS: ${CORPORA// /, }   SIZE: ${SIZES// /, }
   ACTIVATION: ${ACTIVATIONS// /, }   SEED: a positive integer
@@ -32,5 +33,5 @@ name=${name}_seed${seed}
 sets=(--set "pos_ffn_activation_fn=$activation" --set "lma_segments=$segments" --set "seed=$seed")
 if [ "$teacher" = none ]; then name=${name}_nokd; else sets+=(--set "kd_teacher=$teacher"); fi
 for kv in ${EXTRA:-}; do sets+=(--set "$kv"); done
-"$PYTHON" -m onmt_lma.recipes train "$corpus" "student$size" --data "$DATA_ROOT/$corpus" \
+"$PYTHON" -m onmt_lma.study.recipes train "$corpus" "student$size" --data "$DATA_ROOT/$corpus" \
   --run-dir "$RUNS_ROOT/$corpus/$name" "${sets[@]}"

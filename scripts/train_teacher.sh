@@ -11,5 +11,5 @@ one_of "$corpus" "$CORPORA" corpus
 prepare_corpus "$corpus"
 sets=(--set seed=1)
 for kv in ${EXTRA:-}; do sets+=(--set "$kv"); done
-"$PYTHON" -m onmt_lma.recipes train "$corpus" teacher --data "$DATA_ROOT/$corpus" \
+"$PYTHON" -m onmt_lma.study.recipes train "$corpus" teacher --data "$DATA_ROOT/$corpus" \
   --run-dir "$RUNS_ROOT/$corpus/teacher" "${sets[@]}"

@@ -1,5 +1,6 @@
 """Shared fixtures: the real German-English data in ../shared/data and tiny corpora cut from it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,52 @@ def vocab(tiny_corpus):
     run("onmt_lma_build_vocab", "-config", tiny_corpus / "config.yaml", "-n_sample", "-1")
     assert (tiny_corpus / "vocab.de").stat().st_size > 0
     return tiny_corpus
+
+
+TINY_SETTINGS = {
+    "hidden_size": 32, "word_vec_size": 32, "transformer_ff": 64, "heads": 2,
+    "enc_layers": 1, "dec_layers": 1, "batch_size": 256, "valid_batch_size": 256,
+    "bucket_size": 1024, "warmup_steps": 10, "report_every": 2, "label_smoothing": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(vocab, tmp_path_factory):
+    """A prepared-corpus directory in data_prep's layout, from the tiny corpus (test = valid)."""
+    from sacremoses import MosesDetokenizer
+
+    out = tmp_path_factory.mktemp("prepared") / "multi30k"  # $DATA_ROOT/<corpus>, as the scripts expect
+    out.mkdir()
+    for split in ("train", "valid"):
+        for lang in ("de", "en"):
+            (out / f"{split}.{lang}").write_text((vocab / f"{split}.{lang}").read_text())
+    for lang in ("de", "en"):
+        (out / f"test.{lang}").write_text((vocab / f"valid.{lang}").read_text())
+    (out / "test.ref.tok.en").write_text((out / "test.en").read_text())
+    detok = MosesDetokenizer("en")
+    (out / "test.ref.detok.en").write_text(
+        "\n".join(detok.detokenize(l.split()) for l in (out / "test.en").read_text().splitlines()) + "\n"
+    )
+    for lang in ("de", "en"):
+        (out / f"vocab.{lang}").write_text((vocab / f"vocab.{lang}").read_text())
+    (out / "data.yaml").write_text(
+        f"src_vocab: {out}/vocab.de\ntgt_vocab: {out}/vocab.en\nsrc_vocab_size: 50000\ntgt_vocab_size: 50000\n"
+        f"data:\n  corpus_1: {{path_src: {out}/train.de, path_tgt: {out}/train.en}}\n"
+        f"  valid: {{path_src: {out}/valid.de, path_tgt: {out}/valid.en}}\n"
+    )
+    (out / "manifest.json").write_text(json.dumps({"corpus": "multi30k", "options": {"subword": "none"}}))
+    return out
+
+
+def synthetic_result(corpus, size, activation, seed, bleu, ppl, run_dir, teacher=False, segments=8, hyp_len=None):
+    text = f"BLEU = {bleu:.2f} 50.0/30.0/20.0/10.0 (BP = 1.000 ratio = 1.000 hyp_len = {hyp_len} ref_len = 1000)"
+    return {
+        "corpus": corpus, "run_dir": str(run_dir), "checkpoint": str(run_dir / "m.pt"),
+        "model": {"activation": activation, "lma_segments": segments, "hidden_size": size, "enc_layers": 3,
+                  "dec_layers": 3, "seed": seed, "kd_teacher": None if teacher else "t.pt"},
+        "bleu": {"score": bleu, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+                 **({"text": text} if hyp_len else {})},
+        "chrf": {"score": bleu + 20, "signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"},
+        "bleu_tok": {"score": bleu + 1, "signature": "tok:none"},
+        "ppl": ppl, "params": 1e6, "memory": {"peak_mb": 100.0}, "speed": {"sentences_per_s": 10.0},
+    }

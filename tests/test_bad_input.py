@@ -6,7 +6,7 @@ Each case ran through the real commands; each failed before its fix.
 import pytest
 import torch
 
-from onmt_lma import recipes
+from onmt_lma.study import recipes
 
 from conftest import run, train_args
 

@@ -71,6 +71,7 @@ class ScaledLeakyReLU(torch.nn.Module):
         return self.scale * torch.nn.functional.leaky_relu(x, 0.1)
 
 
+@pytest.mark.integration
 def test_an_activation_registered_after_install_trains_through_onmt_lma_train(vocab, tmp_path):
     """The registry is the only list: a name registered now is a -pos_ffn_activation_fn choice at once,
     built per feed-forward block, trained and saved."""

@@ -31,7 +31,7 @@ def reference_continuous(x, alpha, mean, std):
     cuts = [mean - 3 * std + j * width for j in range(1, k)]
     out = []
     for value in x:
-        y, previous = alpha[0] * value, None
+        y = alpha[0] * value
         segment = min(max(math.floor((value - (mean - 3 * std)) / width), 0), k - 1)
         # value of the function = sum of slope changes times the distance past each cut
         y = alpha[0] * value + sum((alpha[j] - alpha[j - 1]) * (value - cuts[j - 1])

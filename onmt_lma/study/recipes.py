@@ -6,8 +6,8 @@ settings (activation, seed, teacher, where to save), later files overriding
 earlier ones.  OpenNMT-py reads one ``-config`` file, so the result is written
 to ``RUN_DIR/config.yaml``.
 
-    python -m onmt_lma.recipes train CORPUS MODEL --data DIR --run-dir DIR [--set KEY=VALUE ...]
-    python -m onmt_lma.recipes compose CORPUS MODEL --data DIR --run-dir DIR [--set ...]
+    python -m onmt_lma.study.recipes train CORPUS MODEL --data DIR --run-dir DIR [--set KEY=VALUE ...]
+    python -m onmt_lma.study.recipes compose CORPUS MODEL --data DIR --run-dir DIR [--set ...]
 
 ``train`` never overwrites a finished run (``RUN_DIR/DONE``), resumes an
 interrupted one from its latest checkpoint, and refuses a run directory whose
@@ -25,7 +25,7 @@ import yaml
 
 from data_prep.sources import CORPORA as PREPARED_CORPORA  # noqa: E402
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 CORPORA = tuple(PREPARED_CORPORA)  # the corpora data_prep makes, each with its recipes
 MODELS = ("teacher", "student256", "student128", "student64")
 
@@ -84,7 +84,7 @@ def compose(corpus, model, data_dir, run_dir, settings=()):
 
 
 def write_config(config, path):
-    text = "# composed by python -m onmt_lma.recipes; edit the recipes, not this file\n"
+    text = "# composed by python -m onmt_lma.study.recipes; edit the recipes, not this file\n"
     text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
     Path(path).write_text(text, encoding="utf-8")
 
@@ -174,7 +174,7 @@ def _train_locked(corpus, model, data_dir, run_dir, settings):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m onmt_lma.recipes", description=__doc__, allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m onmt_lma.study.recipes", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("compose", "train"))
     parser.add_argument("corpus", choices=CORPORA)

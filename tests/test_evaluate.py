@@ -1,0 +1,167 @@
+"""Evaluation: onmt_lma_evaluate and scripts/evaluate.sh on tiny trained checkpoints."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+
+from onmt_lma.study import recipes
+
+from conftest import REPO, TINY_SETTINGS, load, run
+
+
+@pytest.fixture(scope="module")
+def evaluated(corpus_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("evalrun") / "student64_lma_seed1"
+    settings = list(TINY_SETTINGS.items()) + [("train_steps", 12), ("save_checkpoint_steps", 12),
+                                              ("valid_steps", 12), ("pos_ffn_activation_fn", "lma"),
+                                              ("dropout", 0.0), ("attention_dropout", 0.0)]
+    final = recipes.train("multi30k", "student64", corpus_dir, run_dir, settings)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "evaluate.sh"), str(final), "multi30k"],
+                            capture_output=True, text=True, env={**os.environ, "DATA_ROOT": str(corpus_dir.parent)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BLEU" in result.stdout and "chrF" in result.stdout  # the side-by-side table
+    out = run_dir / "model_step_12.pt.eval.json"
+    return final, json.loads(out.read_text()), out
+
+
+@pytest.mark.integration
+def test_evaluation_fills_every_field(evaluated, corpus_dir):
+    checkpoint, result, _ = evaluated
+    assert result["corpus"] == "multi30k" and result["test_sentences"] == 60
+    assert result["model"]["activation"] == "lma" and result["model"]["hidden_size"] == 32
+    assert result["model"]["train_steps"] == 12
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result["bleu"]["signature"]
+    assert "tok:none" in result["bleu_tok"]["signature"]
+    assert 0 <= result["bleu"]["score"] <= 100 and 0 <= result["bleu_tok"]["score"] <= 100
+    assert math.isfinite(result["ppl"]) and result["ppl"] > 1
+    assert result["speed"]["sentences_per_s"] > 0 and result["speed"]["target_tokens_per_s"] >= 0
+    assert result["memory"]["device"] == "cpu" and result["memory"]["peak_mb"] > 0
+    assert result["size_mb"] == pytest.approx(checkpoint.stat().st_size / 2**20)
+    ckpt = load(checkpoint)
+    expected = sum(t.numel() for t in ckpt["model"].values() if t.is_floating_point())
+    expected += sum(t.numel() for t in ckpt["generator"].values())
+    assert result["params"] == expected
+    assert result["commit"] and result["machine"]["cpu_count"] >= 1
+    # the learned LMA of each layer (1 + 1 layers here), as the checkpoint holds it
+    learned = result["model"]["learned_lma"]
+    assert sorted(learned) == ["decoder.transformer_layers.0.feed_forward.activation",
+                               "encoder.transformer.0.feed_forward.activation"]
+    for name, layer in learned.items():
+        for key in ("alpha", "beta", "running_mean", "running_std"):
+            stored = ckpt["model"][f"{name}.{key}"].double().flatten().tolist()
+            assert stored == pytest.approx(layer[key] if isinstance(layer[key], list) else [layer[key]])
+
+
+@pytest.mark.integration
+def test_bleu_and_chrf_match_sacrebleu_called_directly(evaluated, corpus_dir):
+    _, result, out = evaluated
+    hyps = (out.parent / "model_step_12.pt.eval.hyp.detok.en").read_text().splitlines()
+    refs = (corpus_dir / "test.ref.detok.en").read_text().splitlines()
+    assert result["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert result["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert result["chrf"]["signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+
+
+@pytest.mark.integration
+def test_any_raw_test_set_gets_the_corpus_steps_and_several_checkpoints_a_table(evaluated, corpus_dir, tmp_path):
+    """-src/-ref: raw text is Moses-tokenized like the corpus the checkpoint was trained on (found from its
+    vocabularies), its output detokenized and scored; two checkpoints give two JSONs and one table."""
+    import shutil
+
+    from sacremoses import MosesDetokenizer
+
+    checkpoint, _, _ = evaluated
+    tokenized = (corpus_dir / "test.de").read_text().splitlines()
+    raw_src = tmp_path / "news.de"
+    raw_src.write_text("\n".join(MosesDetokenizer("de").detokenize(line.split()) for line in tokenized) + "\n")
+    raw_ref = corpus_dir / "test.ref.detok.en"
+    other = tmp_path / "other.pt"
+    shutil.copy(checkpoint, other)
+    out = tmp_path / "results"
+    result = run("onmt_lma_evaluate", "-model", checkpoint, other, "-src", raw_src, "-ref", raw_ref, "-out", out)
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and "chrF" in table[0] and str(other) in table[3]
+    first = json.loads((out / "model_step_12.pt.news.de.eval.json").read_text())
+    second = json.loads((out / "other.pt.news.de.eval.json").read_text())
+    assert first["bleu"]["score"] == second["bleu"]["score"]  # the same weights
+    hyps = (out / "model_step_12.pt.news.de.eval.hyp.detok.en").read_text().splitlines()
+    refs = raw_ref.read_text().splitlines()
+    assert first["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert first["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert first["bleu_tok"] is None  # no tokenized reference given
+    assert first["test"]["src"] == os.path.relpath(raw_src) and not first["checkpoint"].startswith("/")
+    assert first["inputs"]["src_sha256"] == hashlib.sha256(raw_src.read_bytes()).hexdigest()
+    # what the model read: the raw source as Moses tokenizer.perl -a -l de tokenizes it (sacremoses called directly)
+    from sacremoses import MosesTokenizer
+
+    from onmt_lma import evaluate
+
+    test = evaluate.raw_test_set(raw_src, raw_ref, None, corpus_dir, tmp_path)
+    moses = MosesTokenizer("de")
+    assert test.src.read_text().splitlines() == [
+        " ".join(moses.tokenize(line, aggressive_dash_splits=True, escape=True, return_str=True).split())
+        for line in raw_src.read_text().splitlines()]
+    # with a tokenized reference: tokenized BLEU as multi-bleu.perl (sacreBLEU, tokenize none)
+    run("onmt_lma_evaluate", "-model", checkpoint, "-src", raw_src, "-ref", raw_ref,
+        "-ref_tok", corpus_dir / "test.ref.tok.en", "-out", tmp_path / "tok.json", "-corpus", corpus_dir)
+    with_tok = json.loads((tmp_path / "tok.json").read_text())
+    assert with_tok["bleu_tok"]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:none")
+    assert with_tok["bleu"]["score"] == pytest.approx(first["bleu"]["score"])  # the same translation
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case, message", [
+    ("lengths", "-ref {ref} has 3 lines, -src {src} has 60"),
+    ("empty", "-src {src} is empty"),
+    ("missing", "-model {missing}: no such checkpoint"),
+    ("alone", "-src and -ref go together"),
+])
+def test_bad_evaluation_input_is_one_line_before_any_translation(evaluated, corpus_dir, tmp_path, case, message):
+    checkpoint, _, _ = evaluated
+    src, ref, missing = tmp_path / "src.de", tmp_path / "ref.en", tmp_path / "missing.pt"
+    src.write_text("" if case == "empty" else (corpus_dir / "test.de").read_text())
+    ref.write_text("a\nb\nc\n" if case == "lengths" else (corpus_dir / "test.ref.detok.en").read_text())
+    args = ["-model", missing if case == "missing" else checkpoint, "-src", src, "-out", tmp_path / "r.json"]
+    if case != "alone":
+        args += ["-ref", ref]
+    result = run("onmt_lma_evaluate", *args, expect_ok=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message.format(src=src, ref=ref, missing=missing) in result.stderr
+    assert "translating" not in result.stderr and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.integration
+def test_test_perplexity_equals_opennmt_validation_perplexity(evaluated):
+    """test = valid here, no dropout and no label smoothing: both are exp(NLL per target token)."""
+    checkpoint, result, _ = evaluated
+    log = (checkpoint.parent / "train.log").read_text()
+    validation = float(log.rsplit("Validation perplexity: ", 1)[1].split()[0])
+    assert result["ppl"] == pytest.approx(validation, rel=1e-3)
+
+
+@pytest.mark.integration
+def test_a_kept_result_is_redone_when_its_checkpoint_changed(evaluated, corpus_dir, tmp_path):
+    import shutil
+
+    checkpoint, result, out = evaluated
+    assert result["inputs"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    copy = tmp_path / "model.pt"
+    shutil.copy(checkpoint, copy)
+    shutil.copy(out, tmp_path / "model.pt.eval.json")
+    evaluate_cmd = [sys.executable, "-m", "onmt_lma.evaluate", "-model", str(copy), "-corpus", str(corpus_dir)]
+    kept = subprocess.run(evaluate_cmd, capture_output=True, text=True)
+    assert kept.returncode == 0 and "made from these inputs: kept" in kept.stderr
+    from onmt_lma.average import average, save
+
+    save(average([checkpoint], float16=True), copy)  # another checkpoint under the same name
+    redone = subprocess.run(evaluate_cmd, capture_output=True, text=True)
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    assert "checkpoint_sha256 changed): evaluating again" in redone.stderr
+    new = json.loads((tmp_path / "model.pt.eval.json").read_text())
+    assert new["inputs"]["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
