@@ -23,7 +23,5 @@ one_of() {  # one_of VALUE "A B C" WHAT
 # prepare_corpus CORPUS: python -m data_prep into $DATA_ROOT/CORPUS unless done,
 # from $SHARED_DATA/CORPUS when that local copy exists (tests and demos), else downloading.
 prepare_corpus() {
-  local corpus=$1 source=()
-  if [ -d "$SHARED_DATA/$corpus" ] && [ "$corpus" = multi30k ]; then source=(--source "$SHARED_DATA/$corpus"); fi
-  "$PYTHON" -m data_prep "$corpus" --out "$DATA_ROOT/$corpus" "${source[@]}"
+  LMA_DATA=$SHARED_DATA "$PYTHON" -m onmt_lma.study.runs --data-root "$DATA_ROOT" prepare "$1"
 }

@@ -22,7 +22,7 @@ step() {  # step "what" command...: run, keep the full log, show progress lines
   shift
   echo "== $what ($(( (SECONDS - start) / 60 )) min in)"
   set +e
-  "$@" 2>&1 | tee -a "$log" | grep --line-buffered -E "Step [0-9]+/|Validation perplexity|\[recipes\]|\[evaluate\]|\[data_prep\]|\[released\]|error"
+  "$@" 2>&1 | tee -a "$log" | grep --line-buffered -E "Step [0-9]+/|Validation perplexity|: training |resuming from|finished already|up to date|BLEU|\[released\]|^\| |error"
   status=${PIPESTATUS[0]}
   set -e
   [ "$status" = 0 ] || { echo "demo: '$*' failed (exit $status); full log: $log" >&2; exit 1; }

@@ -20,18 +20,8 @@ one_of "$activation" "$ACTIVATIONS" activation
 segments=${LMA_SEGMENTS:-8}
 [[ "$segments" =~ ^[0-9]+$ ]] && [ "$segments" -ge 2 ] || die_usage "LMA_SEGMENTS must be an integer >= 2, got '$segments'"
 
-prepare_corpus "$corpus"
-teacher=${KD_TEACHER:-}
-if [ -z "$teacher" ]; then
-  done_file=$RUNS_ROOT/$corpus/teacher/DONE
-  [ -f "$done_file" ] || { echo "error: no finished teacher at $RUNS_ROOT/$corpus/teacher: run scripts/train_teacher.sh $corpus first, or set KD_TEACHER=none" >&2; exit 1; }
-  teacher=$RUNS_ROOT/$corpus/teacher/$(cat "$done_file")
-fi
-name=student${size}_${activation}
-[ "$segments" = 8 ] || name=${name}${segments}
-name=${name}_seed${seed}
-sets=(--set "pos_ffn_activation_fn=$activation" --set "lma_segments=$segments" --set "seed=$seed")
-if [ "$teacher" = none ]; then name=${name}_nokd; else sets+=(--set "kd_teacher=$teacher"); fi
+sets=(--segments "$segments")
+[ -z "${KD_TEACHER:-}" ] || sets+=(--kd-teacher "$KD_TEACHER")
 for kv in ${EXTRA:-}; do sets+=(--set "$kv"); done
-"$PYTHON" -m onmt_lma.study.recipes train "$corpus" "student$size" --data "$DATA_ROOT/$corpus" \
-  --run-dir "$RUNS_ROOT/$corpus/$name" "${sets[@]}"
+LMA_DATA=$SHARED_DATA exec "$PYTHON" -m onmt_lma.study.runs --data-root "$DATA_ROOT" --runs-root "$RUNS_ROOT" \
+  student "$corpus" "$size" "$activation" "$seed" "${sets[@]}"

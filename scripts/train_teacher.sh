@@ -8,8 +8,7 @@ env: DATA_ROOT (default data/), RUNS_ROOT (default runs/), EXTRA='key=value ...'
 corpus=$1
 one_of "$corpus" "$CORPORA" corpus
 
-prepare_corpus "$corpus"
-sets=(--set seed=1)
+sets=()
 for kv in ${EXTRA:-}; do sets+=(--set "$kv"); done
-"$PYTHON" -m onmt_lma.study.recipes train "$corpus" teacher --data "$DATA_ROOT/$corpus" \
-  --run-dir "$RUNS_ROOT/$corpus/teacher" "${sets[@]}"
+LMA_DATA=$SHARED_DATA exec "$PYTHON" -m onmt_lma.study.runs --data-root "$DATA_ROOT" --runs-root "$RUNS_ROOT" \
+  teacher "$corpus" "${sets[@]}"
