@@ -387,8 +387,9 @@ def paired_lines(pairs, label):
     return lines
 
 
-def bleu(entry, which):
-    return entry[which]["bleu"]["score"] if entry and entry.get(which) else None
+def bleu(entry, which, metric="bleu"):
+    """A run's score (``bleu`` or ``chrf``) of its ``final`` or ``averaged`` checkpoint; None if not there."""
+    return entry[which][metric]["score"] if entry and entry.get(which) and entry[which].get(metric) else None
 
 
 def fmt(value, digits=2):
@@ -401,9 +402,12 @@ def report_lines(runs, budget):
              "sacreBLEU on test_2016 (beam 5), signature in each run's JSON.", ""]
     teacher = runs.get("teacher", {}).get("final")
     if teacher:
-        lines += ["## Teacher", "", "| BLEU | tok. BLEU | test ppl | parameters |", "| --- | --- | --- | --- |",
-                  f"| {teacher['bleu']['score']:.2f} | {teacher['bleu_tok']['score']:.2f} | {teacher['ppl']:.2f} "
-                  f"| {teacher['params']:,} |", "", f"sacreBLEU signature: `{teacher['bleu']['signature']}`", ""]
+        chrf = teacher.get("chrf") or {}
+        lines += ["## Teacher", "", "| BLEU | chrF | tok. BLEU | test ppl | parameters |", "| --- | --- | --- | --- | --- |",
+                  f"| {teacher['bleu']['score']:.2f} | {fmt(chrf.get('score'))} | {teacher['bleu_tok']['score']:.2f} "
+                  f"| {teacher['ppl']:.2f} | {teacher['params']:,} |", "",
+                  f"sacreBLEU signatures: `{teacher['bleu']['signature']}`"
+                  + (f"; `{chrf['signature']}`" if chrf else ""), ""]
     if budget:
         lines += [f"## Budget: N = {budget['N']} steps" + (" (capped by a deadline)" if budget["capped_by_deadline"]
                                                           else " (the pilot's rule)"), ""]
@@ -423,6 +427,11 @@ def report_lines(runs, budget):
     for which in ("final", "averaged"):
         if pairs[which]:
             lines += paired_lines(pairs[which], f"LMA-8 − ReLU, {which} checkpoint")
+    chrf_pairs = [(a, b) for seed in (1, 2, 3) if None not in (
+        a := bleu(runs.get(f"student64_relu_seed{seed}"), "averaged", "chrf"),
+        b := bleu(runs.get(f"student64_lma_seed{seed}"), "averaged", "chrf"))]
+    if chrf_pairs:
+        lines += paired_lines(chrf_pairs, "chrF, LMA-8 − ReLU, averaged checkpoint")
     lines += ["", "## Diagnostics (seed 1; against ReLU seed 1)", "",
               "| run | what | BLEU final | BLEU averaged | Δ vs ReLU (averaged) | test ppl | valid ppl at N |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

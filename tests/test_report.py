@@ -106,3 +106,34 @@ def test_learned_lma_functions_are_drawn_as_the_model_computes_them(tmp_path):
     _, text = write_report([collected], tmp_path / "report")
     assert "](lma_shapes_multi30k_64.png)" in text
     assert (tmp_path / "report" / "lma_shapes_multi30k_64.png").stat().st_size > 1000
+
+
+def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
+    """scripts/rescore_results.py: BLEU recomputed from the stored hypotheses must equal the stored one;
+    chrF is then added (sacreBLEU called directly as the check)."""
+    import subprocess
+    import sys
+
+    import sacrebleu
+
+    from conftest import REPO
+
+    refs = ["A dog runs on the grass .", "Two men are talking .", "A child plays in the water ."]
+    hyps = ["A dog runs on grass .", "Two men talk .", "A kid plays in water ."]
+    data, run = tmp_path / "data", tmp_path / "runs" / "r1"
+    data.mkdir()
+    run.mkdir(parents=True)
+    (data / "test.ref.detok.en").write_text("\n".join(refs) + "\n")
+    (run / "test.hyp.detok.en").write_text("\n".join(hyps) + "\n")
+    bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+    (run / "r1.eval.json").write_text(json.dumps({"bleu": {"score": bleu}, "ppl": 3.0}))
+    command = [sys.executable, str(REPO / "scripts" / "rescore_results.py"), str(tmp_path / "runs"), "--data", str(data)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run / "r1.eval.json").read_text())
+    assert list(result) == ["bleu", "chrf", "ppl"] and result["ppl"] == 3.0
+    assert result["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    # hypotheses that did not make the stored BLEU are refused
+    (run / "r1.eval.json").write_text(json.dumps({"bleu": {"score": bleu + 1}}))
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode != 0 and "not the hypotheses it was made from" in refused.stderr
