@@ -124,7 +124,11 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
 
 
 def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
-    """Perplexity of the references under the model (teacher forcing), per target token."""
+    """Perplexity of the references under the model (teacher forcing), per target token.
+
+    Uses the translator's private ``_run_encoder``, ``_score_target`` and
+    ``_tgt_pad_idx`` (OpenNMT-py 3.5.1; the list is in :mod:`onmt_lma.plugin`).
+    """
     from onmt.constants import CorpusTask
     from onmt.inference_engine import InferenceEnginePY
     from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter
