@@ -22,8 +22,9 @@ steps, at most MAX_STEPS.
     python scripts/multi30k_converged.py report --results results/multi30k_converged
 
 ``run`` trains the teacher (resumable, skipped when finished), starts every
-student at once (``--parallel``, meant for a GPU; on 2 CPU cores use 1), stops
-each at N, then per run: BLEU on test_2016 every 500 steps, the average of the
+student at once (``--parallel``, meant for a GPU; on 2 CPU cores use 1: one
+run at a time, each finished before the next starts), stops each at N, then
+per run: BLEU on test_2016 every 500 steps, the average of the
 last AVERAGE_LAST checkpoints, and a full evaluation of the final and the
 averaged checkpoint (onmt_lma.evaluate).  ``collect`` copies what the
 results need out of the runs folder, paths relative.
@@ -199,6 +200,8 @@ def train_students(teacher, args, finish):
                 del processes[run]
                 log(f"{run.name}: stopped at {budget['N']}")
                 futures.append((run.name, finish(run, budget["N"])))
+                if args.parallel == 1:  # one process at a time (2 CPU cores): finish before the next trains
+                    concurrent.futures.wait([futures[-1][1]])
             elif process.poll() is not None:
                 del processes[run]
                 if process.returncode != 0:
