@@ -549,9 +549,9 @@ def run_command(opt):
     paths = result_paths(opt.models, None if opt.src is None else Path(opt.src).name, opt.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tests = {}
+        tests, corpora = {}, {}
         for model, out in zip(opt.models, paths):
-            corpus = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
+            corpus = corpora[model] = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
             if corpus is None:
                 raise EvaluationInputError(
                     f"-model {model} was not trained on a corpus prepared by python -m data_prep: name the prepared "
@@ -567,7 +567,7 @@ def run_command(opt):
             test = tests[key]
             check_vocabulary(model, test)  # every checkpoint refused before any translation
         for model, out in zip(opt.models, paths):
-            corpus = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
+            corpus = corpora[model]
             test = tests[Path(corpus).resolve()]
             if out.exists() and not opt.force and kept_result(out, model, test):
                 logger.info("%s exists, made from these inputs: kept (replace it with -force)", out)

@@ -118,14 +118,19 @@ def latest_readable_checkpoint(run_dir):
 
 
 @contextlib.contextmanager
-def run_lock(run_dir):
-    """Hold ``RUN_DIR/.lock`` so that no two processes train one run."""
-    with open(Path(run_dir) / ".lock", "w") as lock:
+def exclusive_lock(path, busy):
+    """Hold the lock file ``path`` (no second process gets it); ``busy``: the error's message."""
+    with open(path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RecipeError(f"{run_dir} is being trained by another process") from None
+            raise RecipeError(busy) from None
         yield
+
+
+def run_lock(run_dir):
+    """Hold ``RUN_DIR/.lock`` so that no two processes train one run."""
+    return exclusive_lock(Path(run_dir) / ".lock", f"{run_dir} is being trained by another process")
 
 
 def train(corpus, model, data_dir, run_dir, settings=()):

@@ -17,10 +17,8 @@ REPRODUCE.md, nothing else of the repository).  Folders: ``--data-root`` / ``DAT
 """
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import os
 import shutil
 import subprocess
@@ -200,16 +198,10 @@ def commit_results(study, message):
               file=sys.stderr)
 
 
-@contextlib.contextmanager
 def study_lock(study, runs_root):
     folder = Path(runs_root) / study.corpus
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".study.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyError(f"another study is running (lock {folder / '.study.lock'})") from None
-        yield
+    return recipes.exclusive_lock(folder / ".study.lock", f"another study is running (lock {folder / '.study.lock'})")
 
 
 def run_study(study, data_root, runs_root, commit=False):
