@@ -7,7 +7,8 @@ temperature ``T`` shrinks the KL gradient by ``1 / T^2`` (Hinton et al. 2015);
 the ``T^2`` factor restores it, so ``A`` keeps its meaning at any temperature.
 OpenNMT-py's LM-prior loss (``onmt/utils/loss.py``) uses the same scaling.
 
-The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher,
+The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher
+(or :class:`onmt_lma.kd_cache.CachedTeacher` looks its top-K up, ``-kd_cache``),
 :class:`DistillationLossCompute` plugs both into OpenNMT-py's training loop and
 :func:`attach_teacher` checks and loads the teacher before training starts.
 """
@@ -51,12 +52,18 @@ def check_finite_loss(loss, step, parts):
 # The math
 # --------------------------------------------------------------------------- #
 def distillation_loss(
-    student_logits, teacher_logits, target, padding_idx, alpha, temperature, label_smoothing=0.0
+    student_logits, teacher_scores, target, padding_idx, alpha, temperature, label_smoothing=0.0,
+    teacher_ids=None,
 ):
     """Word-level KD loss, summed over the non-padding tokens.
 
     Args:
-        student_logits, teacher_logits: ``(tokens, vocab)`` unnormalized scores.
+        student_logits: ``(tokens, vocab)`` unnormalized scores.
+        teacher_scores: the teacher's logits or log-probabilities, ``(tokens, vocab)``,
+            or ``(tokens, K)`` over the support ``teacher_ids`` (a top-K cache,
+            :mod:`onmt_lma.kd_cache`): the teacher distribution is then
+            renormalized over the K ids, the student's is not (its full
+            log-probabilities at those ids), so with K = vocab both agree.
         target: ``(tokens,)`` gold ids; ``padding_idx`` marks tokens to ignore.
         alpha: KD weight ``A`` in [0, 1]; temperature: ``T`` > 0.
         label_smoothing: applied to the NLL part only, as OpenNMT-py does.
@@ -74,7 +81,9 @@ def distillation_loss(
         label_smoothing=label_smoothing,
     )
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if teacher_ids is not None:
+        student_log_probs = student_log_probs.gather(-1, teacher_ids)
+    teacher_log_probs = F.log_softmax(teacher_scores.float() / temperature, dim=-1)
     kl_per_token = F.kl_div(
         student_log_probs, teacher_log_probs, reduction="none", log_target=True
     ).sum(-1)
@@ -110,6 +119,13 @@ def add_kd_opts(parser):
         default=None,
         help="Teacher checkpoint (OpenNMT-py or onmt-lma, any activation) with the "
         "student's source and target vocabularies. Without it, training is plain.",
+    )
+    group.add(
+        "--kd_cache",
+        "-kd_cache",
+        default=None,
+        help="Instead of -kd_teacher: a folder of the teacher's top-K distributions made once by "
+        "onmt_lma_teacher_cache for this -config's corpora and vocabularies (no teacher pass per step).",
     )
     group.add(
         "--kd_alpha",
@@ -174,6 +190,11 @@ class Teacher:
         with torch.no_grad():  # inference tensors could not be saved for the student's backward
             dec_out, _ = self.model(batch["src"], batch["tgt"], batch["srclen"], with_align=False)
             return self.model.generator(dec_out)
+
+    def scores(self, batch, start, end):
+        """``(logits, None)`` of target positions ``start:end``, ``(batch * positions, vocab)``: every id."""
+        logits = self.logits(batch)[:, start:end, :]
+        return logits.reshape(-1, logits.size(-1)), None
 
 
 # --------------------------------------------------------------------------- #
@@ -252,15 +273,16 @@ class DistillationLossCompute(LossCompute):
         end = trunc_start + trunc_size
         target = batch["tgt"][:, trunc_start + self.tgt_shift_index : end, 0].reshape(-1)
         student_logits = self.generator(self._bottle(output[:, trunc_start:end, :].contiguous()))
-        teacher_logits = self.teacher.logits(batch)[:, trunc_start:end, :]
+        teacher_scores, teacher_ids = self.teacher.scores(batch, trunc_start, end)
         loss, nll, kl = distillation_loss(
             student_logits,
-            teacher_logits.reshape(-1, teacher_logits.size(-1)),
+            teacher_scores,
             target,
             self.padding_idx,
             self.kd_alpha,
             self.kd_temperature,
             self.criterion.label_smoothing,
+            teacher_ids,
         )
         check_finite_loss(loss, self._step(), {"NLL": nll.item(), "KL": kl.item(),
                                                "T^2": self.kd_temperature ** 2})
@@ -271,15 +293,26 @@ class DistillationLossCompute(LossCompute):
 
 
 def attach_teacher(trainer, opt, vocabs):
-    """Load ``opt.kd_teacher`` and give it to ``trainer``'s training loss."""
-    if not getattr(opt, "kd_teacher", None):
+    """Give ``trainer``'s training loss the teacher of ``opt.kd_teacher`` or the cache of ``opt.kd_cache``."""
+    teacher_path, cache_path = getattr(opt, "kd_teacher", None), getattr(opt, "kd_cache", None)
+    if teacher_path and cache_path:
+        raise DistillationError("-kd_teacher and -kd_cache both given: the cache replaces the teacher, give one")
+    if not (teacher_path or cache_path):
         return trainer
     device = next(trainer.model.parameters()).device
-    teacher = Teacher.load(opt.kd_teacher, vocabs, device)
+    if teacher_path:
+        teacher = Teacher.load(teacher_path, vocabs, device)
+    else:
+        from onmt_lma.kd_cache import CachedTeacher, TeacherCache, reading_stride
+
+        cache = TeacherCache(cache_path)
+        cache.check(vocabs, opt)
+        teacher = CachedTeacher(cache, trainer.train_loss.padding_idx, reading_stride(opt), device)
+        logger.info("Distilling from the teacher cache %s (top-%d of %s)", cache_path, cache.topk,
+                    cache.manifest["teacher"])
     trainer.train_loss.attach(teacher, opt.kd_alpha, opt.kd_temperature)
     logger.info(
         "Word-level KD: loss = (1 - %.3g) * NLL + %.3g * %.3g^2 * KL", opt.kd_alpha,
         opt.kd_alpha, opt.kd_temperature,
     )
     return trainer
-

@@ -131,7 +131,13 @@ def train_teacher(args):
 
 
 def student_settings(run, teacher, args):
-    return [("pos_ffn_activation_fn", run.activation), ("seed", run.seed), ("kd_teacher", str(teacher)),
+    if args.kd_cache:  # the teacher's top-K cache, built once (onmt_lma_teacher_cache)
+        from onmt_lma.study.runs import teacher_cache
+
+        distil = ("kd_cache", str(teacher_cache(CORPUS, teacher, args.data.parent, args.kd_cache)))
+    else:
+        distil = ("kd_teacher", str(teacher))
+    return [("pos_ffn_activation_fn", run.activation), ("seed", run.seed), distil,
             ("train_steps", args.max_steps), *run.settings, *device_settings(args.gpu), *args.extra]
 
 
@@ -527,6 +533,8 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=CHECKPOINT_EVERY,
                         help="the recipes' checkpoint interval; BLEU is measured every second one")
     parser.add_argument("--only", nargs="+", help="train only these students")
+    parser.add_argument("--kd-cache", type=int, metavar="K",
+                        help="students distil from the teacher's top-K cache (built once) instead of online")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for the teacher and every student")
     parser.add_argument("--teacher-set", dest="teacher_extra", action="append", default=[], metavar="KEY=VALUE")

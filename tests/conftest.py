@@ -88,6 +88,26 @@ def activation_state(checkpoint):
     return {k: v for k, v in checkpoint["model"].items() if ".feed_forward.activation." in k}
 
 
+NO_DROPOUT = ["-dropout", "0", "-attention_dropout", "0"]
+
+
+def record_losses(monkeypatch):
+    """Record (loss, kd part, target words) of every training-loss call, with or without a teacher."""
+    from onmt_lma.distill import DistillationLossCompute
+
+    records = []
+    forward = DistillationLossCompute.forward
+
+    def recording(self, batch, output, attns, trunc_start=0, trunc_size=None):
+        loss, stats = forward(self, batch, output, attns, trunc_start, trunc_size)
+        if output.requires_grad:  # training steps, not validation
+            records.append((loss.item(), getattr(stats, "kd_loss", None), stats.n_words))
+        return loss, stats
+
+    monkeypatch.setattr(DistillationLossCompute, "forward", recording)
+    return records
+
+
 def train_args(corpus, save_model, *extra):
     return ["-config", corpus / "config.yaml", *TINY_MODEL_ARGS, "-save_model", save_model, *extra]
 
@@ -98,6 +118,15 @@ def vocab(tiny_corpus):
     run("onmt_lma_build_vocab", "-config", tiny_corpus / "config.yaml", "-n_sample", "-1")
     assert (tiny_corpus / "vocab.de").stat().st_size > 0
     return tiny_corpus
+
+
+@pytest.fixture(scope="session")
+def teacher(vocab, tmp_path_factory):
+    """A tiny ReLU teacher, 10 steps, no dropout (so a student resumed from it equals it)."""
+    out = tmp_path_factory.mktemp("teacher")
+    run("onmt_lma_train", *train_args(vocab, out / "teacher", "-train_steps", "10",
+                                      "-save_checkpoint_steps", "10", *NO_DROPOUT))
+    return out / "teacher_step_10.pt"
 
 
 TINY_SETTINGS = {

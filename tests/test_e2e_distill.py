@@ -9,38 +9,10 @@ import pytest
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import train as train_cli
-from onmt_lma.distill import DistillationLossCompute
 
-from conftest import BIN, activation_state, load, run, train_args
+from conftest import BIN, NO_DROPOUT, activation_state, load, record_losses, run, train_args
 
 pytestmark = pytest.mark.integration
-
-NO_DROPOUT = ["-dropout", "0", "-attention_dropout", "0"]
-
-
-@pytest.fixture(scope="module")
-def teacher(vocab, tmp_path_factory):
-    """A ReLU teacher, 10 steps, no dropout (so a student resumed from it equals it)."""
-    out = tmp_path_factory.mktemp("teacher")
-    run("onmt_lma_train", *train_args(vocab, out / "teacher", "-train_steps", "10",
-                                      "-save_checkpoint_steps", "10", *NO_DROPOUT))
-    return out / "teacher_step_10.pt"
-
-
-def record_losses(monkeypatch):
-    """Record (loss, kd) of every training-loss call, with or without a teacher."""
-    records = []
-    forward = DistillationLossCompute.forward
-
-    def recording(self, batch, output, attns, trunc_start=0, trunc_size=None):
-        loss, stats = forward(self, batch, output, attns, trunc_start, trunc_size)
-        if output.requires_grad:  # training steps, not validation
-            records.append((loss.item(), getattr(stats, "kd_loss", None), stats.n_words))
-        return loss, stats
-
-    monkeypatch.setattr(DistillationLossCompute, "forward", recording)
-    return records
-
 
 def train_in_process(*args):
     train_cli.main(list(map(str, args)))

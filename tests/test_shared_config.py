@@ -20,6 +20,7 @@ REQUIRED = {
     "onmt_lma_distill_data": ["-model", "m.pt", "-src", "train.de"],
     "onmt_lma_evaluate": ["-model", "m.pt", "-corpus", "data/multi30k"],
     "onmt_lma_average_models": ["-models", "a.pt", "b.pt", "-output", "avg.pt"],
+    "onmt_lma_teacher_cache": ["-model", "teacher.pt", "-out", "cache"],
 }
 #: an own option of each command, misspelled, and what it should have been
 MISSPELLED = {
@@ -29,6 +30,7 @@ MISSPELLED = {
     "onmt_lma_distill_data": ("-chunk_line", "-chunk_lines"),
     "onmt_lma_evaluate": ("-ref_tk", "-ref_tok"),
     "onmt_lma_average_models": ("-outptu", "-output"),
+    "onmt_lma_teacher_cache": ("-topK", "-topk"),
 }
 
 
@@ -86,7 +88,7 @@ def test_the_command_line_takes_only_the_command_s_own_options(command, example,
     assert stop.value.code == 2
     assert f"unrecognized arguments: {wrong} 1; did you mean {right}?" in capsys.readouterr().err
     # another command's option is not this one's on the command line, though it may be in the YAML
-    other = "-hidden_size" if command != "onmt_lma_train" else "-beam_size"
+    other = "-beam_size" if command in ("onmt_lma_train", "onmt_lma_teacher_cache") else "-hidden_size"
     assert other.lstrip("-") in shared_config_keys()
     with pytest.raises(SystemExit):
         command_parser(command).parse_args(["-config", str(example), *REQUIRED[command], other, "5"])

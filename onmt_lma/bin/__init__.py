@@ -1,5 +1,5 @@
 """Command-line entry points: ``onmt_lma_train``, ``onmt_lma_translate``,
-``onmt_lma_build_vocab``, ``onmt_lma_distill_data``.
+``onmt_lma_build_vocab``, ``onmt_lma_distill_data``, ``onmt_lma_teacher_cache``.
 
 Importing this package installs the plugin (before any command module imports onmt).
 """

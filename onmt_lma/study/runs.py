@@ -3,7 +3,8 @@ of results, study plans with their state, and committing collected results.
 
     python -m onmt_lma.study.runs prepare CORPUS
     python -m onmt_lma.study.runs teacher CORPUS [--set KEY=VALUE ...]
-    python -m onmt_lma.study.runs student CORPUS SIZE ACTIVATION SEED [--segments K] [--kd-teacher PATH|none] [--set ...]
+    python -m onmt_lma.study.runs student CORPUS SIZE ACTIVATION SEED [--segments K] [--kd-teacher PATH|none]
+                                  [--kd-cache K] [--set ...]
     python -m onmt_lma.study.runs study PLAN.yaml [--commit | --plan | --report]
 
 A study is a short plan file (``studies/multi30k.yaml``): the corpus, the results folder and the runs in
@@ -86,9 +87,30 @@ def train_teacher(corpus, data_root, runs_root, settings=()):
                          [("seed", 1), *settings])
 
 
+def teacher_cache(corpus, kd_teacher, data_root, topk):
+    """The top-``topk`` cache of ``kd_teacher`` for the corpus's training data, built once beside the teacher
+    (``TEACHER.top32/``) and reused by every student; an interrupted build resumes."""
+    from onmt_lma.bin import teacher_cache as cache_cli
+
+    out = Path(f"{Path(kd_teacher).with_suffix('')}.top{topk}")
+    manifest = out / "manifest.json"
+    if manifest.is_file() and '"complete": true' in manifest.read_text():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with recipes.exclusive_lock(out / ".lock", f"{out} is being built by another process"):
+        # the students' data options (corpora, vocabularies, transforms): the same in every student recipe
+        config = recipes.compose(corpus, "student64", Path(data_root) / corpus, out)
+        recipes.write_config(config, out / "config.yaml")
+        log(f"building the teacher cache {out}")
+        cache_cli.main(["-config", str(out / "config.yaml"), "-model", str(kd_teacher), "-out", str(out),
+                        "-topk", str(topk)])
+    return out
+
+
 def train_student(corpus, size, activation, seed, data_root, runs_root, segments=DEFAULT_SEGMENTS,
-                  kd_teacher=None, settings=()):
-    """Distilled from ``kd_teacher`` (default: the corpus's finished teacher; ``"none"``: no distillation)."""
+                  kd_teacher=None, settings=(), kd_cache_topk=None):
+    """Distilled from ``kd_teacher`` (default: the corpus's finished teacher; ``"none"``: no distillation),
+    through its top-``kd_cache_topk`` cache when given (:func:`teacher_cache`)."""
     if kd_teacher is None:
         kd_teacher = finished_checkpoint(Path(runs_root) / corpus / "teacher")
         if kd_teacher is None:
@@ -97,7 +119,9 @@ def train_student(corpus, size, activation, seed, data_root, runs_root, segments
     distilled = str(kd_teacher) != "none"
     name = student_name(size, activation, seed, segments, distilled)
     run_settings = [("pos_ffn_activation_fn", activation), ("lma_segments", segments), ("seed", seed)]
-    if distilled:
+    if distilled and kd_cache_topk:
+        run_settings.append(("kd_cache", str(teacher_cache(corpus, kd_teacher, data_root, kd_cache_topk))))
+    elif distilled:
         run_settings.append(("kd_teacher", str(kd_teacher)))
     return recipes.train(corpus, f"student{size}", Path(data_root) / corpus, Path(runs_root) / corpus / name,
                          run_settings + list(settings))
@@ -112,11 +136,13 @@ class Study:
     results: Path
     runs: list
     label: str  # the plan's results folder, as commit messages name it
+    kd_cache_topk: int = None  # students distil through the teacher's top-K cache (built once)
 
 
 def load_plan(path):
     """A plan file: ``corpus``, ``results`` and ``runs`` in training order, each ``teacher`` or a group
-    ``{size, activations, seeds, segments}`` (segments default to the paper's 8)."""
+    ``{size, activations, seeds, segments}`` (segments default to the paper's 8); optional ``kd_cache: K``
+    (students distil from the teacher's top-K cache)."""
     plan = yaml.safe_load(Path(path).read_text())
     try:
         runs = []
@@ -128,7 +154,7 @@ def load_plan(path):
                 for segments in entry.get("segments", [DEFAULT_SEGMENTS]):
                     runs.extend(Run(entry["size"], activation, seed, segments) for activation in entry["activations"])
         study = Study(plan["corpus"], Path(os.environ.get("RESULTS") or REPO / plan["results"]), runs,
-                      plan["results"])
+                      plan["results"], plan.get("kd_cache"))
     except (KeyError, TypeError) as error:
         raise StudyError(f"{path}: not a study plan (corpus, results, runs of 'teacher' or "
                          f"{{size, activations, seeds, segments}}): {error!r}") from None
@@ -218,7 +244,8 @@ def run_study(study, data_root, runs_root, commit=False):
             if run.teacher:
                 train_teacher(study.corpus, data_root, runs_root)
             else:
-                train_student(study.corpus, run.size, run.activation, run.seed, data_root, runs_root, run.segments)
+                train_student(study.corpus, run.size, run.activation, run.seed, data_root, runs_root, run.segments,
+                              kd_cache_topk=study.kd_cache_topk)
             collect(run, study, data_root, runs_root)
             log(f"{run.name} collected")
             if commit:
@@ -253,6 +280,8 @@ def main(argv=None):
     student.add_argument("seed", type=int)
     student.add_argument("--segments", type=int, default=DEFAULT_SEGMENTS)
     student.add_argument("--kd-teacher", help="teacher checkpoint, or 'none' (default: the corpus's teacher)")
+    student.add_argument("--kd-cache", type=int, metavar="K",
+                         help="distil through the teacher's top-K cache (built once beside the teacher)")
     for sub in (teacher, student):
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run setting")
     study = commands.add_parser("study", help="train, evaluate and collect a study's runs")
@@ -279,7 +308,8 @@ def main(argv=None):
         else:
             prepare_corpus(args.corpus, args.data_root)
             print(train_student(args.corpus, args.size, args.activation, args.seed, args.data_root, args.runs_root,
-                                args.segments, args.kd_teacher, [recipes.parse_setting(s) for s in args.set]))
+                                args.segments, args.kd_teacher, [recipes.parse_setting(s) for s in args.set],
+                                args.kd_cache))
     except (StudyError, recipes.RecipeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Does distilling from the teacher's top-K cache train the same students as the online teacher?
+
+64-dim ReLU and LMA-8 students of ``recipes/multi30k/student64.yaml`` (seed 1, the same initial weights
+and batch order) trained 800 steps on Multi30k from one teacher three ways: online (``-kd_teacher``), and
+from its top-8 and top-32 caches (``-kd_cache``).  Validation every 200 steps, sacreBLEU on test_2016 at
+the end, and the training speed from each run's log.
+
+Decision rule, fixed before the runs: a K is recommended when, for both activations, the cached run's
+validation perplexity at step 800 is within 2% of the online run's and its test BLEU within 0.5 (below
+the seed-to-seed spread of results/multi30k, 0.3-1.0 BLEU).
+
+    python scripts/kd_cache_equivalence.py run --teacher T.pt [--data data/multi30k] [--runs runs/kd_cache_equivalence]
+    python scripts/kd_cache_equivalence.py report [--runs ...] [--out results/bench]
+
+``run`` is resumable (each run, cache and evaluation is skipped once finished).  Writes
+``results/bench/kd_cache_equivalence.{json,md}`` with paths relative to the runs folder.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, VALID_EVERY = 800, 200
+ACTIVATIONS = ("relu", "lma")
+TOPK = (8, 32)
+PPL_TOLERANCE, BLEU_TOLERANCE = 0.02, 0.5
+
+
+def teachers():
+    """``{label: settings}``: the online teacher first, then each cache."""
+    return {"online": None, **{f"top-{k}": k for k in TOPK}}
+
+
+def run_name(activation, label):
+    return f"student64_{activation}_{label.replace('-', '')}"
+
+
+def train_all(args):
+    from onmt_lma import evaluate
+    from onmt_lma.study import recipes, runs
+
+    for activation in ACTIVATIONS:
+        for label, topk in teachers().items():
+            distil = (("kd_teacher", str(args.teacher.resolve())) if topk is None else
+                      ("kd_cache", str(runs.teacher_cache("multi30k", args.teacher.resolve(), args.data.parent, topk))))
+            settings = [("pos_ffn_activation_fn", activation), ("seed", 1), distil, ("train_steps", STEPS),
+                        ("valid_steps", VALID_EVERY), ("save_checkpoint_steps", STEPS)]
+            run_dir = args.runs / run_name(activation, label)
+            final = recipes.train("multi30k", "student64", args.data, run_dir, settings)
+            out = Path(f"{final}.eval.json")
+            if not out.is_file():
+                evaluate.evaluate(final, args.data, out, beam=5, batch_size=32)
+            print(f"[equivalence] {run_dir.name}: done", flush=True)
+
+
+def tokens_per_second(train_log):
+    """Median training speed (target tokens/s) of the log's step reports."""
+    speeds = [int(m.group(1)) for m in re.finditer(r"tok/s: *\d+/ *(\d+)", Path(train_log).read_text())]
+    return statistics.median(speeds) if speeds else None
+
+
+def report(args):
+    from onmt_lma.study.report import validation_curve
+
+    rows, result = [], {"rule": {"steps": STEPS, "ppl_tolerance": PPL_TOLERANCE, "bleu_tolerance": BLEU_TOLERANCE},
+                        "runs": {}}
+    for activation in ACTIVATIONS:
+        online = None
+        for label in teachers():
+            run_dir = args.runs / run_name(activation, label)
+            evaluation = run_dir / f"model_step_{STEPS}.pt.eval.json"
+            if not evaluation.is_file():
+                continue
+            scores = json.loads(evaluation.read_text())
+            entry = {"curve": dict(validation_curve(run_dir / "train.log")), "bleu": scores["bleu"]["score"],
+                     "chrf": scores["chrf"]["score"], "tokens_per_s": tokens_per_second(run_dir / "train.log")}
+            result["runs"][run_dir.name] = entry
+            if label == "online":
+                online = entry
+            elif online is not None:
+                ppl, ppl_online = entry["curve"].get(STEPS), online["curve"].get(STEPS)
+                entry["ppl_ratio"] = ppl / ppl_online
+                entry["bleu_difference"] = entry["bleu"] - online["bleu"]
+                entry["speed_ratio"] = entry["tokens_per_s"] / online["tokens_per_s"]
+                entry["within"] = (abs(entry["ppl_ratio"] - 1) <= PPL_TOLERANCE
+                                   and abs(entry["bleu_difference"]) <= BLEU_TOLERANCE)
+            rows.append((activation, label, entry))
+    verdict = {}
+    for label in list(teachers())[1:]:
+        checked = [e for a, l, e in rows if l == label and "within" in e]
+        verdict[label] = (len(checked) == len(ACTIVATIONS) and all(e["within"] for e in checked)) if checked else None
+    result["recommended"] = verdict
+    steps = sorted({s for _, _, e in rows for s in e["curve"]})
+    table = ("| student | teacher | " + " | ".join(f"val ppl {s}" for s in steps)
+             + " | BLEU | chrF | train tok/s | ppl vs online | BLEU vs online |\n"
+             + "| --- " * (len(steps) + 7) + "|\n")
+    for activation, label, e in rows:
+        table += (f"| {'LMA-8' if activation == 'lma' else 'ReLU'} | {label} | "
+                  + " | ".join(f"{e['curve'][s]:.2f}" if s in e["curve"] else "" for s in steps)
+                  + f" | {e['bleu']:.2f} | {e['chrf']:.2f} | {e['tokens_per_s'] or 0:.0f} | "
+                  + (f"{100 * (e['ppl_ratio'] - 1):+.1f}% | {e['bleu_difference']:+.2f} |" if "within" in e else " | |")
+                  + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kd_cache_equivalence.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"- top-{label[4:]}: " + {True: "recommended (within the rule for both students)",
+                                      False: "not recommended (outside the rule)",
+                                      None: "not measured yet"}[ok] for label, ok in verdict.items()]
+    (args.out / "kd_cache_equivalence.md").write_text(
+        "# Distillation from a top-K teacher cache against the online teacher\n\n"
+        f"`python scripts/kd_cache_equivalence.py`: 64-dim students of recipes/multi30k/student64.yaml, seed 1, "
+        f"{STEPS} steps, Multi30k, one teacher used online (`-kd_teacher`) and through its top-K caches "
+        "(`-kd_cache`); test_2016, beam 5, sacreBLEU. Rule, fixed before the runs: a K is recommended when for "
+        f"both students the cached run's validation perplexity at step {STEPS} is within "
+        f"{100 * PPL_TOLERANCE:.0f}% of the online run's and its BLEU within {BLEU_TOLERANCE}.\n\n"
+        + table + "\n" + "\n".join(lines) + "\n")
+    print(table)
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "report"))
+    parser.add_argument("--teacher", type=Path, help="teacher checkpoint (run)")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "kd_cache_equivalence")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    args = parser.parse_args(argv)
+    if args.action == "run":
+        if args.teacher is None or not args.teacher.is_file():
+            parser.error(f"--teacher: a teacher checkpoint is needed, got {args.teacher}")
+        train_all(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
