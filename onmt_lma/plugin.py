@@ -23,7 +23,11 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * initialization -- OpenNMT-py's ``-param_init`` draws *every* parameter
   uniformly; the activations are put back to their documented start values;
 * checkpoints -- loaded by torch's ``weights_only`` unpickler with the
-  allow-list of :mod:`onmt_lma.checkpoint`;
+  allow-list of :mod:`onmt_lma.checkpoint`; an int8 checkpoint
+  (:mod:`onmt_lma.quantize`) is dequantized for OpenNMT-py to build;
+* int8 translation -- a model loaded for translation from an int8 checkpoint,
+  or with ``-precision int8`` (which OpenNMT-py 3.5.1 silently ignores), gets
+  dynamically quantized int8 linear layers;
 * logging -- ``-log_file`` keeps receiving the training log (OpenNMT-py's
   corpus iterator would reset the handlers before the first step);
 * checkpoints saved atomically -- OpenNMT-py writes ``BASE_step_N.pt`` in
@@ -85,6 +89,7 @@ from onmt_lma.distill import (  # noqa: E402
     attach_teacher,
 )
 from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
+from onmt_lma.quantize import QuantizeError, dequantize_checkpoint, quantize_linears  # noqa: E402
 
 _ORIGINAL = {}
 #: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
@@ -207,8 +212,18 @@ def build_torch_optimizer(model, opt):
 
 
 def load_test_model(opt, device_id=0, model_path=None):
+    """OpenNMT-py's, checked against the translation options, and int8 when the checkpoint is
+    (``onmt_lma_quantize``) or ``-precision int8`` asks (OpenNMT-py 3.5.1 ignores it: it compares
+    ``"int8"`` with ``torch.int8``)."""
     vocabs, model, model_opt = _ORIGINAL["load_test_model"](opt, device_id, model_path)
-    check_translation_opts(opt, model_opt, model_path or opt.models[0])
+    path = model_path or opt.models[0]
+    check_translation_opts(opt, model_opt, path)
+    if getattr(opt, "precision", "") == "int8" or getattr(model_opt, "lma_int8", False):
+        if next(model.parameters()).device.type != "cpu":
+            raise QuantizeError(f"{path}: int8 translation runs on CPU only; drop -gpu "
+                                "(or translate the float checkpoint on the GPU)")
+        count = quantize_linears(model)
+        logging.getLogger("onmt").info("int8: %d linear layers quantized (%s)", count, path)
     return vocabs, model, model_opt
 
 
@@ -216,7 +231,7 @@ def load_checkpoint(ckpt_path):
     if not ckpt_path:
         return None
     with checkpoint_loading(ckpt_path):
-        return _ORIGINAL["load_checkpoint"](ckpt_path)
+        return dequantize_checkpoint(_ORIGINAL["load_checkpoint"](ckpt_path))
 
 
 def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):

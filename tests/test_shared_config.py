@@ -21,6 +21,7 @@ REQUIRED = {
     "onmt_lma_evaluate": ["-model", "m.pt", "-corpus", "data/multi30k"],
     "onmt_lma_average_models": ["-models", "a.pt", "b.pt", "-output", "avg.pt"],
     "onmt_lma_teacher_cache": ["-model", "teacher.pt", "-out", "cache"],
+    "onmt_lma_quantize": ["-model", "m.pt", "-output", "q.pt"],
 }
 #: an own option of each command, misspelled, and what it should have been
 MISSPELLED = {
@@ -31,6 +32,7 @@ MISSPELLED = {
     "onmt_lma_evaluate": ("-ref_tk", "-ref_tok"),
     "onmt_lma_average_models": ("-outptu", "-output"),
     "onmt_lma_teacher_cache": ("-topK", "-topk"),
+    "onmt_lma_quantize": ("-embedings", "-embeddings"),
 }
 
 

@@ -1,0 +1,115 @@
+"""Post-training int8: the quantizer against float64, exact int8 values after loading, translation, bad input."""
+
+import argparse
+
+import pytest
+import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.quantize import dequantize_rows, quantize_linears, quantize_rows
+
+from conftest import load, run, train_args
+
+
+def test_rows_are_quantized_symmetrically_with_one_scale_each():
+    torch.manual_seed(0)
+    weight = torch.randn(5, 17) * torch.tensor([1.0, 0.01, 100.0, 0.0, 3.0])[:, None]
+    values, scales = quantize_rows(weight)
+    assert values.dtype == torch.int8 and scales.dtype == torch.float32
+    for row, q, scale in zip(weight.double(), values, scales.double()):
+        peak = row.abs().max().item()
+        if peak == 0:  # a zero row: scale 1, values 0
+            assert scale.item() == 1 and q.abs().max().item() == 0
+            continue
+        assert scale.item() == pytest.approx(peak / 127, rel=1e-6)
+        assert q.abs().max().item() == 127 and q.min().item() >= -127
+        expected = torch.round(row / scale)  # float64 reference
+        assert torch.equal(q.long(), expected.long())
+        assert (dequantize_rows(q[None], scale.float()[None]).double()[0] - row).abs().max() <= scale / 2 + 1e-9
+
+
+def test_dynamic_int8_linears_hold_exactly_the_quantized_values_and_stay_close():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8, bias=False))
+    x = torch.randn(4, 16)
+    expected = model(x)
+    values = [quantize_rows(m.weight)[0] for m in (model[0], model[2])]
+    assert quantize_linears(model) == 2
+    for module, q in zip((model[0], model[2]), values):
+        assert isinstance(module, DynamicLinear)
+        assert torch.equal(module.weight().int_repr(), q)
+    torch.testing.assert_close(model(x), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def lma_model(vocab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant")
+    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "20",
+                                      "-save_checkpoint_steps", "20"))
+    return out / "lma_step_20.pt"
+
+
+@pytest.mark.integration
+def test_an_int8_checkpoint_is_smaller_loads_its_exact_values_and_translates_as_precision_int8(
+        vocab, lma_model, tmp_path):
+    int8, int8_all = tmp_path / "lma.int8.pt", tmp_path / "lma.int8_all.pt"
+    result = run("onmt_lma_quantize", "-model", lma_model, "-output", int8)
+    assert "smaller than" in result.stdout
+    run("onmt_lma_quantize", "-model", lma_model, "-output", int8_all, "-embeddings")
+    assert int8_all.stat().st_size < int8.stat().st_size < lma_model.stat().st_size
+    assert int8_all.stat().st_size < lma_model.stat().st_size / 3.5
+    checkpoint = load(int8)
+    info = checkpoint["onmt_lma"]["int8"]
+    assert not info["embeddings"] and len(info["scales"]) > 10
+    stored = {key: checkpoint[key.split("/")[0]][key.split("/", 1)[1]] for key in info["scales"]}
+    assert all(t.dtype == torch.int8 for t in stored.values())
+    assert any(".feed_forward.activation.alpha" in name for name in checkpoint["model"])  # LMA stays float
+    assert load(int8_all)["model"]["encoder.embeddings.make_embedding.emb_luts.0.weight"].dtype == torch.int8
+    # the position tables are left out and rebuilt exactly
+    from onmt_lma.quantize import dequantize_checkpoint
+
+    original = load(lma_model)["model"]
+    tables = info["position_tables"]
+    assert sorted(tables) == sorted(n for n in original if n.endswith(".pe.pe")) and len(tables) == 2
+    rebuilt = dequantize_checkpoint(load(int8))["model"]
+    for name in tables:
+        assert torch.equal(rebuilt[name], original[name])
+
+    # loaded for translation: every linear layer int8, holding exactly the stored values
+    import onmt.model_builder
+
+    opt = argparse.Namespace(models=[str(int8)], gpu=-1, gpu_ranks=[], world_size=1, parallel_mode="data_parallel",
+                             precision="", quant_type="", quant_layers=[])
+    _, model, _ = onmt.model_builder.load_test_model(opt, model_path=str(int8))
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, DynamicLinear)}
+    assert len(quantized) == len(stored)
+    for name, module in quantized.items():
+        key = "generator/weight" if name == "generator" else f"model/{name}.weight"
+        assert torch.equal(module.weight().int_repr(), stored[key]), name
+
+    outputs = {}
+    for label, checkpoint_path, extra in (("int8", int8, []), ("precision", lma_model, ["-precision", "int8"]),
+                                          ("float", lma_model, []), ("int8_all", int8_all, [])):
+        out = tmp_path / f"{label}.en"
+        result = run("onmt_lma_translate", "-model", checkpoint_path, "-src", vocab / "test.de", "-output", out,
+                     "-beam_size", "5", "-max_length", "30", *extra)
+        assert ("int8: " in result.stderr) == (label != "float")
+        outputs[label] = out.read_text().splitlines()
+    assert all(len(lines) == 12 for lines in outputs.values())
+    # -precision int8 on the float checkpoint quantizes the same rows to the same values: the same translation
+    assert outputs["int8"] == outputs["precision"]
+
+
+@pytest.mark.integration
+def test_bad_quantization_input_is_one_line(lma_model, tmp_path):
+    def fails(*args):
+        result = run("onmt_lma_quantize", *args, expect_ok=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        return result.stderr
+
+    assert "is the input checkpoint" in fails("-model", lma_model, "-output", lma_model)
+    assert "does not exist" in fails("-model", tmp_path / "none.pt", "-output", tmp_path / "x.pt")
+    run("onmt_lma_quantize", "-model", lma_model, "-output", tmp_path / "once.pt")
+    assert "quantized already" in fails("-model", tmp_path / "once.pt", "-output", tmp_path / "twice.pt")
+    assert not (tmp_path / "twice.pt").exists()
