@@ -17,6 +17,10 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * options -- ``-lma_segments``, ``-lma_momentum``, ``-lma_continuous`` and
   ``-lma_lr_scale`` join OpenNMT-py's model options, so they are saved in every
   checkpoint and translation rebuilds exactly the trained model;
+* quantization-aware training -- ``-quant_bits``/``-quant_bucket`` join the
+  model options; with them every linear layer of the built model computes with
+  its weight quantized per bucket (straight-through gradients), and a model
+  loaded for translation gets those quantized weights (:mod:`onmt_lma.quantize`);
 * optimizer -- with ``-lma_lr_scale`` other than 1 the activations' parameters
   form their own parameter group, whose learning rate is the schedule's times
   the scale (0: frozen, left out of the optimizer);
@@ -89,7 +93,14 @@ from onmt_lma.distill import (  # noqa: E402
     attach_teacher,
 )
 from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
-from onmt_lma.quantize import QuantizeError, dequantize_checkpoint, quantize_linears  # noqa: E402
+from onmt_lma.quantize import (  # noqa: E402
+    QuantizeError,
+    add_quant_opts,
+    dequantize_checkpoint,
+    quantization_aware,
+    quantize_linears,
+    quantize_weights_in_place,
+)
 
 _ORIGINAL = {}
 #: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
@@ -175,6 +186,7 @@ def model_opts(parser):
     """OpenNMT-py's model options plus the plugin's."""
     _ORIGINAL["model_opts"](parser)
     add_lma_opts(parser)
+    add_quant_opts(parser)
 
 
 def build_base_model(model_opt, vocabs):
@@ -190,6 +202,13 @@ def build_model(model_opt, opt, vocabs, checkpoint, device_id):
     if getattr(model_opt, "lma_lr_scale", 1.0) == 0:  # frozen: the optimizer never sees them
         for parameter in activation_parameters(model):
             parameter.requires_grad_(False)
+    bits = getattr(opt, "quant_bits", None)
+    if bits:  # quantization-aware training (also when fine-tuning a float checkpoint with -train_from)
+        # recorded in the options that checkpoints save (with -train_from: the checkpoint's options)
+        model_opt.quant_bits, model_opt.quant_bucket = bits, opt.quant_bucket
+        count = quantization_aware(model, bits, opt.quant_bucket)
+        logging.getLogger("onmt").info("quantization-aware: %d linear layers computed with %d-bit weights "
+                                       "(buckets of %d)", count, bits, opt.quant_bucket)
     return model
 
 
@@ -218,6 +237,10 @@ def load_test_model(opt, device_id=0, model_path=None):
     vocabs, model, model_opt = _ORIGINAL["load_test_model"](opt, device_id, model_path)
     path = model_path or opt.models[0]
     check_translation_opts(opt, model_opt, path)
+    bits = getattr(model_opt, "quant_bits", None)
+    if bits:  # a quantization-aware checkpoint translates with the weights it was trained to have
+        count = quantize_weights_in_place(model, bits, model_opt.quant_bucket)
+        logging.getLogger("onmt").info("%d-bit weights: %d linear layers (%s)", bits, count, path)
     if getattr(opt, "precision", "") == "int8" or getattr(model_opt, "lma_int8", False):
         if next(model.parameters()).device.type != "cpu":
             raise QuantizeError(f"{path}: int8 translation runs on CPU only; drop -gpu "

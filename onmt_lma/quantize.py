@@ -57,6 +57,115 @@ def dequantize_rows(values, scales):
     return values.float() * scales[:, None]
 
 
+def bucket_quantize(weight, bits, bucket):
+    """Uniform quantization with bucketing (Polino et al. 2018, "Model compression via distillation and
+    quantization", section 2.1), deterministic rounding.
+
+    The weight, flattened in row-major order, is cut into buckets of ``bucket`` values (the last may be
+    shorter); each bucket is scaled to [0, 1] by its own minimum and range, rounded to one of the
+    ``2**bits`` levels ``i / (2**bits - 1)`` and scaled back.  A bucket whose values are all equal is
+    left as it is.
+    """
+    codes, low, span = bucket_codes(weight, bits, bucket)
+    return values_of_codes(codes, low, span, bits, bucket, weight.shape).to(weight.dtype)
+
+
+def fake_quantize(weight, bits, bucket):
+    """:func:`bucket_quantize` in the forward pass, the identity in the backward (straight-through estimator):
+    the gradient reaches the full-precision weight unchanged."""
+    return weight + (bucket_quantize(weight.detach(), bits, bucket) - weight).detach()
+
+
+def _quantization_aware_forward(module, bits, bucket):
+    def forward(x):
+        return torch.nn.functional.linear(x, fake_quantize(module.weight, bits, bucket), module.bias)
+    return forward
+
+
+def quantization_aware(model, bits, bucket):
+    """Every ``nn.Linear`` of ``model`` computes with its weight :func:`fake_quantize`-d (training); the
+    stored parameters stay full precision, so checkpoints keep them.  Returns how many layers."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.forward = _quantization_aware_forward(module, bits, bucket)
+            count += 1
+    return count
+
+
+def quantize_weights_in_place(model, bits, bucket):
+    """Replace every ``nn.Linear`` weight by its :func:`bucket_quantize`-d value (translation of a
+    quantization-aware checkpoint: the model it was trained to be)."""
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.weight.copy_(bucket_quantize(module.weight.float(), bits, bucket).to(module.weight.dtype))
+                count += 1
+    return count
+
+
+def bucket_codes(weight, bits, bucket):
+    """``(codes uint8, low float32, span float32)`` of :func:`bucket_quantize`: per bucket its minimum and
+    range, per value its level in ``0 .. 2**bits - 1`` (a bucket of equal values: span 0, codes 0)."""
+    flat = weight.detach().float().reshape(-1)
+    pad = (-flat.numel()) % bucket
+    rows = torch.cat([flat, flat.new_zeros(pad)]).reshape(-1, bucket) if pad else flat.reshape(-1, bucket).clone()
+    if pad:
+        rows[-1, bucket - pad:] = rows[-1, 0]
+    low = rows.amin(dim=1, keepdim=True)
+    span = rows.amax(dim=1, keepdim=True) - low
+    levels = 2 ** bits - 1
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    codes = torch.where(span > 0, torch.round((rows - low) / safe * levels), torch.zeros_like(rows))
+    return codes.to(torch.uint8).reshape(-1)[: flat.numel()], low.reshape(-1), span.reshape(-1)
+
+
+def values_of_codes(codes, low, span, bits, bucket, shape):
+    """The weight that :func:`bucket_codes` encoded: exactly :func:`bucket_quantize`'s values."""
+    count = codes.numel()
+    pad = (-count) % bucket
+    rows = torch.cat([codes, codes.new_zeros(pad)]).reshape(-1, bucket).float()
+    levels = 2 ** bits - 1
+    safe = torch.where(span > 0, span, torch.ones_like(span))[:, None]
+    values = torch.where(span[:, None] > 0, rows / levels * safe + low[:, None], low[:, None].expand_as(rows))
+    return values.reshape(-1)[:count].reshape(shape)
+
+
+def pack_codes(codes, bits):
+    """Codes of ``bits`` in {1, 2, 4} packed ``8 // bits`` to a byte (little end first); others one per byte."""
+    if bits not in (1, 2, 4):
+        return codes
+    per_byte = 8 // bits
+    pad = (-codes.numel()) % per_byte
+    grouped = torch.cat([codes, codes.new_zeros(pad)]).reshape(-1, per_byte).to(torch.int32)
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    return (grouped << shifts).sum(dim=1).to(torch.uint8)
+
+
+def unpack_codes(packed, bits, count):
+    if bits not in (1, 2, 4):
+        return packed[:count]
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
+    codes = (packed.to(torch.int32)[:, None] >> shifts) & (2 ** bits - 1)
+    return codes.reshape(-1)[:count].to(torch.uint8)
+
+
+def add_quant_opts(parser):
+    """Quantization-aware training options (model options: saved in checkpoints, used again at translation)."""
+    from onmt_lma.opts import int_type
+
+    group = parser.add_argument_group("Quantization-aware training (onmt-lma)")
+    group.add("--quant_bits", "-quant_bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
+              default=None, help="Train with every linear weight uniformly quantized to 2**B levels per bucket in "
+              "the forward pass (straight-through gradients to the full-precision weights; Polino et al. 2018). "
+              "Translation of such a checkpoint uses the quantized weights.")
+    group.add("--quant_bucket", "-quant_bucket", type=int_type("an integer >= 2", lambda n: n >= 2), default=256,
+              help="Weights per quantization bucket (each with its own minimum and range). Polino et al.: 256.")
+    return group
+
+
 # --------------------------------------------------------------------------- #
 # Checkpoints
 # --------------------------------------------------------------------------- #
@@ -78,11 +187,36 @@ def embedding_names(checkpoint):
     return [name for name in checkpoint["model"] if ".emb_luts." in name and name.endswith(".weight")]
 
 
+def export_quantization_aware(checkpoint, model):
+    """A quantization-aware checkpoint (``-quant_bits``) with its linear weights stored as packed B-bit codes
+    plus each bucket's minimum and range (float32): exactly the weights it computes with."""
+    opt = checkpoint["opt"]
+    bits, bucket = opt.quant_bits, opt.quant_bucket
+    result = {**checkpoint, "model": dict(checkpoint["model"]), "generator": dict(checkpoint["generator"]),
+              "optim": None}
+    stored = {}
+    for part, name in linear_weight_names(model):
+        weight = checkpoint[part][name]
+        codes, low, span = bucket_codes(weight, bits, bucket)
+        result[part][name] = pack_codes(codes, bits)
+        stored[f"{part}/{name}"] = {"shape": list(weight.shape), "low": low, "span": span}
+    result["onmt_lma"] = {**(checkpoint.get("onmt_lma") or {}),
+                          "low_bit": {"format": FORMAT, "bits": bits, "bucket": bucket, "weights": stored,
+                                      "position_tables": drop_position_tables(result)}}
+    return result
+
+
 def quantize_checkpoint(checkpoint, model, embeddings=False):
-    """The int8 checkpoint of ``checkpoint`` (whose built model is ``model``)."""
+    """The int8 checkpoint of ``checkpoint`` (whose built model is ``model``); a quantization-aware one
+    (``-quant_bits``) is exported in its own B-bit codes instead (:func:`export_quantization_aware`)."""
     info = checkpoint.get("onmt_lma") or {}
-    if "int8" in info:
+    if "int8" in info or "low_bit" in info:
         raise QuantizeError("the checkpoint is quantized already")
+    if getattr(checkpoint["opt"], "quant_bits", None):
+        if embeddings:
+            raise QuantizeError("-embeddings: a quantization-aware checkpoint is exported in its own "
+                                f"{checkpoint['opt'].quant_bits}-bit codes, linear layers only")
+        return export_quantization_aware(checkpoint, model)
     result = {**checkpoint, "model": dict(checkpoint["model"]), "generator": dict(checkpoint["generator"]),
               "optim": None}
     scales = {}
@@ -96,13 +230,24 @@ def quantize_checkpoint(checkpoint, model, embeddings=False):
         for name, tensor in result[part].items():
             if tensor.is_floating_point():
                 result[part][name] = tensor.float()
-    # the sinusoidal position tables (a third of a 64-dim student's file) are a formula: rebuilt when loaded
-    recomputed = {name: list(result["model"].pop(name).shape) for name in list(result["model"])
-                  if name.endswith(".pe.pe")}
+    recomputed = drop_position_tables(result)
     result["onmt_lma"] = {**info, "int8": {"format": FORMAT, "scheme": "symmetric per row, scale = max|w| / 127",
                                            "scales": scales, "embeddings": bool(embeddings),
                                            "position_tables": recomputed}}
     return result
+
+
+def drop_position_tables(checkpoint):
+    """Take the sinusoidal position tables (a third of a 64-dim student's file) out of ``checkpoint``:
+    they are a formula, rebuilt when loaded (:func:`restore_position_tables`).  Returns their shapes."""
+    return {name: list(checkpoint["model"].pop(name).shape) for name in list(checkpoint["model"])
+            if name.endswith(".pe.pe")}
+
+
+def restore_position_tables(checkpoint, shapes):
+    encoding_type = getattr(checkpoint["opt"], "position_encoding_type", "SinusoidalInterleaved")
+    for name, shape in shapes.items():
+        checkpoint["model"][name] = position_table(shape, encoding_type)
 
 
 def position_table(shape, encoding_type):
@@ -115,6 +260,19 @@ def position_table(shape, encoding_type):
 def dequantize_checkpoint(checkpoint):
     """Float weights in place of an int8 checkpoint's (OpenNMT-py then builds the model as usual), and
     ``opt.lma_int8`` set so that translation quantizes the built model again; no-op for a float one."""
+    low_bit = (checkpoint.get("onmt_lma") or {}).get("low_bit")
+    if low_bit is not None:  # the codes of a quantization-aware checkpoint: its exact weights, nothing to redo
+        for key, entry in low_bit["weights"].items():
+            part, name = key.split("/", 1)
+            count = 1
+            for size in entry["shape"]:
+                count *= size
+            codes = unpack_codes(checkpoint[part][name], low_bit["bits"], count)
+            checkpoint[part][name] = values_of_codes(codes, entry["low"], entry["span"], low_bit["bits"],
+                                                     low_bit["bucket"], entry["shape"])
+        restore_position_tables(checkpoint, low_bit.get("position_tables", {}))
+        checkpoint["opt"].quant_bits = None
+        return checkpoint
     info = (checkpoint.get("onmt_lma") or {}).get("int8")
     if info is None:
         return checkpoint
@@ -123,9 +281,7 @@ def dequantize_checkpoint(checkpoint):
     for key, scales in info["scales"].items():
         part, name = key.split("/", 1)
         checkpoint[part][name] = dequantize_rows(checkpoint[part][name], scales)
-    encoding_type = getattr(checkpoint["opt"], "position_encoding_type", "SinusoidalInterleaved")
-    for name, shape in info.get("position_tables", {}).items():
-        checkpoint["model"][name] = position_table(shape, encoding_type)
+    restore_position_tables(checkpoint, info.get("position_tables", {}))
     checkpoint["opt"].lma_int8 = True
     return checkpoint
 

@@ -113,3 +113,91 @@ def test_bad_quantization_input_is_one_line(lma_model, tmp_path):
     run("onmt_lma_quantize", "-model", lma_model, "-output", tmp_path / "once.pt")
     assert "quantized already" in fails("-model", tmp_path / "once.pt", "-output", tmp_path / "twice.pt")
     assert not (tmp_path / "twice.pt").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Quantization-aware training (Polino et al. 2018): buckets, straight-through gradient, export
+# --------------------------------------------------------------------------- #
+def reference_bucket_quantize(weight, bits, bucket):
+    """float64, bucket by bucket: scale to [0, 1] by min and range, round to 2**bits - 1 steps, scale back."""
+    flat = weight.double().reshape(-1).tolist()
+    out = []
+    for start in range(0, len(flat), bucket):
+        values = flat[start:start + bucket]
+        low, high = min(values), max(values)
+        if high == low:
+            out.extend(values)
+            continue
+        steps = 2 ** bits - 1
+        out.extend(round((v - low) / (high - low) * steps) / steps * (high - low) + low for v in values)
+    return torch.tensor(out, dtype=torch.float64).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("bits, bucket", [(2, 256), (4, 16), (8, 7), (3, 5)])
+def test_bucket_quantization_matches_a_float64_reference(bits, bucket):
+    from onmt_lma.quantize import bucket_quantize
+
+    torch.manual_seed(bits)
+    weight = torch.randn(9, 13)
+    weight[2] = 0.5  # a row of equal values: its buckets (bucket <= 13) are partly zero-range
+    got = bucket_quantize(weight, bits, bucket)
+    torch.testing.assert_close(got.double(), reference_bucket_quantize(weight, bits, bucket), rtol=1e-6, atol=1e-6)
+    flat, quantized = weight.reshape(-1), got.reshape(-1)
+    for start in range(0, flat.numel(), bucket):  # bucket edges: each keeps its min and max, at most 2**bits values
+        chunk, original = quantized[start:start + bucket], flat[start:start + bucket]
+        assert len(set(chunk.tolist())) <= 2 ** bits
+        assert chunk.min().item() == pytest.approx(original.min().item(), abs=1e-6)
+        assert chunk.max().item() == pytest.approx(original.max().item(), abs=1e-6)
+
+
+def test_the_gradient_passes_straight_through_to_the_full_precision_weight():
+    from onmt_lma.quantize import fake_quantize
+
+    weight = torch.randn(6, 10, requires_grad=True)
+    upstream = torch.randn(6, 10)
+    (grad,) = torch.autograd.grad((fake_quantize(weight, 2, 8) * upstream).sum(), weight)
+    assert torch.equal(grad, upstream)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_codes_pack_and_unpack(bits):
+    from onmt_lma.quantize import pack_codes, unpack_codes
+
+    codes = torch.randint(0, 2 ** bits, (37,), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (-(-37 * bits // 8) if bits in (1, 2, 4) else 37)
+    assert torch.equal(unpack_codes(packed, bits, 37), codes)
+
+
+@pytest.mark.integration
+def test_quantization_aware_training_translation_and_export(vocab, lma_model, tmp_path):
+    from onmt_lma.quantize import bucket_quantize, dequantize_checkpoint
+
+    log = tmp_path / "qat.log"
+    run("onmt_lma_train", *train_args(vocab, tmp_path / "qat", "-pos_ffn_activation_fn", "lma", "-train_from",
+                                      lma_model, "-train_steps", "22", "-save_checkpoint_steps", "22",
+                                      "-quant_bits", "4", "-quant_bucket", "64", "-log_file", log))
+    assert "quantization-aware: " in log.read_text() and "with 4-bit weights (buckets of 64)" in log.read_text()
+    trained = tmp_path / "qat_step_22.pt"
+    checkpoint = load(trained)
+    assert checkpoint["opt"].quant_bits == 4
+    weight = checkpoint["model"]["decoder.transformer_layers.0.feed_forward.w_1.weight"]
+    assert len(set(weight.reshape(-1)[:64].tolist())) > 16  # stored full precision
+
+    exported = tmp_path / "qat.4bit.pt"
+    run("onmt_lma_quantize", "-model", trained, "-output", exported)
+    packed = load(exported)["model"]["decoder.transformer_layers.0.feed_forward.w_1.weight"]
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-weight.numel() * 4 // 8)  # two codes a byte
+    assert exported.stat().st_size < trained.stat().st_size / 2
+    rebuilt = dequantize_checkpoint(load(exported))
+    assert torch.equal(rebuilt["model"]["decoder.transformer_layers.0.feed_forward.w_1.weight"],
+                       bucket_quantize(weight.float(), 4, 64))
+
+    outputs = {}
+    for label, path in (("trained", trained), ("exported", exported)):
+        out = tmp_path / f"{label}.en"
+        result = run("onmt_lma_translate", "-model", path, "-src", vocab / "test.de", "-output", out,
+                     "-beam_size", "5", "-max_length", "30")
+        assert ("4-bit weights: " in result.stderr) == (label == "trained")
+        outputs[label] = out.read_text().splitlines()
+    assert len(outputs["trained"]) == 12 and outputs["trained"] == outputs["exported"]
