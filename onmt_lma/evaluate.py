@@ -236,6 +236,12 @@ def model_facts(checkpoint):
         ckpt = torch.load(checkpoint, map_location="cpu")
     from onmt_lma.average import checkpoint_steps
 
+    from onmt_lma.quantize import dequantize_checkpoint
+
+    info = ckpt.get("onmt_lma") or {}
+    quantized = ("int8" if "int8" in info else f"{info['low_bit']['bits']}-bit" if "low_bit" in info
+                 else f"{ckpt['opt'].quant_bits}-bit" if getattr(ckpt["opt"], "quant_bits", None) else None)
+    dequantize_checkpoint(ckpt)  # parameters counted as the model has them
     opt = ckpt["opt"]
     steps = checkpoint_steps(ckpt)
     tensors = list(ckpt["model"].values()) + list((ckpt.get("generator") or {}).values())
@@ -256,6 +262,7 @@ def model_facts(checkpoint):
         "train_steps": max(steps) if steps else None,
         "averaged_steps": steps if len(steps) > 1 else None,
         "learned_lma": learned_lma,
+        "quantized": quantized,
     }, params
 
 
@@ -503,6 +510,9 @@ def get_parser():
     group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),
               default=1, help="sentences translated at a time (default 1: the paper's speed measure)")
+    group.add("--int8", "-int8", action="store_true",
+              help="evaluate each checkpoint's int8 version (onmt_lma_quantize -embeddings, written beside it as "
+              "CK.int8.pt and kept)")
     group.add("--force", "-force", action="store_true", help="replace existing results")
     group.add("--log_file", "-log_file", default="", help="also log to this file")
     return parser
@@ -534,6 +544,19 @@ def summary_table(rows):
     return "\n".join(lines + [""] + sorted(signatures))
 
 
+def int8_version(model, force=False):
+    """``CK.int8.pt`` beside ``CK`` (made by onmt_lma_quantize -embeddings unless it is there)."""
+    from onmt_lma import quantize
+
+    out = Path(model).with_suffix(".int8.pt")
+    if force or not out.is_file():
+        try:
+            quantize.main(["-model", str(model), "-output", str(out), "-embeddings"])
+        except SystemExit:  # its error is printed already
+            raise EvaluationInputError(f"-int8: {model} could not be quantized (see the error above)") from None
+    return str(out)
+
+
 def run_command(opt):
     from onmt_lma.checkpoint import CheckpointError
 
@@ -546,6 +569,8 @@ def run_command(opt):
     for model in opt.models:
         if not Path(model).is_file():
             raise EvaluationInputError(f"-model {model}: no such checkpoint")
+    if opt.int8:
+        opt.models = [int8_version(model, opt.force) for model in opt.models]
     paths = result_paths(opt.models, None if opt.src is None else Path(opt.src).name, opt.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

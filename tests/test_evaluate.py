@@ -59,6 +59,18 @@ def test_evaluation_fills_every_field(evaluated, corpus_dir):
 
 
 @pytest.mark.integration
+def test_an_int8_evaluation_quantizes_beside_the_checkpoint_and_says_so(evaluated, corpus_dir):
+    checkpoint, result, _ = evaluated
+    run("onmt_lma_evaluate", "-model", checkpoint, "-corpus", corpus_dir, "-int8")
+    int8 = checkpoint.with_suffix(".int8.pt")
+    quantized = json.loads(int8.with_name(int8.name + ".eval.json").read_text())
+    assert quantized["model"]["quantized"] == "int8" and result["model"]["quantized"] is None
+    assert quantized["params"] == result["params"]  # the same model, counted as loaded
+    assert quantized["size_mb"] < result["size_mb"] / 2 and quantized["test_sentences"] == 60
+    assert 0 <= quantized["bleu"]["score"] <= 100 and math.isfinite(quantized["ppl"])
+
+
+@pytest.mark.integration
 def test_bleu_and_chrf_match_sacrebleu_called_directly(evaluated, corpus_dir):
     _, result, out = evaluated
     hyps = (out.parent / "model_step_12.pt.eval.hyp.detok.en").read_text().splitlines()

@@ -22,6 +22,7 @@ REQUIRED = {
     "onmt_lma_average_models": ["-models", "a.pt", "b.pt", "-output", "avg.pt"],
     "onmt_lma_teacher_cache": ["-model", "teacher.pt", "-out", "cache"],
     "onmt_lma_quantize": ["-model", "m.pt", "-output", "q.pt"],
+    "onmt_lma_export": ["-model", "m.pt", "-output", "onnx"],
 }
 #: an own option of each command, misspelled, and what it should have been
 MISSPELLED = {
@@ -33,6 +34,7 @@ MISSPELLED = {
     "onmt_lma_average_models": ("-outptu", "-output"),
     "onmt_lma_teacher_cache": ("-topK", "-topk"),
     "onmt_lma_quantize": ("-embedings", "-embeddings"),
+    "onmt_lma_export": ("-int9", "-int8"),
 }
 
 

@@ -10,12 +10,13 @@ from onmt_lma import plugin  # noqa: F401  (first: silences onmt's warnings, ins
 from onmt_lma.checkpoint import CheckpointError
 from onmt_lma.distill import DistillationError, NonFiniteTrainingError
 from onmt_lma.opts import OptionMismatchError
+from onmt_lma.export import ExportError
 from onmt_lma.quantize import QuantizeError
 from onmt_lma.seqkd import DistillDataError
 
 #: errors that are the user's input, reported as one line instead of a traceback
 USER_ERRORS = (CheckpointError, DistillationError, DistillDataError, NonFiniteTrainingError, OptionMismatchError,
-               QuantizeError)
+               QuantizeError, ExportError)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,272 @@
+"""ONNX export of a translation model: the encoder, and one decoder step with its key/value cache.
+
+    onmt_lma_export -model CK.pt -output DIR [-int8]
+
+The graphs are written from :class:`EncoderGraph` and :class:`DecoderStepGraph`, a
+functional restatement of OpenNMT-py 3.5.1's pre-norm Transformer (Vaswani et
+al. 2017) that reads the trained modules' weights; every activation is exported
+through its PyTorch path (LMA as standard ONNX operations: its segment index
+``clamp(floor((x - mean) / (6 std / k) + k / 2), 0, k - 1)`` from the running
+statistics, ``Floor``/``Clip``/``Gather``; Xu et al. 2020, method section), so
+no custom operator is needed.
+
+* ``encoder.onnx``: ``src`` (batch, src_len) int64, ``src_len`` (batch,) int64 ->
+  ``memory_pad`` (batch, src_len) bool, ``cross_keys``/``cross_values``
+  (layers, batch, heads, src_len, head_dim): each decoder layer's projections of
+  the encoder output, computed once per sentence.
+* ``decoder_step.onnx``: ``token`` (n,) int64, ``step`` (1,) int64,
+  ``memory_pad``, ``cross_keys``, ``cross_values`` (rows of the encoder's,
+  one per hypothesis), ``self_keys``/``self_values`` (layers, n, heads, step,
+  head_dim) -> ``log_probs`` (n, vocab) and the caches one position longer.
+
+With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
+dynamic quantization (``*.int8.onnx``).  ``manifest.json`` records the format,
+the checkpoint's sha256, the special token ids and the options a runtime needs;
+``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies.
+"""
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+FORMAT = 1
+OPSET = 17
+NEG_INF = -1e18  # OpenNMT-py's mask value
+
+
+class ExportError(ValueError):
+    """A model or folder that cannot be exported or used as asked."""
+
+
+#: options whose other values this exporter does not restate, and the value it needs
+SUPPORTED = {
+    "encoder_type": "transformer", "decoder_type": "transformer", "position_encoding": True,
+    "max_relative_positions": 0, "copy_attn": False, "parallel_residual": False, "lambda_align": 0.0,
+}
+
+
+def check_exportable(model_opt):
+    problems = [f"-{name} {getattr(model_opt, name, None)!r} (needs {value!r})" for name, value in SUPPORTED.items()
+                if getattr(model_opt, name, value) != value]
+    if getattr(model_opt, "num_kv", 0) not in (0, None, getattr(model_opt, "heads", None)):
+        problems.append(f"-num_kv {model_opt.num_kv} (grouped keys/values)")
+    if getattr(model_opt, "position_encoding_type", "SinusoidalInterleaved") != "SinusoidalInterleaved":
+        problems.append(f"-position_encoding_type {model_opt.position_encoding_type}")
+    if problems:
+        raise ExportError("the exporter restates OpenNMT-py's standard Transformer; this model has "
+                          + ", ".join(problems))
+
+
+# --------------------------------------------------------------------------- #
+# The graphs
+# --------------------------------------------------------------------------- #
+def _heads(x, attention):
+    """(batch, length, model_dim) -> (batch, heads, length, head_dim)."""
+    return x.reshape(x.shape[0], x.shape[1], attention.head_count, attention.dim_per_head).transpose(1, 2)
+
+
+def _attend(attention, query, keys, values, pad):
+    """Scaled dot-product attention of ``query`` (batch, q_len, dim) over cached heads; ``pad``: (batch, 1, 1, k_len)
+    True where a key is padding, or None."""
+    q = _heads(attention.linear_query(query), attention) / math.sqrt(attention.dim_per_head)
+    scores = torch.matmul(q, keys.transpose(2, 3)).float()
+    if pad is not None:
+        scores = scores.masked_fill(pad, NEG_INF)
+    context = torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
+    context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
+    return attention.final_linear(context)
+
+
+def _embed(embeddings, tokens, start):
+    """OpenNMT-py's word embedding times sqrt(dim) plus the sinusoidal position ``start`` onwards."""
+    table = embeddings.make_embedding.emb_luts[0]
+    position = embeddings.make_embedding.pe
+    emb = table(tokens) * math.sqrt(position.dim)
+    positions = start + torch.arange(tokens.shape[1], dtype=torch.long)
+    return emb + position.pe[positions, 0, :].unsqueeze(0)
+
+
+class EncoderGraph(nn.Module):
+    """Source ids -> padding mask and every decoder layer's cross-attention keys and values."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+
+    def forward(self, src, src_len):
+        positions = torch.arange(src.shape[1], dtype=torch.long).unsqueeze(0)
+        memory_pad = positions >= src_len.unsqueeze(1)  # (batch, src_len)
+        pad = memory_pad[:, None, None, :]
+        x = _embed(self.encoder.embeddings, src, 0)
+        for layer in self.encoder.transformer:
+            normed = layer.layer_norm(x)
+            attention = layer.self_attn
+            keys = _heads(attention.linear_keys(normed), attention)
+            values = _heads(attention.linear_values(normed), attention)
+            x = layer.feed_forward(_attend(attention, normed, keys, values, pad) + x)
+        memory = self.encoder.layer_norm(x)
+        cross_keys, cross_values = [], []
+        for layer in self.decoder.transformer_layers:
+            attention = layer.context_attn
+            cross_keys.append(_heads(attention.linear_keys(memory), attention))
+            cross_values.append(_heads(attention.linear_values(memory), attention))
+        return memory_pad, torch.stack(cross_keys), torch.stack(cross_values)
+
+
+class DecoderStepGraph(nn.Module):
+    """One decoding step of ``n`` hypotheses: next-token log-probabilities and the grown self-attention cache."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder, self.generator = model.decoder, model.generator
+
+    def forward(self, token, step, memory_pad, cross_keys, cross_values, self_keys, self_values):
+        x = _embed(self.decoder.embeddings, token.unsqueeze(1), step[0])
+        pad = memory_pad[:, None, None, :]
+        new_keys, new_values = [], []
+        for index, layer in enumerate(self.decoder.transformer_layers):
+            normed = layer.layer_norm_1(x)
+            attention = layer.self_attn
+            keys = torch.cat([self_keys[index], _heads(attention.linear_keys(normed), attention)], dim=2)
+            values = torch.cat([self_values[index], _heads(attention.linear_values(normed), attention)], dim=2)
+            new_keys.append(keys)
+            new_values.append(values)
+            query = _attend(attention, normed, keys, values, None) + x
+            context = _attend(layer.context_attn, layer.layer_norm_2(query), cross_keys[index], cross_values[index],
+                              pad)
+            x = layer.feed_forward(context + query)
+        out = self.decoder.layer_norm(x)[:, 0, :]
+        return torch.log_softmax(self.generator(out).float(), dim=-1), torch.stack(new_keys), torch.stack(new_values)
+
+
+def empty_cache(model, rows):
+    """The decoder's self-attention cache before the first step: (layers, rows, heads, 0, head_dim) zeros."""
+    attention = model.decoder.transformer_layers[0].self_attn
+    shape = (len(model.decoder.transformer_layers), rows, attention.head_count, 0, attention.dim_per_head)
+    return torch.zeros(shape), torch.zeros(shape)
+
+
+# --------------------------------------------------------------------------- #
+# Export
+# --------------------------------------------------------------------------- #
+def load_model(checkpoint):
+    import onmt.model_builder
+
+    from onmt_lma import plugin  # noqa: F401  (installs: safe loading, the activations)
+
+    opt = argparse.Namespace(models=[str(checkpoint)], gpu=-1, gpu_ranks=[], world_size=1,
+                             parallel_mode="data_parallel", precision="fp32", quant_type="", quant_layers=[])
+    vocabs, model, model_opt = onmt.model_builder.load_test_model(opt, model_path=str(checkpoint))
+    check_exportable(model_opt)
+    return vocabs, model.eval(), model_opt
+
+
+def export(checkpoint, out_dir, int8=False):
+    """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir``."""
+    from onmt_lma import kernels
+    from onmt_lma.files import sha256_of
+
+    vocabs, model, model_opt = load_model(checkpoint)
+    if getattr(model_opt, "lma_int8", False):
+        raise ExportError(f"{checkpoint} is an onmt_lma_quantize int8 checkpoint; export the float checkpoint "
+                          "(with -int8 for int8 graphs)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = torch.tensor([[5, 6, 7, 8], [9, 10, 1, 1]])
+    src_len = torch.tensor([4, 2])
+    encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    with torch.no_grad(), kernels.forced("torch"):
+        memory_pad, cross_keys, cross_values = encoder(src, src_len)
+        keys, values = empty_cache(model, 2)
+        _, keys, values = step(torch.tensor([2, 2]), torch.tensor([0]), memory_pad, cross_keys, cross_values,
+                               keys, values)
+        # traced with a one-position cache; every length works (dynamic axis "step")
+        step_inputs = (torch.tensor([7, 8]), torch.tensor([1]), memory_pad, cross_keys, cross_values, keys, values)
+        _onnx_export(encoder, (src, src_len), out / "encoder.onnx", ["src", "src_len"],
+                     ["memory_pad", "cross_keys", "cross_values"],
+                     {"src": {0: "batch", 1: "src_len"}, "src_len": {0: "batch"}, "memory_pad": {0: "batch", 1: "src_len"},
+                      "cross_keys": {1: "batch", 3: "src_len"}, "cross_values": {1: "batch", 3: "src_len"}})
+        _onnx_export(step, step_inputs, out / "decoder_step.onnx",
+                     ["token", "step", "memory_pad", "cross_keys", "cross_values", "self_keys", "self_values"],
+                     ["log_probs", "new_self_keys", "new_self_values"],
+                     {"token": {0: "n"}, "memory_pad": {0: "n", 1: "src_len"},
+                      "cross_keys": {1: "n", 3: "src_len"}, "cross_values": {1: "n", 3: "src_len"},
+                      "self_keys": {1: "n", 3: "step"}, "self_values": {1: "n", 3: "step"},
+                      "log_probs": {0: "n"}, "new_self_keys": {1: "n", 3: "step_plus_1"},
+                      "new_self_values": {1: "n", 3: "step_plus_1"}})
+    graphs = ["encoder.onnx", "decoder_step.onnx"]
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for name in list(graphs):
+            target = name.replace(".onnx", ".int8.onnx")
+            quantize_dynamic(str(out / name), str(out / target), weight_type=QuantType.QInt8)
+            graphs.append(target)
+    for side in ("src", "tgt"):
+        (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    from onmt.constants import DefaultTokens
+
+    attention = model.decoder.transformer_layers[0].self_attn
+    tgt_vocab = vocabs["tgt"]
+    manifest = {
+        "format": FORMAT, "checkpoint": Path(checkpoint).name, "checkpoint_sha256": sha256_of(checkpoint),
+        "activation": model_opt.pos_ffn_activation_fn, "hidden_size": model_opt.hidden_size,
+        "layers": len(model.decoder.transformer_layers), "heads": attention.head_count,
+        "head_dim": attention.dim_per_head, "max_positions": int(model.decoder.embeddings.make_embedding.pe.pe.shape[0]),
+        "int8": bool(int8), "opset": OPSET, "torch": torch.__version__,
+        "special": {"pad": tgt_vocab.lookup_token(DefaultTokens.PAD),
+                    "bos": tgt_vocab.lookup_token(vocabs.get("decoder_start_token", DefaultTokens.BOS)),
+                    "eos": tgt_vocab.lookup_token(DefaultTokens.EOS), "unk": tgt_vocab.lookup_token(DefaultTokens.UNK),
+                    "src_pad": vocabs["src"].lookup_token(DefaultTokens.PAD),
+                    "src_unk": vocabs["src"].lookup_token(DefaultTokens.UNK)},
+        "files": {name: sha256_of(out / name) for name in graphs + ["src.vocab.json", "tgt.vocab.json"]},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _onnx_export(module, inputs, path, input_names, output_names, dynamic_axes):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
+        torch.onnx.export(module, inputs, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+# --------------------------------------------------------------------------- #
+# The command
+# --------------------------------------------------------------------------- #
+def get_parser():
+    import onmt.opts
+
+    from onmt_lma.opts import CommandParser
+
+    parser = CommandParser(prog="onmt_lma_export", description="onmt_lma_export: ONNX graphs of a checkpoint")
+    onmt.opts.config_opts(parser)
+    parser.add("--model", "-model", required=True, help="checkpoint to export (any activation)")
+    parser.add("--output", "-output", "-o", required=True, help="folder for the graphs, vocabularies, manifest")
+    parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
+    return parser
+
+
+def main(argv=None):
+    from onmt_lma.bin import user_errors_exit
+
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        if not os.path.isfile(args.model):
+            raise ExportError(f"-model {args.model}: no such checkpoint")
+        manifest = export(args.model, args.output, args.int8)
+    print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""ONNX export: the restated graphs against OpenNMT-py's own forward pass, then the ONNX files in ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma import export as exporter
+
+from conftest import run, train_args
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lma_checkpoint(vocab, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "30",
+                                      "-save_checkpoint_steps", "30", "-add_qkvbias", "-add_ffnbias"))
+    return out / "lma_step_30.pt"
+
+
+def real_batch(vocab, vocabs, lines=4):
+    """Source and target ids of real test sentences, padded, with lengths."""
+    src_lines = (vocab / "test.de").read_text().splitlines()[:lines]
+    tgt_lines = (vocab / "test.en").read_text().splitlines()[:lines]
+    src = [vocabs["src"](line.split()) for line in src_lines]
+    tgt = [vocabs["tgt"](["<s>"] + line.split() + ["</s>"]) for line in tgt_lines]
+    pad_src, pad_tgt = vocabs["src"]["<blank>"], vocabs["tgt"]["<blank>"]
+    src_len = torch.tensor([len(s) for s in src])
+    src_ids = torch.full((lines, int(src_len.max())), pad_src)
+    tgt_ids = torch.full((lines, max(len(t) for t in tgt)), pad_tgt)
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        src_ids[i, : len(s)], tgt_ids[i, : len(t)] = torch.tensor(s), torch.tensor(t)
+    return src_ids, src_len, tgt_ids
+
+
+def reference_log_probs(model, src, src_len, tgt):
+    """OpenNMT-py's own teacher-forced forward pass: (batch, tgt_len - 1, vocab) log-probabilities."""
+    with torch.no_grad():
+        dec_out, _ = model(src.unsqueeze(-1), tgt.unsqueeze(-1), src_len, with_align=False)
+        return torch.log_softmax(model.generator(dec_out).float(), dim=-1)
+
+
+def stepped_log_probs(encode, step, src, src_len, tgt, empty):
+    """The exported pair, stepped through the gold target one token at a time."""
+    memory_pad, cross_keys, cross_values = encode(src, src_len)
+    keys, values = empty
+    out = []
+    for position in range(tgt.shape[1] - 1):
+        log_probs, keys, values = step(tgt[:, position], np.array([position]) if isinstance(keys, np.ndarray)
+                                       else torch.tensor([position]), memory_pad, cross_keys, cross_values, keys, values)
+        out.append(torch.as_tensor(np.asarray(log_probs)))
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("which", ["relu", "lma"])
+def test_the_restated_graphs_give_opennmt_py_s_log_probabilities(vocab, teacher, lma_checkpoint, which):
+    from onmt_lma import kernels
+
+    checkpoint = teacher if which == "relu" else lma_checkpoint
+    vocabs, model, _ = exporter.load_model(checkpoint)
+    src, src_len, tgt = real_batch(vocab, vocabs)
+    expected = reference_log_probs(model, src, src_len, tgt)
+    with torch.no_grad(), kernels.forced("torch"):
+        got = stepped_log_probs(exporter.EncoderGraph(model), exporter.DecoderStepGraph(model), src, src_len, tgt,
+                                exporter.empty_cache(model, len(src)))
+    mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
+    torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, lma_checkpoint, tmp_path):
+    import onnxruntime
+
+    manifest = exporter.export(lma_checkpoint, tmp_path / "onnx", int8=True)
+    assert manifest["activation"] == "lma" and {"encoder.onnx", "decoder_step.int8.onnx"} <= set(manifest["files"])
+    import onnx
+
+    operators = {node.op_type for node in onnx.load(tmp_path / "onnx" / "decoder_step.onnx").graph.node}
+    assert {"Floor", "Clip", "Gather"} <= operators  # LMA in standard operators, no custom one
+    vocabs, model, _ = exporter.load_model(lma_checkpoint)
+    src, src_len, tgt = real_batch(vocab, vocabs, lines=3)  # another batch size and length than traced
+    expected = reference_log_probs(model, src, src_len, tgt)
+    mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
+    for suffix, tolerance in (("", 1e-4), (".int8", None)):
+        encoder = onnxruntime.InferenceSession(str(tmp_path / "onnx" / f"encoder{suffix}.onnx"))
+        decoder = onnxruntime.InferenceSession(str(tmp_path / "onnx" / f"decoder_step{suffix}.onnx"))
+
+        def encode(s, lengths):
+            return encoder.run(None, {"src": s.numpy(), "src_len": lengths.numpy()})
+
+        def step(token, position, memory_pad, cross_keys, cross_values, keys, values):
+            return decoder.run(None, {"token": np.asarray(token), "step": position, "memory_pad": memory_pad,
+                                      "cross_keys": cross_keys, "cross_values": cross_values,
+                                      "self_keys": keys, "self_values": values})
+
+        empty = [t.numpy() for t in exporter.empty_cache(model, len(src))]
+        got = stepped_log_probs(encode, step, src, src_len, tgt, empty)
+        if tolerance:
+            torch.testing.assert_close(got[mask], expected[mask], rtol=tolerance, atol=tolerance)
+        else:  # int8: close, not equal
+            assert torch.isfinite(got).all()
+            assert (got[mask].argmax(-1) == expected[mask].argmax(-1)).float().mean() > 0.8
+
+
+def test_bad_exports_are_clear_errors(lma_checkpoint, tmp_path):
+    import argparse
+
+    result = run("onmt_lma_export", "-model", tmp_path / "none.pt", "-output", tmp_path / "out", expect_ok=False)
+    assert result.returncode == 2 and "no such checkpoint" in result.stderr
+    int8 = tmp_path / "lma.int8.pt"
+    run("onmt_lma_quantize", "-model", lma_checkpoint, "-output", int8)
+    result = run("onmt_lma_export", "-model", int8, "-output", tmp_path / "out", expect_ok=False)
+    assert result.returncode == 2 and "export the float checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out" / "manifest.json").exists()
+    options = argparse.Namespace(**{**exporter.SUPPORTED, "max_relative_positions": 4, "copy_attn": True})
+    with pytest.raises(exporter.ExportError, match=r"-max_relative_positions 4 \(needs 0\), -copy_attn True"):
+        exporter.check_exportable(options)
