@@ -116,3 +116,54 @@ def test_bad_exports_are_clear_errors(lma_checkpoint, tmp_path):
     options = argparse.Namespace(**{**exporter.SUPPORTED, "max_relative_positions": 4, "copy_attn": True})
     with pytest.raises(exporter.ExportError, match=r"-max_relative_positions 4 \(needs 0\), -copy_attn True"):
         exporter.check_exportable(options)
+
+
+@pytest.fixture(scope="module")
+def exported(lma_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "lma"
+    run("onmt_lma_export", "-model", lma_checkpoint, "-output", out, "-int8")
+    return out
+
+
+def test_the_onnx_engine_translates_as_opennmt_py_does(vocab, lma_checkpoint, exported, tmp_path):
+    src = tmp_path / "src.de"
+    lines = (vocab / "test.de").read_text().splitlines()
+    src.write_text("\n".join(lines[:5] + [""] + lines[5:]) + "\n")  # an empty line keeps its place
+    common = ["-src", src, "-beam_size", "5", "-max_length", "30"]
+    outputs = {}
+    for label, model, extra in (("pytorch", lma_checkpoint, []), ("onnx", exported, ["-engine", "onnx"]),
+                                ("onnx32", exported, ["-engine", "onnx", "-batch_size", "32"]),
+                                ("int8", exported, ["-engine", "onnx", "-precision", "int8"])):
+        out = tmp_path / f"{label}.en"
+        run("onmt_lma_translate", "-model", model, *common, "-output", out, *extra)
+        outputs[label] = out.read_text().splitlines()
+    assert len(outputs["onnx"]) == 13 and outputs["onnx"][5] == ""
+    assert outputs["onnx"] == outputs["pytorch"]
+    assert outputs["onnx32"] == outputs["onnx"]
+    assert len(outputs["int8"]) == 13
+    out = tmp_path / "nbest.en"
+    run("onmt_lma_translate", "-model", exported, *common, "-output", out, "-engine", "onnx", "-n_best", "2")
+    assert len(out.read_text().splitlines()) == 26
+
+
+def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exported, tmp_path):
+    import json
+    import shutil
+
+    def fails(folder, *extra):
+        result = run("onmt_lma_translate", "-model", folder, "-src", vocab / "test.de", "-output", tmp_path / "o.en",
+                     "-engine", "onnx", *extra, expect_ok=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "o.en").exists()
+        return result.stderr
+
+    assert "-block_ngram_repeat 2" in fails(exported, "-block_ngram_repeat", "2")
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "decoder_step.onnx").unlink()
+    assert "decoder_step.onnx is missing" in fails(broken)
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 0}))
+    assert "export format 0" in fails(old)

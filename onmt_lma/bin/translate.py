@@ -10,6 +10,9 @@ lines) instead of being dropped, which shifted every later line against its
 reference.  The output is written under a temporary name and renamed when
 complete, so a failed run leaves an existing ``-output`` as it was; ``-output``
 equal to ``-src`` (or ``-tgt``) is refused before anything runs.
+
+``-engine onnx -model DIR`` translates with the graphs of an ``onmt_lma_export``
+folder on ONNX Runtime (:mod:`onmt_lma.runtime`), with the same options and output.
 """
 
 import os
@@ -35,6 +38,9 @@ def get_parser():
     parser = CommandParser(description="onmt_lma_translate: onmt_translate for LMA models")
     onmt.opts.translate_opts(parser)
     add_lma_opts(parser, for_translation=True)
+    parser.add("--engine", "-engine", choices=("pytorch", "onnx"), default="pytorch",
+               help="pytorch: OpenNMT-py's translator on the checkpoint; onnx: ONNX Runtime on an onmt_lma_export "
+               "folder given as -model (-precision int8: its int8 graphs)")
     return parser
 
 
@@ -82,6 +88,11 @@ def _translate(opt):
             Path(opt.tgt).write_text("".join(targets[i] + "\n" for i in keep), encoding="utf-8")
         if keep:
             _run(opt)
+        elif opt.engine == "onnx":  # nothing to translate: still refuse a bad export folder
+            from onmt_lma import runtime
+
+            runtime.check_options(opt)
+            runtime.OnnxTranslator(opt.models[0], int8=opt.precision == "int8")
         else:  # nothing to translate (OpenNMT-py fails on an empty input): still refuse a bad model
             for model in opt.models:
                 with checkpoint_loading(model):
@@ -101,6 +112,11 @@ def _translate(opt):
 
 
 def _run(opt):
+    if opt.engine == "onnx":
+        from onmt_lma import runtime
+
+        runtime.translate_file(opt)
+        return
     if not opt.profile:
         onmt.bin.translate.translate(opt)
         return

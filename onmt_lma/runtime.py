@@ -1,0 +1,186 @@
+"""Translation on ONNX Runtime with the graphs of ``onmt_lma_export``: OpenNMT-py 3.5.1's beam search, in NumPy.
+
+    onmt_lma_translate -engine onnx -model EXPORT_DIR -src SRC -output OUT [-beam_size 5] [-batch_size 32] ...
+
+or from Python::
+
+    translator = OnnxTranslator("export_dir")
+    translator.translate(["ein Mann .", ...], beam_size=5)   # -> [[(score, "a man ."), ...], ...]
+
+The search is OpenNMT-py's ``BeamSearch`` step for step (``onmt/translate/beam_search.py``): the first
+beam starts alone (the others at -inf), the scores are divided by the length penalty of the hypothesis
+length plus one (``avg``: length ** alpha, ``wu``: ((5 + length) / 6) ** alpha, ``none``), the best
+``beam_size`` of beam x vocabulary continue, a finished hypothesis is kept with its penalized score and
+its beam is closed (-65504), and a sentence is done when its best beam has finished and ``n_best``
+hypotheses are kept, or at ``max_length``.  ``min_length`` and ``ban_unk_token`` forbid the end and
+unknown tokens as OpenNMT-py does.  OpenNMT-py's other search options (n-gram blocking, coverage penalty,
+``ratio``, sampling, ``replace_unk``) are refused.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from onmt_lma.export import FORMAT, ExportError
+
+BANNED = -65504.0  # OpenNMT-py's score for a forbidden token and a closed beam
+
+
+def length_penalty(kind, length, alpha):
+    if kind == "avg":
+        return length ** alpha
+    if kind == "wu":
+        return ((5 + length) / 6.0) ** alpha
+    return 1.0
+
+
+class OnnxTranslator:
+    """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
+
+    def __init__(self, folder, int8=False, threads=None):
+        import onnxruntime
+
+        from onmt_lma.files import sha256_of
+
+        self.folder = Path(folder)
+        manifest_path = self.folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise ExportError(f"{folder}: no manifest.json there; make the folder with onmt_lma_export")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ExportError(f"{folder}: export format {manifest.get('format')!r}, this onmt-lma reads {FORMAT}; "
+                              "export the checkpoint again with this version")
+        suffix = ".int8.onnx" if int8 else ".onnx"
+        if int8 and not manifest.get("int8"):
+            raise ExportError(f"{folder}: exported without int8 graphs; export again with -int8")
+        for name, digest in manifest["files"].items():
+            path = self.folder / name
+            if not path.is_file():
+                raise ExportError(f"{folder}: {name} is missing; export the checkpoint again")
+            if name.endswith(suffix) or name.endswith(".json"):
+                if sha256_of(path) != digest:
+                    raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.manifest = manifest
+        self.special = manifest["special"]
+        self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
+        self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
+
+    def _encode(self, lines):
+        ids = [[self.src_vocab.get(token, self.special["src_unk"]) for token in line.split()] for line in lines]
+        lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        src = np.full((len(ids), int(lengths.max())), self.special["src_pad"], dtype=np.int64)
+        for row, sentence in enumerate(ids):
+            src[row, : len(sentence)] = sentence
+        return self.encoder.run(None, {"src": src, "src_len": lengths})
+
+    def translate(self, lines, beam_size=5, batch_size=1, max_length=250, min_length=0, n_best=1,
+                  length_penalty_kind="avg", alpha=1.0, ban_unk_token=False):
+        """``n_best`` ``(score, text)`` per line, best first (every line must hold a token)."""
+        results = []
+        for start in range(0, len(lines), batch_size):
+            results.extend(self._search(lines[start:start + batch_size], beam_size, max_length, min_length, n_best,
+                                        length_penalty_kind, alpha, ban_unk_token))
+        return results
+
+    def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
+        special = self.special
+        memory_pad, cross_keys, cross_values = self._encode(lines)
+        count = len(lines)
+        rows = np.repeat(np.arange(count), beam)
+        memory_pad, cross_keys, cross_values = memory_pad[rows], cross_keys[:, rows], cross_values[:, rows]
+        m = self.manifest
+        keys = np.zeros((m["layers"], count * beam, m["heads"], 0, m["head_dim"]), dtype=np.float32)
+        values = keys
+        alive = np.full((count * beam, 1), special["bos"], dtype=np.int64)
+        beam_scores = np.tile(np.array([0.0] + [-np.inf] * (beam - 1), dtype=np.float32), (count, 1))
+        offsets = np.arange(count)
+        hypotheses = [[] for _ in range(count)]
+        results = [None] * count
+        for step in range(max_length):
+            log_probs, keys, values = self.decoder.run(None, {
+                "token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_pad": memory_pad,
+                "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values})
+            vocab = log_probs.shape[1]
+            length = alive.shape[1]
+            if length <= min_length:
+                log_probs[:, special["eos"]] = BANNED
+            if ban_unk:
+                log_probs[:, special["unk"]] = BANNED
+            log_probs = log_probs + beam_scores.reshape(-1, 1)
+            lp = length_penalty(penalty, length + 1, alpha)
+            scores = (log_probs / lp if lp != 1 else log_probs).reshape(len(offsets), beam * vocab)
+            best = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
+            order = np.lexsort((best, -np.take_along_axis(scores, best, axis=1)), axis=1)  # score desc, id asc
+            best = np.take_along_axis(best, order, axis=1)
+            top_scores = np.take_along_axis(scores, best, axis=1)
+            beam_scores = top_scores * lp
+            tokens = best % vocab
+            select = (best // vocab + np.arange(len(offsets))[:, None] * beam).reshape(-1)
+            alive = np.concatenate([alive[select], tokens.reshape(-1, 1)], axis=1)
+            keys, values = keys[:, select], values[:, select]
+            finished = tokens == special["eos"]
+            if alive.shape[1] == max_length + 1:
+                finished[:] = True
+            if not finished.any():
+                continue
+            beam_scores[finished] = BANNED
+            going = []
+            for i, sentence in enumerate(offsets):
+                for j in np.flatnonzero(finished[i]):
+                    hypotheses[sentence].append((float(top_scores[i, j]), alive[i * beam + j, 1:]))
+                if finished[i, 0] and len(hypotheses[sentence]) >= n_best:
+                    ranked = sorted(hypotheses[sentence], key=lambda h: h[0], reverse=True)[:n_best]
+                    results[sentence] = [(score, self._text(ids)) for score, ids in ranked]
+                else:
+                    going.append(i)
+            if not going:
+                break
+            kept = (np.array(going)[:, None] * beam + np.arange(beam)).reshape(-1)
+            offsets, beam_scores = offsets[going], beam_scores[going]
+            alive, keys, values = alive[kept], keys[:, kept], values[:, kept]
+            memory_pad, cross_keys, cross_values = memory_pad[kept], cross_keys[:, kept], cross_values[:, kept]
+        return results
+
+    def _text(self, ids):
+        tokens = [self.tgt_tokens[i] for i in ids]
+        if tokens and tokens[-1] == self.tgt_tokens[self.special["eos"]]:
+            tokens = tokens[:-1]
+        return " ".join(tokens)
+
+
+#: onmt_translate options the ONNX engine does not implement, with the values that mean "not used"
+UNSUPPORTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio": (0.0,), "replace_unk": (False,),
+               "random_sampling_topk": (0, 1), "tgt": (None,), "attn_debug": (False,), "align_debug": (False,),
+               "report_align": (False,), "phrase_table": ("",), "gpu": (-1,), "batch_type": ("sents",)}
+
+
+def check_options(opt):
+    """Refuse, naming them, the options that the ONNX engine would silently ignore."""
+    used = [f"-{name} {getattr(opt, name)!r}" for name, unused in UNSUPPORTED.items()
+            if getattr(opt, name, unused[0]) not in unused]
+    if len(opt.models) != 1 or not os.path.isdir(opt.models[0]):
+        used.append(f"-model {' '.join(opt.models)} (the ONNX engine takes one onmt_lma_export folder)")
+    if used:
+        raise ExportError("-engine onnx does not implement " + ", ".join(used))
+
+
+def translate_file(opt):
+    """``onmt_lma_translate -engine onnx``: ``opt.src`` (non-empty lines) into ``opt.output``, n_best lines each."""
+    check_options(opt)
+    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8")
+    lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
+    results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
+                                   opt.length_penalty, opt.alpha, opt.ban_unk_token)
+    with open(opt.output, "w", encoding="utf-8") as out:
+        for hypotheses in results:
+            for _, text in hypotheses:
+                out.write(text + "\n")
