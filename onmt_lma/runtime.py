@@ -36,6 +36,22 @@ def length_penalty(kind, length, alpha):
     return 1.0
 
 
+def batches(lines, batch_size, batch_type="sents"):
+    if batch_type == "sents":
+        yield from (lines[start:start + batch_size] for start in range(0, len(lines), batch_size))
+        return
+    batch, longest = [], 0
+    for line in lines:
+        length = len(line.split())
+        if batch and max(longest, length) * (len(batch) + 1) > batch_size:
+            yield batch
+            batch, longest = [], 0
+        batch.append(line)
+        longest = max(longest, length)
+    if batch:
+        yield batch
+
+
 class OnnxTranslator:
     """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
 
@@ -83,12 +99,16 @@ class OnnxTranslator:
         return self.encoder.run(None, {"src": src, "src_len": lengths})
 
     def translate(self, lines, beam_size=5, batch_size=1, max_length=250, min_length=0, n_best=1,
-                  length_penalty_kind="avg", alpha=1.0, ban_unk_token=False):
-        """``n_best`` ``(score, text)`` per line, best first (every line must hold a token)."""
+                  length_penalty_kind="avg", alpha=1.0, ban_unk_token=False, batch_type="sents"):
+        """``n_best`` ``(score, text)`` per line, best first (every line must hold a token).
+
+        ``batch_type`` ``sents``: ``batch_size`` lines at a time; ``tokens``: consecutive lines while their
+        longest source times their number stays within ``batch_size`` (at least one line).
+        """
         results = []
-        for start in range(0, len(lines), batch_size):
-            results.extend(self._search(lines[start:start + batch_size], beam_size, max_length, min_length, n_best,
-                                        length_penalty_kind, alpha, ban_unk_token))
+        for batch in batches(lines, batch_size, batch_type):
+            results.extend(self._search(batch, beam_size, max_length, min_length, n_best, length_penalty_kind,
+                                        alpha, ban_unk_token))
         return results
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
@@ -160,7 +180,7 @@ class OnnxTranslator:
 #: onmt_translate options the ONNX engine does not implement, with the values that mean "not used"
 UNSUPPORTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio": (0.0,), "replace_unk": (False,),
                "random_sampling_topk": (0, 1), "tgt": (None,), "attn_debug": (False,), "align_debug": (False,),
-               "report_align": (False,), "phrase_table": ("",), "gpu": (-1,), "batch_type": ("sents",)}
+               "report_align": (False,), "phrase_table": ("",), "gpu": (-1,)}
 
 
 def check_options(opt):
@@ -179,7 +199,7 @@ def translate_file(opt):
     translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8")
     lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
     results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
-                                   opt.length_penalty, opt.alpha, opt.ban_unk_token)
+                                   opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type)
     with open(opt.output, "w", encoding="utf-8") as out:
         for hypotheses in results:
             for _, text in hypotheses:
