@@ -62,6 +62,7 @@ COMMAND_PARSERS = {
     "onmt_lma_teacher_cache": "onmt_lma.bin.teacher_cache:get_parser",
     "onmt_lma_quantize": "onmt_lma.quantize:get_parser",
     "onmt_lma_export": "onmt_lma.export:get_parser",
+    "onmt_lma_convert_ct2": "onmt_lma.ct2:get_parser",
     "onmt_lma_evaluate": "onmt_lma.evaluate:get_parser",
     "onmt_lma_average_models": "onmt_lma.average:get_parser",
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Deployment speed: OpenNMT-py (PyTorch) against onmt-lma's ONNX Runtime engine, float32 and int8.
+"""Deployment speed: OpenNMT-py (PyTorch) against onmt-lma's ONNX Runtime engine and CTranslate2, float32 and int8.
 
 For each checkpoint: ``onmt_lma_export -int8`` into a temporary folder, then the first ``--sentences``
 lines of a prepared corpus's test set translated with beam 5, one sentence at a time and in batches of
 32, by OpenNMT-py's translator (``onmt_lma_translate``'s engine), by ``OnnxTranslator`` on the float32
-graphs and on the int8 graphs; every configuration loaded in this process, timed in alternation
+graphs and on the int8 graphs, and (ReLU/GELU/SiLU checkpoints) by CTranslate2 float32 and int8
+(``onmt_lma_convert_ct2``; beam 5, its default length normalization); every configuration loaded in this process, timed in alternation
 (``--repeats``); sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
 as model + options in float32, the graphs).  Writes ``results/bench/deploy.{json,md}``.
 
@@ -19,9 +20,10 @@ import time
 from pathlib import Path
 
 import sacrebleu
+import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import average, export
+from onmt_lma import average, ct2, export
 from onmt_lma.evaluate import _translate_opts, postprocess
 from onmt_lma.runtime import OnnxTranslator
 from onmt_lma.study.benchmark import machine
@@ -49,6 +51,19 @@ def onnx_engine(folder, batch, int8):
     return translate
 
 
+def ctranslate2_engine(folder, batch):
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(folder), device="cpu", inter_threads=1,
+                                        intra_threads=torch.get_num_threads())
+
+    def translate(lines):
+        results = translator.translate_batch([line.split() for line in lines], beam_size=5, max_batch_size=batch,
+                                             max_decoding_length=250)
+        return [" ".join(result.hypotheses[0]) for result in results]
+    return translate
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", type=Path, nargs="+")
@@ -73,10 +88,21 @@ def main():
             sizes[checkpoint.name] = {"checkpoint float32 (model + options)": stripped.stat().st_size, **graphs}
             label = f"{checkpoint.name} ({manifest['activation']}, {manifest['hidden_size']}-dim)"
             engines = {}
+            convertible = manifest["activation"] in ct2.CT2_ACTIVATIONS
+            if convertible:  # CTranslate2's runtime, for the activations it has
+                for quantization in (None, "int8"):
+                    ct2.convert(checkpoint, Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}", quantization)
+                sizes[checkpoint.name].update({
+                    f"CTranslate2 {q or 'float32'}": (Path(tmp) / f"{checkpoint.stem}.ct2.{q}" / "model.bin").stat().st_size
+                    for q in (None, "int8")})
             for batch in BATCHES:
                 engines[("OpenNMT-py (PyTorch)", batch)] = pytorch_engine(checkpoint, args.data / "test.de", batch)
                 engines[("ONNX Runtime float32", batch)] = onnx_engine(folder, batch, False)
                 engines[("ONNX Runtime int8", batch)] = onnx_engine(folder, batch, True)
+                if convertible:
+                    for quantization in (None, "int8"):
+                        engines[(f"CTranslate2 {quantization or 'float32'}", batch)] = ctranslate2_engine(
+                            Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}", batch)
             for translate in engines.values():  # warm-up
                 translate(sources[:5])
             speeds, outputs = {key: [] for key in engines}, {}

@@ -23,6 +23,7 @@ REQUIRED = {
     "onmt_lma_teacher_cache": ["-model", "teacher.pt", "-out", "cache"],
     "onmt_lma_quantize": ["-model", "m.pt", "-output", "q.pt"],
     "onmt_lma_export": ["-model", "m.pt", "-output", "onnx"],
+    "onmt_lma_convert_ct2": ["-model", "m.pt", "-output", "ct2"],
 }
 #: an own option of each command, misspelled, and what it should have been
 MISSPELLED = {
@@ -35,6 +36,7 @@ MISSPELLED = {
     "onmt_lma_teacher_cache": ("-topK", "-topk"),
     "onmt_lma_quantize": ("-embedings", "-embeddings"),
     "onmt_lma_export": ("-int9", "-int8"),
+    "onmt_lma_convert_ct2": ("-quantisation", "-quantization"),
 }
 
 
