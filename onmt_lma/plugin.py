@@ -202,6 +202,8 @@ def build_model(model_opt, opt, vocabs, checkpoint, device_id):
     if getattr(model_opt, "lma_lr_scale", 1.0) == 0:  # frozen: the optimizer never sees them
         for parameter in activation_parameters(model):
             parameter.requires_grad_(False)
+    if getattr(model_opt, "lma_int8", False):  # trained on from an int8 checkpoint: float from here on
+        model_opt.lma_int8 = False
     bits = getattr(opt, "quant_bits", None)
     if bits:  # quantization-aware training (also when fine-tuning a float checkpoint with -train_from)
         # recorded in the options that checkpoints save (with -train_from: the checkpoint's options)
