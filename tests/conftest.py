@@ -129,6 +129,15 @@ def teacher(vocab, tmp_path_factory):
     return out / "teacher_step_10.pt"
 
 
+@pytest.fixture(scope="session")
+def lma_student(vocab, tmp_path_factory):
+    """A tiny LMA model with biases in every linear layer (as the recipes), 30 steps."""
+    out = tmp_path_factory.mktemp("lma_student")
+    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "30",
+                                      "-save_checkpoint_steps", "30", "-add_qkvbias", "-add_ffnbias"))
+    return out / "lma_step_30.pt"
+
+
 TINY_SETTINGS = {
     "hidden_size": 32, "word_vec_size": 32, "transformer_ff": 64, "heads": 2,
     "enc_layers": 1, "dec_layers": 1, "batch_size": 256, "valid_batch_size": 256,

@@ -7,17 +7,14 @@ import torch
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import export as exporter
 
-from conftest import run, train_args
+from conftest import run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def lma_checkpoint(vocab, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "30",
-                                      "-save_checkpoint_steps", "30", "-add_qkvbias", "-add_ffnbias"))
-    return out / "lma_step_30.pt"
+def lma_checkpoint(lma_student):
+    return lma_student
 
 
 def real_batch(vocab, vocabs, lines=4):

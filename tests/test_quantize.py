@@ -43,11 +43,8 @@ def test_dynamic_int8_linears_hold_exactly_the_quantized_values_and_stay_close()
 
 
 @pytest.fixture(scope="module")
-def lma_model(vocab, tmp_path_factory):
-    out = tmp_path_factory.mktemp("quant")
-    run("onmt_lma_train", *train_args(vocab, out / "lma", "-pos_ffn_activation_fn", "lma", "-train_steps", "20",
-                                      "-save_checkpoint_steps", "20"))
-    return out / "lma_step_20.pt"
+def lma_model(lma_student):
+    return lma_student
 
 
 @pytest.mark.integration
@@ -175,10 +172,10 @@ def test_quantization_aware_training_translation_and_export(vocab, lma_model, tm
 
     log = tmp_path / "qat.log"
     run("onmt_lma_train", *train_args(vocab, tmp_path / "qat", "-pos_ffn_activation_fn", "lma", "-train_from",
-                                      lma_model, "-train_steps", "22", "-save_checkpoint_steps", "22",
+                                      lma_model, "-train_steps", "32", "-save_checkpoint_steps", "32",
                                       "-quant_bits", "4", "-quant_bucket", "64", "-log_file", log))
     assert "quantization-aware: " in log.read_text() and "with 4-bit weights (buckets of 64)" in log.read_text()
-    trained = tmp_path / "qat_step_22.pt"
+    trained = tmp_path / "qat_step_32.pt"
     checkpoint = load(trained)
     assert checkpoint["opt"].quant_bits == 4
     weight = checkpoint["model"]["decoder.transformer_layers.0.feed_forward.w_1.weight"]
