@@ -77,7 +77,7 @@ def report(args):
             if not evaluation.is_file():
                 continue
             scores = json.loads(evaluation.read_text())
-            entry = {"curve": dict(validation_curve(run_dir / "train.log")), "bleu": scores["bleu"]["score"],
+            entry = {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)), "bleu": scores["bleu"]["score"],
                      "chrf": scores["chrf"]["score"], "tokens_per_s": tokens_per_second(run_dir / "train.log")}
             result["runs"][run_dir.name] = entry
             if label == "online":

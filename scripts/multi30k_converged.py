@@ -95,11 +95,12 @@ def pilot_budget(curve, min_steps=MIN_STEPS, max_steps=MAX_STEPS, window=WINDOW,
     return None
 
 
-def validation_curve(run_dir):
+def validation_curve(run_dir, valid_steps=CHECKPOINT_EVERY):
+    """The run's ``{step: validation perplexity}`` (the student recipe validates every 250 steps, reports every 20)."""
     from onmt_lma.study.report import validation_curve as from_log
 
     log_file = Path(run_dir) / "train.log"
-    return dict(from_log(log_file)) if log_file.is_file() else {}
+    return dict(from_log(log_file, valid_steps)) if log_file.is_file() else {}
 
 
 def checkpoint(run_dir, step):
@@ -377,7 +378,7 @@ def load_collected(results):
         if (folder / "curve.json").exists():
             entry["curve"] = {int(k): v for k, v in json.loads((folder / "curve.json").read_text()).items()}
         if (folder / "train.log").exists():
-            entry["valid"] = dict(from_log(folder / "train.log"))
+            entry["valid"] = dict(from_log(folder / "train.log", CHECKPOINT_EVERY))
         runs[folder.name] = entry
     return runs
 

@@ -137,3 +137,18 @@ def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
     (run / "r1.eval.json").write_text(json.dumps({"bleu": {"score": bleu + 1}}))
     refused = subprocess.run(command, capture_output=True, text=True)
     assert refused.returncode != 0 and "not the hypotheses it was made from" in refused.stderr
+
+
+def test_validation_steps_are_exact_when_reports_do_not_divide_them(tmp_path):
+    """Reports every 20 steps, validation every 250: the report before the step-250 validation is step 240."""
+    from onmt_lma.study.report import validation_curve
+
+    lines = []
+    for step in range(20, 521, 20):
+        lines.append(f"[2026-01-01 00:00:00,000 INFO] Step {step}/ 6000; acc: 50.0; ppl: 9.0")
+        if step in (240, 500):
+            lines.append(f"[2026-01-01 00:00:00,000 INFO] Validation perplexity: {1000 / step:.3f}")
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(lines) + "\n")
+    assert validation_curve(log, valid_steps=250) == [(250, pytest.approx(4.167)), (500, 2.0)]
+    assert [step for step, _ in validation_curve(log)] == [240, 500]  # without valid_steps: the last report

@@ -227,12 +227,15 @@ def runs_lines(results):
     return "\n".join(out) + "\n"
 
 
-def validation_curve(train_log):
+def validation_curve(train_log, valid_steps=None):
     """(step, validation perplexity) pairs from an OpenNMT-py training log.
 
     OpenNMT-py does not log the step of a validation: it is taken from the last
     ``Step N/`` report before it, exact when ``valid_steps`` is a multiple of
-    ``report_every`` (as in every recipe).
+    ``report_every``.  Given ``valid_steps``, the validation is put at the first
+    multiple of it from that report on (OpenNMT-py validates at those steps), which
+    is exact whatever ``report_every`` (e.g. reports every 20 steps, validation
+    every 250: the report before the step-250 validation is step 240).
     """
     points, step = [], None
     for line in Path(train_log).read_text(encoding="utf-8", errors="replace").splitlines():
@@ -241,7 +244,8 @@ def validation_curve(train_log):
             step = int(match.group(1))
         match = re.search(r"Validation perplexity: ([0-9.eE+-]+)", line)
         if match and step is not None:
-            points.append((step, float(match.group(1))))
+            at = step if valid_steps is None else -(-step // valid_steps) * valid_steps
+            points.append((at, float(match.group(1))))
     return points
 
 
