@@ -311,6 +311,8 @@ def collect(args):
         if budget.exists():
             shutil.copy(budget, args.results / "BUDGET.json")
     for run_name in ["teacher"] + [run.name for run in RUNS]:
+        if run_name == "teacher" and (out / "teacher").is_dir():
+            continue  # collected on the machine that trained it (its paths made relative there)
         run_dir = args.runs / run_name
         evals = sorted(run_dir.glob("*.eval.json"))
         if not evals:
