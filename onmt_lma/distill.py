@@ -73,14 +73,20 @@ def distillation_loss(
         each a sum over the non-padding tokens.
     """
     student_logits = student_logits.float()
-    nll = F.cross_entropy(
-        student_logits,
-        target,
-        ignore_index=padding_idx,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    if temperature == 1.0 and label_smoothing == 0:
+        # one log-softmax over the vocabulary serves both terms (the costly part); cross_entropy is
+        # exactly nll_loss(log_softmax(.)), so -kd_alpha 0 still trains exactly like no teacher
+        student_log_probs = F.log_softmax(student_logits, dim=-1)
+        nll = F.nll_loss(student_log_probs, target, ignore_index=padding_idx, reduction="sum")
+    else:
+        nll = F.cross_entropy(
+            student_logits,
+            target,
+            ignore_index=padding_idx,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
     if teacher_ids is not None:
         student_log_probs = student_log_probs.gather(-1, teacher_ids)
     teacher_log_probs = F.log_softmax(teacher_scores.float() / temperature, dim=-1)

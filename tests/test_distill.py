@@ -34,7 +34,8 @@ def direct_kd_loss(student, teacher, target, alpha, temperature, smoothing):
     return (1 - alpha) * nll + alpha * temperature**2 * kl, nll, kl
 
 
-@pytest.mark.parametrize("alpha, temperature, smoothing", [(0.7, 1.0, 0.0), (0.3, 2.0, 0.1), (1.0, 0.5, 0.0)])
+@pytest.mark.parametrize("alpha, temperature, smoothing",
+                         [(0.7, 1.0, 0.0), (0.5, 1.0, 0.1), (0.3, 2.0, 0.1), (1.0, 0.5, 0.0)])
 def test_loss_matches_a_direct_computation_with_padding(alpha, temperature, smoothing):
     torch.manual_seed(0)
     student = torch.randn(9, 7, dtype=torch.double) * 2
