@@ -49,7 +49,7 @@ def train_all(args):
             distil = (("kd_teacher", str(args.teacher.resolve())) if topk is None else
                       ("kd_cache", str(runs.teacher_cache("multi30k", args.teacher.resolve(), args.data.parent, topk))))
             settings = [("pos_ffn_activation_fn", activation), ("seed", 1), distil, ("train_steps", STEPS),
-                        ("valid_steps", VALID_EVERY), ("save_checkpoint_steps", STEPS)]
+                        ("valid_steps", VALID_EVERY), ("save_checkpoint_steps", VALID_EVERY)]  # resumable
             run_dir = args.runs / run_name(activation, label)
             final = recipes.train("multi30k", "student64", args.data, run_dir, settings)
             out = Path(f"{final}.eval.json")
