@@ -178,17 +178,11 @@ def differences(recorded, current):
 # --------------------------------------------------------------------------- #
 def _batches(examples, batch_tokens):
     """Examples sorted by length, in batches of at most ``batch_tokens`` padded target tokens."""
+    from onmt_lma.runtime import token_budget_batches
+
     examples = sorted(examples, key=lambda ex: (len(ex["tgt"]["tgt_ids"]), len(ex["src"]["src_ids"])))
-    batch, longest = [], 0
-    for example in examples:
-        length = max(len(example["tgt"]["tgt_ids"]), len(example["src"]["src_ids"]))
-        if batch and max(longest, length) * (len(batch) + 1) > batch_tokens:
-            yield batch
-            batch, longest = [], 0
-        batch.append(example)
-        longest = max(longest, length)
-    if batch:
-        yield batch
+    return token_budget_batches(examples, batch_tokens,
+                                lambda ex: max(len(ex["tgt"]["tgt_ids"]), len(ex["src"]["src_ids"])))
 
 
 def teacher_top_k(teacher, examples, vocabs, topk, device, value_dtype):

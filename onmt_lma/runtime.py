@@ -36,20 +36,25 @@ def length_penalty(kind, length, alpha):
     return 1.0
 
 
-def batches(lines, batch_size, batch_type="sents"):
-    if batch_type == "sents":
-        yield from (lines[start:start + batch_size] for start in range(0, len(lines), batch_size))
-        return
+def token_budget_batches(items, budget, length):
+    """Consecutive ``items`` while the longest ``length(item)`` times their number stays within ``budget``
+    (at least one item a batch)."""
     batch, longest = [], 0
-    for line in lines:
-        length = len(line.split())
-        if batch and max(longest, length) * (len(batch) + 1) > batch_size:
+    for item in items:
+        size = length(item)
+        if batch and max(longest, size) * (len(batch) + 1) > budget:
             yield batch
             batch, longest = [], 0
-        batch.append(line)
-        longest = max(longest, length)
+        batch.append(item)
+        longest = max(longest, size)
     if batch:
         yield batch
+
+
+def batches(lines, batch_size, batch_type="sents"):
+    if batch_type == "sents":
+        return (lines[start:start + batch_size] for start in range(0, len(lines), batch_size))
+    return token_budget_batches(lines, batch_size, lambda line: len(line.split()))
 
 
 class OnnxTranslator:
