@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/compil
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # the unit tests; tests that need ../shared/data are skipped (reason printed) when it is not there
 test-fast: $(STAMP)

@@ -39,7 +39,12 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
   for the latest; it is now written as ``BASE.partial_step_N.pt`` and renamed;
 * distillation -- the trainer's training loss gets the teacher of
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
-  report the KD part next to the NLL part.
+  report the KD part next to the NLL part;
+* start-up -- OpenNMT-py imports every transform when it starts, and the
+  terminology transform imports spaCy (about a third of a command's start-up)
+  to call ``spacy.load`` only when it is used; importing this module puts a
+  deferred ``spacy`` in ``sys.modules`` (:class:`DeferredModule`) that imports
+  the real one on first use.
 
 Nothing else patches OpenNMT-py, except :class:`onmt_lma.study.benchmark.StepTimer`,
 which wraps ``Trainer._gradient_accumulation`` only inside its ``with`` block
@@ -59,10 +64,39 @@ configs, :class:`onmt_lma.opts.CommandParser`).
 """
 
 import copy
+import importlib.util
 import logging
 import os
+import sys
+import types
 import warnings
 import weakref
+
+
+class DeferredModule(types.ModuleType):
+    """A module that imports itself on the first use of one of its attributes.
+
+    Until then it has no ``__file__``, so that ``inspect.getmodule`` (which torch
+    calls on every module in ``sys.modules``) passes it by instead of importing it.
+    Once imported, ``sys.modules`` holds the real module and this one shares its
+    attributes (a name bound to this object keeps working).
+    """
+
+    def __getattr__(self, name):
+        if name == "__file__":
+            raise AttributeError(name)
+        del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+    @classmethod
+    def install(cls, name):
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            sys.modules[name] = cls(name)
+
+
+DeferredModule.install("spacy")  # before onmt: only its terminology transform uses spaCy
 
 # OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
 # the warnings are raised while onmt imports, so the filter comes first.

@@ -212,3 +212,34 @@ def test_missing_or_broken_checkpoints_are_clear_errors(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match=r"garbage\.pt.* is not a readable OpenNMT-py checkpoint"):
         onmt.models.model_saver.load_checkpoint(str(garbage))
+
+
+def test_a_deferred_module_imports_itself_on_first_use(monkeypatch):
+    """spaCy's stand-in (the same class) stays unimported through ``inspect``'s probe, then becomes the real module."""
+    import inspect
+    import sys
+
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    plugin.DeferredModule.install("colorsys")
+    deferred = sys.modules["colorsys"]
+    assert isinstance(deferred, plugin.DeferredModule) and not hasattr(deferred, "__file__")
+    inspect.getmodule(test_a_deferred_module_imports_itself_on_first_use)  # walks sys.modules
+    assert sys.modules["colorsys"] is deferred
+    assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # first use: the real function
+    real = sys.modules["colorsys"]
+    assert not isinstance(real, plugin.DeferredModule) and deferred.__file__ == real.__file__
+    plugin.DeferredModule.install("colorsys")  # already imported: left alone
+    assert sys.modules["colorsys"] is real
+    plugin.DeferredModule.install("no_such_module_anywhere")
+    assert "no_such_module_anywhere" not in sys.modules
+
+
+def test_spacy_is_imported_only_when_the_terminology_transform_needs_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, onmt_lma.plugin, onmt.transforms.terminology as t; assert 'spacy.cli' not in sys.modules; "
+            "assert callable(t.spacy.load) and 'spacy.cli' in sys.modules; import spacy; print(spacy.__version__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()[0].isdigit()
