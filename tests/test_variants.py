@@ -242,6 +242,20 @@ def test_every_study_run_names_its_part_and_the_settings_are_options():
     assert all(key in known for run in module.RUNS for key, _ in run.settings)
 
 
+def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
+    import argparse
+    import os
+
+    module = study_module()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert module.process_env(argparse.Namespace(gpu=-1, parallel=2))["OMP_NUM_THREADS"] == "1"
+    assert module.process_env(argparse.Namespace(gpu=-1, parallel=4))["OMP_NUM_THREADS"] == "1"  # never 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert module.process_env(argparse.Namespace(gpu=-1, parallel=2))["OMP_NUM_THREADS"] == "8"
+    assert module.process_env(argparse.Namespace(gpu=-1, parallel=1)) is None  # torch's own default
+    assert module.process_env(argparse.Namespace(gpu=0, parallel=12)) is None  # a GPU does the work
+
+
 def test_paired_differences_report_mean_spread_t_and_signs():
     lines = study_module().paired_lines([(20.0, 18.0), (21.0, 19.5), (22.0, 19.0)], "LMA − ReLU")
     assert "-2.00, -1.50, -3.00" in lines[0]
