@@ -16,13 +16,12 @@ the seed-to-seed spread of results/multi30k, 0.3-1.0 BLEU).
 
 ``run`` is resumable (each run, cache and evaluation is skipped once finished).  On 2 CPU cores two
 ``run --only ...`` processes with ``OMP_NUM_THREADS=1`` each train 1.4x more tokens per second together
-than one process with two threads; only one of them should build the caches (give it the cached runs).  Writes
+than one process with two threads (results/bench/parallel_training.md); only one of them should build the caches (give it the cached runs).  Writes
 ``results/bench/kd_cache_equivalence.{json,md}`` with paths relative to the runs folder.
 """
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -69,7 +68,9 @@ def train_all(args):
 
 def tokens_per_second(train_log):
     """Median training speed (target tokens/s) of the log's step reports."""
-    speeds = [int(m.group(1)) for m in re.finditer(r"tok/s: *\d+/ *(\d+)", Path(train_log).read_text())]
+    from onmt_lma.study.report import target_tokens_per_second
+
+    speeds = target_tokens_per_second(train_log)
     return statistics.median(speeds) if speeds else None
 
 

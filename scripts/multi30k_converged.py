@@ -25,7 +25,7 @@ steps, at most MAX_STEPS.
 ``--parallel`` students at once (on a GPU: all of them; on CPU each process
 gets cores / parallel threads, and a run's evaluation holds its slot until it
 is done: on 2 cores ``--parallel 2`` trains 1.4x the tokens per second of
-``--parallel 1``), stops each at N, then
+``--parallel 1``: results/bench/parallel_training.md), stops each at N, then
 per run: BLEU on test_2016 every 500 steps, the average of the
 last AVERAGE_LAST checkpoints, and a full evaluation of the final and the
 averaged checkpoint (onmt_lma.evaluate).  ``collect`` copies what the

@@ -152,3 +152,16 @@ def test_validation_steps_are_exact_when_reports_do_not_divide_them(tmp_path):
     log.write_text("\n".join(lines) + "\n")
     assert validation_curve(log, valid_steps=250) == [(250, pytest.approx(4.167)), (500, 2.0)]
     assert [step for step, _ in validation_curve(log)] == [240, 500]  # without valid_steps: the last report
+
+
+def test_training_speed_is_read_from_the_step_reports_target_side(tmp_path):
+    from onmt_lma.study.report import target_tokens_per_second
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026-11-25 19:44:07,922 INFO] Step 40/   40; acc: 8.7; ppl: 8574.6; xent: 9.1; lr: 0.00014; "
+        "sents:    1530; bsz: 2420/2770/153; 1440/1648 tok/s;     71 sec;\n"
+        "[2026-11-25 19:44:08,000 INFO] Validation perplexity: 138.2\n"
+        "[2026-11-25 19:48:14,712 INFO] Step 60/  800; acc: 0.3; ppl: 10510.3; xent: 9.3; lr: 0.00007; "
+        "sents:    3979; bsz: 2303/2722/199; 455/538 tok/s;    101 sec; kd_kl: 8.78\n")
+    assert target_tokens_per_second(log) == [1648, 538]

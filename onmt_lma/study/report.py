@@ -249,6 +249,13 @@ def validation_curve(train_log, valid_steps=None):
     return points
 
 
+def target_tokens_per_second(train_log):
+    """The target tokens/s of each step report of an OpenNMT-py training log
+    (``... bsz: 2420/2770/153; 1440/1648 tok/s; ...``: source/target)."""
+    text = Path(train_log).read_text(encoding="utf-8", errors="replace")
+    return [int(m.group(1)) for m in re.finditer(r"Step \d+/.*? \d+/ *(\d+) tok/s;", text)]
+
+
 def write_report(paths, out_dir, reading=None):
     results = load_results(paths)
     out_dir = Path(out_dir)
