@@ -198,3 +198,45 @@ def test_quantization_aware_training_translation_and_export(vocab, lma_model, tm
         assert ("4-bit weights: " in result.stderr) == (label == "trained")
         outputs[label] = out.read_text().splitlines()
     assert len(outputs["trained"]) == 12 and outputs["trained"] == outputs["exported"]
+
+
+@pytest.mark.integration
+def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, lma_student, corpus_dir, tmp_path):
+    """scripts/quant_study.py on a tiny LMA student: every configuration evaluated, the 4-bit row from its export."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_SETTINGS
+
+    script = [sys.executable, str(REPO / "scripts" / "quant_study.py")]
+    common = ["--runs", tmp_path / "runs", "--out", tmp_path / "out", "--steps", "4", "--bits", "4"]
+    settings = [a for key, value in TINY_SETTINGS.items() for a in ("--set", f"{key}={value}")]
+    done = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
+                           "--data", corpus_dir, *common, *settings], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "qat.json").read_text())
+    rows = result["rows"]["lma"]
+    assert list(rows) == ["fp32", "int8 post-training", "fp32 fine-tuned", "4-bit QAT"]
+    assert result["checkpoints"]["lma"]["4-bit QAT"] == "lma_qat4_4/model_step_34.4bit.pt"  # 30 + 4 steps, exported
+    fp32 = json.loads((tmp_path / "runs" / "lma" / f"{lma_student.name}.eval.json").read_text())
+    assert rows["fp32"]["bleu"] == fp32["bleu"]["score"] and rows["fp32"]["speedup"] == 1.0
+    assert load(tmp_path / "runs" / "lma" / lma_student.name)["optim"] is None  # sizes without the optimizer
+    assert rows["int8 post-training"]["smaller"] > 1.5 and rows["4-bit QAT"]["smaller"] > 1.5
+    assert rows["fp32 fine-tuned"]["smaller"] == pytest.approx(1.0, abs=0.01)
+    qat_log = (tmp_path / "runs" / "lma_qat4_4" / "train.log").read_text()
+    assert "with 4-bit weights (buckets of 256)" in qat_log and "Distilling from teacher" in qat_log
+    table = (tmp_path / "out" / "qat.md").read_text()
+    assert table.count("| lma |") == 4 and "4-bit QAT: BLEU" in table
+    assert "tmp" not in (tmp_path / "out" / "qat.json").read_text() + table  # paths relative to the runs folder
+
+    again = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
+                            "--data", corpus_dir, *common, *settings], capture_output=True, text=True)
+    assert again.returncode == 0 and "training" not in again.stderr.lower()  # everything finished: nothing redone
+    averaged = tmp_path / "no_optim.pt"
+    checkpoint = load(lma_student)
+    checkpoint["optim"] = None
+    torch.save(checkpoint, averaged)
+    refused = subprocess.run([*script, "run", "--student", f"lma={averaged}", "--teacher", teacher,
+                              "--data", corpus_dir, *common], capture_output=True, text=True)
+    assert refused.returncode == 2 and "no optimizer state" in refused.stderr

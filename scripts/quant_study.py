@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""LMA with quantization: fp32, int8 post-training and quantization-aware distillation at 8, 4 and 2 bits.
+
+For each trained student (``--student relu=CK --student lma=CK``, training checkpoints
+``model_step_N.pt`` with their optimizer) on a prepared corpus (recipes/<corpus>/student64.yaml):
+
+* ``fp32`` -- the checkpoint as trained (every configuration evaluated without optimizer state);
+* ``int8 post-training`` -- ``onmt_lma_quantize -embeddings`` (int8 linear layers and embeddings);
+* ``fp32 fine-tuned`` -- the same ``--steps`` of distillation as the quantization-aware runs, without
+  quantization: the control that separates "more training" from "quantized";
+* ``B-bit QAT`` -- ``-train_from CK -quant_bits B`` for ``--steps`` steps, distilled from the teacher
+  as in training (Polino et al. 2018, buckets of 256), exported by ``onmt_lma_quantize`` as packed
+  B-bit codes, and evaluated from that export (its size on disk is the real low-bit storage).
+
+Each configuration is evaluated by ``onmt_lma.evaluate`` on the corpus's test set (beam 5, one
+sentence at a time: sacreBLEU, tokenized BLEU, chrF, perplexity, size, speed, peak memory), one after
+another in this run.  The table gives every student's rows and, with both ``relu`` and ``lma``, LMA's
+gap to ReLU in each configuration (the paper's claim: it holds or grows under quantization).
+
+Goals (stated before the runs): int8 post-training within 0.3 BLEU of fp32, at least 1.5x faster and
+3.5x smaller; 4-bit quantization-aware within 1.5 BLEU of fp32.
+
+    python scripts/quant_study.py run --student relu=CK --student lma=CK --teacher T [--kd-cache K]
+           [--data data/multi30k] [--runs runs/quant] [--steps 300] [--bits 8 4 2] [--out results/quant]
+    python scripts/quant_study.py report [--runs runs/quant] [--out results/quant]
+
+Resumable: every fine-tuning, export and evaluation is skipped once finished.  Writes
+``OUT/qat.{json,md}`` with paths relative to the runs folder.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BITS = (8, 4, 2)
+STEPS = 300
+GOALS = {"int8_bleu": 0.3, "int8_speedup": 1.5, "int8_smaller": 3.5, "4bit_bleu": 1.5}
+
+
+class StudyInputError(ValueError):
+    """A student, teacher or option that the study cannot use."""
+
+
+def parse_student(text):
+    label, _, path = text.partition("=")
+    if not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=CHECKPOINT (e.g. relu=runs/x/model_step_2750.pt)")
+    return label, Path(path)
+
+
+def training_step(checkpoint):
+    """The step a training checkpoint was saved at (its optimizer's); an error for one without optimizer."""
+    from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
+
+    try:
+        with checkpoint_loading(str(checkpoint)):
+            state = torch.load(checkpoint, map_location="cpu")
+    except CheckpointError as error:
+        raise StudyInputError(f"--student: {error}") from None
+    if not state.get("optim"):
+        raise StudyInputError(f"{checkpoint}: no optimizer state (an averaged or released model?); "
+                              "fine-tuning continues a training checkpoint, model_step_N.pt")
+    # OpenNMT-py's optimizer counts from 1: after N steps it holds N + 1, and training resumes at step N + 1
+    return int(state["optim"]["training_step"]) - 1, state["opt"].pos_ffn_activation_fn
+
+
+def configurations(bits):
+    """``{name: quantization-aware bits, None for float, "int8" for post-training}`` in table order."""
+    return {"fp32": None, "int8 post-training": "int8", "fp32 fine-tuned": 0,
+            **{f"{b}-bit QAT": b for b in bits}}
+
+
+def fine_tune(label, checkpoint, bits, args):
+    """The fine-tuned (``bits`` 0: float) checkpoint of one student, trained once."""
+    from onmt_lma.study import recipes, runs
+
+    start, activation = training_step(checkpoint)
+    distil = (("kd_cache", str(runs.teacher_cache(args.data.name, args.teacher.resolve(), args.data.parent,
+                                                  args.kd_cache)))
+              if args.kd_cache else ("kd_teacher", str(args.teacher.resolve())))
+    settings = [("pos_ffn_activation_fn", activation), ("train_from", str(checkpoint.resolve())), distil,
+                ("train_steps", start + args.steps), ("valid_steps", args.steps),
+                ("save_checkpoint_steps", min(100, args.steps))]  # resumable
+    if bits:
+        settings.append(("quant_bits", bits))
+    run_dir = args.runs / f"{label}_{f'qat{bits}' if bits else 'fp32'}_{args.steps}"
+    return recipes.train(args.data.name, "student64", args.data, run_dir, settings + args.extra)
+
+
+def exported(checkpoint, bits):
+    """The packed ``bits``-bit export of a quantization-aware checkpoint (onmt_lma_quantize)."""
+    from onmt_lma import quantize
+
+    out = checkpoint.with_suffix(f".{bits}bit.pt")
+    if not out.is_file():
+        partial = out.with_suffix(".partial.pt")
+        quantize.main(["-model", str(checkpoint), "-output", str(partial)])
+        partial.replace(out)
+    return out
+
+
+def model_for(label, checkpoint, setting, args):
+    """The checkpoint evaluated for one configuration (trained, quantized or exported on the way)."""
+    from onmt_lma.evaluate import int8_version
+
+    if setting is None:  # in the runs folder, so that the evaluation's files go there
+        return model_only(checkpoint, args.runs / label / checkpoint.name)
+    if setting == "int8":
+        return Path(int8_version(model_for(label, checkpoint, None, args)))
+    tuned = fine_tune(label, checkpoint, setting, args)
+    return exported(tuned, setting) if setting else model_only(tuned, tuned.with_suffix(".float32.pt"))
+
+
+def model_only(checkpoint, out):
+    """``checkpoint`` without its optimizer state (what one deploys; sizes compare like with like)."""
+    from onmt_lma import average
+
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        average.save(average.average([checkpoint]), out)
+    return out
+
+
+def run(args):
+    from onmt_lma import evaluate
+
+    for label, checkpoint in args.student:
+        for name, setting in configurations(args.bits).items():
+            model = model_for(label, checkpoint, setting, args)
+            out = Path(f"{model}.eval.json")
+            if not out.is_file():
+                evaluate.evaluate(model, args.data, out, beam=5, batch_size=1)
+            print(f"[quant] {label}, {name}: {json.loads(out.read_text())['bleu']['score']:.2f} BLEU", flush=True)
+
+
+def collect(args):
+    """``{label: {configuration: evaluation}}`` of what has been evaluated, paths relative to the runs folder."""
+    results = {}
+    for evaluation in sorted(args.runs.glob("**/*.eval.json")):
+        label = evaluation.relative_to(args.runs).parts[0].split("_")[0]
+        name = configuration_of(evaluation.relative_to(args.runs))
+        if name is not None:
+            results.setdefault(label, {})[name] = {**json.loads(evaluation.read_text()), "evaluated": evaluation}
+    return results
+
+
+def configuration_of(relative):
+    """The configuration an evaluation file belongs to, from where :func:`run` put it."""
+    folder, file = relative.parts[0], relative.name
+    if "_" not in folder:  # LABEL/model_step_N.pt[.int8.pt].eval.json
+        return "int8 post-training" if file.endswith(".int8.pt.eval.json") else "fp32"
+    kind = folder.split("_")[1]
+    if kind == "fp32":
+        return "fp32 fine-tuned"
+    return f"{kind[3:]}-bit QAT" if file.endswith("bit.pt.eval.json") else None
+
+
+def row(evaluation, base):
+    speed = evaluation["speed"]["sentences_per_s"]
+    return {"bleu": evaluation["bleu"]["score"],
+            "bleu_tok": evaluation["bleu_tok"]["score"] if evaluation["bleu_tok"] else None,
+            "chrf": evaluation["chrf"]["score"], "ppl": evaluation["ppl"], "size_mb": evaluation["size_mb"],
+            "sentences_per_s": speed, "memory_mb": evaluation["memory"]["peak_mb"],
+            "bleu_vs_fp32": evaluation["bleu"]["score"] - base["bleu"]["score"],
+            "speedup": speed / base["speed"]["sentences_per_s"], "smaller": base["size_mb"] / evaluation["size_mb"]}
+
+
+def report(args):
+    results = collect(args)
+    order = list(configurations(args.bits))
+    table = {label: {name: row(by_name[name], by_name["fp32"]) for name in order if name in by_name}
+             for label, by_name in results.items() if "fp32" in by_name}
+    lines = ["| student | configuration | BLEU | tok. BLEU | chrF | ppl | BLEU vs fp32 | size MB | smaller | "
+             "sent/s | speed vs fp32 | memory MB |", "| --- " * 12 + "|"]
+    for label, rows in table.items():
+        for name, r in rows.items():
+            tok = "" if r["bleu_tok"] is None else f"{r['bleu_tok']:.2f}"
+            lines.append(f"| {label} | {name} | {r['bleu']:.2f} | {tok} | {r['chrf']:.2f} | "
+                         f"{r['ppl']:.2f} | {r['bleu_vs_fp32']:+.2f} | {r['size_mb']:.1f} | {r['smaller']:.1f}x | "
+                         f"{r['sentences_per_s']:.1f} | {r['speedup']:.2f}x | {r['memory_mb']:.0f} |")
+    gaps = []
+    if "relu" in table and "lma" in table:
+        gaps = ["", "LMA − ReLU, sacreBLEU, per configuration: " + "; ".join(
+            f"{name} {table['lma'][name]['bleu'] - table['relu'][name]['bleu']:+.2f}"
+            for name in order if name in table["lma"] and name in table["relu"])]
+    goals = []
+    for label, rows in table.items():
+        int8, four = rows.get("int8 post-training"), rows.get("4-bit QAT")
+        if int8:
+            goals.append(f"- {label}, int8 post-training: BLEU {int8['bleu_vs_fp32']:+.2f} (goal within "
+                         f"{GOALS['int8_bleu']}: {'met' if int8['bleu_vs_fp32'] >= -GOALS['int8_bleu'] else 'missed'}), "
+                         f"speed {int8['speedup']:.2f}x (goal {GOALS['int8_speedup']}x: "
+                         f"{'met' if int8['speedup'] >= GOALS['int8_speedup'] else 'missed'}), "
+                         f"{int8['smaller']:.1f}x smaller (goal {GOALS['int8_smaller']}x: "
+                         f"{'met' if int8['smaller'] >= GOALS['int8_smaller'] else 'missed'})")
+        if four:
+            goals.append(f"- {label}, 4-bit QAT: BLEU {four['bleu_vs_fp32']:+.2f} vs fp32 (goal within "
+                         f"{GOALS['4bit_bleu']}: {'met' if four['bleu_vs_fp32'] >= -GOALS['4bit_bleu'] else 'missed'})")
+    sources = {label: {name: e["evaluated"].relative_to(args.runs).as_posix().removesuffix(".eval.json")
+                       for name, e in by_name.items()} for label, by_name in results.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "qat.json").write_text(json.dumps({"steps": args.steps, "bits": list(args.bits), "goals": GOALS,
+                                                   "rows": table, "checkpoints": sources}, indent=1) + "\n")
+    text = ("# Quantization of trained students: int8 post-training and quantization-aware distillation\n\n"
+            f"`python scripts/quant_study.py`: each student as trained (fp32), int8 post-training "
+            f"(`onmt_lma_quantize -embeddings`), {args.steps} more steps of distillation without (fp32 fine-tuned, "
+            "the control) and with quantization-aware training at each bit width (buckets of 256, exported as packed "
+            "codes); test set, beam 5, one sentence at a time, evaluated one after another in one run "
+            "(`onmt_lma.evaluate`; memory: the translating process's peak resident memory above what it held before "
+            "loading the model).\n\n" + "\n".join(lines + gaps) + "\n\n" + "\n".join(goals) + "\n")
+    (args.out / "qat.md").write_text(text)
+    print(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "report"))
+    parser.add_argument("--student", type=parse_student, action="append", default=[], metavar="LABEL=CHECKPOINT")
+    parser.add_argument("--teacher", type=Path, help="the students' teacher (run)")
+    parser.add_argument("--kd-cache", type=int, metavar="K", help="distil from the teacher's top-K cache")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k", help="a prepared corpus")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quant")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "quant")
+    parser.add_argument("--steps", type=int, default=STEPS, help="fine-tuning steps of every trained configuration")
+    parser.add_argument("--bits", type=int, nargs="+", default=list(BITS))
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every fine-tuning run")
+    args = parser.parse_args(argv)
+    from onmt_lma.study.recipes import parse_setting
+
+    args.extra = [parse_setting(s) for s in args.extra]
+    if any(not 2 <= b <= 8 for b in args.bits):
+        parser.error(f"--bits {args.bits}: each from 2 to 8")
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: at least 1")
+    if args.action == "run":
+        if not args.student:
+            parser.error("--student LABEL=CHECKPOINT: at least one")
+        if len({label for label, _ in args.student}) != len(args.student) or any(
+                "_" in label or "/" in label for label, _ in args.student):
+            parser.error("--student: labels must differ and hold no '_' or '/'")
+        if args.teacher is None or not args.teacher.is_file():
+            parser.error(f"--teacher: a teacher checkpoint is needed, got {args.teacher}")
+        if not (args.data / "data.yaml").is_file():
+            parser.error(f"--data {args.data}: no prepared corpus (python -m data_prep)")
+        try:
+            for _, checkpoint in args.student:
+                training_step(checkpoint)
+            run(args)
+        except StudyInputError as error:
+            parser.error(str(error))
+    report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
