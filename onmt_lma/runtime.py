@@ -19,6 +19,7 @@ unknown tokens as OpenNMT-py does.  OpenNMT-py's other search options (n-gram bl
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,9 @@ class OnnxTranslator:
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
         self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
+        #: where the time goes (seconds, summed over every call): the encoder, the decoder step's graph, and the
+        #: beam search around it (NumPy: scores, top-k, reordering the caches); ``steps``: decoder calls
+        self.profile = {"encoder_s": 0.0, "decoder_s": 0.0, "search_s": 0.0, "steps": 0, "sentences": 0}
 
     def _encode(self, lines):
         ids = [[self.src_vocab.get(token, self.special["src_unk"]) for token in line.split()] for line in lines]
@@ -117,8 +121,11 @@ class OnnxTranslator:
         return results
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
+        started = time.perf_counter()
+        decoder_s, decoder_calls = 0.0, 0
         special = self.special
         memory_pad, cross_keys, cross_values = self._encode(lines)
+        encoded = time.perf_counter()
         count = len(lines)
         rows = np.repeat(np.arange(count), beam)
         memory_pad, cross_keys, cross_values = memory_pad[rows], cross_keys[:, rows], cross_values[:, rows]
@@ -131,9 +138,12 @@ class OnnxTranslator:
         hypotheses = [[] for _ in range(count)]
         results = [None] * count
         for step in range(max_length):
+            before = time.perf_counter()
             log_probs, keys, values = self.decoder.run(None, {
                 "token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_pad": memory_pad,
                 "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values})
+            decoder_s += time.perf_counter() - before
+            decoder_calls += 1
             vocab = log_probs.shape[1]
             length = alive.shape[1]
             if length <= min_length:
@@ -173,6 +183,13 @@ class OnnxTranslator:
             offsets, beam_scores = offsets[going], beam_scores[going]
             alive, keys, values = alive[kept], keys[:, kept], values[:, kept]
             memory_pad, cross_keys, cross_values = memory_pad[kept], cross_keys[:, kept], cross_values[:, kept]
+        finished_at = time.perf_counter()
+        profile = self.profile
+        profile["encoder_s"] += encoded - started
+        profile["decoder_s"] += decoder_s
+        profile["search_s"] += finished_at - encoded - decoder_s
+        profile["steps"] += decoder_calls
+        profile["sentences"] += count
         return results
 
     def _text(self, ids):

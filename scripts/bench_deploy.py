@@ -4,10 +4,10 @@
 For each checkpoint: ``onmt_lma_export -int8`` into a temporary folder, then the first ``--sentences``
 lines of a prepared corpus's test set translated with beam 5, one sentence at a time and in batches of
 32, by OpenNMT-py's translator (``onmt_lma_translate``'s engine), by ``OnnxTranslator`` on the float32
-graphs and on the int8 graphs, and (ReLU/GELU/SiLU checkpoints) by CTranslate2 float32 and int8
+graphs and on the int8 graphs (with where its time goes per decoding step), and (ReLU/GELU/SiLU checkpoints) by CTranslate2 float32 and int8
 (``onmt_lma_convert_ct2``; beam 5, its default length normalization); every configuration loaded in this process, timed in alternation
 (``--repeats``); sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
-as model + options in float32, the graphs).  Writes ``results/bench/deploy.{json,md}``.
+as model + options in float32, the graphs); each configuration's peak memory, in a fresh process.  Writes ``results/bench/deploy.{json,md}``.
 
     python scripts/bench_deploy.py CHECKPOINT [CHECKPOINT ...] [--data data/multi30k] [--sentences 200]
 """
@@ -15,6 +15,8 @@ as model + options in float32, the graphs).  Writes ``results/bench/deploy.{json
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +50,7 @@ def onnx_engine(folder, batch, int8):
 
     def translate(lines):
         return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
+    translate.profile = translator.profile  # where the time goes, summed over every call
     return translate
 
 
@@ -64,15 +67,57 @@ def ctranslate2_engine(folder, batch):
     return translate
 
 
+def engine_for(name, batch, path):
+    """The translate function of one configuration: ``path`` is the checkpoint (PyTorch), the export folder
+    (ONNX Runtime) or the converted folder (CTranslate2)."""
+    if name.startswith("OpenNMT-py"):
+        return pytorch_engine(path, "/dev/null", batch)
+    if name.startswith("ONNX Runtime"):
+        return onnx_engine(path, batch, name.endswith("int8"))
+    return ctranslate2_engine(path, batch)
+
+
+def memory_worker(name, batch, path, sources):
+    """Run in a fresh process: peak resident memory (MiB) of loading one configuration and translating
+    ``sources``, above what the process held before (every library imported already)."""
+    import ctranslate2  # noqa: F401  (imported before the measure: the libraries are not the model's memory)
+    import onnxruntime  # noqa: F401
+    from onmt.inference_engine import InferenceEnginePY  # noqa: F401
+
+    from onmt_lma.evaluate import _reset_peak_rss, _status_mb
+
+    before = _status_mb("VmRSS")
+    _reset_peak_rss()
+    engine_for(name, batch, path)(sources)
+    return _status_mb("VmHWM") - before
+
+
+def measured_memory(name, batch, path, args):
+    """:func:`memory_worker` in its own process (one configuration per process: peaks do not mix)."""
+    done = subprocess.run([sys.executable, __file__, "--memory-worker", name, str(batch), str(path),
+                           "--data", str(args.data), "--sentences", str(args.sentences)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"memory of {name}, batch {batch} ({path}) could not be measured:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("checkpoints", type=Path, nargs="*")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k", help="prepared corpus")
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    parser.add_argument("--memory-worker", nargs=3, metavar=("ENGINE", "BATCH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[: args.sentences]
+    if args.memory_worker:
+        name, batch, path = args.memory_worker
+        print(memory_worker(name, int(batch), path, sources))
+        return
+    if not args.checkpoints:
+        parser.error("at least one CHECKPOINT")
     references = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()[: args.sentences]
     rows, sizes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +132,7 @@ def main():
                                        if n.endswith(".int8.onnx"))}
             sizes[checkpoint.name] = {"checkpoint float32 (model + options)": stripped.stat().st_size, **graphs}
             label = f"{checkpoint.name} ({manifest['activation']}, {manifest['hidden_size']}-dim)"
-            engines = {}
+            engines, paths = {}, {}
             convertible = manifest["activation"] in ct2.CT2_ACTIVATIONS
             if convertible:  # CTranslate2's runtime, for the activations it has
                 for quantization in (None, "int8"):
@@ -96,13 +141,13 @@ def main():
                     f"CTranslate2 {q or 'float32'}": (Path(tmp) / f"{checkpoint.stem}.ct2.{q}" / "model.bin").stat().st_size
                     for q in (None, "int8")})
             for batch in BATCHES:
-                engines[("OpenNMT-py (PyTorch)", batch)] = pytorch_engine(checkpoint, args.data / "test.de", batch)
-                engines[("ONNX Runtime float32", batch)] = onnx_engine(folder, batch, False)
-                engines[("ONNX Runtime int8", batch)] = onnx_engine(folder, batch, True)
+                paths[("OpenNMT-py (PyTorch)", batch)] = checkpoint
+                paths[("ONNX Runtime float32", batch)] = paths[("ONNX Runtime int8", batch)] = folder
                 if convertible:
                     for quantization in (None, "int8"):
-                        engines[(f"CTranslate2 {quantization or 'float32'}", batch)] = ctranslate2_engine(
-                            Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}", batch)
+                        paths[(f"CTranslate2 {quantization or 'float32'}", batch)] = (
+                            Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}")
+            engines = {key: engine_for(key[0], key[1], path) for key, path in paths.items()}
             for translate in engines.values():  # warm-up
                 translate(sources[:5])
             speeds, outputs = {key: [] for key in engines}, {}
@@ -114,25 +159,44 @@ def main():
                     speeds[key].append(len(sources) / (time.perf_counter() - start))
             for key in engines:
                 _, detok = postprocess(outputs[key], args.data)
+                profile = getattr(engines[key], "profile", None)
+                print(f"== {label}: {key[0]}, batch {key[1]}: memory", flush=True)
                 rows.append({"model": label, "engine": key[0], "batch": key[1],
+                             "memory_mb": measured_memory(key[0], key[1], paths[key], args),
+                             "profile": profile and {
+                                 "encoder_ms_per_sentence": 1000 * profile["encoder_s"] / profile["sentences"],
+                                 "decoder_ms_per_step": 1000 * profile["decoder_s"] / profile["steps"],
+                                 "search_ms_per_step": 1000 * profile["search_s"] / profile["steps"],
+                                 "decoder_calls_per_sentence": profile["steps"] / profile["sentences"]},
                              "sentences_per_s": statistics.median(speeds[key]), "runs": speeds[key],
                              "target_tokens_per_s": statistics.median(speeds[key]) * sum(
                                  len(o.split()) for o in outputs[key]) / len(sources),
                              "bleu": sacrebleu.corpus_bleu(detok, [references]).score,
                              "same_as_pytorch": sum(a == b for a, b in zip(
                                  outputs[key], outputs[("OpenNMT-py (PyTorch)", key[1])]))})
-    table = ("| model | engine | batch | sent/s | vs PyTorch | target tok/s | BLEU | lines as PyTorch |\n"
-             "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    table = ("| model | engine | batch | sent/s | vs PyTorch | target tok/s | BLEU | lines as PyTorch | memory |\n"
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     for row in rows:
         base = next(r for r in rows if r["model"] == row["model"] and r["batch"] == row["batch"]
                     and r["engine"].startswith("OpenNMT-py"))
         table += (f"| {row['model']} | {row['engine']} | {row['batch']} | {row['sentences_per_s']:.1f} | "
                   f"{row['sentences_per_s'] / base['sentences_per_s']:.2f}x | {row['target_tokens_per_s']:.0f} | "
-                  f"{row['bleu']:.2f} | {row['same_as_pytorch']}/{len(sources)} |\n")
-    table += "\n| model | " + " | ".join(next(iter(sizes.values()))) + " |\n|" + " --- |" * (
-        1 + len(next(iter(sizes.values())))) + "\n"
-    for name, entry in sizes.items():
-        table += f"| {name} | " + " | ".join(f"{size / 1e6:.2f} MB" for size in entry.values()) + " |\n"
+                  f"{row['bleu']:.2f} | {row['same_as_pytorch']}/{len(sources)} | {row['memory_mb']:.0f} MB |\n")
+    table += ("\nWhere the ONNX Runtime engine's time goes (summed over the timed runs): the encoder per "
+              "sentence; per decoding step (one call of the decoder-step graph for the whole batch) the graph "
+              "and the beam search around it (NumPy: scores, top-k, reordering the key/value caches).\n\n"
+              "| model | engine | batch | encoder ms/sentence | decoder graph ms/step | beam search ms/step | "
+              "decoder calls/sentence |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+    for row in rows:
+        if row["profile"]:
+            p = row["profile"]
+            table += (f"| {row['model']} | {row['engine']} | {row['batch']} | {p['encoder_ms_per_sentence']:.2f} | "
+                      f"{p['decoder_ms_per_step']:.2f} | {p['search_ms_per_step']:.2f} | "
+                      f"{p['decoder_calls_per_sentence']:.1f} |\n")
+    columns = list(dict.fromkeys(column for entry in sizes.values() for column in entry))
+    table += "\n| model | " + " | ".join(columns) + " |\n|" + " --- |" * (1 + len(columns)) + "\n"
+    for name, entry in sizes.items():  # "-": CTranslate2 has no such activation
+        table += f"| {name} | " + " | ".join(f"{entry[c] / 1e6:.2f} MB" if c in entry else "-" for c in columns) + " |\n"
     result = {"sentences": len(sources), "beam": 5, "repeats": args.repeats, "rows": rows, "sizes_bytes": sizes,
               "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +207,8 @@ def main():
         f"--repeats {args.repeats}`: the first {len(sources)} sentences of {args.data.name}'s test set, beam 5, "
         "every configuration loaded in one process and timed in alternation; sacreBLEU against the detokenized "
         "references of those sentences; 'lines as PyTorch': translations identical to OpenNMT-py's at the same "
-        "batch size.\n\n" + table + f"\nMachine: {result['machine']}\n")
+        "batch size; memory: peak resident memory of loading the configuration and translating those "
+        "sentences in a fresh process, above what it held with every library imported.\n\n" + table + f"\nMachine: {result['machine']}\n")
     print(table)
 
 

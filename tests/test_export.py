@@ -143,6 +143,24 @@ def test_the_onnx_engine_translates_as_opennmt_py_does(vocab, lma_checkpoint, ex
     assert len(out.read_text().splitlines()) == 26
 
 
+def test_the_onnx_engine_says_where_its_time_goes(vocab, exported):
+    import time
+
+    from onmt_lma.runtime import OnnxTranslator
+
+    translator = OnnxTranslator(exported)
+    lines = (vocab / "test.de").read_text().splitlines()[:6]
+    started = time.perf_counter()
+    results = translator.translate(lines, beam_size=3, batch_size=4, max_length=12)
+    wall = time.perf_counter() - started
+    profile = translator.profile
+    assert profile["sentences"] == 6
+    longest = max(len(text.split()) for (_, text), in results)
+    assert longest + 1 <= profile["steps"] <= 2 * 12  # two batches, each decoded until its beams end (eos counts)
+    parts = [profile["encoder_s"], profile["decoder_s"], profile["search_s"]]
+    assert all(part > 0 for part in parts) and sum(parts) <= wall
+
+
 def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exported, tmp_path):
     import json
     import shutil
