@@ -150,13 +150,20 @@ class OnnxTranslator:
                 log_probs[:, special["eos"]] = BANNED
             if ban_unk:
                 log_probs[:, special["unk"]] = BANNED
-            log_probs = log_probs + beam_scores.reshape(-1, 1)
+            # a sentence's best `beam` continuations are among each of its hypotheses' best `beam` tokens (adding
+            # the hypothesis's score and dividing by the length penalty keep a row's order): one pass over the
+            # vocabulary, then the scores of beam x beam candidates only
+            k = min(beam, vocab)
+            tokens = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
+            candidates = np.take_along_axis(log_probs, tokens, axis=1) + beam_scores.reshape(-1, 1)
             lp = length_penalty(penalty, length + 1, alpha)
-            scores = (log_probs / lp if lp != 1 else log_probs).reshape(len(offsets), beam * vocab)
-            best = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
-            order = np.lexsort((best, -np.take_along_axis(scores, best, axis=1)), axis=1)  # score desc, id asc
-            best = np.take_along_axis(best, order, axis=1)
-            top_scores = np.take_along_axis(scores, best, axis=1)
+            scores = (candidates / lp if lp != 1 else candidates).reshape(len(offsets), beam * k)
+            ids = (tokens.reshape(len(offsets), beam, k) + (np.arange(beam) * vocab)[None, :, None]).reshape(
+                len(offsets), beam * k)  # positions in the sentence's beam x vocabulary scores
+            chosen = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
+            best, top_scores = np.take_along_axis(ids, chosen, axis=1), np.take_along_axis(scores, chosen, axis=1)
+            order = np.lexsort((best, -top_scores), axis=1)  # score desc, id asc
+            best, top_scores = np.take_along_axis(best, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
             beam_scores = top_scores * lp
             tokens = best % vocab
             select = (best // vocab + np.arange(len(offsets))[:, None] * beam).reshape(-1)
