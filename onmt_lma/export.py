@@ -17,7 +17,8 @@ no custom operator is needed.
 * ``decoder_step.onnx``: ``token`` (n,) int64, ``step`` (1,) int64,
   ``memory_pad``, ``cross_keys``, ``cross_values`` (rows of the encoder's,
   one per hypothesis), ``self_keys``/``self_values`` (layers, n, heads, step,
-  head_dim) -> ``log_probs`` (n, vocab) and the caches one position longer.
+  head_dim) -> ``log_probs`` (n, vocab) and the caches one position longer, and each row's ``k`` best
+  (``top_log_probs``, ``top_ids``; ``k`` (1,) int64 an input of the graph).
 
 With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
 dynamic quantization (``*.int8.onnx``).  ``manifest.json`` records the format,
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-FORMAT = 1
+FORMAT = 2  # 2: the decoder step's top-k outputs
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
 
@@ -199,6 +200,7 @@ def export(checkpoint, out_dir, int8=False):
                       "self_keys": {1: "n", 3: "step"}, "self_values": {1: "n", 3: "step"},
                       "log_probs": {0: "n"}, "new_self_keys": {1: "n", 3: "step_plus_1"},
                       "new_self_values": {1: "n", 3: "step_plus_1"}})
+    add_top_k(out / "decoder_step.onnx")
     graphs = ["encoder.onnx", "decoder_step.onnx"]
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -229,6 +231,24 @@ def export(checkpoint, out_dir, int8=False):
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def add_top_k(path):
+    """Give the decoder step graph each row's ``k`` best tokens as outputs (``top_log_probs``, ``top_ids``;
+    ``k`` an input): the beam search then reads beam-size candidates per hypothesis instead
+    of copying out and partitioning the whole vocabulary's log-probabilities every step."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
+    graph.node.append(helper.make_node("TopK", ["log_probs", "k"], ["top_log_probs", "top_ids"], axis=1,
+                                       largest=1, sorted=1))
+    graph.output.extend([helper.make_tensor_value_info("top_log_probs", TensorProto.FLOAT, ["n", "k"]),
+                         helper.make_tensor_value_info("top_ids", TensorProto.INT64, ["n", "k"])])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _onnx_export(module, inputs, path, input_names, output_names, dynamic_axes):

@@ -95,6 +95,8 @@ class OnnxTranslator:
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
         self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
+        log_probs_shape = {o.name: o.shape for o in self.decoder.get_outputs()}["log_probs"]
+        self.vocab_size = log_probs_shape[1] if isinstance(log_probs_shape[1], int) else len(self.tgt_tokens)
         #: where the time goes (seconds, summed over every call): the encoder, the decoder step's graph, and the
         #: beam search around it (NumPy: scores, top-k, reordering the caches); ``steps``: decoder calls
         self.profile = {"encoder_s": 0.0, "decoder_s": 0.0, "search_s": 0.0, "steps": 0, "sentences": 0}
@@ -137,25 +139,25 @@ class OnnxTranslator:
         offsets = np.arange(count)
         hypotheses = [[] for _ in range(count)]
         results = [None] * count
+        vocab = self.vocab_size
         for step in range(max_length):
+            length = alive.shape[1]
+            banned = [special["eos"]] * (length <= min_length) + [special["unk"]] * bool(ban_unk)
+            # a sentence's best `beam` continuations are among each of its hypotheses' best `beam` tokens (adding
+            # the hypothesis's score and dividing by the length penalty keep a row's order), and those among the
+            # row's best `beam` + (banned tokens): the graph's TopK gives them, then beam x k candidates only
+            k = min(beam + len(banned), vocab)
             before = time.perf_counter()
-            log_probs, keys, values = self.decoder.run(None, {
-                "token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_pad": memory_pad,
-                "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values})
+            top_log_probs, tokens, keys, values = self.decoder.run(
+                ["top_log_probs", "top_ids", "new_self_keys", "new_self_values"],
+                {"token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_pad": memory_pad,
+                 "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values,
+                 "k": np.array([k], dtype=np.int64)})
             decoder_s += time.perf_counter() - before
             decoder_calls += 1
-            vocab = log_probs.shape[1]
-            length = alive.shape[1]
-            if length <= min_length:
-                log_probs[:, special["eos"]] = BANNED
-            if ban_unk:
-                log_probs[:, special["unk"]] = BANNED
-            # a sentence's best `beam` continuations are among each of its hypotheses' best `beam` tokens (adding
-            # the hypothesis's score and dividing by the length penalty keep a row's order): one pass over the
-            # vocabulary, then the scores of beam x beam candidates only
-            k = min(beam, vocab)
-            tokens = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
-            candidates = np.take_along_axis(log_probs, tokens, axis=1) + beam_scores.reshape(-1, 1)
+            for token in banned:
+                top_log_probs[tokens == token] = BANNED
+            candidates = top_log_probs + beam_scores.reshape(-1, 1)
             lp = length_penalty(penalty, length + 1, alpha)
             scores = (candidates / lp if lp != 1 else candidates).reshape(len(offsets), beam * k)
             ids = (tokens.reshape(len(offsets), beam, k) + (np.arange(beam) * vocab)[None, :, None]).reshape(

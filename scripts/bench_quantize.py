@@ -10,7 +10,9 @@ in alternation (``--repeats``):
   (``torch.ao``), int8 weights per row;
 * torchao int8 dyn. act. + int8 weights -- ``quantize_(model, Int8DynamicActivationInt8WeightConfig())``;
 * torchao int8 weight-only -- ``quantize_(model, Int8WeightOnlyConfig())`` (torchao: ``pip install torchao``;
-  its rows are left out when it is not installed).
+  its rows are left out when it is not installed);
+* ONNX Runtime float32 and int8 -- ``onmt_lma_export -int8`` (ONNX Runtime's dynamic quantization of the
+  matrix products) translated by onmt-lma's ONNX engine (``onmt_lma_translate -engine onnx``).
 
 sacreBLEU of each configuration's translations of those sentences against the detokenized references,
 sizes on disk of the fp32, int8 and int8-with-embeddings checkpoints.  Writes
@@ -30,8 +32,9 @@ import sacrebleu
 import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import average, quantize
+from onmt_lma import average, export, quantize
 from onmt_lma.evaluate import _translate_opts, postprocess
+from onmt_lma.runtime import OnnxTranslator
 from onmt_lma.study.benchmark import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,13 +49,20 @@ def torchao_config(name):
 
 
 def engine(checkpoint, src, transform=None):
+    """OpenNMT-py's translator of ``checkpoint`` (its model changed by ``transform``): lines -> best hypotheses."""
     from onmt.inference_engine import InferenceEnginePY
 
     opt = _translate_opts(checkpoint, src, "/dev/null", 5, -1, 1)
     translator = InferenceEnginePY(opt)
     if transform is not None:
         transform(translator.translator.model)
-    return translator
+    return lambda lines: [n_best[0] for n_best in translator.infer_list(lines)[1]]
+
+
+def onnx_engine(folder, int8):
+    """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export -int8`` folder: lines -> best hypotheses."""
+    translator = OnnxTranslator(folder, int8=int8)
+    return lambda lines: [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5)]
 
 
 def main():
@@ -83,17 +93,21 @@ def main():
                 configurations[label] = (args.checkpoint, lambda model, n=name: quantize_(model, torchao_config(n)))
         engines = {label: engine(path, args.data / "test.de", transform)
                    for label, (path, transform) in configurations.items()}
+        manifest = export.export(args.checkpoint, Path(tmp) / "onnx", int8=True)  # the deployment engine's int8
+        sizes["ONNX Runtime int8 graphs"] = sum((Path(tmp) / "onnx" / name).stat().st_size
+                                                for name in manifest["files"] if name.endswith(".int8.onnx"))
+        engines["ONNX Runtime float32 (onmt_lma_export)"] = onnx_engine(Path(tmp) / "onnx", False)
+        engines["ONNX Runtime int8 (onmt_lma_export -int8)"] = onnx_engine(Path(tmp) / "onnx", True)
         speeds = {label: [] for label in engines}
         hypotheses = {}
-        for label, translator in engines.items():  # warm-up
-            translator.infer_list(sources[:5])
+        for label, translate in engines.items():  # warm-up
+            translate(sources[:5])
         for repeat in range(args.repeats):
-            for label, translator in engines.items():
+            for label, translate in engines.items():
                 print(f"== {label}, run {repeat + 1}/{args.repeats}", flush=True)
                 start = time.perf_counter()
-                _, predictions = translator.infer_list(sources)
+                hypotheses[label] = translate(sources)
                 speeds[label].append(len(sources) / (time.perf_counter() - start))
-                hypotheses[label] = [n_best[0] for n_best in predictions]
 
     rows = {}
     for label in engines:

@@ -87,9 +87,13 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
             return encoder.run(None, {"src": s.numpy(), "src_len": lengths.numpy()})
 
         def step(token, position, memory_pad, cross_keys, cross_values, keys, values):
-            return decoder.run(None, {"token": np.asarray(token), "step": position, "memory_pad": memory_pad,
-                                      "cross_keys": cross_keys, "cross_values": cross_values,
-                                      "self_keys": keys, "self_values": values})
+            feed = {"token": np.asarray(token), "step": position, "memory_pad": memory_pad,
+                    "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values}
+            log_probs, top, ids, new_keys, new_values = decoder.run(
+                ["log_probs", "top_log_probs", "top_ids", "new_self_keys", "new_self_values"], {**feed, "k": np.array([3])})
+            order = np.argsort(-log_probs, axis=1, kind="stable")[:, :3]  # the graph's TopK against NumPy's sort
+            assert np.array_equal(ids, order) and np.array_equal(top, np.take_along_axis(log_probs, order, axis=1))
+            return log_probs, new_keys, new_values
 
         empty = [t.numpy() for t in exporter.empty_cache(model, len(src))]
         got = stepped_log_probs(encode, step, src, src_len, tgt, empty)
