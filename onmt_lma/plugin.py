@@ -85,10 +85,10 @@ class DeferredModule(types.ModuleType):
     def __getattr__(self, name):
         if name == "__file__":
             raise AttributeError(name)
-        del sys.modules[self.__name__]
-        real = importlib.import_module(self.__name__)
-        self.__dict__.update(real.__dict__)
-        return getattr(real, name)
+        if sys.modules.get(self.__name__) is self:  # not imported yet (never twice)
+            del sys.modules[self.__name__]
+            self.__dict__.update(importlib.import_module(self.__name__).__dict__)
+        return getattr(sys.modules[self.__name__], name)
 
     @classmethod
     def install(cls, name):

@@ -228,6 +228,7 @@ def test_a_deferred_module_imports_itself_on_first_use(monkeypatch):
     assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # first use: the real function
     real = sys.modules["colorsys"]
     assert not isinstance(real, plugin.DeferredModule) and deferred.__file__ == real.__file__
+    assert not hasattr(deferred, "no_such_name") and sys.modules["colorsys"] is real  # not imported a second time
     plugin.DeferredModule.install("colorsys")  # already imported: left alone
     assert sys.modules["colorsys"] is real
     plugin.DeferredModule.install("no_such_module_anywhere")
