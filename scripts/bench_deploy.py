@@ -150,6 +150,8 @@ def main():
             engines = {key: engine_for(key[0], key[1], path) for key, path in paths.items()}
             for translate in engines.values():  # warm-up
                 translate(sources[:5])
+                for key in getattr(translate, "profile", {}):  # the profile counts the timed runs only
+                    translate.profile[key] = 0
             speeds, outputs = {key: [] for key in engines}, {}
             for repeat in range(args.repeats):
                 for key, translate in engines.items():
