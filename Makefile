@@ -6,6 +6,8 @@ PIP := $(PY) -m pip --quiet --disable-pip-version-check
 TORCH_VERSION := 2.13.0
 OPENNMT_VERSION := 3.5.1
 STAMP := $(VENV)/.installed
+# test files run in parallel, one process per core, one thread each (pytest-xdist)
+TEST_WORKERS ?= auto
 
 .PHONY: venv test test-fast demo clean
 
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/compil
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 # the unit tests; tests that need ../shared/data are skipped (reason printed) when it is not there
 test-fast: $(STAMP)
