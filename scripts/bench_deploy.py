@@ -102,6 +102,30 @@ def measured_memory(name, batch, path, args):
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def goal_lines(rows):
+    """#21's goals, per model and batch size: a student CTranslate2 cannot run, on the ONNX engine, at least as
+    fast as CTranslate2 float32 on a ReLU student of the same size, BLEU within 0.1 of OpenNMT-py's; int8 faster
+    than float32."""
+    def find(**wanted):
+        return next((r for r in rows if all(r[k] == v for k, v in wanted.items())), None)
+
+    lines = []
+    for row in rows:
+        if not row["engine"].startswith("ONNX Runtime"):
+            continue
+        pytorch = find(model=row["model"], batch=row["batch"], engine="OpenNMT-py (PyTorch)")
+        verdict = [f"BLEU {row['bleu'] - pytorch['bleu']:+.2f} vs OpenNMT-py"]
+        if row["activation"] not in ct2.CT2_ACTIVATIONS:
+            reference = find(batch=row["batch"], engine="CTranslate2 float32", hidden_size=row["hidden_size"])
+            verdict.append(f"{row['sentences_per_s'] / reference['sentences_per_s']:.2f}x CTranslate2 float32 on "
+                           f"{reference['model']}" if reference else "no same-size CTranslate2 row to compare")
+        if row["engine"].endswith("int8"):
+            fp32 = find(model=row["model"], batch=row["batch"], engine="ONNX Runtime float32")
+            verdict.append(f"{row['sentences_per_s'] / fp32['sentences_per_s']:.2f}x its float32")
+        lines.append(f"- {row['model']}, {row['engine']}, batch {row['batch']}: " + "; ".join(verdict))
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", type=Path, nargs="*")
@@ -163,7 +187,8 @@ def main():
                 _, detok = postprocess(outputs[key], args.data)
                 profile = getattr(engines[key], "profile", None)
                 print(f"== {label}: {key[0]}, batch {key[1]}: memory", flush=True)
-                rows.append({"model": label, "engine": key[0], "batch": key[1],
+                rows.append({"model": label, "activation": manifest["activation"],
+                             "hidden_size": manifest["hidden_size"], "engine": key[0], "batch": key[1],
                              "memory_mb": measured_memory(key[0], key[1], paths[key], args),
                              "profile": profile and {
                                  "encoder_ms_per_sentence": 1000 * profile["encoder_s"] / profile["sentences"],
@@ -210,7 +235,10 @@ def main():
         "every configuration loaded in one process and timed in alternation; sacreBLEU against the detokenized "
         "references of those sentences; 'lines as PyTorch': translations identical to OpenNMT-py's at the same "
         "batch size; memory: peak resident memory of loading the configuration and translating those "
-        "sentences in a fresh process, above what it held with every library imported.\n\n" + table + f"\nMachine: {result['machine']}\n")
+        "sentences in a fresh process, above what it held with every library imported.\n\n" + table
+        + "\nGoals (an LMA student on the ONNX engine at least as fast as CTranslate2 float32 on the same-size ReLU "
+        "student, BLEU within 0.1 of OpenNMT-py's; int8 faster than float32):\n\n" + "\n".join(goal_lines(rows))
+        + "\n" + f"\nMachine: {result['machine']}\n")
     print(table)
 
 
