@@ -142,18 +142,21 @@ def collect(args):
     results = {}
     for evaluation in sorted(args.runs.glob("**/*.eval.json")):
         label = evaluation.relative_to(args.runs).parts[0].split("_")[0]
-        name = configuration_of(evaluation.relative_to(args.runs))
+        name = configuration_of(evaluation.relative_to(args.runs), args.steps)
         if name is not None:
             results.setdefault(label, {})[name] = {**json.loads(evaluation.read_text()), "evaluated": evaluation}
     return results
 
 
-def configuration_of(relative):
-    """The configuration an evaluation file belongs to, from where :func:`run` put it."""
+def configuration_of(relative, steps):
+    """The configuration an evaluation file belongs to, from where :func:`run` put it (fine-tuned runs of
+    ``steps`` steps only: LABEL_KIND_STEPS)."""
     folder, file = relative.parts[0], relative.name
     if "_" not in folder:  # LABEL/model_step_N.pt[.int8.pt].eval.json
         return "int8 post-training" if file.endswith(".int8.pt.eval.json") else "fp32"
-    kind = folder.split("_")[1]
+    _, kind, run_steps = folder.split("_")
+    if run_steps != str(steps):
+        return None
     if kind == "fp32":
         return "fp32 fine-tuned"
     return f"{kind[3:]}-bit QAT" if file.endswith("bit.pt.eval.json") else None
