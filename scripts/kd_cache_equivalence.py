@@ -99,10 +99,12 @@ def report(args):
                 entry["within"] = (abs(entry["ppl_ratio"] - 1) <= PPL_TOLERANCE
                                    and abs(entry["bleu_difference"]) <= BLEU_TOLERANCE)
             rows.append((activation, label, entry))
-    verdict = {}
+    verdict, partial = {}, {}
     for label in list(teachers())[1:]:
-        checked = [e for a, l, e in rows if l == label and "within" in e]
-        verdict[label] = (len(checked) == len(ACTIVATIONS) and all(e["within"] for e in checked)) if checked else None
+        checked = {a: e["within"] for a, l, e in rows if l == label and "within" in e}
+        partial[label] = checked
+        verdict[label] = (False if not all(checked.values()) else
+                          True if len(checked) == len(ACTIVATIONS) else None)  # None: not every student measured
     result["recommended"] = verdict
     steps = sorted({s for _, _, e in rows for s in e["curve"]})
     table = ("| student | teacher | " + " | ".join(f"val ppl {s}" for s in steps)
@@ -116,9 +118,13 @@ def report(args):
                   + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kd_cache_equivalence.json").write_text(json.dumps(result, indent=1) + "\n")
+    names = {"relu": "ReLU", "lma": "LMA-8"}
     lines = [f"- top-{label[4:]}: " + {True: "recommended (within the rule for both students)",
                                       False: "not recommended (outside the rule)",
-                                      None: "not measured yet"}[ok] for label, ok in verdict.items()]
+                                      None: "not decided yet"}[ok]
+             + "".join(f"; {names[a]} {'within' if within else 'outside'}" for a, within in partial[label].items())
+             + "".join(f"; {names[a]} not measured yet" for a in ACTIVATIONS if a not in partial[label])
+             for label, ok in verdict.items()]
     (args.out / "kd_cache_equivalence.md").write_text(
         "# Distillation from a top-K teacher cache against the online teacher\n\n"
         f"`python scripts/kd_cache_equivalence.py`: 64-dim students of recipes/multi30k/student64.yaml, seed 1, "
