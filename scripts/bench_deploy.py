@@ -26,32 +26,11 @@ import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, ct2, export
-from onmt_lma.evaluate import _translate_opts, postprocess
-from onmt_lma.runtime import OnnxTranslator
-from onmt_lma.study.benchmark import machine
+from onmt_lma.evaluate import postprocess
+from onmt_lma.study.benchmark import machine, onnx_translate, pytorch_translate
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32)
-
-
-def pytorch_engine(checkpoint, src, batch):
-    from onmt.inference_engine import InferenceEnginePY
-
-    engine = InferenceEnginePY(_translate_opts(checkpoint, src, "/dev/null", 5, -1, batch))
-
-    def translate(lines):
-        _, predictions = engine.infer_list(lines)
-        return [n_best[0] for n_best in predictions]
-    return translate
-
-
-def onnx_engine(folder, batch, int8):
-    translator = OnnxTranslator(folder, int8=int8)
-
-    def translate(lines):
-        return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
-    translate.profile = translator.profile  # where the time goes, summed over every call
-    return translate
 
 
 def ctranslate2_engine(folder, batch):
@@ -71,9 +50,9 @@ def engine_for(name, batch, path):
     """The translate function of one configuration: ``path`` is the checkpoint (PyTorch), the export folder
     (ONNX Runtime) or the converted folder (CTranslate2)."""
     if name.startswith("OpenNMT-py"):
-        return pytorch_engine(path, "/dev/null", batch)
+        return pytorch_translate(path, batch)
     if name.startswith("ONNX Runtime"):
-        return onnx_engine(path, batch, name.endswith("int8"))
+        return onnx_translate(path, batch, name.endswith("int8"))
     return ctranslate2_engine(path, batch)
 
 

@@ -33,9 +33,8 @@ import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, export, quantize
-from onmt_lma.evaluate import _translate_opts, postprocess
-from onmt_lma.runtime import OnnxTranslator
-from onmt_lma.study.benchmark import machine
+from onmt_lma.evaluate import postprocess
+from onmt_lma.study.benchmark import machine, onnx_translate, pytorch_translate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,23 +45,6 @@ def torchao_config(name):
     except ImportError:
         return None
     return {"dynamic": Int8DynamicActivationInt8WeightConfig, "weight-only": Int8WeightOnlyConfig}[name]()
-
-
-def engine(checkpoint, src, transform=None):
-    """OpenNMT-py's translator of ``checkpoint`` (its model changed by ``transform``): lines -> best hypotheses."""
-    from onmt.inference_engine import InferenceEnginePY
-
-    opt = _translate_opts(checkpoint, src, "/dev/null", 5, -1, 1)
-    translator = InferenceEnginePY(opt)
-    if transform is not None:
-        transform(translator.translator.model)
-    return lambda lines: [n_best[0] for n_best in translator.infer_list(lines)[1]]
-
-
-def onnx_engine(folder, int8):
-    """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export -int8`` folder: lines -> best hypotheses."""
-    translator = OnnxTranslator(folder, int8=int8)
-    return lambda lines: [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5)]
 
 
 def main():
@@ -91,13 +73,13 @@ def main():
                 from torchao.quantization import quantize_
 
                 configurations[label] = (args.checkpoint, lambda model, n=name: quantize_(model, torchao_config(n)))
-        engines = {label: engine(path, args.data / "test.de", transform)
+        engines = {label: pytorch_translate(path, transform=transform)
                    for label, (path, transform) in configurations.items()}
         manifest = export.export(args.checkpoint, Path(tmp) / "onnx", int8=True)  # the deployment engine's int8
         sizes["ONNX Runtime int8 graphs"] = sum((Path(tmp) / "onnx" / name).stat().st_size
                                                 for name in manifest["files"] if name.endswith(".int8.onnx"))
-        engines["ONNX Runtime float32 (onmt_lma_export)"] = onnx_engine(Path(tmp) / "onnx", False)
-        engines["ONNX Runtime int8 (onmt_lma_export -int8)"] = onnx_engine(Path(tmp) / "onnx", True)
+        engines["ONNX Runtime float32 (onmt_lma_export)"] = onnx_translate(Path(tmp) / "onnx")
+        engines["ONNX Runtime int8 (onmt_lma_export -int8)"] = onnx_translate(Path(tmp) / "onnx", int8=True)
         speeds = {label: [] for label in engines}
         hypotheses = {}
         for label, translate in engines.items():  # warm-up

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts (``scripts/bench_*.py``): step timing, machine facts."""
+"""Shared pieces of the benchmark scripts (``scripts/bench_*.py``): step timing, machine facts, translation
+engines as ``translate(lines) -> best hypotheses`` functions (beam 5)."""
 
 import os
 import platform
@@ -57,3 +58,28 @@ def machine():
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
     }
+
+
+def pytorch_translate(checkpoint, batch=1, transform=None):
+    """OpenNMT-py's translator of ``checkpoint``, ``batch`` sentences at a time (its model changed by
+    ``transform`` first, e.g. a quantization)."""
+    from onmt.inference_engine import InferenceEnginePY
+
+    from onmt_lma.evaluate import _translate_opts
+
+    engine = InferenceEnginePY(_translate_opts(checkpoint, "/dev/null", "/dev/null", 5, -1, batch))
+    if transform is not None:
+        transform(engine.translator.model)
+    return lambda lines: [n_best[0] for n_best in engine.infer_list(lines)[1]]
+
+
+def onnx_translate(folder, batch=1, int8=False):
+    """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export`` folder; ``.profile``: where its time went."""
+    from onmt_lma.runtime import OnnxTranslator
+
+    translator = OnnxTranslator(folder, int8=int8)
+
+    def translate(lines):
+        return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
+    translate.profile = translator.profile  # summed over every call
+    return translate
