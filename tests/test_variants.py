@@ -205,64 +205,8 @@ def test_average_refuses_mismatched_checkpoints_and_overwriting_an_input(lma_che
 
 
 # --------------------------------------------------------------------------- #
-# The converged study's budget rule
+# Released models
 # --------------------------------------------------------------------------- #
-def script_module(name):
-    """A script of scripts/ imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def study_module():
-    return script_module("multi30k_converged")
-
-
-def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_steps():
-    budget = study_module().pilot_budget
-    falling = {s: 100 * 0.9 ** (s / 250) for s in range(250, 6001, 250)}  # 10% per 250 steps: never flat
-    assert budget(falling) == 6000  # the cap
-    assert budget({s: p for s, p in falling.items() if s <= 3000}) is None  # not decided yet
-    flat_from_2500 = {s: (p if s <= 2000 else falling[2000] * (1 - 0.001 * (s - 2000) / 250))
-                      for s, p in falling.items()}
-    # at 2,500 the last 500 steps gained 0.2%; at 2,000 the gain was still 19%: N = 2,500
-    assert budget(flat_from_2500) == 2500
-    early_flat = {s: 10.0 for s in range(250, 6001, 250)}
-    assert budget(early_flat) == 2000  # never before the minimum
-
-
-def test_every_study_run_names_its_part_and_the_settings_are_options():
-    module = study_module()
-    names = [run.name for run in module.RUNS]
-    assert len(names) == len(set(names)) and module.PILOT in names
-    assert {run.part for run in module.RUNS} == {"main", "a", "b", "c", "d", "e"}
-    parser = train_cli.get_parser()
-    known = {action.dest for action in parser._actions}
-    assert all(key in known for run in module.RUNS for key, _ in run.settings)
-
-
-def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
-    import argparse
-    import os
-
-    module = study_module()
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert module.process_env(argparse.Namespace(gpu=-1, parallel=2))["OMP_NUM_THREADS"] == "1"
-    assert module.process_env(argparse.Namespace(gpu=-1, parallel=4))["OMP_NUM_THREADS"] == "1"  # never 0
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert module.process_env(argparse.Namespace(gpu=-1, parallel=2))["OMP_NUM_THREADS"] == "8"
-    assert module.process_env(argparse.Namespace(gpu=-1, parallel=1)) is None  # torch's own default
-    assert module.process_env(argparse.Namespace(gpu=0, parallel=12)) is None  # a GPU does the work
-
-
-def test_paired_differences_report_mean_spread_t_and_signs():
-    lines = study_module().paired_lines([(20.0, 18.0), (21.0, 19.5), (22.0, 19.0)], "LMA − ReLU")
-    assert "-2.00, -1.50, -3.00" in lines[0]
-    # mean -2.1667, sample std 0.7638, t = mean / (std / sqrt(3)) = -4.91
-    assert "mean -2.17, sample std 0.76, paired t -4.91 (df 2); above in 0 of 3 seeds" in lines[1]
-
-
 @pytest.mark.integration
 def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path):
     out = tmp_path / "released.pt"
@@ -273,11 +217,12 @@ def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path
     assert all(t.dtype == torch.float16 for t in released["model"].values() if t.is_floating_point())
 
 
-# --------------------------------------------------------------------------- #
-# Released models
-# --------------------------------------------------------------------------- #
 def released_module():
-    return script_module("released_models")
+    """scripts/released_models.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("released_models", REPO / "scripts" / "released_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_released_models_match_their_sha256_and_load_safely():

@@ -5,7 +5,8 @@ of results, study plans with their state, and committing collected results.
     python -m onmt_lma.study.runs teacher CORPUS [--set KEY=VALUE ...]
     python -m onmt_lma.study.runs student CORPUS SIZE ACTIVATION SEED [--segments K] [--kd-teacher PATH|none]
                                   [--kd-cache K] [--set ...]
-    python -m onmt_lma.study.runs study PLAN.yaml [--commit | --plan | --report]
+    python -m onmt_lma.study.runs study PLAN.yaml [--commit | --plan | --report | --collect | --release]
+                                  [--kd-cache K] [--parallel N] [--gpu G] [--only RUN ...] [--deadline-min M]
 
 A study is a short plan file (``studies/multi30k.yaml``): the corpus, the results folder and the runs in
 training order.  ``study`` trains every run not collected yet (an interrupted one resumes from its latest
@@ -14,7 +15,12 @@ JSON, hypotheses, config, training log, the commits it trained with) before the 
 rebuilds the report and commits the results folder after each run (not its hand-written READING.md and
 REPRODUCE.md, nothing else of the repository).  Folders: ``--data-root`` / ``DATA_ROOT`` (default
 ``data``), ``--runs-root`` / ``RUNS_ROOT`` (default ``runs``), ``RESULTS`` (default: the plan's).
-``scripts/train_teacher.sh``, ``train_student.sh`` and ``multi30k_study.sh`` are thin wrappers.
+A plan with a ``budget`` section (``studies/multi30k_converged.yaml``) is a budgeted study
+(:mod:`onmt_lma.study.budgeted`): a pilot fixes the step count N, students train ``--parallel`` at once
+and stop at N, each is evaluated every few checkpoints and averaged; ``--collect``, ``--release`` and
+``--report`` (:mod:`onmt_lma.study.paired_report`) make its results.
+``scripts/train_teacher.sh``, ``train_student.sh``, ``multi30k_study.sh`` and ``multi30k_converged.py`` are
+thin wrappers.
 """
 
 import argparse
@@ -42,23 +48,30 @@ class StudyError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run of a study: the teacher, or a student of ``size`` with ``activation``, ``seed``, ``segments``."""
+    """One run of a study: the teacher, or a student of ``size`` with ``activation``, ``seed``, ``segments``;
+    a diagnostic's ``variant`` names it apart and adds its ``settings`` ((key, value) on top of the recipe)."""
 
     size: int = 0
     activation: str = "relu"
     seed: int = 1
     segments: int = DEFAULT_SEGMENTS
     teacher: bool = False
+    variant: str = ""
+    settings: tuple = ()
+    part: str = "main"  # "main", or the diagnostic's letter
+    what: str = ""  # what the variant changes, for reports
 
     @property
     def name(self):
-        return "teacher" if self.teacher else student_name(self.size, self.activation, self.seed, self.segments)
+        return "teacher" if self.teacher else student_name(self.size, self.activation, self.seed, self.segments,
+                                                           variant=self.variant)
 
 
-def student_name(size, activation, seed, segments=DEFAULT_SEGMENTS, distilled=True):
-    """``student64_lma_seed1``; other segment counts are named (``student64_lma12_seed1``), undistilled
-    runs too (``..._nokd``)."""
+def student_name(size, activation, seed, segments=DEFAULT_SEGMENTS, distilled=True, variant=""):
+    """``student64_lma_seed1``; other segment counts are named (``student64_lma12_seed1``), variants
+    (``student64_lma_continuous_seed1``) and undistilled runs too (``..._nokd``)."""
     name = f"student{size}_{activation}" + ("" if segments == DEFAULT_SEGMENTS else str(segments))
+    name += f"_{variant}" if variant else ""
     return f"{name}_seed{seed}" + ("" if distilled else "_nokd")
 
 
@@ -108,16 +121,17 @@ def teacher_cache(corpus, kd_teacher, data_root, topk):
 
 
 def train_student(corpus, size, activation, seed, data_root, runs_root, segments=DEFAULT_SEGMENTS,
-                  kd_teacher=None, settings=(), kd_cache_topk=None):
+                  kd_teacher=None, settings=(), kd_cache_topk=None, variant=""):
     """Distilled from ``kd_teacher`` (default: the corpus's finished teacher; ``"none"``: no distillation),
-    through its top-``kd_cache_topk`` cache when given (:func:`teacher_cache`)."""
+    through its top-``kd_cache_topk`` cache when given (:func:`teacher_cache`); ``variant`` names a run
+    whose ``settings`` differ from the recipe (:func:`student_name`)."""
     if kd_teacher is None:
         kd_teacher = finished_checkpoint(Path(runs_root) / corpus / "teacher")
         if kd_teacher is None:
             raise StudyError(f"no finished teacher at {Path(runs_root) / corpus / 'teacher'}: run "
                              f"scripts/train_teacher.sh {corpus} first, or set KD_TEACHER=none")
     distilled = str(kd_teacher) != "none"
-    name = student_name(size, activation, seed, segments, distilled)
+    name = student_name(size, activation, seed, segments, distilled, variant)
     run_settings = [("pos_ffn_activation_fn", activation), ("lma_segments", segments), ("seed", seed)]
     if distilled and kd_cache_topk:
         run_settings.append(("kd_cache", str(teacher_cache(corpus, kd_teacher, data_root, kd_cache_topk))))
@@ -137,12 +151,37 @@ class Study:
     runs: list
     label: str  # the plan's results folder, as commit messages name it
     kd_cache_topk: int = None  # students distil through the teacher's top-K cache (built once)
+    runs_folder: str = None  # RUNS_ROOT/<this>/<run> (default: the corpus)
+    budget: dict = None  # a budgeted study (onmt_lma.study.budgeted): the pilot's rule, checkpoints, averaging
+    title: str = ""
+    labels: dict = dataclasses.field(default_factory=dict)  # activation -> its name in reports
+
+    @property
+    def students(self):
+        return [run for run in self.runs if not run.teacher]
+
+    def runs_dir(self, runs_root):
+        return Path(runs_root) / (self.runs_folder or self.corpus)
+
+    def activation_label(self, activation):
+        return self.labels.get(activation, activation)
+
+    def run_label(self, run):
+        """``ReLU``, ``LMA-8, continuous``: the activation's label and what the variant changes."""
+        return self.activation_label(run.activation) + (f", {run.what}" if run.what else "")
+
+
+BUDGET_KEYS = ("pilot", "min_steps", "max_steps", "window", "tolerance", "every", "bleu_every", "average_last")
+PLAN_FORMAT = ("corpus, results, runs (each 'teacher' or a group {size, activations, seeds; optional segments, "
+               "part, variant, what, settings}); optional kd_cache, runs_folder, title, labels, budget")
 
 
 def load_plan(path):
     """A plan file: ``corpus``, ``results`` and ``runs`` in training order, each ``teacher`` or a group
-    ``{size, activations, seeds, segments}`` (segments default to the paper's 8); optional ``kd_cache: K``
-    (students distil from the teacher's top-K cache)."""
+    ``{size, activations, seeds, segments}`` (segments default to the paper's 8; a diagnostic group adds
+    ``part``, ``variant``, ``what`` and ``settings``); optional ``kd_cache: K`` (students distil from the
+    teacher's top-K cache), ``runs_folder``, ``title``, ``labels`` and ``budget`` (the pilot's rule
+    of :mod:`onmt_lma.study.budgeted`, with all of :data:`BUDGET_KEYS`)."""
     plan = yaml.safe_load(Path(path).read_text())
     try:
         runs = []
@@ -150,17 +189,33 @@ def load_plan(path):
             if entry == "teacher":
                 runs.append(Run(teacher=True))
                 continue
+            unknown = set(entry) - {"size", "activations", "seeds", "segments", "part", "variant", "what", "settings"}
+            if unknown:
+                raise KeyError(f"unknown keys {sorted(unknown)}")
+            extra = dict(variant=str(entry.get("variant", "")), settings=tuple((entry.get("settings") or {}).items()),
+                         part=str(entry.get("part", "main")), what=str(entry.get("what", "")))
             for seed in entry["seeds"]:
                 for segments in entry.get("segments", [DEFAULT_SEGMENTS]):
-                    runs.extend(Run(entry["size"], activation, seed, segments) for activation in entry["activations"])
+                    runs.extend(Run(entry["size"], activation, seed, segments, **extra)
+                                for activation in entry["activations"])
+        budget = plan.get("budget")
+        if budget is not None and set(budget) != set(BUDGET_KEYS):
+            raise KeyError(f"budget needs exactly {', '.join(BUDGET_KEYS)}")
         study = Study(plan["corpus"], Path(os.environ.get("RESULTS") or REPO / plan["results"]), runs,
-                      plan["results"], plan.get("kd_cache"))
-    except (KeyError, TypeError) as error:
-        raise StudyError(f"{path}: not a study plan (corpus, results, runs of 'teacher' or "
-                         f"{{size, activations, seeds, segments}}): {error!r}") from None
+                      plan["results"], plan.get("kd_cache"), plan.get("runs_folder"), budget,
+                      plan.get("title", plan["results"]), dict(plan.get("labels") or {}))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise StudyError(f"{path}: not a study plan ({PLAN_FORMAT}): {error!r}") from None
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: a run is planned twice ({sorted({n for n in names if names.count(n) > 1})})")
+    if study.runs_folder and len(Path(study.runs_folder).parts) != 1:
+        raise StudyError(f"{path}: runs_folder {study.runs_folder!r}: expected one folder name (RUNS_ROOT/<it>)")
+    if study.runs_folder and budget is None:
+        raise StudyError(f"{path}: runs_folder is for a budgeted study (with budget); a study without one trains "
+                         f"in RUNS_ROOT/{study.corpus} as scripts/train_student.sh does")
+    if budget is not None and budget["pilot"] not in names:
+        raise StudyError(f"{path}: the budget's pilot {budget['pilot']!r} is not one of the runs")
     return study
 
 
@@ -245,7 +300,7 @@ def run_study(study, data_root, runs_root, commit=False):
                 train_teacher(study.corpus, data_root, runs_root)
             else:
                 train_student(study.corpus, run.size, run.activation, run.seed, data_root, runs_root, run.segments,
-                              kd_cache_topk=study.kd_cache_topk)
+                              settings=run.settings, kd_cache_topk=study.kd_cache_topk, variant=run.variant)
             collect(run, study, data_root, runs_root)
             log(f"{run.name} collected")
             if commit:
@@ -263,6 +318,67 @@ def git_head():
 # --------------------------------------------------------------------------- #
 # The command
 # --------------------------------------------------------------------------- #
+def study_command(args):
+    """``study PLAN``: a plan without ``budget`` trains in order (:func:`run_study`), one with it through
+    :mod:`onmt_lma.study.budgeted`."""
+    plan = load_plan(args.plan_file)
+    if args.kd_cache:
+        plan.kd_cache_topk = args.kd_cache
+    if plan.budget is None:
+        given = [flag for flag, value in (("--collect", args.collect), ("--release", args.release),
+                                          ("--finish", args.finish), ("--gpu", args.gpu != -1),
+                                          ("--parallel", args.parallel != 1), ("--deadline-min", args.deadline_min),
+                                          ("--only", args.only), ("--set", args.extra),
+                                          ("--teacher-set", args.teacher_extra)) if value]
+        if given:
+            raise StudyError(f"{args.plan_file}: {', '.join(given)} only for a budgeted study (a plan with budget)")
+        if args.plan:
+            for run in plan.runs:
+                print(f"{run.name:<28} {state(run, plan, args.runs_root)}")
+        elif args.report:
+            write_report(plan)
+        else:
+            run_study(plan, args.data_root, args.runs_root, commit=args.commit)
+        return
+    from onmt_lma.study import budgeted, paired_report
+
+    if args.commit:
+        raise StudyError(f"{args.plan_file}: --commit is for a study without budget; a budgeted study is "
+                         "collected and reported with --collect and --report")
+    if args.parallel < 1:
+        raise StudyError(f"--parallel {args.parallel}: expected 1 or more")
+    execution = budgeted.Execution(
+        data=(Path(args.data_root) / plan.corpus).resolve(), runs=plan.runs_dir(args.runs_root).resolve(),
+        gpu=args.gpu, parallel=args.parallel, batch_size=args.batch_size, deadline_min=args.deadline_min,
+        only=tuple(args.only), kd_cache_topk=plan.kd_cache_topk,
+        settings=tuple(recipes.parse_setting(s) for s in args.extra),
+        teacher_settings=tuple(recipes.parse_setting(s) for s in args.teacher_extra))
+    unknown = sorted(set(execution.only) - {run.name for run in plan.students})
+    if unknown:
+        raise StudyError(f"--only {' '.join(unknown)}: not a student of {args.plan_file}")
+    if args.plan:
+        for run in plan.runs:
+            settings = " ".join(f"{k}={v}" for k, v in run.settings)
+            print(f"{run.name:34s} {'-' if run.teacher else run.part:5s} {budgeted.state(run, plan, execution):9s} "
+                  f"{'teacher' if run.teacher else plan.run_label(run)}  {settings}")
+    elif args.finish:
+        budgeted.finish_run(plan, args.finish, args.steps, execution)
+    elif args.collect:
+        budgeted.collect(plan, execution)
+    elif args.release:
+        budgeted.release(plan, execution)
+    elif args.report:
+        shown = Path(args.plan_file).resolve()
+        shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
+        paired_report.write_report(plan, f"python -m onmt_lma.study.runs study {shown} --report")
+        log(f"wrote {plan.results / 'report.md'}")
+    else:
+        if not (execution.data / "data.yaml").is_file():
+            raise StudyError(f"{execution.data}: no prepared corpus (python -m onmt_lma.study.runs prepare "
+                             f"{plan.corpus})")
+        budgeted.run_study(plan, args.plan_file, execution)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m onmt_lma.study.runs", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -287,19 +403,31 @@ def main(argv=None):
     study = commands.add_parser("study", help="train, evaluate and collect a study's runs")
     study.add_argument("plan_file", help="plan file (studies/*.yaml)")
     mode = study.add_mutually_exclusive_group()
-    for flag in ("--commit", "--plan", "--report"):
-        mode.add_argument(flag, action="store_true")
+    for flag, what in (("--commit", "after each run, rebuild the report and commit the results folder"),
+                       ("--plan", "list the runs in order with their state, and exit"),
+                       ("--report", "rebuild the report and plots from what is collected"),
+                       ("--collect", "budgeted study: copy finished runs into the results folder"),
+                       ("--release", "budgeted study: write the released models (float16, sha256)")):
+        mode.add_argument(flag, action="store_true", help=what)
+    mode.add_argument("--finish", metavar="RUN", help=argparse.SUPPRESS)  # a budgeted run's evaluations
+    study.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    study.add_argument("--kd-cache", type=int, metavar="K", help="students distil through the teacher's top-K "
+                       "cache (built once) instead of the plan's choice")
+    budgeted_options = study.add_argument_group("budgeted study (a plan with a budget section)")
+    budgeted_options.add_argument("--gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
+    budgeted_options.add_argument("--parallel", type=int, default=1, help="students trained at once")
+    budgeted_options.add_argument("--batch-size", type=int, default=100,
+                                  help="sentences translated at a time in evaluation")
+    budgeted_options.add_argument("--deadline-min", type=float, help="fix N from what exists after this many minutes")
+    budgeted_options.add_argument("--only", nargs="+", default=(), metavar="RUN", help="train only these students")
+    budgeted_options.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                                  help="a setting for the teacher and every student")
+    budgeted_options.add_argument("--teacher-set", dest="teacher_extra", action="append", default=[],
+                                  metavar="KEY=VALUE", help="a setting for the teacher")
     args = parser.parse_args(argv)
     try:
         if args.command == "study":
-            plan = load_plan(args.plan_file)
-            if args.plan:
-                for run in plan.runs:
-                    print(f"{run.name:<28} {state(run, plan, args.runs_root)}")
-            elif args.report:
-                write_report(plan)
-            else:
-                run_study(plan, args.data_root, args.runs_root, commit=args.commit)
+            study_command(args)
         elif args.command == "prepare":
             prepare_corpus(args.corpus, args.data_root)
         elif args.command == "teacher":

@@ -1,0 +1,400 @@
+"""Budgeted studies: a pilot run fixes the step count N, then every student is stopped at N.
+
+A plan with a ``budget`` section (``studies/multi30k_converged.yaml``) is carried out here, called by
+``python -m onmt_lma.study.runs study PLAN``.  Its students train with the same schedule cap
+(``max_steps``) and are stopped at N; noam decay does not depend on ``train_steps``, so a run stopped at N
+is the run of an N-step budget.  N is the first step ``s >= min_steps`` at which the pilot's validation
+perplexity improved by less than ``tolerance`` over the last ``window`` steps, at most ``max_steps``
+(:func:`pilot_budget`), written to ``RUNS/BUDGET.json`` once and never changed.
+
+``run_study`` trains the teacher (resumable, skipped when finished), starts ``parallel`` students at once
+(on a GPU: all of them; on CPU each process gets cores / parallel threads and a run's evaluation holds its
+slot: on 2 cores two one-thread students train 1.4x the tokens per second of one two-thread student,
+results/bench/parallel_training.md), stops each at N, then per run (:func:`finish_run`): BLEU on the test
+set every ``bleu_every`` steps, the average of the last ``average_last`` checkpoints, and a full evaluation
+(onmt_lma.evaluate) of the final and the averaged checkpoint.  :func:`collect` copies what the results need
+out of the runs folder (paths relative), :func:`release` writes the released models.
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from onmt_lma.activations import DEFAULT_SEGMENTS
+
+REPO = Path(__file__).resolve().parents[2]
+POLL_SECONDS = 5  # how often the training processes are looked at
+SETTLE_SECONDS = 2  # a checkpoint whose size stays the same this long is complete
+
+
+@dataclasses.dataclass
+class Execution:
+    """How a budgeted study runs on this machine (nothing of it changes the results)."""
+
+    data: Path  # the prepared corpus
+    runs: Path  # the study's runs folder
+    gpu: int = -1  # CUDA device, -1 for CPU
+    parallel: int = 1  # students trained at once
+    batch_size: int = 100  # sentences translated at a time in evaluation
+    deadline_min: float = None  # fix N from what exists after this many minutes
+    only: tuple = ()  # train only these students
+    kd_cache_topk: int = None  # students distil through the teacher's top-K cache instead of online
+    settings: tuple = ()  # (key, value) for the teacher and every student
+    teacher_settings: tuple = ()  # (key, value) for the teacher only
+
+
+def log(message):
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def pilot_budget(curve, min_steps, max_steps, window, tolerance):
+    """The budget N from the pilot's validation curve ``{step: perplexity}``, or None (not yet).
+
+    N is the first step ``s >= min_steps`` with ``(ppl[s - window] - ppl[s]) / ppl[s - window] < tolerance``;
+    ``max_steps`` once the curve reaches it without that.
+    """
+    for step in sorted(curve):
+        if step > max_steps:
+            break
+        if step >= min_steps and step - window in curve:
+            before = curve[step - window]
+            if (before - curve[step]) / before < tolerance:
+                return step
+        if step == max_steps:
+            return step
+    return None
+
+
+def validation_curve(run_dir, valid_steps):
+    """The run's ``{step: validation perplexity}`` from its training log (empty before the first)."""
+    from onmt_lma.study.report import validation_curve as from_log
+
+    log_file = Path(run_dir) / "train.log"
+    return dict(from_log(log_file, valid_steps)) if log_file.is_file() else {}
+
+
+def checkpoint(run_dir, step):
+    return Path(run_dir) / f"model_step_{step}.pt"
+
+
+def device_settings(gpu):
+    return [("world_size", 1), ("gpu_ranks", [gpu])] if gpu >= 0 else []
+
+
+def recipe_command(study, model, run_dir, execution, settings):
+    command = [sys.executable, "-m", "onmt_lma.study.recipes", "train", study.corpus, model,
+               "--data", str(execution.data), "--run-dir", str(run_dir)]
+    for key, value in settings:
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    return command
+
+
+def train_teacher(study, execution):
+    run_dir = execution.runs / "teacher"
+    if not (run_dir / "DONE").exists():
+        log("training the teacher")
+        record_commit(run_dir)
+        settings = [("seed", 1), *device_settings(execution.gpu), *execution.settings, *execution.teacher_settings]
+        with open(execution.runs / "teacher.stdout", "a") as out:
+            subprocess.run(recipe_command(study, "teacher", run_dir, execution, settings), check=True,
+                           stdout=out, stderr=subprocess.STDOUT)
+    final = run_dir / (run_dir / "DONE").read_text().strip()
+    log(f"teacher: {final.name}")
+    return final
+
+
+def student_settings(study, run, teacher, execution):
+    """The run's settings, in the order its ``config.yaml`` was composed with (a resumed run must match)."""
+    if execution.kd_cache_topk:  # the teacher's top-K cache, built once (onmt_lma_teacher_cache)
+        from onmt_lma.study.runs import teacher_cache
+
+        distil = ("kd_cache", str(teacher_cache(study.corpus, teacher, execution.data.parent, execution.kd_cache_topk)))
+    else:
+        distil = ("kd_teacher", str(teacher))
+    segments = [] if run.segments == DEFAULT_SEGMENTS else [("lma_segments", run.segments)]
+    return [("pos_ffn_activation_fn", run.activation), ("seed", run.seed), distil,
+            ("train_steps", study.budget["max_steps"]), *segments, *run.settings,
+            *device_settings(execution.gpu), *execution.settings]
+
+
+def process_env(execution):
+    """On CPU, ``parallel`` processes share the cores (threads of one process would contend with another's)."""
+    if execution.gpu >= 0 or execution.parallel == 1:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // execution.parallel))}
+
+
+def record_commit(run_dir):
+    """Append the code's commit to ``RUN/COMMITS`` at each (re)start, as :func:`.runs.run_study` does."""
+    from onmt_lma.study.runs import git_head
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "COMMITS", "a") as commits:
+        commits.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {git_head()}\n")
+
+
+def launch(study, run, teacher, execution):
+    run_dir = execution.runs / run.name
+    record_commit(run_dir)
+    with open(run_dir / "stdout.log", "a") as out:
+        command = recipe_command(study, f"student{run.size}", run_dir, execution,
+                                 student_settings(study, run, teacher, execution))
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=process_env(execution))
+
+
+def stop(process):
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def saved(run_dir, step):
+    """The checkpoint of ``step`` exists and is complete (its size stays the same for SETTLE_SECONDS)."""
+    path = checkpoint(run_dir, step)
+    if not path.exists():
+        return False
+    size = path.stat().st_size
+    time.sleep(SETTLE_SECONDS)
+    return size > 0 and path.stat().st_size == size
+
+
+def fix_budget(study, execution, started, running):
+    """BUDGET.json from the pilot's curve once the rule decides (or the deadline passes), else None."""
+    rule = study.budget
+    curve = validation_curve(execution.runs / rule["pilot"], rule["every"])
+    n = pilot_budget(curve, rule["min_steps"], rule["max_steps"], rule["window"], rule["tolerance"])
+    capped = False
+    if n is None and execution.deadline_min and time.time() - started > 60 * execution.deadline_min:
+        common = [s for s in sorted(curve) if s % rule["every"] == 0 and all(
+            checkpoint(execution.runs / r.name, s).exists() for r in running)]
+        n, capped = (common[-1] if common else None), True
+    if n is None:
+        return None
+    budget = {"N": n, "capped_by_deadline": capped, "pilot": rule["pilot"],
+              "pilot_curve": {str(s): p for s, p in sorted(curve.items())},
+              "rule": {key: rule[key] for key in ("min_steps", "max_steps", "window", "tolerance")}}
+    (execution.runs / "BUDGET.json").write_text(json.dumps(budget, indent=2) + "\n")
+    log(f"budget fixed: N = {n}" + (" (capped by the deadline)" if capped else ""))
+    return budget
+
+
+def read_budget(folder):
+    path = Path(folder) / "BUDGET.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_students(study, teacher, execution, finish):
+    """Start every student, fix N from the pilot, stop each at N and hand it to ``finish``."""
+    runs = [run for run in study.students if not (execution.runs / run.name / "DONE").exists()
+            and (not execution.only or run.name in execution.only)]
+    budget = read_budget(execution.runs)
+    processes, waiting, futures = {}, list(runs), []
+    started = time.time()
+    while waiting or processes:
+        finishing = sum(not future.done() for _, future in futures) if execution.gpu < 0 else 0  # CPU: holds a slot
+        while waiting and len(processes) + finishing < execution.parallel:
+            run = waiting.pop(0)
+            processes[run] = launch(study, run, teacher, execution)
+            log(f"started {run.name}")
+        if budget is None:
+            budget = fix_budget(study, execution, started, processes)
+        for run, process in list(processes.items()):
+            run_dir = execution.runs / run.name
+            if budget is not None and saved(run_dir, budget["N"]):
+                stop(process)
+                (run_dir / "DONE").write_text(checkpoint(run_dir, budget["N"]).name + "\n")
+                del processes[run]
+                log(f"{run.name}: stopped at {budget['N']}")
+                futures.append((run.name, finish(run, budget["N"])))
+            elif process.poll() is not None:
+                del processes[run]
+                if process.returncode != 0:
+                    log(f"{run.name}: FAILED (exit {process.returncode}); see {run_dir / 'stdout.log'}")
+        time.sleep(POLL_SECONDS)
+    return budget, futures
+
+
+def translate_bleu(path, corpus_dir, gpu, batch_size):
+    """sacreBLEU of a checkpoint's beam-5 translation of the test set (batched)."""
+    import sacrebleu
+
+    from onmt_lma.evaluate import _translate_opts, postprocess  # installs the plugin first
+    from onmt.inference_engine import InferenceEnginePY
+
+    hyp = Path(str(path) + ".curve.hyp")
+    opt = _translate_opts(path, corpus_dir / "test.de", hyp, 5, gpu, batch_size)
+    engine = InferenceEnginePY(opt)
+    engine.infer_file()
+    engine.terminate()
+    _, detok = postprocess(hyp.read_text(encoding="utf-8").splitlines(), corpus_dir)
+    refs = (corpus_dir / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()
+    return sacrebleu.corpus_bleu(detok, [refs]).score
+
+
+def averaged_checkpoint(run_dir, n, every, average_last):
+    """(the last ``average_last`` checkpoints up to N, the path of their average)."""
+    last = [checkpoint(run_dir, s) for s in range(n - every * (average_last - 1), n + 1, every)]
+    return last, Path(run_dir) / f"model_avg_{last[0].stem.split('_')[-1]}-{n}.pt"
+
+
+def finish_run(study, name, n, execution):
+    """BLEU curve, average and evaluations of one stopped run (called in a process of its own)."""
+    from onmt_lma import average, evaluate
+
+    run_dir, rule = execution.runs / name, study.budget
+    curve_file = run_dir / "curve.json"
+    curve = json.loads(curve_file.read_text()) if curve_file.exists() else {}
+    for step in range(rule["bleu_every"], n + 1, rule["bleu_every"]):
+        if str(step) not in curve:
+            curve[str(step)] = translate_bleu(checkpoint(run_dir, step), execution.data, execution.gpu,
+                                              execution.batch_size)
+            curve_file.write_text(json.dumps(curve, indent=1) + "\n")
+    last, averaged = averaged_checkpoint(run_dir, n, rule["every"], rule["average_last"])
+    if not averaged.exists():
+        average.save(average.average(last), averaged)
+    for path in (checkpoint(run_dir, n), averaged):
+        out = Path(f"{path}.eval.json")
+        if not out.exists():
+            evaluate.evaluate(path, execution.data, out, beam=5, gpu=execution.gpu, batch_size=execution.batch_size)
+    log(f"{name}: finished (curve {', '.join(f'{s}: {b:.1f}' for s, b in curve.items())})")
+
+
+def finisher(plan_file, execution, pool):
+    """``finish(run, n)``: :func:`finish_run` in a subprocess (``runs study PLAN --finish RUN``) on ``pool``."""
+    def finish(run, n):
+        command = [sys.executable, "-m", "onmt_lma.study.runs", "--data-root", str(execution.data.parent),
+                   "--runs-root", str(execution.runs.parent), "study", str(Path(plan_file).resolve()),
+                   "--finish", run.name, "--steps", str(n), "--gpu", str(execution.gpu),
+                   "--batch-size", str(execution.batch_size)]
+        with open(execution.runs / run.name / "finish.log", "a") as out:
+            return pool.submit(subprocess.run, command, check=True, stdout=out, stderr=subprocess.STDOUT,
+                               env=process_env(execution))
+    return finish
+
+
+def run_study(study, plan_file, execution):
+    from onmt_lma import evaluate
+
+    execution.runs.mkdir(parents=True, exist_ok=True)
+    teacher = train_teacher(study, execution)
+    teacher_eval = Path(f"{teacher}.eval.json")
+    with concurrent.futures.ThreadPoolExecutor(execution.parallel) as pool:
+        if not teacher_eval.exists():
+            pool.submit(evaluate.evaluate, teacher, execution.data, teacher_eval, beam=5, gpu=execution.gpu,
+                        batch_size=execution.batch_size)
+        budget, futures = train_students(study, teacher, execution, finisher(plan_file, execution, pool))
+        submitted = {name for name, _ in futures}
+        for run in study.students:  # runs stopped by an earlier call, not finished then
+            run_dir = execution.runs / run.name
+            if (budget is not None and run.name not in submitted and (run_dir / "DONE").exists()
+                    and not any(run_dir.glob("model_avg_*.eval.json"))):
+                futures.append((run.name, finisher(plan_file, execution, pool)(run, budget["N"])))
+        for _, future in futures:
+            try:
+                future.result()
+            except subprocess.CalledProcessError as error:
+                log(f"finishing failed: {error}")
+    log("study done")
+
+
+def state(run, study, execution):
+    """``collected``, ``finished`` (evaluated, not collected), ``stopped`` (at N), ``started`` or ``todo``."""
+    run_dir = execution.runs / run.name
+    if run.teacher:
+        done = (study.results / "runs" / "teacher").is_dir()
+        return "collected" if done else "finished" if (run_dir / "DONE").exists() else (
+            "started" if run_dir.exists() else "todo")
+    if any((study.results / "runs" / run.name).glob("model_avg_*.eval.json")):
+        return "collected"
+    if any(run_dir.glob("model_avg_*.eval.json")):
+        return "finished"
+    if (run_dir / "DONE").exists():
+        return "stopped"
+    return "started" if run_dir.exists() else "todo"
+
+
+# --------------------------------------------------------------------------- #
+# Collecting results and releasing models (paths relative, nothing of this machine)
+# --------------------------------------------------------------------------- #
+def relative_text(text, execution):
+    for root, name in ((execution.runs.resolve(), "runs"), (execution.data.resolve(), f"data/{execution.data.name}"),
+                       (REPO, ".")):
+        text = text.replace(str(root), name)
+    return text
+
+
+def copy_relative(source, target, execution):
+    target.write_text(relative_text(source.read_text(encoding="utf-8", errors="replace"), execution),
+                      encoding="utf-8")
+
+
+def collect(study, execution):
+    out = study.results / "runs"
+    out.mkdir(parents=True, exist_ok=True)
+    if (execution.runs / "BUDGET.json").exists():
+        shutil.copy(execution.runs / "BUDGET.json", study.results / "BUDGET.json")
+    for run in study.runs:
+        if run.teacher and (out / "teacher").is_dir():
+            continue  # collected on the machine that trained it (its paths made relative there)
+        run_dir = execution.runs / run.name
+        evals = sorted(run_dir.glob("*.eval.json"))
+        if not evals:
+            continue
+        target = out / run.name
+        target.mkdir(exist_ok=True)
+        for name in ("config.yaml", "train.log", "curve.json", "COMMITS"):
+            if (run_dir / name).exists():
+                copy_relative(run_dir / name, target / name, execution)
+        for path in evals:
+            copy_relative(path, target / path.name.replace(".pt.eval", ".eval"), execution)
+            hyp = path.with_name(path.name.replace(".json", ".hyp.detok.en"))
+            if hyp.exists():
+                shutil.copy(hyp, target / hyp.name.replace(".pt.eval", ".eval"))
+    log(f"collected into {study.results}")
+
+
+def averaged_result(run_dir):
+    """(averaged checkpoint, its evaluation) of a finished run, or (None, None)."""
+    for path in sorted(Path(run_dir).glob("model_avg_*.pt.eval.json")):
+        return path.with_name(path.name[: -len(".eval.json")]), json.loads(path.read_text())
+    return None, None
+
+
+def release(study, execution):
+    """Released models: the averaged main students, the best diagnostic's, and the teacher, float16."""
+    from onmt_lma import average
+    from onmt_lma.files import sha256_of
+
+    chosen = {}
+    for run in study.students:
+        path, result = averaged_result(execution.runs / run.name)
+        if path is not None:
+            chosen.setdefault("main" if run.part == "main" else "variant", []).append(
+                (result["bleu"]["score"], run, path))
+    picks = [(run.name, path) for _, run, path in chosen.get("main", [])]
+    if chosen.get("variant"):
+        _, best, path = max(chosen["variant"], key=lambda item: item[0])
+        picks.append((best.name, path))
+    teacher_dir = execution.runs / "teacher"
+    picks.append(("teacher", teacher_dir / (teacher_dir / "DONE").read_text().strip()))
+    out = study.results / "models"
+    out.mkdir(parents=True, exist_ok=True)
+    sums = []
+    for name, path in picks:
+        target = out / f"{name}.pt"
+        average.save(average.average([path], release=True), target)
+        sums.append(f"{sha256_of(target)}  {target.name}")
+        log(f"released {target.name} from {relative_text(str(path), execution)}")
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")

@@ -1,0 +1,170 @@
+"""The report of a budgeted study (:mod:`.budgeted`), from its collected results only: the teacher, the budget,
+the main comparison paired by seed (differences, their mean, spread, paired t and signs), the diagnostics
+against the baseline of their seed, BLEU-over-steps and validation curves, and the learned LMA shapes.
+
+The main comparison's first activation is the baseline (the plan's first ``part: main`` group, e.g. ReLU);
+every other main activation is paired with it seed by seed.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+from onmt_lma.study.report import validation_curve
+
+
+def load_collected(results, valid_steps):
+    """{run name: {"final": eval, "averaged": eval, "curve": {step: BLEU}, "valid": {step: ppl}}}."""
+    runs = {}
+    folder_of_runs = Path(results) / "runs"
+    for folder in sorted(folder_of_runs.iterdir()) if folder_of_runs.is_dir() else []:
+        entry = {"final": None, "averaged": None, "curve": {}, "valid": {}}
+        for path in folder.glob("*.eval.json"):
+            entry["averaged" if path.name.startswith("model_avg_") else "final"] = json.loads(path.read_text())
+        if (folder / "curve.json").exists():
+            entry["curve"] = {int(k): v for k, v in json.loads((folder / "curve.json").read_text()).items()}
+        if (folder / "train.log").exists():
+            entry["valid"] = dict(validation_curve(folder / "train.log", valid_steps))
+        runs[folder.name] = entry
+    return runs
+
+
+def paired_lines(pairs, label):
+    """Paired differences (B - A) over seeds: each, mean, spread, paired t and the sign count."""
+    diffs = [b - a for a, b in pairs]
+    lines = [f"- {label}: differences by seed " + ", ".join(f"{d:+.2f}" for d in diffs)]
+    if len(diffs) >= 2:
+        mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+        t = mean / (sd / len(diffs) ** 0.5) if sd > 0 else float("inf") * (1 if mean > 0 else -1)
+        lines.append(f"  mean {mean:+.2f}, sample std {sd:.2f}, paired t {t:+.2f} (df {len(diffs) - 1}); "
+                     f"above in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds")
+    return lines
+
+
+def score(entry, which, metric="bleu"):
+    """A run's score (``bleu`` or ``chrf``) of its ``final`` or ``averaged`` checkpoint; None if not there."""
+    return entry[which][metric]["score"] if entry and entry.get(which) and entry[which].get(metric) else None
+
+
+def fmt(value, digits=2):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def main_design(study):
+    """(baseline activation, the other main activations, seeds, {(activation, seed): run}) of the main part."""
+    main = [run for run in study.students if run.part == "main"]
+    activations = list(dict.fromkeys(run.activation for run in main))
+    seeds = sorted({run.seed for run in main})
+    return activations[0], activations[1:], seeds, {(run.activation, run.seed): run for run in main}
+
+
+def report_lines(study, runs, budget, command):
+    baseline, others, seeds, main = main_design(study)
+    base_label = study.activation_label(baseline)
+    lines = [f"# {study.title}: report", "",
+             f"Made by `{command}` from the collected runs; sacreBLEU on the {study.corpus} test set (beam 5), "
+             "signature in each run's JSON.", ""]
+    teacher = runs.get("teacher", {}).get("final")
+    if teacher:
+        chrf = teacher.get("chrf") or {}
+        lines += ["## Teacher", "", "| BLEU | chrF | tok. BLEU | test ppl | parameters |", "| --- | --- | --- | --- | --- |",
+                  f"| {teacher['bleu']['score']:.2f} | {fmt(chrf.get('score'))} | {teacher['bleu_tok']['score']:.2f} "
+                  f"| {teacher['ppl']:.2f} | {teacher['params']:,} |", "",
+                  f"sacreBLEU signatures: `{teacher['bleu']['signature']}`"
+                  + (f"; `{chrf['signature']}`" if chrf else ""), ""]
+    if budget:
+        lines += [f"## Budget: N = {budget['N']} steps" + (" (capped by a deadline)" if budget["capped_by_deadline"]
+                                                          else " (the pilot's rule)"), ""]
+    for other in others:
+        label = study.activation_label(other)
+        lines += [f"## Main comparison: {base_label} and {label}, paired by seed", "",
+                  f"| seed | {base_label} final | {base_label} averaged | {label} final | {label} averaged "
+                  f"| {label} − {base_label} (averaged) |", "| --- | --- | --- | --- | --- | --- |"]
+        pairs = {"final": [], "averaged": [], "chrf": []}
+        for seed in seeds:
+            a = runs.get(main[(baseline, seed)].name) if (baseline, seed) in main else None
+            b = runs.get(main[(other, seed)].name) if (other, seed) in main else None
+            cells = [score(a, "final"), score(a, "averaged"), score(b, "final"), score(b, "averaged")]
+            for which, x, y in (("final", cells[0], cells[2]), ("averaged", cells[1], cells[3]),
+                                ("chrf", score(a, "averaged", "chrf"), score(b, "averaged", "chrf"))):
+                if x is not None and y is not None:
+                    pairs[which].append((x, y))
+            diff = cells[3] - cells[1] if None not in (cells[1], cells[3]) else None
+            lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(diff)} |")
+        lines.append("")
+        for which, what in (("final", "final checkpoint"), ("averaged", "averaged checkpoint"),
+                            ("chrf", "chrF, averaged checkpoint")):
+            if pairs[which]:
+                lines += paired_lines(pairs[which], f"{label} − {base_label}, {what}")
+        lines.append("")
+    lines += [f"## Diagnostics (against {base_label} of the same seed)", "",
+              f"| run | what | BLEU final | BLEU averaged | Δ vs {base_label} (averaged) | test ppl | valid ppl at N |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in study.students:
+        entry = runs.get(run.name)
+        if run.part == "main" or not entry:
+            continue
+        reference = main.get((baseline, run.seed))
+        reference_bleu = score(runs.get(reference.name), "averaged") if reference else None
+        average_bleu = score(entry, "averaged")
+        delta = average_bleu - reference_bleu if None not in (average_bleu, reference_bleu) else None
+        valid = entry["valid"].get(budget["N"]) if budget else None
+        ppl = entry["final"]["ppl"] if entry.get("final") else None
+        lines.append(f"| {run.part}: {run.name} | {study.run_label(run)} | {fmt(score(entry, 'final'))} "
+                     f"| {fmt(average_bleu)} | {fmt(delta)} | {fmt(ppl)} | {fmt(valid)} |")
+    return lines + [""]
+
+
+def report_plots(study, runs, out):
+    """``bleu_vs_steps.png`` and ``valid_ppl.png``: every run, main seeds by line style, diagnostics dash-dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline, others, _, _ = main_design(study)
+    main_colors = {activation: f"C{i}" for i, activation in enumerate([baseline, *others])}
+    styles = {1: "-", 2: "--", 3: ":"}
+    written = []
+    for key, name, ylabel, log in (("curve", "bleu_vs_steps.png", "test sacreBLEU (beam 5)", False),
+                                   ("valid", "valid_ppl.png", "validation perplexity", True)):
+        if not any(runs.get(run.name, {}).get(key) for run in study.students):
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for index, run in enumerate(study.students):
+            points = sorted(runs.get(run.name, {}).get(key, {}).items())
+            if not points:
+                continue
+            if run.part == "main":
+                ax.plot(*zip(*points), styles.get(run.seed, "-"), color=main_colors[run.activation],
+                        label=f"{study.run_label(run)} seed {run.seed}")
+            else:
+                ax.plot(*zip(*points), "-.", color=f"C{len(main_colors) + index}",
+                        label=f"({run.part}) {study.run_label(run)}")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(out) / name, dpi=110)
+        plt.close(fig)
+        written.append(Path(out) / name)
+    return written
+
+
+def write_report(study, command):
+    """``report.md`` and the plots in the study's results folder; returns the report's text."""
+    from onmt_lma.study.plots import lma_shape_plots
+
+    runs = load_collected(study.results, study.budget["every"])
+    budget_file = study.results / "BUDGET.json"
+    budget = json.loads(budget_file.read_text()) if budget_file.exists() else None
+    text = "\n".join(report_lines(study, runs, budget, command))
+    report_plots(study, runs, study.results)
+    evaluations = [dict(entry["averaged"], _file=str(study.results / "runs" / name)) for name, entry in runs.items()
+                   if entry.get("averaged") and entry["averaged"]["model"].get("learned_lma")]
+    if evaluations:
+        lma_shape_plots(evaluations, study.results)
+    (study.results / "report.md").write_text(text)
+    return text

@@ -1,0 +1,261 @@
+"""Budgeted studies (onmt_lma.study.budgeted): the pilot's rule, the plan file of the converged study, the
+training loop (with stand-in training processes), the paired report, and the thin wrapper script."""
+
+import concurrent.futures
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from onmt_lma.bin import train as train_cli
+from onmt_lma.study import budgeted, paired_report, runs
+
+from conftest import REPO, synthetic_result
+
+CONVERGED_PLAN = REPO / "studies" / "multi30k_converged.yaml"
+RULE = {"pilot": "student64_relu_seed1", "min_steps": 4, "max_steps": 12, "window": 2, "tolerance": 0.02,
+        "every": 2, "bleu_every": 4, "average_last": 2}
+
+
+def write_plan(path, budget=RULE, extra="", runs_text=None):
+    runs_text = runs_text or ("  - teacher\n  - {size: 64, activations: [relu, lma], seeds: [1, 2], part: main}\n"
+                              "  - {size: 64, activations: [lma], seeds: [1], part: b, variant: continuous, "
+                              "what: continuous, settings: {lma_continuous: true}}\n")
+    budget_text = f"budget: {json.dumps(budget)}\n" if budget else ""
+    path.write_text(f"corpus: multi30k\nresults: {path.parent / 'results'}\nruns_folder: study\n"
+                    f"labels: {{relu: ReLU, lma: LMA-8}}\n{budget_text}{extra}runs:\n{runs_text}")
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# The pilot's rule and the plan
+# --------------------------------------------------------------------------- #
+def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_steps():
+    def budget(curve):
+        return budgeted.pilot_budget(curve, min_steps=2000, max_steps=6000, window=500, tolerance=0.02)
+
+    falling = {s: 100 * 0.9 ** (s / 250) for s in range(250, 6001, 250)}  # 10% per 250 steps: never flat
+    assert budget(falling) == 6000  # the cap
+    assert budget({s: p for s, p in falling.items() if s <= 3000}) is None  # not decided yet
+    flat_from_2500 = {s: (p if s <= 2000 else falling[2000] * (1 - 0.001 * (s - 2000) / 250))
+                      for s, p in falling.items()}
+    # at 2,500 the last 500 steps gained 0.2%; at 2,000 the gain was still 19%: N = 2,500
+    assert budget(flat_from_2500) == 2500
+    early_flat = {s: 10.0 for s in range(250, 6001, 250)}
+    assert budget(early_flat) == 2000  # never before the minimum
+
+
+def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
+    study = runs.load_plan(CONVERGED_PLAN)
+    # the names are the run folders of runs already trained: they must not change
+    assert [run.name for run in study.runs] == [
+        "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2", "student64_lma_seed2",
+        "student64_relu_seed3", "student64_lma_seed3", "student64_relu_lr2x_seed1", "student64_lma_lr2x_seed1",
+        "student64_lma_continuous_seed1", "student64_lma_actlr0.1_seed1", "student64_lma_frozen_seed1",
+        "student64_gelu_seed1"]
+    assert [run.part for run in study.students] == ["main"] * 6 + ["a", "a", "b", "c", "d", "e"]
+    assert study.budget == {"pilot": "student64_relu_seed1", "min_steps": 2000, "max_steps": 6000, "window": 500,
+                            "tolerance": 0.02, "every": 250, "bleu_every": 500, "average_last": 4}
+    assert study.run_label(study.students[-3]) == "LMA-8, alpha/beta at 0.1x lr"
+    assert dict(study.students[-4].settings) == {"lma_continuous": True}
+    known = {action.dest for action in train_cli.get_parser()._actions}  # every setting is a training option
+    assert all(key in known for run in study.students for key, _ in run.settings)
+    # and the recipe's checkpoint interval is the plan's
+    assert "save_checkpoint_steps: 250" in (REPO / "recipes" / "multi30k" / "student64.yaml").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(budget={k: v for k, v in RULE.items() if k != "window"}), "budget needs exactly pilot"),
+    (dict(budget={**RULE, "pilot": "student64_gelu_seed1"}), "the budget's pilot 'student64_gelu_seed1'"),
+    (dict(budget=None), "runs_folder is for a budgeted study"),
+    (dict(runs_text="  - {size: 64, activations: [relu], seeds: [1], colour: red}\n"), "unknown keys"),
+])
+def test_a_wrong_budgeted_plan_is_refused_with_its_reason(tmp_path, change, message):
+    plan = write_plan(tmp_path / "plan.yaml", **change)
+    with pytest.raises(runs.StudyError, match=message):
+        runs.load_plan(plan)
+
+
+def test_a_study_without_budget_refuses_the_budgeted_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        runs.main(["study", str(REPO / "studies" / "multi30k.yaml"), "--parallel", "2", "--only", "x"])
+    assert stop.value.code == 2
+    assert "--parallel, --only only for a budgeted study" in capsys.readouterr().err
+
+
+def test_a_plan_variant_trains_with_its_settings_in_a_study_without_budget(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(runs.recipes, "train", lambda corpus, model, data, run_dir, settings: trained.append(
+        (Path(run_dir).name, settings)) or Path(run_dir) / "m.pt")
+    path = runs.train_student("multi30k", 64, "lma", 1, tmp_path, tmp_path, kd_teacher="none",
+                              settings=[("lma_continuous", True)], variant="continuous")
+    assert path.parent.name == "student64_lma_continuous_seed1_nokd"
+    assert trained[0][1][-1] == ("lma_continuous", True)
+
+
+# --------------------------------------------------------------------------- #
+# How runs are launched and share the machine
+# --------------------------------------------------------------------------- #
+def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
+    import os
+
+    def env(gpu, parallel):
+        return budgeted.process_env(budgeted.Execution(Path("d"), Path("r"), gpu=gpu, parallel=parallel))
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert env(-1, 2)["OMP_NUM_THREADS"] == "1"
+    assert env(-1, 4)["OMP_NUM_THREADS"] == "1"  # never 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert env(-1, 2)["OMP_NUM_THREADS"] == "8"
+    assert env(-1, 1) is None  # torch's own default
+    assert env(0, 12) is None  # a GPU does the work
+
+
+def test_student_settings_keep_the_order_their_configs_were_composed_with(tmp_path, monkeypatch):
+    study = runs.load_plan(CONVERGED_PLAN)
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "runs", settings=(("report_every", 5),))
+    continuous = study.students[-4]
+    assert budgeted.student_settings(study, continuous, Path("t.pt"), execution) == [
+        ("pos_ffn_activation_fn", "lma"), ("seed", 1), ("kd_teacher", "t.pt"), ("train_steps", 6000),
+        ("lma_continuous", True), ("report_every", 5)]
+    monkeypatch.setattr(runs, "teacher_cache", lambda corpus, teacher, data_root, k: Path(f"{teacher}.top{k}"))
+    execution.kd_cache_topk = 8
+    assert budgeted.student_settings(study, continuous, Path("t.pt"), execution)[2] == ("kd_cache", "t.pt.top8")
+
+
+FAKE_TRAINING = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    run_dir, ppl = Path(sys.argv[1]), {PPL}
+    for step in range(2, 13, 2):  # validation and a checkpoint every 2 steps, as the plan's rule says
+        time.sleep(0.05)
+        with open(run_dir / "train.log", "a") as log:
+            log.write(f"[x INFO] Step {step}/ 12; acc: 1\\n[x INFO] Validation perplexity: {ppl[step]}\\n")
+        (run_dir / f"model_step_{step}.pt").write_bytes(b"checkpoint")
+    time.sleep(60)  # never ends by itself: the loop stops it at N
+""")
+
+
+def test_the_loop_fixes_n_from_the_pilot_and_stops_every_student_there(tmp_path, monkeypatch):
+    plan = write_plan(tmp_path / "plan.yaml")
+    study = runs.load_plan(plan)
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study", parallel=2)
+    curve = {2: 100.0, 4: 50.0, 6: 30.0, 8: 29.9, 10: 29.8, 12: 29.7}  # flat from 8: N = 8
+    script = tmp_path / "fake_training.py"
+    script.write_text(FAKE_TRAINING.replace("{PPL}", repr(curve)))
+    launched = []
+
+    def launch(study, run, teacher, execution):
+        launched.append(run.name)
+        (execution.runs / run.name).mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen([sys.executable, str(script), str(execution.runs / run.name)],
+                                start_new_session=True)
+
+    monkeypatch.setattr(budgeted, "launch", launch)
+    monkeypatch.setattr(budgeted, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(budgeted, "SETTLE_SECONDS", 0.01)
+    (execution.runs / "student64_lma_seed2").mkdir(parents=True)
+    (execution.runs / "student64_lma_seed2" / "DONE").write_text("model_step_8.pt\n")  # stopped by an earlier call
+    finished = []
+
+    def finish(run, n):  # the evaluations would run here; done at once
+        finished.append((run.name, n))
+        future = concurrent.futures.Future()
+        future.set_result(None)
+        return future
+
+    budget, futures = budgeted.train_students(study, Path("t.pt"), execution, finish)
+    assert budget["N"] == 8 and budget["pilot"] == "student64_relu_seed1" and not budget["capped_by_deadline"]
+    assert json.loads((execution.runs / "BUDGET.json").read_text()) == budget
+    assert launched == ["student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2",
+                        "student64_lma_continuous_seed1"]  # in plan order, the finished one skipped
+    assert sorted(finished) == sorted((name, 8) for name in launched)
+    for name in launched:
+        assert (execution.runs / name / "DONE").read_text() == "model_step_8.pt\n"
+
+
+def test_finish_averages_the_last_checkpoints_and_evaluates_final_and_average(tmp_path, monkeypatch):
+    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study")
+    run_dir = execution.runs / "student64_lma_seed1"
+    run_dir.mkdir(parents=True)
+    calls = {"bleu": [], "average": [], "evaluate": []}
+    monkeypatch.setattr(budgeted, "translate_bleu", lambda path, *a: calls["bleu"].append(path.name) or 20.0)
+    from onmt_lma import average, evaluate
+
+    monkeypatch.setattr(average, "average", lambda paths: calls["average"].append([p.name for p in paths]) or {})
+    monkeypatch.setattr(average, "save", lambda checkpoint, path: Path(path).write_bytes(b"avg"))
+    monkeypatch.setattr(evaluate, "evaluate", lambda path, data, out, **kw: calls["evaluate"].append(Path(out).name)
+                        or Path(out).write_text("{}"))
+    budgeted.finish_run(study, "student64_lma_seed1", 8, execution)
+    assert calls == {"bleu": ["model_step_4.pt", "model_step_8.pt"], "average": [["model_step_6.pt", "model_step_8.pt"]],
+                     "evaluate": ["model_step_8.pt.eval.json", "model_avg_6-8.pt.eval.json"]}
+    assert json.loads((run_dir / "curve.json").read_text()) == {"4": 20.0, "8": 20.0}
+    assert budgeted.state(study.students[1], study, execution) == "finished"
+    budgeted.finish_run(study, "student64_lma_seed1", 8, execution)  # done: nothing again
+    assert len(calls["evaluate"]) == 2
+
+
+# --------------------------------------------------------------------------- #
+# Collecting and the report
+# --------------------------------------------------------------------------- #
+def test_paired_differences_report_mean_spread_t_and_signs():
+    lines = paired_report.paired_lines([(20.0, 18.0), (21.0, 19.5), (22.0, 19.0)], "LMA − ReLU")
+    assert "-2.00, -1.50, -3.00" in lines[0]
+    # mean -2.1667, sample std 0.7638, t = mean / (std / sqrt(3)) = -4.91
+    assert "mean -2.17, sample std 0.76, paired t -4.91 (df 2); above in 0 of 3 seeds" in lines[1]
+
+
+def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path):
+    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    execution = budgeted.Execution((tmp_path / "data" / "multi30k").resolve(), (tmp_path / "study").resolve())
+    scores = {"student64_relu_seed1": 30.0, "student64_lma_seed1": 29.0, "student64_relu_seed2": 31.0,
+              "student64_lma_seed2": 29.5, "student64_lma_continuous_seed1": 30.5}
+    for name, score in scores.items():
+        run_dir = execution.runs / name
+        run_dir.mkdir(parents=True)
+        activation = name.split("_")[1]
+        for checkpoint, bonus in (("model_step_8.pt", 0.0), ("model_avg_6-8.pt", 0.5)):
+            result = synthetic_result("multi30k", 64, activation, int(name[-1]), score + bonus, 9.0, run_dir)
+            (run_dir / f"{checkpoint}.eval.json").write_text(json.dumps(result))
+        (run_dir / "train.log").write_text(f"Step 8/ 12;\nValidation perplexity: 9.5\ndata {execution.data}/x\n")
+        (run_dir / "curve.json").write_text('{"4": 10.0, "8": 20.0}')
+    (execution.runs / "BUDGET.json").write_text(json.dumps({"N": 8, "capped_by_deadline": False}))
+    budgeted.collect(study, execution)
+    collected = study.results / "runs" / "student64_lma_seed1"
+    assert sorted(p.name for p in collected.iterdir()) == [
+        "curve.json", "model_avg_6-8.eval.json", "model_step_8.eval.json", "train.log"]
+    assert str(tmp_path) not in "".join(p.read_text() for p in collected.iterdir())
+    assert "data data/multi30k/x" in (collected / "train.log").read_text()  # the corpus folder, made relative
+    assert budgeted.state(study.students[1], study, execution) == "collected"
+    text = paired_report.write_report(study, "make it")
+    # averaged: LMA-8 − ReLU = 29.5 − 30.5 = −1.00 (seed 1), 30.0 − 31.5 = −1.50 (seed 2)
+    assert "| 1 | 30.00 | 30.50 | 29.00 | 29.50 | -1.00 |" in text
+    assert "LMA-8 − ReLU, averaged checkpoint: differences by seed -1.00, -1.50" in text
+    assert "mean -1.25, sample std 0.35, paired t -5.00 (df 1); above in 0 of 2 seeds" in text
+    # the diagnostic against ReLU of its seed, averaged: 31.0 − 30.5
+    assert "| b: student64_lma_continuous_seed1 | LMA-8, continuous | 30.50 | 31.00 | 0.50 | 9.00 | 9.50 |" in text
+    assert "## Budget: N = 8 steps (the pilot's rule)" in text
+    assert (study.results / "bleu_vs_steps.png").stat().st_size > 0 and (study.results / "valid_ppl.png").is_file()
+
+
+def test_the_wrapper_script_keeps_its_commands():
+    spec = importlib.util.spec_from_file_location("multi30k_converged", REPO / "scripts" / "multi30k_converged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    command, results = module.runs_arguments(["run", "--parallel", "2", "--kd-cache", "8", "--runs",
+                                              "somewhere/multi30k_converged", "--data", "d/multi30k"])
+    assert command == ["--data-root", "d", "--runs-root", "somewhere", "study", str(CONVERGED_PLAN),
+                       "--parallel", "2", "--kd-cache", "8"] and results is None
+    assert module.runs_arguments(["report"])[0][-1] == "--report"
+    with pytest.raises(SystemExit):
+        module.runs_arguments(["run", "--runs", "runs/elsewhere"])
+    plan = subprocess.run([sys.executable, str(REPO / "scripts" / "multi30k_converged.py"), "plan", "--runs",
+                           str(REPO / "tmp_no_runs" / "multi30k_converged")], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.split("\n")[7].split()[:3] == ["student64_relu_lr2x_seed1", "a", "todo"]
+
