@@ -5,10 +5,10 @@
 The graphs are written from :class:`EncoderGraph` and :class:`DecoderStepGraph`, a
 functional restatement of OpenNMT-py 3.5.1's pre-norm Transformer (Vaswani et
 al. 2017) that reads the trained modules' weights; every activation is exported
-through its PyTorch path (LMA as standard ONNX operations: its segment index
-``clamp(floor((x - mean) / (6 std / k) + k / 2), 0, k - 1)`` from the running
-statistics, ``Floor``/``Clip``/``Gather``; Xu et al. 2020, method section), so
-no custom operator is needed.
+through its PyTorch path, LMA through :class:`LMAGraph` (standard ONNX operations: its
+segment index ``clamp(floor((x - mean) / (6 std / k) + k / 2), 0, k - 1)`` from the
+running statistics, ``Clip``/``Cast``/``GatherElements``; Xu et al. 2020, method
+section), so no custom operator is needed.
 
 * ``encoder.onnx``: ``src`` (batch, src_len) int64, ``src_len`` (batch,) int64 ->
   ``memory_pad`` (batch, src_len) bool, ``cross_keys``/``cross_values``
@@ -145,6 +145,50 @@ class DecoderStepGraph(nn.Module):
         return torch.log_softmax(self.generator(out).float(), dim=-1), torch.stack(new_keys), torch.stack(new_values)
 
 
+class LMAGraph(nn.Module):
+    """An LMA of a trained model as the exported graph computes it: ``alpha[j] * x + beta[j]`` with ``j`` from
+    the running statistics (the learned or the continuous variant's intercepts).
+
+    The segment is found as the fused CPU kernel that ``onmt_lma_translate`` runs finds it
+    (``onmt_lma/csrc/lma_cpu.cpp``: position ``(x - mean) * inv + k / 2`` with ``inv = 1 / (6 std / k)`` from
+    float64, clipped to ``[0, k - 1]``, truncated), so that an element on a cut point falls in the same
+    segment as in PyTorch; ``floor`` is not needed, truncation on ``[0, k - 1]`` is the floor.  The slope and
+    intercept of every element are read with ``GatherElements`` from (k, units) tables (each line repeated
+    over the feed-forward units): ONNX Runtime's ``Gather`` from a k-vector copies element by element and
+    took ~4x longer on this CPU.
+    """
+
+    def __init__(self, lma, units):
+        super().__init__()
+        k = lma.segments
+        mean, std = lma.running_mean.detach().reshape(()), lma.running_std.detach().reshape(())
+        width = std.double().clamp_min(torch.finfo(std.dtype).tiny) * 6.0 / k
+        self.segments = k
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("inv", (1.0 / width).to(std.dtype))
+        self.register_buffer("slopes", lma.alpha.detach()[:, None].expand(k, units).contiguous())
+        self.register_buffer("intercepts", lma.intercepts(mean, std).detach()[:, None].expand(k, units).contiguous())
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        position = (flat - self.mean) * self.inv + self.segments / 2
+        j = position.clamp(0, self.segments - 1).to(torch.int64)
+        out = torch.gather(self.slopes, 0, j) * flat + torch.gather(self.intercepts, 0, j)
+        return out.reshape(x.shape)
+
+
+def graph_activations(model):
+    """Every LMA of ``model``'s feed-forward blocks replaced by its :class:`LMAGraph` (the model is changed)."""
+    from onmt.modules.position_ffn import PositionwiseFeedForward
+
+    from onmt_lma.activations import LMA
+
+    for block in model.modules():
+        if isinstance(block, PositionwiseFeedForward) and isinstance(block.activation, LMA):
+            block.activation = LMAGraph(block.activation, block.w_1.out_features)
+    return model
+
+
 def empty_cache(model, rows):
     """The decoder's self-attention cache before the first step: (layers, rows, heads, 0, head_dim) zeros."""
     attention = model.decoder.transformer_layers[0].self_attn
@@ -180,6 +224,7 @@ def export(checkpoint, out_dir, int8=False):
     out.mkdir(parents=True, exist_ok=True)
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 1, 1]])
     src_len = torch.tensor([4, 2])
+    graph_activations(model)
     encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
     with torch.no_grad(), kernels.forced("torch"):
         memory_pad, cross_keys, cross_values = encoder(src, src_len)

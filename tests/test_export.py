@@ -59,11 +59,46 @@ def test_the_restated_graphs_give_opennmt_py_s_log_probabilities(vocab, teacher,
     vocabs, model, _ = exporter.load_model(checkpoint)
     src, src_len, tgt = real_batch(vocab, vocabs)
     expected = reference_log_probs(model, src, src_len, tgt)
+    exporter.graph_activations(model)  # as exported: LMA by GatherElements from (k, units) tables
+    assert (which == "lma") == any(isinstance(m, exporter.LMAGraph) for m in model.modules())
     with torch.no_grad(), kernels.forced("torch"):
         got = stepped_log_probs(exporter.EncoderGraph(model), exporter.DecoderStepGraph(model), src, src_len, tgt,
                                 exporter.empty_cache(model, len(src)))
     mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
     torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_the_exported_lma_is_the_evaluation_lma_at_cut_points_and_outliers_too(continuous):
+    from onmt_lma import kernels
+    from onmt_lma.activations import LMA, lma
+
+    torch.manual_seed(0)
+    module = LMA(8, 0.9, continuous).train()
+    with torch.no_grad():
+        module.alpha.normal_()
+        if module.beta is not None:
+            module.beta.normal_()
+        module(torch.randn(64, 24) * 2 + 0.5)  # running statistics of a batch
+    module.eval()
+    graph = exporter.LMAGraph(module, units=24)
+    mean, std = module.running_mean.reshape(()), module.running_std.reshape(())
+    cuts = mean + std * (torch.arange(-4, 5, dtype=torch.float32) * 6 / 8)  # every cut point and both ends
+    x = torch.cat([torch.randn(3, 5, 24) * 3, cuts.repeat(3)[:24].expand(1, 5, 24),
+                   torch.full((1, 5, 24), 1e6), torch.full((1, 5, 24), -1e6)])
+    with torch.no_grad():
+        if kernels.cpu_kernel() is not None:  # the fused kernel onmt_lma_translate runs: the same segments
+            expected = lma(x, module.alpha, module.intercepts(mean, std), mean, std)
+            torch.testing.assert_close(graph(x), expected, rtol=1e-6, atol=1e-6)  # up to its fused multiply-add
+        # and as float64 from the paper's definition: j = clamp(floor((x - b_0) / (6 std / k)), 0, k - 1)
+        j = torch.clamp(torch.floor((x.double() - (mean.double() - 3 * std.double())) / (6 * std.double() / 8)), 0, 7)
+        slope = module.alpha.double()[j.long()]
+        intercept = module.intercepts(mean, std).double()[j.long()]
+        position = (x.double() - mean.double()) / (6 * std.double() / 8)
+        near_cut = (position - position.round()).abs() < 1e-5  # either side's line is right there
+        assert 5 * 24 <= near_cut.sum() < x.numel() / 2
+        torch.testing.assert_close(graph(x).double()[~near_cut], (slope * x.double() + intercept)[~near_cut],
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, lma_checkpoint, tmp_path):
@@ -74,7 +109,7 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
     import onnx
 
     operators = {node.op_type for node in onnx.load(tmp_path / "onnx" / "decoder_step.onnx").graph.node}
-    assert {"Floor", "Clip", "Gather"} <= operators  # LMA in standard operators, no custom one
+    assert {"Clip", "Cast", "GatherElements"} <= operators  # LMA in standard operators, no custom one
     vocabs, model, _ = exporter.load_model(lma_checkpoint)
     src, src_len, tgt = real_batch(vocab, vocabs, lines=3)  # another batch size and length than traced
     expected = reference_log_probs(model, src, src_len, tgt)
