@@ -37,6 +37,11 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * checkpoints saved atomically -- OpenNMT-py writes ``BASE_step_N.pt`` in
   place, so a kill during a save left a truncated file that resumption took
   for the latest; it is now written as ``BASE.partial_step_N.pt`` and renamed;
+* exact resumption -- checkpoints also keep the random state and how many
+  steps' batches the run has drawn (in the optimizer's state), and a run
+  resumed from its own checkpoint skips those batches and restores that state,
+  so it goes on as if never interrupted (:mod:`onmt_lma.resume`; OpenNMT-py
+  would start the data again at its first batch);
 * distillation -- the trainer's training loss gets the teacher of
   ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
   report the KD part next to the NLL part;
@@ -52,6 +57,7 @@ to time training steps (benchmarks only).
 
 Private OpenNMT-py names the package relies on, checked against 3.5.1 (the
 version ``make venv`` installs): ``ModelSaver._save`` (here);
+``Trainer._accum_batches``, ``Trainer._accum_count`` (:mod:`onmt_lma.resume`);
 ``LossCompute._bottle``, ``LossCompute._stats`` (the KD loss, :mod:`onmt_lma.distill`);
 ``Translator._run_encoder``, ``Translator._score_target``,
 ``Translator._tgt_pad_idx`` (test perplexity in :mod:`onmt_lma.evaluate`);
@@ -135,6 +141,7 @@ from onmt_lma.quantize import (  # noqa: E402
     quantize_linears,
     quantize_weights_in_place,
 )
+from onmt_lma.resume import KEY as RESUME_KEY, exact_accumulation, resume_state  # noqa: E402
 
 _ORIGINAL = {}
 #: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
@@ -296,7 +303,18 @@ def load_checkpoint(ckpt_path):
 def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
     trainer = _ORIGINAL["build_trainer"](opt, device_id, model, vocabs, optim, model_saver)
     trainer.train_loss.optim = trainer.optim  # the training loss checks itself, naming the step
-    return attach_teacher(trainer, opt, vocabs)
+    return attach_teacher(exact_accumulation(trainer, opt), opt, vocabs)
+
+
+def optimizer_state_dict(optim):
+    """``Optimizer.state_dict`` with what an exact resumption needs (:mod:`onmt_lma.resume`)."""
+    return {**_ORIGINAL["state_dict"](optim), RESUME_KEY: resume_state(optim)}
+
+
+def optimizer_load_state_dict(optim, state_dict):
+    """``Optimizer.load_state_dict``, keeping the checkpoint's resume state for the trainer."""
+    optim.onmt_lma_loaded_resume = state_dict.get(RESUME_KEY)
+    return _ORIGINAL["load_state_dict"](optim, {k: v for k, v in state_dict.items() if k != RESUME_KEY})
 
 
 def init_logger(*args, **kwargs):
@@ -377,6 +395,10 @@ def install():
     _patch("single_main", train_process, onmt.bin.train)
     _ORIGINAL.setdefault("_save", onmt.models.model_saver.ModelSaver._save)
     onmt.models.model_saver.ModelSaver._save = save_checkpoint_atomically
+    optimizer = onmt.utils.optimizers.Optimizer
+    _ORIGINAL.setdefault("state_dict", optimizer.state_dict)
+    _ORIGINAL.setdefault("load_state_dict", optimizer.load_state_dict)
+    optimizer.state_dict, optimizer.load_state_dict = optimizer_state_dict, optimizer_load_state_dict
     _patch("init_logger", init_logger, onmt.inputters.dynamic_iterator)
     _patch("spawned_infer", spawned_infer, onmt.inference_engine)
 

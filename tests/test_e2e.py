@@ -5,6 +5,8 @@ Tiny models, a few dozen steps: these check plumbing, not quality.
 
 import functools
 import multiprocessing
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -77,6 +79,35 @@ def test_resume_starts_from_the_saved_statistics(vocab, lma_checkpoint, tmp_path
     resumed = load(tmp_path / "resumed_step_25.pt")
     assert resumed["opt"].lma_segments == 6
     assert len(activation_state(resumed)) == 4 * FEED_FORWARD_BLOCKS
+
+
+def test_a_run_resumed_from_its_own_checkpoint_goes_on_as_if_never_stopped(vocab, tmp_path):
+    """Same batches and dropout as the uninterrupted run: equal weights at the end (onmt_lma.resume)."""
+    common = ["-pos_ffn_activation_fn", "lma", "-lma_segments", "6", "-save_checkpoint_steps", "4",
+              "-dropout", "0.3", "-batch_size", "128"]  # dropout: the random state matters
+
+    def train(folder, steps, *extra):
+        train_cli.main(list(map(str, train_args(vocab, tmp_path / folder / "model", *common, "-train_steps", steps,
+                                                *extra))))
+        return tmp_path / folder / f"model_step_{steps}.pt"
+
+    whole = load(train(Path("whole"), 8))
+    train(Path("cut"), 4)
+    resumed = load(train(Path("cut"), 8, "-train_from", tmp_path / "cut" / "model_step_4.pt"))
+    assert resumed["optim"]["onmt_lma_resume"]["data_steps"] == 8
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert torch.equal(whole["generator"]["weight"], resumed["generator"]["weight"])
+    # a checkpoint without the resume state resumes as OpenNMT-py does: other batches, other weights
+    old = load(tmp_path / "cut" / "model_step_4.pt")
+    del old["optim"]["onmt_lma_resume"]
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "model_step_4.pt")
+    plain = load(train(Path("old"), 8, "-train_from", tmp_path / "old" / "model_step_4.pt"))
+    assert not all(torch.equal(tensor, plain["model"][name]) for name, tensor in whole["model"].items())
+    # fine-tuning from another run's checkpoint starts at the data's first batch, whatever that run drew
+    tuned = load(train(Path("tuned"), 12, "-train_from", tmp_path / "whole" / "model_step_8.pt"))
+    assert tuned["optim"]["onmt_lma_resume"]["data_steps"] == 4
 
 
 def test_translation_rebuilds_the_trained_model_in_evaluation_mode(vocab, lma_checkpoint, tmp_path):
