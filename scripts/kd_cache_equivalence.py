@@ -74,6 +74,19 @@ def tokens_per_second(train_log):
     return statistics.median(speeds) if speeds else None
 
 
+def resumptions(train_log):
+    """``[(step, exact)]``: where the run was resumed, and whether with onmt_lma's exact resumption (the
+    uninterrupted run's batches) or as OpenNMT-py alone resumes (its data from the first batch again)."""
+    import re
+
+    text = Path(train_log).read_text(encoding="utf-8", errors="replace")
+    found = []
+    for match in re.finditer(r"resuming from model_step_(\d+)\.pt", text):
+        after = text[match.end():].split("resuming from", 1)[0]
+        found.append((int(match.group(1)), "resuming exactly" in after))
+    return found
+
+
 def report(args):
     from onmt_lma.study.report import validation_curve
 
@@ -88,7 +101,8 @@ def report(args):
                 continue
             scores = json.loads(evaluation.read_text())
             entry = {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)), "bleu": scores["bleu"]["score"],
-                     "chrf": scores["chrf"]["score"], "tokens_per_s": tokens_per_second(run_dir / "train.log")}
+                     "chrf": scores["chrf"]["score"], "tokens_per_s": tokens_per_second(run_dir / "train.log"),
+                     "resumed": resumptions(run_dir / "train.log")}
             result["runs"][run_dir.name] = entry
             if label == "online":
                 online = entry
@@ -108,14 +122,14 @@ def report(args):
     result["recommended"] = verdict
     steps = sorted({s for _, _, e in rows for s in e["curve"]})
     table = ("| student | teacher | " + " | ".join(f"val ppl {s}" for s in steps)
-             + " | BLEU | chrF | ppl vs online | BLEU vs online |\n"
-             + "| --- " * (len(steps) + 6) + "|\n")
+             + " | BLEU | chrF | ppl vs online | BLEU vs online | resumed at |\n"
+             + "| --- " * (len(steps) + 7) + "|\n")
     for activation, label, e in rows:
         table += (f"| {'LMA-8' if activation == 'lma' else 'ReLU'} | {label} | "
                   + " | ".join(f"{e['curve'][s]:.2f}" if s in e["curve"] else "" for s in steps)
                   + f" | {e['bleu']:.2f} | {e['chrf']:.2f} | "
                   + (f"{100 * (e['ppl_ratio'] - 1):+.1f}% | {e['bleu_difference']:+.2f} |" if "within" in e else " | |")
-                  + "\n")
+                  + " " + (", ".join(f"{step}{'' if exact else '*'}" for step, exact in e["resumed"]) or "-") + " |\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kd_cache_equivalence.json").write_text(json.dumps(result, indent=1) + "\n")
     names = {"relu": "ReLU", "lma": "LMA-8"}
@@ -133,7 +147,10 @@ def report(args):
         "here (these runs may train two at a time, one thread each). Rule, fixed before the runs: a K is recommended when for "
         f"both students the cached run's validation perplexity at step {STEPS} is within "
         f"{100 * PPL_TOLERANCE:.0f}% of the online run's and its BLEU within {BLEU_TOLERANCE}.\n\n"
-        + table + "\n" + "\n".join(lines) + "\n")
+        + table + "\n" + "\n".join(lines) + "\n\n"
+        "Resumed at: the steps a run was interrupted and resumed at; * marks OpenNMT-py's own resumption "
+        "(before onmt_lma.resume), whose data starts again at the corpus's first batch, so that after it the "
+        "run trained on other batches than an uninterrupted one: its differences include that.\n")
     print(table)
     print("\n".join(lines))
 
