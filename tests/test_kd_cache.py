@@ -14,7 +14,7 @@ from onmt_lma.bin import teacher_cache as cache_cli
 from onmt_lma.bin import train as train_cli
 from onmt_lma.distill import distillation_loss
 
-from conftest import NO_DROPOUT, load, record_losses, run, train_args
+from conftest import NO_DROPOUT, REPO, load, record_losses, run, train_args
 
 PAD = 1
 
@@ -282,3 +282,19 @@ def test_students_of_a_study_build_the_cache_once_and_share_it(corpus_dir, teach
         made.append((shared_teacher.with_suffix(".top4") / "manifest.json").stat().st_mtime_ns)
     assert made[0] == made[1]  # the second student reused the cache
     assert json.loads((tmp_path / "teacher" / "teacher_step_10.top4" / "manifest.json").read_text())["topk"] == 4
+
+
+def test_the_equivalence_report_says_where_and_how_each_run_was_resumed(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_cache_equivalence", REPO / "scripts" / "kd_cache_equivalence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = tmp_path / "train.log"
+    log.write_text("[x INFO] runs/a: training multi30k student64, 800 steps\n"
+                   "[x INFO] runs/a: resuming from model_step_400.pt\n[x INFO] Step 420/ 800\n"
+                   "[x INFO] runs/a: resuming from model_step_600.pt\n"
+                   "[x INFO] resuming exactly: skipped the batches of the 600 steps trained (20 s) and restored ...\n")
+    assert module.resumptions(log) == [(400, False), (600, True)]
+    log.write_text("[x INFO] runs/a: training multi30k student64, 800 steps\n")
+    assert module.resumptions(log) == []
