@@ -12,7 +12,8 @@ beam starts alone (the others at -inf), the scores are divided by the length pen
 length plus one (``avg``: length ** alpha, ``wu``: ((5 + length) / 6) ** alpha, ``none``), the best
 ``beam_size`` of beam x vocabulary continue, a finished hypothesis is kept with its penalized score and
 its beam is closed (-65504), and a sentence is done when its best beam has finished and ``n_best``
-hypotheses are kept, or at ``max_length``.  ``min_length`` and ``ban_unk_token`` forbid the end and
+hypotheses are kept, or at ``min(max_length, longest source x max_length_ratio + 5)`` tokens, with
+the batches OpenNMT-py forms (lines sorted by source length).  ``min_length`` and ``ban_unk_token`` forbid the end and
 unknown tokens as OpenNMT-py does.  OpenNMT-py's other search options (n-gram blocking, coverage penalty,
 ``ratio``, sampling, ``replace_unk``) are refused.
 """
@@ -52,10 +53,31 @@ def token_budget_batches(items, budget, length):
         yield batch
 
 
+INFERENCE_BUCKET = 16384  # OpenNMT-py 3.5.1 sorts this many source lines by length before batching them
+
+
 def batches(lines, batch_size, batch_type="sents"):
-    if batch_type == "sents":
-        return (lines[start:start + batch_size] for start in range(0, len(lines), batch_size))
-    return token_budget_batches(lines, batch_size, lambda line: len(line.split()))
+    """Batches of line indices as OpenNMT-py 3.5.1 forms them for translation (``DynamicDatasetIter``, task
+    INFER): buckets of 16,384 lines, each sorted by source length (stably), cut where the batch size
+    (sentences, or sentences x longest source for ``tokens``) reaches ``batch_size``, an overflowing line
+    starting the next batch.  The same batches give the same padded source lengths, hence the same
+    ``max_length_ratio`` caps."""
+    lengths = [len(line.split()) for line in lines]
+    for start in range(0, len(lines), INFERENCE_BUCKET):
+        batch, longest = [], 0
+        for index in sorted(range(start, min(start + INFERENCE_BUCKET, len(lines))), key=lengths.__getitem__):
+            batch.append(index)
+            longest = max(longest, lengths[index])
+            size = len(batch) * (longest if batch_type == "tokens" else 1)
+            if size == batch_size:
+                yield batch
+                batch, longest = [], 0
+            elif size > batch_size and len(batch) > 1:  # the last line overflows: it starts the next batch
+                yield batch[:-1]
+                batch = batch[-1:]
+                longest = lengths[batch[0]]
+        if batch:
+            yield batch
 
 
 class OnnxTranslator:
@@ -110,16 +132,25 @@ class OnnxTranslator:
         return self.encoder.run(None, {"src": src, "src_len": lengths})
 
     def translate(self, lines, beam_size=5, batch_size=1, max_length=250, min_length=0, n_best=1,
-                  length_penalty_kind="avg", alpha=1.0, ban_unk_token=False, batch_type="sents"):
-        """``n_best`` ``(score, text)`` per line, best first (every line must hold a token).
+                  length_penalty_kind="avg", alpha=1.0, ban_unk_token=False, batch_type="sents",
+                  max_length_ratio=1.25):
+        """``n_best`` ``(score, text)`` per line, best first (every line must hold a token), in the lines' order.
 
-        ``batch_type`` ``sents``: ``batch_size`` lines at a time; ``tokens``: consecutive lines while their
-        longest source times their number stays within ``batch_size`` (at least one line).
+        Batched as OpenNMT-py batches (:func:`batches`: ``batch_type`` ``sents``, ``batch_size`` lines;
+        ``tokens``, lines times the longest source); each batch decodes at most
+        ``min(max_length, longest source x max_length_ratio + 5)`` tokens (OpenNMT-py's cap; a ratio of 0:
+        ``max_length`` only).
         """
-        results = []
+        results = [None] * len(lines)
         for batch in batches(lines, batch_size, batch_type):
-            results.extend(self._search(batch, beam_size, max_length, min_length, n_best, length_penalty_kind,
-                                        alpha, ban_unk_token))
+            sources = [lines[index] for index in batch]
+            cap = max_length
+            if max_length_ratio > 0:
+                cap = int(min(max_length, max(len(line.split()) for line in sources) * max_length_ratio + 5))
+            found = self._search(sources, beam_size, cap, min_length, n_best, length_penalty_kind, alpha,
+                                 ban_unk_token)
+            for index, hypotheses in zip(batch, found):
+                results[index] = hypotheses
         return results
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
@@ -230,7 +261,8 @@ def translate_file(opt):
     translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8")
     lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
     results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
-                                   opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type)
+                                   opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type,
+                                   opt.max_length_ratio)
     with open(opt.output, "w", encoding="utf-8") as out:
         for hypotheses in results:
             for _, text in hypotheses:

@@ -166,20 +166,43 @@ def test_the_onnx_engine_translates_as_opennmt_py_does(vocab, lma_checkpoint, ex
     lines = (vocab / "test.de").read_text().splitlines()
     src.write_text("\n".join(lines[:5] + [""] + lines[5:]) + "\n")  # an empty line keeps its place
     common = ["-src", src, "-beam_size", "5", "-max_length", "30"]
+    short = ["-max_length_ratio", "0.3"]  # caps of longest source x 0.3 + 5 tokens: they bind
     outputs = {}
     for label, model, extra in (("pytorch", lma_checkpoint, []), ("onnx", exported, ["-engine", "onnx"]),
-                                ("onnx32", exported, ["-engine", "onnx", "-batch_size", "32"]),
+                                ("pytorch4", lma_checkpoint, ["-batch_size", "4", *short]),
+                                ("onnx4", exported, ["-engine", "onnx", "-batch_size", "4", *short]),
+                                ("pytorch1", lma_checkpoint, short), ("onnx1", exported, ["-engine", "onnx", *short]),
                                 ("int8", exported, ["-engine", "onnx", "-precision", "int8"])):
         out = tmp_path / f"{label}.en"
         run("onmt_lma_translate", "-model", model, *common, "-output", out, *extra)
         outputs[label] = out.read_text().splitlines()
     assert len(outputs["onnx"]) == 13 and outputs["onnx"][5] == ""
     assert outputs["onnx"] == outputs["pytorch"]
-    assert outputs["onnx32"] == outputs["onnx"]
+    # OpenNMT-py's length cap per batch of its own making (sorted by length): the same lines, cut the same
+    assert outputs["onnx1"] == outputs["pytorch1"] and outputs["onnx4"] == outputs["pytorch4"]
+    assert outputs["onnx4"] != outputs["onnx1"]  # the cap follows the batch's longest source: it bound
     assert len(outputs["int8"]) == 13
     out = tmp_path / "nbest.en"
     run("onmt_lma_translate", "-model", exported, *common, "-output", out, "-engine", "onnx", "-n_best", "2")
     assert len(out.read_text().splitlines()) == 26
+
+
+@pytest.mark.parametrize("batch_size, batch_type", [(1, "sents"), (3, "sents"), (32, "sents"), (40, "tokens"),
+                                                     (7, "tokens")])
+def test_the_engine_batches_lines_as_opennmt_py_does(batch_size, batch_type):
+    from onmt.inputters.dynamic_iterator import DynamicDatasetIter
+    from onmt.inputters.text_utils import text_sort_key
+
+    from onmt_lma.runtime import batches
+
+    lengths = [5, 12, 3, 3, 9, 20, 1, 7, 7, 14, 2, 8, 11, 6, 4, 10, 3]
+    lines = [" ".join(["w"] * n) for n in lengths]
+    examples = [({"src": {"src": line, "src_ids": line.split()}, "tgt": None}, i) for i, line in enumerate(lines)]
+    onmt = object.__new__(DynamicDatasetIter)  # its batching method only reads the task
+    onmt.task = "infer"
+    ordered = sorted(examples, key=lambda item: text_sort_key(item[0]))
+    expected = [[index for _, index in batch] for batch in onmt.batch_iter(ordered, batch_size, batch_type, 1)]
+    assert list(batches(lines, batch_size, batch_type)) == expected
 
 
 def test_the_onnx_engine_says_where_its_time_goes(vocab, exported):
