@@ -30,7 +30,7 @@ test: $(STAMP)
 
 # the unit tests; tests that need ../shared/data are skipped (reason printed) when it is not there
 test-fast: $(STAMP)
-	LMA_SKIP_WITHOUT_DATA=1 $(PY) -m pytest -q -rs -m "not integration" tests
+	LMA_SKIP_WITHOUT_DATA=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs -m "not integration" -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
