@@ -259,3 +259,19 @@ def test_the_wrapper_script_keeps_its_commands():
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.split("\n")[7].split()[:3] == ["student64_relu_lr2x_seed1", "a", "todo"]
 
+
+
+def test_training_processes_run_the_studys_own_code(tmp_path, monkeypatch):
+    """``python -m`` imports from its working folder first: a study started from a worktree must train with
+    the worktree's code, whatever folder it was started in."""
+    study = runs.load_plan(CONVERGED_PLAN)
+    execution = budgeted.Execution((tmp_path / "multi30k").resolve(), (tmp_path / "study").resolve())
+    seen = {}
+    monkeypatch.setattr(budgeted, "record_commit", lambda run_dir: None)
+    monkeypatch.setattr(budgeted.subprocess, "Popen", lambda command, **kwargs: seen.update(kwargs, command=command))
+    monkeypatch.chdir(tmp_path)
+    budgeted.launch(study, study.students[0], Path("/t.pt"), execution)
+    assert seen["cwd"] == budgeted.REPO == REPO
+    assert seen["command"][1:3] == ["-m", "onmt_lma.study.recipes"]
+    assert all(Path(arg).is_absolute() for arg in seen["command"] if arg.startswith(("/", "."))
+               and not arg.startswith("--"))

@@ -89,6 +89,9 @@ def device_settings(gpu):
 
 
 def recipe_command(study, model, run_dir, execution, settings):
+    """``python -m onmt_lma.study.recipes train ...``, run with this code's repository as its working folder
+    (``-m`` puts the working folder first on the import path: a study started from a worktree trains with
+    the worktree's code); every path in it is absolute."""
     command = [sys.executable, "-m", "onmt_lma.study.recipes", "train", study.corpus, model,
                "--data", str(execution.data), "--run-dir", str(run_dir)]
     for key, value in settings:
@@ -104,7 +107,7 @@ def train_teacher(study, execution):
         settings = [("seed", 1), *device_settings(execution.gpu), *execution.settings, *execution.teacher_settings]
         with open(execution.runs / "teacher.stdout", "a") as out:
             subprocess.run(recipe_command(study, "teacher", run_dir, execution, settings), check=True,
-                           stdout=out, stderr=subprocess.STDOUT)
+                           stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     final = run_dir / (run_dir / "DONE").read_text().strip()
     log(f"teacher: {final.name}")
     return final
@@ -142,12 +145,13 @@ def record_commit(run_dir):
 
 def launch(study, run, teacher, execution):
     run_dir = execution.runs / run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
     record_commit(run_dir)
     with open(run_dir / "stdout.log", "a") as out:
         command = recipe_command(study, f"student{run.size}", run_dir, execution,
                                  student_settings(study, run, teacher, execution))
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=process_env(execution))
+                                env=process_env(execution), cwd=REPO)
 
 
 def stop(process):
@@ -280,7 +284,7 @@ def finisher(plan_file, execution, pool):
                    "--batch-size", str(execution.batch_size)]
         with open(execution.runs / run.name / "finish.log", "a") as out:
             return pool.submit(subprocess.run, command, check=True, stdout=out, stderr=subprocess.STDOUT,
-                               env=process_env(execution))
+                               env=process_env(execution), cwd=REPO)
     return finish
 
 
