@@ -113,6 +113,17 @@ def report(args):
                 entry["within"] = (abs(entry["ppl_ratio"] - 1) <= PPL_TOLERANCE
                                    and abs(entry["bleu_difference"]) <= BLEU_TOLERANCE)
             rows.append((activation, label, entry))
+    controls = []  # other runs of the folder (e.g. student64_lma_top8_uninterrupted): shown, not in the rule
+    for name, (activation, label, _) in all_runs().items():
+        for run_dir in sorted(args.runs.glob(f"{name}_*")):
+            evaluation = run_dir / f"model_step_{STEPS}.pt.eval.json"
+            if evaluation.is_file():
+                scores = json.loads(evaluation.read_text())
+                entry = {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)),
+                         "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"],
+                         "resumed": resumptions(run_dir / "train.log")}
+                result.setdefault("controls", {})[run_dir.name] = entry
+                controls.append((activation, f"{label}, {run_dir.name[len(name) + 1:]}", entry))
     verdict, partial = {}, {}
     for label in list(teachers())[1:]:
         checked = {a: e["within"] for a, l, e in rows if l == label and "within" in e}
@@ -130,6 +141,15 @@ def report(args):
                   + f" | {e['bleu']:.2f} | {e['chrf']:.2f} | "
                   + (f"{100 * (e['ppl_ratio'] - 1):+.1f}% | {e['bleu_difference']:+.2f} |" if "within" in e else " | |")
                   + " " + (", ".join(f"{step}{'' if exact else '*'}" for step, exact in e["resumed"]) or "-") + " |\n")
+    if controls:
+        table += ("\nControls, not part of the rule (the same settings, another run):\n\n"
+                  "| student | run | " + " | ".join(f"val ppl {s}" for s in steps) + " | BLEU | chrF | resumed at |\n"
+                  + "| --- " * (len(steps) + 5) + "|\n")
+        for activation, label, e in controls:
+            table += (f"| {'LMA-8' if activation == 'lma' else 'ReLU'} | {label} | "
+                      + " | ".join(f"{e['curve'][s]:.2f}" if s in e["curve"] else "" for s in steps)
+                      + f" | {e['bleu']:.2f} | {e['chrf']:.2f} | "
+                      + (", ".join(f"{step}{'' if exact else '*'}" for step, exact in e["resumed"]) or "-") + " |\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kd_cache_equivalence.json").write_text(json.dumps(result, indent=1) + "\n")
     names = {"relu": "ReLU", "lma": "LMA-8"}
