@@ -87,6 +87,31 @@ def resumptions(train_log):
     return found
 
 
+def plot_curves(rows, controls, path):
+    """Validation perplexity over steps, one panel per student: each teacher path, the controls dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ACTIVATIONS), figsize=(5 * len(ACTIVATIONS), 4), sharey=True)
+    for ax, activation in zip(axes, ACTIVATIONS):
+        for index, (a, label, entry) in enumerate(rows):
+            if a == activation:
+                ax.plot(*zip(*sorted(entry["curve"].items())), marker="o", color=f"C{index % 3}", label=label)
+        for a, label, entry in controls:
+            if a == activation:
+                ax.plot(*zip(*sorted(entry["curve"].items())), ":", marker="x", color="grey", label=label)
+        ax.set_yscale("log")
+        ax.set_title({"relu": "ReLU", "lma": "LMA-8"}[activation])
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("validation perplexity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(args):
     from onmt_lma.study.report import validation_curve
 
@@ -151,6 +176,7 @@ def report(args):
                       + f" | {e['bleu']:.2f} | {e['chrf']:.2f} | "
                       + (", ".join(f"{step}{'' if exact else '*'}" for step, exact in e["resumed"]) or "-") + " |\n")
     args.out.mkdir(parents=True, exist_ok=True)
+    plot_curves(rows, controls, args.out / "kd_cache_equivalence.png")
     (args.out / "kd_cache_equivalence.json").write_text(json.dumps(result, indent=1) + "\n")
     names = {"relu": "ReLU", "lma": "LMA-8"}
     lines = [f"- top-{label[4:]}: " + {True: "recommended (within the rule for both students)",
@@ -167,7 +193,7 @@ def report(args):
         "here (these runs may train two at a time, one thread each). Rule, fixed before the runs: a K is recommended when for "
         f"both students the cached run's validation perplexity at step {STEPS} is within "
         f"{100 * PPL_TOLERANCE:.0f}% of the online run's and its BLEU within {BLEU_TOLERANCE}.\n\n"
-        + table + "\n" + "\n".join(lines) + "\n\n"
+        + table + "\n![validation perplexity](kd_cache_equivalence.png)\n\n" + "\n".join(lines) + "\n\n"
         "Resumed at: the steps a run was interrupted and resumed at; * marks OpenNMT-py's own resumption "
         "(before onmt_lma.resume), whose data starts again at the corpus's first batch, so that after it the "
         "run trained on other batches than an uninterrupted one: its differences include that.\n")
