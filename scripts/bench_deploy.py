@@ -5,8 +5,8 @@ For each checkpoint: ``onmt_lma_export -int8`` into a temporary folder, then the
 lines of a prepared corpus's test set translated with beam 5, one sentence at a time and in batches of
 32, by OpenNMT-py's translator (``onmt_lma_translate``'s engine), by ``OnnxTranslator`` on the float32
 graphs and on the int8 graphs (with where its time goes per decoding step), and (ReLU/GELU/SiLU checkpoints) by CTranslate2 float32 and int8
-(``onmt_lma_convert_ct2``; beam 5, its default length normalization); every configuration loaded in this process, timed in alternation
-(``--repeats``); sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
+(``onmt_lma_convert_ct2``; beam 5, its default length normalization); every configuration of every checkpoint loaded in this process and timed in turn, repeat after repeat
+(``--repeats``, the median kept), so that ratios across checkpoints are measured side by side; sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
 as model + options in float32, the graphs); each configuration's peak memory, in a fresh process.  Writes ``results/bench/deploy.{json,md}``.
 
     python scripts/bench_deploy.py CHECKPOINT [CHECKPOINT ...] [--data data/multi30k] [--sentences 200]
@@ -122,7 +122,7 @@ def main():
     if not args.checkpoints:
         parser.error("at least one CHECKPOINT")
     references = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()[: args.sentences]
-    rows, sizes = [], {}
+    rows, sizes, models = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for checkpoint in args.checkpoints:
             folder = Path(tmp) / checkpoint.stem
@@ -135,7 +135,7 @@ def main():
                                        if n.endswith(".int8.onnx"))}
             sizes[checkpoint.name] = {"checkpoint float32 (model + options)": stripped.stat().st_size, **graphs}
             label = f"{checkpoint.name} ({manifest['activation']}, {manifest['hidden_size']}-dim)"
-            engines, paths = {}, {}
+            paths = {}
             convertible = manifest["activation"] in ct2.CT2_ACTIVATIONS
             if convertible:  # CTranslate2's runtime, for the activations it has
                 for quantization in (None, "int8"):
@@ -155,17 +155,24 @@ def main():
                 translate(sources[:5])
                 for key in getattr(translate, "profile", {}):  # the profile counts the timed runs only
                     translate.profile[key] = 0
-            speeds, outputs = {key: [] for key in engines}, {}
-            for repeat in range(args.repeats):
+            models.append((label, manifest, paths, engines))
+        # every configuration of every model in turn, repeat after repeat: ratios across models (an LMA
+        # student against CTranslate2 on a ReLU one) are measured side by side as ratios within one model
+        speeds = {(label, key): [] for label, _, _, engines in models for key in engines}
+        outputs = {}
+        for repeat in range(args.repeats):
+            for label, _, _, engines in models:
                 for key, translate in engines.items():
                     print(f"== {label}: {key[0]}, batch {key[1]}, run {repeat + 1}/{args.repeats}", flush=True)
                     start = time.perf_counter()
-                    outputs[key] = translate(sources)
-                    speeds[key].append(len(sources) / (time.perf_counter() - start))
+                    outputs[(label, key)] = translate(sources)
+                    speeds[(label, key)].append(len(sources) / (time.perf_counter() - start))
+        for label, manifest, paths, engines in models:
             for key in engines:
-                _, detok = postprocess(outputs[key], args.data)
+                _, detok = postprocess(outputs[(label, key)], args.data)
                 profile = getattr(engines[key], "profile", None)
                 print(f"== {label}: {key[0]}, batch {key[1]}: memory", flush=True)
+                speed = statistics.median(speeds[(label, key)])
                 rows.append({"model": label, "activation": manifest["activation"],
                              "hidden_size": manifest["hidden_size"], "engine": key[0], "batch": key[1],
                              "memory_mb": measured_memory(key[0], key[1], paths[key], args),
@@ -174,12 +181,12 @@ def main():
                                  "decoder_ms_per_step": 1000 * profile["decoder_s"] / profile["steps"],
                                  "search_ms_per_step": 1000 * profile["search_s"] / profile["steps"],
                                  "decoder_calls_per_sentence": profile["steps"] / profile["sentences"]},
-                             "sentences_per_s": statistics.median(speeds[key]), "runs": speeds[key],
-                             "target_tokens_per_s": statistics.median(speeds[key]) * sum(
-                                 len(o.split()) for o in outputs[key]) / len(sources),
+                             "sentences_per_s": speed, "runs": speeds[(label, key)],
+                             "target_tokens_per_s": speed * sum(
+                                 len(o.split()) for o in outputs[(label, key)]) / len(sources),
                              "bleu": sacrebleu.corpus_bleu(detok, [references]).score,
                              "same_as_pytorch": sum(a == b for a, b in zip(
-                                 outputs[key], outputs[("OpenNMT-py (PyTorch)", key[1])]))})
+                                 outputs[(label, key)], outputs[(label, ("OpenNMT-py (PyTorch)", key[1]))]))})
     table = ("| model | engine | batch | sent/s | vs PyTorch | target tok/s | BLEU | lines as PyTorch | memory |\n"
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     for row in rows:
@@ -211,7 +218,8 @@ def main():
         "# Deployment: OpenNMT-py against onmt-lma's ONNX Runtime engine\n\n"
         f"`python scripts/bench_deploy.py {' '.join(c.name for c in args.checkpoints)} --sentences {len(sources)} "
         f"--repeats {args.repeats}`: the first {len(sources)} sentences of {args.data.name}'s test set, beam 5, "
-        "every configuration loaded in one process and timed in alternation; sacreBLEU against the detokenized "
+        "every configuration of every model loaded in one process and timed in turn, repeat after repeat "
+        f"(median of {args.repeats}); sacreBLEU against the detokenized "
         "references of those sentences; 'lines as PyTorch': translations identical to OpenNMT-py's at the same "
         "batch size; memory: peak resident memory of loading the configuration and translating those "
         "sentences in a fresh process, above what it held with every library imported.\n\n" + table

@@ -259,3 +259,36 @@ def test_a_relu_student_converts_to_ctranslate2_safely_and_an_lma_one_is_told_wh
     assert result.returncode == 2 and "CTranslate2 runs only relu" in result.stderr and "-engine onnx" in result.stderr
     result = run("onmt_lma_convert_ct2", "-model", teacher, "-output", tmp_path / "ct2", expect_ok=False)
     assert result.returncode == 2 and "exists; give -force" in result.stderr
+
+
+def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teacher, tmp_path):
+    """scripts/relu_to_lma.py, which gives the deployment benchmark LMA models of sizes not trained yet."""
+    import importlib.util
+
+    from conftest import REPO
+    from onmt_lma.activations import LMA, lma
+
+    spec = importlib.util.spec_from_file_location("relu_to_lma", REPO / "scripts" / "relu_to_lma.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mean, std = 0.1, 1.0
+    slopes, intercepts = module.chord_lines(mean, std, 8)
+    x = torch.linspace(-6, 6, 2401)
+    error = (lma(x, slopes, intercepts, torch.tensor(mean), torch.tensor(std)) - torch.relu(x)).abs()
+    width = 6 * std / 8
+    holding_zero = (x > -width) & (x < width)
+    assert error.max() <= width / 4 + 1e-6 and error[~holding_zero].max() < 1e-6  # the chord, exact elsewhere
+    out = tmp_path / "lma.pt"
+    stats = module.convert(teacher, out, vocab, sentences=200)
+    assert len(stats) == 3 and all(s > 0 for _, s in stats.values())
+    _, relu_model, _ = exporter.load_model(teacher)
+    vocabs, lma_model, opt = exporter.load_model(out)
+    assert opt.pos_ffn_activation_fn == "lma" and opt.lma_segments == 8
+    activations = [m for m in lma_model.modules() if isinstance(m, LMA)]
+    assert sorted(a.running_std.item() for a in activations) == pytest.approx(sorted(s for _, s in stats.values()))
+    src, src_len, tgt = real_batch(vocab, vocabs)
+    mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
+    near = reference_log_probs(lma_model, src, src_len, tgt)[mask].argmax(-1)
+    assert (near == reference_log_probs(relu_model, src, src_len, tgt)[mask].argmax(-1)).float().mean() > 0.9
+    manifest = exporter.export(out, tmp_path / "onnx")
+    assert manifest["activation"] == "lma"
