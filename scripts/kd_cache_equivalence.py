@@ -112,8 +112,16 @@ def plot_curves(rows, controls, path):
     plt.close(fig)
 
 
-def report(args):
+def run_entry(run_dir, evaluation):
+    """A finished run's validation curve, test BLEU/chrF and resumptions."""
     from onmt_lma.study.report import validation_curve
+
+    scores = json.loads(evaluation.read_text())
+    return {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)), "bleu": scores["bleu"]["score"],
+            "chrf": scores["chrf"]["score"], "resumed": resumptions(run_dir / "train.log")}
+
+
+def report(args):
 
     rows, result = [], {"rule": {"steps": STEPS, "ppl_tolerance": PPL_TOLERANCE, "bleu_tolerance": BLEU_TOLERANCE},
                         "runs": {}}
@@ -124,10 +132,7 @@ def report(args):
             evaluation = run_dir / f"model_step_{STEPS}.pt.eval.json"
             if not evaluation.is_file():
                 continue
-            scores = json.loads(evaluation.read_text())
-            entry = {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)), "bleu": scores["bleu"]["score"],
-                     "chrf": scores["chrf"]["score"], "tokens_per_s": tokens_per_second(run_dir / "train.log"),
-                     "resumed": resumptions(run_dir / "train.log")}
+            entry = {**run_entry(run_dir, evaluation), "tokens_per_s": tokens_per_second(run_dir / "train.log")}
             result["runs"][run_dir.name] = entry
             if label == "online":
                 online = entry
@@ -143,10 +148,7 @@ def report(args):
         for run_dir in sorted(args.runs.glob(f"{name}_*")):
             evaluation = run_dir / f"model_step_{STEPS}.pt.eval.json"
             if evaluation.is_file():
-                scores = json.loads(evaluation.read_text())
-                entry = {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)),
-                         "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"],
-                         "resumed": resumptions(run_dir / "train.log")}
+                entry = run_entry(run_dir, evaluation)
                 result.setdefault("controls", {})[run_dir.name] = entry
                 controls.append((activation, f"{label}, {run_dir.name[len(name) + 1:]}", entry))
     verdict, partial = {}, {}
