@@ -66,11 +66,48 @@ TINY_MODEL_ARGS = [
 ]
 
 
+class CommandServer:
+    """The client of tests/command_server.py: the venv's commands run in forked children of one process that
+    imported torch and OpenNMT-py once (one server per test process, started at its first command)."""
+
+    started = None  # the running server, or False when it could not start (plain subprocesses then)
+
+    @classmethod
+    def get(cls):
+        if cls.started is None:
+            cls.started = False
+            if os.environ.get("LMA_TEST_FORK", "1") != "0":
+                process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("command_server.py"))],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                if json.loads(process.stdout.readline() or "{}").get("ready"):
+                    cls.started = process
+                else:
+                    process.kill()
+        return cls.started
+
+    @classmethod
+    def run(cls, argv, timeout, cwd=None, env=None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="command-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"argv": argv, "cwd": str(cwd or os.getcwd()), "env": dict(env or os.environ), "out": str(out),
+                       "err": str(err), "timeout": timeout}
+            server = cls.get()
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            returncode = json.loads(server.stdout.readline())["returncode"]
+            return subprocess.CompletedProcess(argv, returncode, out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
+
+
 def run(command, *args, expect_ok=True):
     """Run one of the venv's commands; fail the test with its stderr if it fails."""
-    result = subprocess.run(
-        [str(BIN / command), *map(str, args)], capture_output=True, text=True, timeout=600
-    )
+    argv = [str(BIN / command), *map(str, args)]
+    if CommandServer.get():
+        result = CommandServer.run(argv, timeout=600)
+    else:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if expect_ok:
         assert result.returncode == 0, f"{command} failed:\n{result.stderr[-3000:]}"
     return result
