@@ -88,8 +88,9 @@ def test_a_teacher_that_is_not_a_checkpoint_is_refused(vocab, tmp_path):
 
 
 def test_sequence_level_data_resumes_after_a_kill(vocab, teacher, tmp_path):
-    source = vocab / "train.de"
-    n_lines = len(source.read_text().splitlines())
+    source = tmp_path / "source.de"  # 160 lines: killed after 40, the rest resumed
+    source.write_text("".join(line + "\n" for line in (vocab / "train.de").read_text().splitlines()[:160]))
+    n_lines = 160
     reference = tmp_path / "reference.en"
     args = ["-model", teacher, "-src", source, "-max_length", "30", "-beam_size", "5"]
     run("onmt_lma_distill_data", *args, "-output", reference, "-chunk_lines", "4")
