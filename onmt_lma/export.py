@@ -163,18 +163,18 @@ class LMAGraph(nn.Module):
         k = lma.segments
         mean, std = lma.running_mean.detach().reshape(()), lma.running_std.detach().reshape(())
         width = std.double().clamp_min(torch.finfo(std.dtype).tiny) * 6.0 / k
-        self.segments = k
+        self.segments, self.units = k, units
         self.register_buffer("mean", mean.clone())
         self.register_buffer("inv", (1.0 / width).to(std.dtype))
         self.register_buffer("slopes", lma.alpha.detach()[:, None].expand(k, units).contiguous())
         self.register_buffer("intercepts", lma.intercepts(mean, std).detach()[:, None].expand(k, units).contiguous())
 
     def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, self.units)  # a constant shape: no shape arithmetic in the graph
         position = (flat - self.mean) * self.inv + self.segments / 2
         j = position.clamp(0, self.segments - 1).to(torch.int64)
         out = torch.gather(self.slopes, 0, j) * flat + torch.gather(self.intercepts, 0, j)
-        return out.reshape(x.shape)
+        return out.reshape_as(x)  # Shape + Reshape (x.shape would be traced element by element)
 
 
 def graph_activations(model):

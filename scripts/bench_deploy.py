@@ -4,10 +4,14 @@
 For each checkpoint: ``onmt_lma_export -int8`` into a temporary folder, then the first ``--sentences``
 lines of a prepared corpus's test set translated with beam 5, one sentence at a time and in batches of
 32, by OpenNMT-py's translator (``onmt_lma_translate``'s engine), by ``OnnxTranslator`` on the float32
-graphs and on the int8 graphs (with where its time goes per decoding step), and (ReLU/GELU/SiLU checkpoints) by CTranslate2 float32 and int8
-(``onmt_lma_convert_ct2``; beam 5, its default length normalization); every configuration of every checkpoint loaded in this process and timed in turn, repeat after repeat
-(``--repeats``, the median kept), so that ratios across checkpoints are measured side by side; sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
-as model + options in float32, the graphs); each configuration's peak memory, in a fresh process.  Writes ``results/bench/deploy.{json,md}``.
+graphs and on the int8 graphs (with where its time goes per decoding step), and (ReLU/GELU/SiLU
+checkpoints) by CTranslate2 float32 and int8 (``onmt_lma_convert_ct2``; beam 5, its default length
+normalization).  Every configuration of every checkpoint is timed in turn, each in a fresh process (after
+loading and a warm-up; in one process, the worker threads an engine leaves spinning slowed the next one by
+up to 1.6x), repeat after repeat (``--repeats``, the median kept), so that ratios across checkpoints are
+measured side by side; sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
+as model + options in float32, the graphs); each configuration's peak memory.  Writes
+``results/bench/deploy.{json,md}``.
 
     python scripts/bench_deploy.py CHECKPOINT [CHECKPOINT ...] [--data data/multi30k] [--sentences 200]
 """
@@ -56,9 +60,10 @@ def engine_for(name, batch, path):
     return ctranslate2_engine(path, batch)
 
 
-def memory_worker(name, batch, path, sources):
-    """Run in a fresh process: peak resident memory (MiB) of loading one configuration and translating
-    ``sources``, above what the process held before (every library imported already)."""
+def worker(name, batch, path, sources):
+    """Run in a fresh process: load one configuration, translate 5 lines to warm up, then time ``sources``.
+    Returns sent/s, the translations, the ONNX engine's profile of the timed run, and the peak resident
+    memory (MiB) of loading and translating, above what the process held with every library imported."""
     import ctranslate2  # noqa: F401  (imported before the measure: the libraries are not the model's memory)
     import onnxruntime  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY  # noqa: F401
@@ -67,18 +72,26 @@ def memory_worker(name, batch, path, sources):
 
     before = _status_mb("VmRSS")
     _reset_peak_rss()
-    engine_for(name, batch, path)(sources)
-    return _status_mb("VmHWM") - before
+    translate = engine_for(name, batch, path)
+    translate(sources[:5])
+    profile = getattr(translate, "profile", None)
+    for key in profile or {}:  # the profile counts the timed run only
+        profile[key] = 0
+    start = time.perf_counter()
+    outputs = translate(sources)
+    speed = len(sources) / (time.perf_counter() - start)
+    return {"sent_per_s": speed, "outputs": outputs, "profile": profile, "memory_mb": _status_mb("VmHWM") - before}
 
 
-def measured_memory(name, batch, path, args):
-    """:func:`memory_worker` in its own process (one configuration per process: peaks do not mix)."""
-    done = subprocess.run([sys.executable, __file__, "--memory-worker", name, str(batch), str(path),
+def measured(name, batch, path, args):
+    """:func:`worker` in its own process: one configuration per process, so that the worker threads an engine
+    leaves spinning (OpenMP's, ONNX Runtime's) take no cycles from the next one, and peaks do not mix."""
+    done = subprocess.run([sys.executable, __file__, "--worker", name, str(batch), str(path),
                            "--data", str(args.data), "--sentences", str(args.sentences)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"memory of {name}, batch {batch} ({path}) could not be measured:\n{done.stderr[-2000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{name}, batch {batch} ({path}) could not be measured:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def goal_lines(rows):
@@ -112,12 +125,12 @@ def main():
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
-    parser.add_argument("--memory-worker", nargs=3, metavar=("ENGINE", "BATCH", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "BATCH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[: args.sentences]
-    if args.memory_worker:
-        name, batch, path = args.memory_worker
-        print(memory_worker(name, int(batch), path, sources))
+    if args.worker:
+        name, batch, path = args.worker
+        print(json.dumps(worker(name, int(batch), path, sources)))
         return
     if not args.checkpoints:
         parser.error("at least one CHECKPOINT")
@@ -150,43 +163,36 @@ def main():
                     for quantization in (None, "int8"):
                         paths[(f"CTranslate2 {quantization or 'float32'}", batch)] = (
                             Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}")
-            engines = {key: engine_for(key[0], key[1], path) for key, path in paths.items()}
-            for translate in engines.values():  # warm-up
-                translate(sources[:5])
-                for key in getattr(translate, "profile", {}):  # the profile counts the timed runs only
-                    translate.profile[key] = 0
-            models.append((label, manifest, paths, engines))
-        # every configuration of every model in turn, repeat after repeat: ratios across models (an LMA
-        # student against CTranslate2 on a ReLU one) are measured side by side as ratios within one model
-        speeds = {(label, key): [] for label, _, _, engines in models for key in engines}
-        outputs = {}
+            models.append((label, manifest, paths))
+        # every configuration of every model in turn, each in a fresh process, repeat after repeat: ratios
+        # across models (an LMA student against CTranslate2 on a ReLU one) are measured side by side
+        runs = {(label, key): [] for label, _, paths in models for key in paths}
         for repeat in range(args.repeats):
-            for label, _, _, engines in models:
-                for key, translate in engines.items():
+            for label, _, paths in models:
+                for key, path in paths.items():
                     print(f"== {label}: {key[0]}, batch {key[1]}, run {repeat + 1}/{args.repeats}", flush=True)
-                    start = time.perf_counter()
-                    outputs[(label, key)] = translate(sources)
-                    speeds[(label, key)].append(len(sources) / (time.perf_counter() - start))
-        for label, manifest, paths, engines in models:
-            for key in engines:
-                _, detok = postprocess(outputs[(label, key)], args.data)
-                profile = getattr(engines[key], "profile", None)
-                print(f"== {label}: {key[0]}, batch {key[1]}: memory", flush=True)
-                speed = statistics.median(speeds[(label, key)])
+                    runs[(label, key)].append(measured(key[0], key[1], path, args))
+        for label, manifest, paths in models:
+            for key in paths:
+                last = runs[(label, key)][-1]
+                outputs = last["outputs"]
+                _, detok = postprocess(outputs, args.data)
+                profile = last["profile"]
+                speeds = [run["sent_per_s"] for run in runs[(label, key)]]
+                speed = statistics.median(speeds)
                 rows.append({"model": label, "activation": manifest["activation"],
                              "hidden_size": manifest["hidden_size"], "engine": key[0], "batch": key[1],
-                             "memory_mb": measured_memory(key[0], key[1], paths[key], args),
+                             "memory_mb": statistics.median(run["memory_mb"] for run in runs[(label, key)]),
                              "profile": profile and {
                                  "encoder_ms_per_sentence": 1000 * profile["encoder_s"] / profile["sentences"],
                                  "decoder_ms_per_step": 1000 * profile["decoder_s"] / profile["steps"],
                                  "search_ms_per_step": 1000 * profile["search_s"] / profile["steps"],
                                  "decoder_calls_per_sentence": profile["steps"] / profile["sentences"]},
-                             "sentences_per_s": speed, "runs": speeds[(label, key)],
-                             "target_tokens_per_s": speed * sum(
-                                 len(o.split()) for o in outputs[(label, key)]) / len(sources),
+                             "sentences_per_s": speed, "runs": speeds,
+                             "target_tokens_per_s": speed * sum(len(o.split()) for o in outputs) / len(sources),
                              "bleu": sacrebleu.corpus_bleu(detok, [references]).score,
                              "same_as_pytorch": sum(a == b for a, b in zip(
-                                 outputs[(label, key)], outputs[(label, ("OpenNMT-py (PyTorch)", key[1]))]))})
+                                 outputs, runs[(label, ("OpenNMT-py (PyTorch)", key[1]))][-1]["outputs"]))})
     table = ("| model | engine | batch | sent/s | vs PyTorch | target tok/s | BLEU | lines as PyTorch | memory |\n"
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     for row in rows:
@@ -195,7 +201,7 @@ def main():
         table += (f"| {row['model']} | {row['engine']} | {row['batch']} | {row['sentences_per_s']:.1f} | "
                   f"{row['sentences_per_s'] / base['sentences_per_s']:.2f}x | {row['target_tokens_per_s']:.0f} | "
                   f"{row['bleu']:.2f} | {row['same_as_pytorch']}/{len(sources)} | {row['memory_mb']:.0f} MB |\n")
-    table += ("\nWhere the ONNX Runtime engine's time goes (summed over the timed runs): the encoder per "
+    table += ("\nWhere the ONNX Runtime engine's time goes (the last timed run): the encoder per "
               "sentence; per decoding step (one call of the decoder-step graph for the whole batch) the graph "
               "and the beam search around it (NumPy: scores, top-k, reordering the key/value caches).\n\n"
               "| model | engine | batch | encoder ms/sentence | decoder graph ms/step | beam search ms/step | "
@@ -218,11 +224,11 @@ def main():
         "# Deployment: OpenNMT-py against onmt-lma's ONNX Runtime engine\n\n"
         f"`python scripts/bench_deploy.py {' '.join(c.name for c in args.checkpoints)} --sentences {len(sources)} "
         f"--repeats {args.repeats}`: the first {len(sources)} sentences of {args.data.name}'s test set, beam 5, "
-        "every configuration of every model loaded in one process and timed in turn, repeat after repeat "
-        f"(median of {args.repeats}); sacreBLEU against the detokenized "
+        "every configuration of every model timed in turn, each in a fresh process (after loading and 5 "
+        f"sentences of warm-up), repeat after repeat (median of {args.repeats}); sacreBLEU against the detokenized "
         "references of those sentences; 'lines as PyTorch': translations identical to OpenNMT-py's at the same "
         "batch size; memory: peak resident memory of loading the configuration and translating those "
-        "sentences in a fresh process, above what it held with every library imported.\n\n" + table
+        "sentences, above what the process held with every library imported (median).\n\n" + table
         + "\nGoals (an LMA student on the ONNX engine at least as fast as CTranslate2 float32 on the same-size ReLU "
         "student, BLEU within 0.1 of OpenNMT-py's; int8 faster than float32):\n\n" + "\n".join(goal_lines(rows))
         + "\n" + f"\nMachine: {result['machine']}\n")
