@@ -81,17 +81,11 @@ def batches(lines, batch_size, batch_type="sents"):
 
 
 class OnnxTranslator:
-    """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime.
-
-    ``threads``: ONNX Runtime's intra-op threads; by default one sentence at a time runs on
-    ``SINGLE_SENTENCE_THREADS`` and batches on ONNX Runtime's default (every core).
-    """
-
-    #: one sentence at a time ONNX Runtime's thread pool costs more than it gains on a decoding step this
-    #: small: 1 thread was 1.4-1.9x faster than 2 on 2 cores (scripts/bench_threads.py, results/bench/threads.md)
-    SINGLE_SENTENCE_THREADS = 1
+    """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
 
     def __init__(self, folder, int8=False, threads=None):
+        import onnxruntime
+
         from onmt_lma.files import sha256_of
 
         self.folder = Path(folder)
@@ -112,8 +106,13 @@ class OnnxTranslator:
             if name.endswith(suffix) or name.endswith(".json"):
                 if sha256_of(path) != digest:
                     raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
-        self.threads, self._suffix, self._sessions = threads, suffix, {}
-        self.encoder, self.decoder = self._sessions_for(threads)
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), options,
+                                                    providers=["CPUExecutionProvider"])
         self.manifest = manifest
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
@@ -123,20 +122,6 @@ class OnnxTranslator:
         #: where the time goes (seconds, summed over every call): the encoder, the decoder step's graph, and the
         #: beam search around it (NumPy: scores, top-k, reordering the caches); ``steps``: decoder calls
         self.profile = {"encoder_s": 0.0, "decoder_s": 0.0, "search_s": 0.0, "steps": 0, "sentences": 0}
-
-    def _sessions_for(self, threads):
-        """(encoder, decoder) sessions on ``threads`` intra-op threads (None: ONNX Runtime's default), loaded once."""
-        if threads not in self._sessions:
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            self._sessions[threads] = tuple(
-                onnxruntime.InferenceSession(str(self.folder / f"{graph}{self._suffix}"), options,
-                                             providers=["CPUExecutionProvider"])
-                for graph in ("encoder", "decoder_step"))
-        return self._sessions[threads]
 
     def _encode(self, lines):
         ids = [[self.src_vocab.get(token, self.special["src_unk"]) for token in line.split()] for line in lines]
@@ -156,9 +141,6 @@ class OnnxTranslator:
         ``min(max_length, longest source x max_length_ratio + 5)`` tokens (OpenNMT-py's cap; a ratio of 0:
         ``max_length`` only).
         """
-        if self.threads is None:
-            one_at_a_time = batch_size == 1 and batch_type == "sents"
-            self.encoder, self.decoder = self._sessions_for(self.SINGLE_SENTENCE_THREADS if one_at_a_time else None)
         results = [None] * len(lines)
         for batch in batches(lines, batch_size, batch_type):
             sources = [lines[index] for index in batch]

@@ -32,14 +32,11 @@ def main(argv=None):
 
     from onmt_lma.runtime import OnnxTranslator
 
-    threads = OnnxTranslator.SINGLE_SENTENCE_THREADS if args.batch == 1 else None  # as the engine chooses
-    translator = OnnxTranslator(args.export_dir, int8=args.int8, threads=threads)  # checks the folder
+    translator = OnnxTranslator(args.export_dir, int8=args.int8)  # checks the folder
     lines = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[: args.sentences]
     with tempfile.TemporaryDirectory() as tmp:
         options = onnxruntime.SessionOptions()
         options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "decoder_step")
-        if threads:
-            options.intra_op_num_threads = threads
         graph = args.export_dir / ("decoder_step.int8.onnx" if args.int8 else "decoder_step.onnx")
         translator.decoder = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         translator.translate(lines, beam_size=5, batch_size=args.batch)

@@ -292,18 +292,3 @@ def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teach
     assert (near == reference_log_probs(relu_model, src, src_len, tgt)[mask].argmax(-1)).float().mean() > 0.9
     manifest = exporter.export(out, tmp_path / "onnx")
     assert manifest["activation"] == "lma"
-
-
-def test_one_sentence_at_a_time_runs_on_one_thread_unless_told_and_translates_the_same(vocab, exported):
-    from onmt_lma.runtime import OnnxTranslator
-
-    lines = (vocab / "test.de").read_text().splitlines()[:4]
-    translator = OnnxTranslator(exported)
-    batched = translator.translate(lines, beam_size=3, batch_size=4, max_length=12)
-    assert translator.decoder.get_session_options().intra_op_num_threads == 0  # ONNX Runtime's default
-    single = translator.translate(lines, beam_size=3, batch_size=1, max_length=12)
-    for session in (translator.encoder, translator.decoder):
-        assert session.get_session_options().intra_op_num_threads == OnnxTranslator.SINGLE_SENTENCE_THREADS == 1
-    told = OnnxTranslator(exported, threads=2)
-    assert told.translate(lines, beam_size=3, batch_size=1, max_length=12) == single == batched
-    assert told.decoder.get_session_options().intra_op_num_threads == 2  # a given count is kept
