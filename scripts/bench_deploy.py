@@ -8,7 +8,7 @@ graphs and on the int8 graphs (with where its time goes per decoding step), and 
 checkpoints) by CTranslate2 float32 and int8 (``onmt_lma_convert_ct2``; beam 5, its default length
 normalization).  Every configuration of every checkpoint is timed in turn, each in a fresh process (after
 loading and a warm-up; in one process, the worker threads an engine leaves spinning slowed the next one by
-up to 1.6x), repeat after repeat (``--repeats``, the median kept), so that ratios across checkpoints are
+up to 1.8x), repeat after repeat (``--repeats``, the median kept), so that ratios across checkpoints are
 measured side by side; sacreBLEU of each against the detokenized references; sizes on disk (the checkpoint
 as model + options in float32, the graphs); each configuration's peak memory.  Writes
 ``results/bench/deploy.{json,md}``.

@@ -4,10 +4,10 @@ CTranslate2 float32 on a ReLU student of the same size, each engine with 1 and w
 
 Repeat after repeat, every configuration translates the same ``--sentences`` test lines (beam 5, batch 1)
 in turn, each in a fresh process of its own (timed after loading and a warm-up: in one process, the worker
-threads an engine leaves spinning slow down the next one, by up to 1.6x here); each repeat gives each configuration's sent/s and, within the repeat, its ratio to CTranslate2
-on the ReLU student at the same thread count and at CTranslate2's best count.  Ratios taken within a repeat
-cancel the slow swings of a shared machine that move every configuration of that repeat alike; their
-median is the reading.  Writes ``results/bench/threads.{json,md}``.
+threads an engine leaves spinning slow down the next one, by up to 1.8x here); each repeat gives each
+configuration's sent/s and, within the repeat, its ratio to CTranslate2 on the ReLU student at the same
+thread count and at CTranslate2's best count.  Ratios taken within a repeat cancel the slow swings of a
+shared machine that move every configuration of that repeat alike; their median is the reading.  Writes ``results/bench/threads.{json,md}``.
 
     python scripts/bench_threads.py RELU_CHECKPOINT LMA_CHECKPOINT [--sentences 60] [--repeats 7]
 """
@@ -32,7 +32,8 @@ def prepare(relu, lma, folder):
     ct2.main(["-model", str(relu), "-output", str(folder / "ct2_relu")])
     for name, checkpoint in (("relu", relu), ("lma", lma)):
         export.main(["-model", str(checkpoint), "-output", str(folder / f"onnx_{name}")])
-    return {("CTranslate2 float32", "relu"): folder / "ct2_relu", ("ONNX Runtime float32", "relu"): folder / "onnx_relu",
+    return {("CTranslate2 float32", "relu"): folder / "ct2_relu",
+            ("ONNX Runtime float32", "relu"): folder / "onnx_relu",
             ("ONNX Runtime float32", "lma"): folder / "onnx_lma"}
 
 
