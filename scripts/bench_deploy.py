@@ -31,23 +31,10 @@ import torch
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, ct2, export
 from onmt_lma.evaluate import postprocess
-from onmt_lma.study.benchmark import machine, onnx_translate, pytorch_translate
+from onmt_lma.study.benchmark import ctranslate2_translate, machine, onnx_translate, pytorch_translate
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32)
-
-
-def ctranslate2_engine(folder, batch):
-    import ctranslate2
-
-    translator = ctranslate2.Translator(str(folder), device="cpu", inter_threads=1,
-                                        intra_threads=torch.get_num_threads())
-
-    def translate(lines):
-        results = translator.translate_batch([line.split() for line in lines], beam_size=5, max_batch_size=batch,
-                                             max_decoding_length=250)
-        return [" ".join(result.hypotheses[0]) for result in results]
-    return translate
 
 
 def engine_for(name, batch, path):
@@ -57,7 +44,7 @@ def engine_for(name, batch, path):
         return pytorch_translate(path, batch)
     if name.startswith("ONNX Runtime"):
         return onnx_translate(path, batch, name.endswith("int8"))
-    return ctranslate2_engine(path, batch)
+    return ctranslate2_translate(path, batch)
 
 
 def worker(name, batch, path, sources):

@@ -41,22 +41,11 @@ def worker(engine, folder, threads, source, sentences):
     """In a fresh process: load one configuration, translate 5 lines to warm up, then time ``sentences``
     lines one at a time; prints sent/s.  One configuration per process: the spinning worker threads of
     one engine's pool (OpenMP's, ONNX Runtime's) never take cycles from another's."""
+    from onmt_lma.study.benchmark import ctranslate2_translate, onnx_translate
+
     lines = Path(source).read_text(encoding="utf-8").splitlines()[:sentences]
-    if engine.startswith("CTranslate2"):
-        import ctranslate2
-
-        translator = ctranslate2.Translator(folder, device="cpu", inter_threads=1, intra_threads=threads)
-
-        def translate(batch):
-            translator.translate_batch([line.split() for line in batch], beam_size=5, max_batch_size=1,
-                                       max_decoding_length=250)
-    else:
-        from onmt_lma.runtime import OnnxTranslator
-
-        onnx = OnnxTranslator(folder, threads=threads)
-
-        def translate(batch):
-            onnx.translate(batch, beam_size=5, batch_size=1)
+    engine_of = ctranslate2_translate if engine.startswith("CTranslate2") else onnx_translate
+    translate = engine_of(folder, batch=1, threads=threads)
     translate(lines[:5])
     start = time.perf_counter()
     translate(lines)

@@ -73,13 +73,29 @@ def pytorch_translate(checkpoint, batch=1, transform=None):
     return lambda lines: [n_best[0] for n_best in engine.infer_list(lines)[1]]
 
 
-def onnx_translate(folder, batch=1, int8=False):
-    """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export`` folder; ``.profile``: where its time went."""
+def onnx_translate(folder, batch=1, int8=False, threads=None):
+    """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export`` folder (``threads``: intra-op threads, None
+    for ONNX Runtime's default); ``.profile``: where its time went."""
     from onmt_lma.runtime import OnnxTranslator
 
-    translator = OnnxTranslator(folder, int8=int8)
+    translator = OnnxTranslator(folder, int8=int8, threads=threads)
 
     def translate(lines):
         return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
     translate.profile = translator.profile  # summed over every call
+    return translate
+
+
+def ctranslate2_translate(folder, batch=1, threads=None):
+    """CTranslate2 on a converted folder (``onmt_lma_convert_ct2``), ``threads`` intra-op threads (default:
+    torch's); beam 5, at most 250 tokens."""
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(folder), device="cpu", inter_threads=1,
+                                        intra_threads=threads or torch.get_num_threads())
+
+    def translate(lines):
+        results = translator.translate_batch([line.split() for line in lines], beam_size=5, max_batch_size=batch,
+                                             max_decoding_length=250)
+        return [" ".join(result.hypotheses[0]) for result in results]
     return translate
