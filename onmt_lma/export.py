@@ -11,14 +11,22 @@ running statistics, ``Clip``/``Cast``/``GatherElements``; Xu et al. 2020, method
 section), so no custom operator is needed.
 
 * ``encoder.onnx``: ``src`` (batch, src_len) int64, ``src_len`` (batch,) int64 ->
-  ``memory_pad`` (batch, src_len) bool, ``cross_keys``/``cross_values``
-  (layers, batch, heads, src_len, head_dim): each decoder layer's projections of
-  the encoder output, computed once per sentence.
-* ``decoder_step.onnx``: ``token`` (n,) int64, ``step`` (1,) int64,
-  ``memory_pad``, ``cross_keys``, ``cross_values`` (rows of the encoder's,
-  one per hypothesis), ``self_keys``/``self_values`` (layers, n, heads, step,
-  head_dim) -> ``log_probs`` (n, vocab) and the caches one position longer, and each row's ``k`` best
-  (``top_log_probs``, ``top_ids``; ``k`` (1,) int64 an input of the graph).
+  ``memory_bias`` (batch, 1, 1, src_len) float (0, or OpenNMT-py's -1e18 where the source is padding:
+  added to the attention scores), and per decoder layer ``i`` its cross-attention keys and values of the
+  encoder output, ``cross_keys_i``/``cross_values_i`` (batch, heads, src_len, head_dim), computed once per
+  sentence.
+* ``decoder_step.onnx``: ``token`` (n,) int64, ``step`` (1,) int64, ``memory_bias`` and the cross keys and
+  values (rows of the encoder's, one per hypothesis), per layer the self-attention cache
+  ``self_keys_i``/``self_values_i`` (n, heads, step, head_dim) -> ``log_probs`` (n, vocab), the caches one
+  position longer (``new_self_keys_i``/``new_self_values_i``), and each row's ``k`` best
+  (``top_log_probs``, ``top_ids``; ``k`` (1,) int64 an input of the graph).  :func:`cache_names` lists
+  the per-layer names.
+
+The decoder step works on (n, dim) rows, one position per hypothesis, with one matrix product for the
+self-attention's query, key and value projections and constant reshapes: ONNX Runtime's time per step on
+a small model is mostly per operator, not arithmetic (scripts/profile_onnx_step.py), so the graph has as
+few operators as the computation allows (Format 3; format 2 stacked the layers' caches and kept OpenNMT-py's
+(n, 1, dim) shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 92 now).
 
 With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
 dynamic quantization (``*.int8.onnx``).  ``manifest.json`` records the format,
@@ -35,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-FORMAT = 2  # 2: the decoder step's top-k outputs
+FORMAT = 3  # 2: the decoder step's top-k outputs; 3: per-layer caches, (n, dim) rows, memory_bias
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
 
@@ -71,16 +79,35 @@ def _heads(x, attention):
     return x.reshape(x.shape[0], x.shape[1], attention.head_count, attention.dim_per_head).transpose(1, 2)
 
 
-def _attend(attention, query, keys, values, pad):
-    """Scaled dot-product attention of ``query`` (batch, q_len, dim) over cached heads; ``pad``: (batch, 1, 1, k_len)
-    True where a key is padding, or None."""
+def _attend(attention, query, keys, values, bias):
+    """Scaled dot-product attention of ``query`` (batch, q_len, dim) over cached heads; ``bias``: (batch, 1, 1,
+    k_len), -1e18 where a key is padding (as OpenNMT-py's mask: the same scores), or None."""
     q = _heads(attention.linear_query(query), attention) / math.sqrt(attention.dim_per_head)
+    return _unheads(_attention_context(q, keys, values, bias), query.shape[0], query.shape[1], attention)
+
+
+def _attention_context(q, keys, values, bias):
+    """softmax(q keys^T (+ bias)) values for (batch, heads, q_len, head_dim) queries already scaled."""
     scores = torch.matmul(q, keys.transpose(2, 3)).float()
-    if pad is not None:
-        scores = scores.masked_fill(pad, NEG_INF)
-    context = torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
-    context = context.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
-    return attention.final_linear(context)
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), values)
+
+
+def _unheads(context, batch, length, attention):
+    return attention.final_linear(context.transpose(1, 2).reshape(batch, length, -1))
+
+
+def _row_heads(rows, attention):
+    """(n, heads x head_dim) -> (n, heads, 1, head_dim): one position per row, a constant reshape."""
+    return rows.reshape(-1, attention.head_count, 1, attention.dim_per_head)
+
+
+def _row_attend(attention, query, keys, values, bias):
+    """:func:`_attend` for one position per row: ``query`` (n, dim) -> (n, dim), no transposes."""
+    q = _row_heads(attention.linear_query(query), attention) / math.sqrt(attention.dim_per_head)
+    context = _attention_context(q, keys, values, bias)
+    return attention.final_linear(context.reshape(-1, attention.head_count * attention.dim_per_head))
 
 
 def _embed(embeddings, tokens, start):
@@ -92,8 +119,15 @@ def _embed(embeddings, tokens, start):
     return emb + position.pe[positions, 0, :].unsqueeze(0)
 
 
+def cache_names(layers):
+    """The per-layer cache inputs of the decoder step: (cross-attention names, self-attention names)."""
+    cross = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
+    own = [f"self_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
+    return cross, own
+
+
 class EncoderGraph(nn.Module):
-    """Source ids -> padding mask and every decoder layer's cross-attention keys and values."""
+    """Source ids -> the additive padding mask and every decoder layer's cross-attention keys and values."""
 
     def __init__(self, model):
         super().__init__()
@@ -102,47 +136,64 @@ class EncoderGraph(nn.Module):
     def forward(self, src, src_len):
         positions = torch.arange(src.shape[1], dtype=torch.long).unsqueeze(0)
         memory_pad = positions >= src_len.unsqueeze(1)  # (batch, src_len)
-        pad = memory_pad[:, None, None, :]
+        bias = torch.zeros(memory_pad.shape).masked_fill(memory_pad, NEG_INF)[:, None, None, :]
         x = _embed(self.encoder.embeddings, src, 0)
         for layer in self.encoder.transformer:
             normed = layer.layer_norm(x)
             attention = layer.self_attn
             keys = _heads(attention.linear_keys(normed), attention)
             values = _heads(attention.linear_values(normed), attention)
-            x = layer.feed_forward(_attend(attention, normed, keys, values, pad) + x)
+            x = layer.feed_forward(_attend(attention, normed, keys, values, bias) + x)
         memory = self.encoder.layer_norm(x)
-        cross_keys, cross_values = [], []
+        cross = []
         for layer in self.decoder.transformer_layers:
             attention = layer.context_attn
-            cross_keys.append(_heads(attention.linear_keys(memory), attention))
-            cross_values.append(_heads(attention.linear_values(memory), attention))
-        return memory_pad, torch.stack(cross_keys), torch.stack(cross_values)
+            cross += [_heads(attention.linear_keys(memory), attention), _heads(attention.linear_values(memory), attention)]
+        return (bias, *cross)
 
 
 class DecoderStepGraph(nn.Module):
-    """One decoding step of ``n`` hypotheses: next-token log-probabilities and the grown self-attention cache."""
+    """One decoding step of ``n`` hypotheses: next-token log-probabilities and the grown self-attention caches.
+
+    ``caches``: every layer's cross keys and values, then every layer's self keys and values
+    (:func:`cache_names`' order).  Rows of (n, dim), one position each; the self-attention's query, key
+    and value projections in one matrix product (their weights stacked here; the same products)."""
 
     def __init__(self, model):
         super().__init__()
         self.decoder, self.generator = model.decoder, model.generator
+        self.layers = len(self.decoder.transformer_layers)
+        for index, layer in enumerate(self.decoder.transformer_layers):
+            attention = layer.self_attn
+            projections = (attention.linear_query, attention.linear_keys, attention.linear_values)
+            self.register_buffer(f"qkv_weight_{index}", torch.cat([p.weight.detach() for p in projections]))
+            if all(p.bias is not None for p in projections):
+                self.register_buffer(f"qkv_bias_{index}", torch.cat([p.bias.detach() for p in projections]))
+            else:
+                setattr(self, f"qkv_bias_{index}", None)
 
-    def forward(self, token, step, memory_pad, cross_keys, cross_values, self_keys, self_values):
-        x = _embed(self.decoder.embeddings, token.unsqueeze(1), step[0])
-        pad = memory_pad[:, None, None, :]
-        new_keys, new_values = [], []
+    def forward(self, token, step, memory_bias, *caches):
+        layers = self.layers
+        cross, own = caches[: 2 * layers], caches[2 * layers:]
+        make = self.decoder.embeddings.make_embedding
+        x = make.emb_luts[0](token) * math.sqrt(make.pe.dim) + make.pe.pe[step, 0, :]  # (n, dim)
+        grown = []
         for index, layer in enumerate(self.decoder.transformer_layers):
             normed = layer.layer_norm_1(x)
             attention = layer.self_attn
-            keys = torch.cat([self_keys[index], _heads(attention.linear_keys(normed), attention)], dim=2)
-            values = torch.cat([self_values[index], _heads(attention.linear_values(normed), attention)], dim=2)
-            new_keys.append(keys)
-            new_values.append(values)
-            query = _attend(attention, normed, keys, values, None) + x
-            context = _attend(layer.context_attn, layer.layer_norm_2(query), cross_keys[index], cross_values[index],
-                              pad)
+            qkv = nn.functional.linear(normed, getattr(self, f"qkv_weight_{index}"), getattr(self, f"qkv_bias_{index}"))
+            heads = attention.head_count
+            q, key, value = qkv.reshape(-1, 3 * heads, 1, attention.dim_per_head).split(heads, dim=1)
+            keys = torch.cat([own[2 * index], key], dim=2)
+            values = torch.cat([own[2 * index + 1], value], dim=2)
+            grown += [keys, values]
+            context = _attention_context(q / math.sqrt(attention.dim_per_head), keys, values, None)
+            query = attention.final_linear(context.reshape(-1, heads * attention.dim_per_head)) + x
+            context = _row_attend(layer.context_attn, layer.layer_norm_2(query), cross[2 * index],
+                                  cross[2 * index + 1], memory_bias)
             x = layer.feed_forward(context + query)
-        out = self.decoder.layer_norm(x)[:, 0, :]
-        return torch.log_softmax(self.generator(out).float(), dim=-1), torch.stack(new_keys), torch.stack(new_values)
+        out = self.decoder.layer_norm(x)
+        return (torch.log_softmax(self.generator(out).float(), dim=-1), *grown)
 
 
 class LMAGraph(nn.Module):
@@ -170,11 +221,11 @@ class LMAGraph(nn.Module):
         self.register_buffer("intercepts", lma.intercepts(mean, std).detach()[:, None].expand(k, units).contiguous())
 
     def forward(self, x):
-        flat = x.reshape(-1, self.units)  # a constant shape: no shape arithmetic in the graph
+        flat = x if x.dim() == 2 else x.reshape(-1, self.units)  # a constant shape: no shape arithmetic
         position = (flat - self.mean) * self.inv + self.segments / 2
         j = position.clamp(0, self.segments - 1).to(torch.int64)
         out = torch.gather(self.slopes, 0, j) * flat + torch.gather(self.intercepts, 0, j)
-        return out.reshape_as(x)  # Shape + Reshape (x.shape would be traced element by element)
+        return out if x.dim() == 2 else out.reshape_as(x)  # Shape + Reshape (x.shape: element by element)
 
 
 def graph_activations(model):
@@ -190,10 +241,11 @@ def graph_activations(model):
 
 
 def empty_cache(model, rows):
-    """The decoder's self-attention cache before the first step: (layers, rows, heads, 0, head_dim) zeros."""
+    """The decoder's self-attention caches before the first step: per layer, keys and values of
+    (rows, heads, 0, head_dim) zeros (:func:`cache_names`' order)."""
     attention = model.decoder.transformer_layers[0].self_attn
-    shape = (len(model.decoder.transformer_layers), rows, attention.head_count, 0, attention.dim_per_head)
-    return torch.zeros(shape), torch.zeros(shape)
+    shape = (rows, attention.head_count, 0, attention.dim_per_head)
+    return [torch.zeros(shape) for _ in range(2 * len(model.decoder.transformer_layers))]
 
 
 # --------------------------------------------------------------------------- #
@@ -226,25 +278,25 @@ def export(checkpoint, out_dir, int8=False):
     src_len = torch.tensor([4, 2])
     graph_activations(model)
     encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    layers = len(model.decoder.transformer_layers)
+    cross_names, self_names = cache_names(layers)
     with torch.no_grad(), kernels.forced("torch"):
-        memory_pad, cross_keys, cross_values = encoder(src, src_len)
-        keys, values = empty_cache(model, 2)
-        _, keys, values = step(torch.tensor([2, 2]), torch.tensor([0]), memory_pad, cross_keys, cross_values,
-                               keys, values)
+        bias, *cross = encoder(src, src_len)
+        _, *own = step(torch.tensor([2, 2]), torch.tensor([0]), bias, *cross, *empty_cache(model, 2))
         # traced with a one-position cache; every length works (dynamic axis "step")
-        step_inputs = (torch.tensor([7, 8]), torch.tensor([1]), memory_pad, cross_keys, cross_values, keys, values)
+        step_inputs = (torch.tensor([7, 8]), torch.tensor([1]), bias, *cross, *own)
+        cross_axes = {name: {0: "batch", 2: "src_len"} for name in cross_names}
         _onnx_export(encoder, (src, src_len), out / "encoder.onnx", ["src", "src_len"],
-                     ["memory_pad", "cross_keys", "cross_values"],
-                     {"src": {0: "batch", 1: "src_len"}, "src_len": {0: "batch"}, "memory_pad": {0: "batch", 1: "src_len"},
-                      "cross_keys": {1: "batch", 3: "src_len"}, "cross_values": {1: "batch", 3: "src_len"}})
+                     ["memory_bias", *cross_names],
+                     {"src": {0: "batch", 1: "src_len"}, "src_len": {0: "batch"},
+                      "memory_bias": {0: "batch", 3: "src_len"}, **cross_axes})
+        grown_names = [f"new_{name}" for name in self_names]
         _onnx_export(step, step_inputs, out / "decoder_step.onnx",
-                     ["token", "step", "memory_pad", "cross_keys", "cross_values", "self_keys", "self_values"],
-                     ["log_probs", "new_self_keys", "new_self_values"],
-                     {"token": {0: "n"}, "memory_pad": {0: "n", 1: "src_len"},
-                      "cross_keys": {1: "n", 3: "src_len"}, "cross_values": {1: "n", 3: "src_len"},
-                      "self_keys": {1: "n", 3: "step"}, "self_values": {1: "n", 3: "step"},
-                      "log_probs": {0: "n"}, "new_self_keys": {1: "n", 3: "step_plus_1"},
-                      "new_self_values": {1: "n", 3: "step_plus_1"}})
+                     ["token", "step", "memory_bias", *cross_names, *self_names], ["log_probs", *grown_names],
+                     {"token": {0: "n"}, "memory_bias": {0: "n", 3: "src_len"},
+                      **{name: {0: "n", 2: "src_len"} for name in cross_names},
+                      **{name: {0: "n", 2: "step"} for name in self_names},
+                      "log_probs": {0: "n"}, **{name: {0: "n", 2: "step_plus_1"} for name in grown_names}})
     add_top_k(out / "decoder_step.onnx")
     graphs = ["encoder.onnx", "decoder_step.onnx"]
     if int8:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onmt_lma.export import FORMAT, ExportError
+from onmt_lma.export import FORMAT, ExportError, cache_names
 
 BANNED = -65504.0  # OpenNMT-py's score for a forbidden token and a closed beam
 
@@ -80,6 +80,13 @@ def batches(lines, batch_size, batch_type="sents"):
             yield batch
 
 
+def default_threads(batch_size, batch_type="sents"):
+    """ONNX Runtime intra-op threads for ``-engine onnx`` when none are asked for: 1 one sentence at a time
+    (on a student's small operators its thread pool costs more than it gains: 2x slower with 2 threads on 2
+    cores, results/bench/threads.md), else None (ONNX Runtime's default, one per core)."""
+    return 1 if batch_type == "sents" and batch_size == 1 else None
+
+
 class OnnxTranslator:
     """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
 
@@ -114,6 +121,8 @@ class OnnxTranslator:
         self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), options,
                                                     providers=["CPUExecutionProvider"])
         self.manifest = manifest
+        self.cross_names, self.self_names = cache_names(manifest["layers"])
+        self.grown_names = [f"new_{name}" for name in self.self_names]
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
         self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
@@ -157,14 +166,13 @@ class OnnxTranslator:
         started = time.perf_counter()
         decoder_s, decoder_calls = 0.0, 0
         special = self.special
-        memory_pad, cross_keys, cross_values = self._encode(lines)
+        memory_bias, *cross = self._encode(lines)
         encoded = time.perf_counter()
         count = len(lines)
         rows = np.repeat(np.arange(count), beam)
-        memory_pad, cross_keys, cross_values = memory_pad[rows], cross_keys[:, rows], cross_values[:, rows]
+        memory_bias, cross = memory_bias[rows], [array[rows] for array in cross]
         m = self.manifest
-        keys = np.zeros((m["layers"], count * beam, m["heads"], 0, m["head_dim"]), dtype=np.float32)
-        values = keys
+        own = [np.zeros((count * beam, m["heads"], 0, m["head_dim"]), dtype=np.float32)] * len(self.self_names)
         alive = np.full((count * beam, 1), special["bos"], dtype=np.int64)
         beam_scores = np.tile(np.array([0.0] + [-np.inf] * (beam - 1), dtype=np.float32), (count, 1))
         offsets = np.arange(count)
@@ -179,10 +187,10 @@ class OnnxTranslator:
             # row's best `beam` + (banned tokens): the graph's TopK gives them, then beam x k candidates only
             k = min(beam + len(banned), vocab)
             before = time.perf_counter()
-            top_log_probs, tokens, keys, values = self.decoder.run(
-                ["top_log_probs", "top_ids", "new_self_keys", "new_self_values"],
-                {"token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_pad": memory_pad,
-                 "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values,
+            top_log_probs, tokens, *own = self.decoder.run(
+                ["top_log_probs", "top_ids", *self.grown_names],
+                {"token": alive[:, -1], "step": np.array([step], dtype=np.int64), "memory_bias": memory_bias,
+                 **dict(zip(self.cross_names, cross)), **dict(zip(self.self_names, own)),
                  "k": np.array([k], dtype=np.int64)})
             decoder_s += time.perf_counter() - before
             decoder_calls += 1
@@ -201,7 +209,7 @@ class OnnxTranslator:
             tokens = best % vocab
             select = (best // vocab + np.arange(len(offsets))[:, None] * beam).reshape(-1)
             alive = np.concatenate([alive[select], tokens.reshape(-1, 1)], axis=1)
-            keys, values = keys[:, select], values[:, select]
+            own = [array[select] for array in own]
             finished = tokens == special["eos"]
             if alive.shape[1] == max_length + 1:
                 finished[:] = True
@@ -221,8 +229,8 @@ class OnnxTranslator:
                 break
             kept = (np.array(going)[:, None] * beam + np.arange(beam)).reshape(-1)
             offsets, beam_scores = offsets[going], beam_scores[going]
-            alive, keys, values = alive[kept], keys[:, kept], values[:, kept]
-            memory_pad, cross_keys, cross_values = memory_pad[kept], cross_keys[:, kept], cross_values[:, kept]
+            alive, own = alive[kept], [array[kept] for array in own]
+            memory_bias, cross = memory_bias[kept], [array[kept] for array in cross]
         finished_at = time.perf_counter()
         profile = self.profile
         profile["encoder_s"] += encoded - started
@@ -247,6 +255,8 @@ UNSUPPORTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio
 
 def check_options(opt):
     """Refuse, naming them, the options that the ONNX engine would silently ignore."""
+    if getattr(opt, "onnx_threads", 0) < 0:
+        raise ExportError(f"-onnx_threads {opt.onnx_threads}: expected 0 (automatic) or a number of threads")
     used = [f"-{name} {getattr(opt, name)!r}" for name, unused in UNSUPPORTED.items()
             if getattr(opt, name, unused[0]) not in unused]
     if len(opt.models) != 1 or not os.path.isdir(opt.models[0]):
@@ -258,7 +268,8 @@ def check_options(opt):
 def translate_file(opt):
     """``onmt_lma_translate -engine onnx``: ``opt.src`` (non-empty lines) into ``opt.output``, n_best lines each."""
     check_options(opt)
-    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8")
+    threads = getattr(opt, "onnx_threads", 0) or default_threads(opt.batch_size, opt.batch_type)
+    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8", threads=threads)
     lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
     results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
                                    opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type,

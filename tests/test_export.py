@@ -41,12 +41,12 @@ def reference_log_probs(model, src, src_len, tgt):
 
 def stepped_log_probs(encode, step, src, src_len, tgt, empty):
     """The exported pair, stepped through the gold target one token at a time."""
-    memory_pad, cross_keys, cross_values = encode(src, src_len)
-    keys, values = empty
+    bias, *cross = encode(src, src_len)
+    own = list(empty)
+    position_of = np.array if isinstance(own[0], np.ndarray) else torch.tensor
     out = []
     for position in range(tgt.shape[1] - 1):
-        log_probs, keys, values = step(tgt[:, position], np.array([position]) if isinstance(keys, np.ndarray)
-                                       else torch.tensor([position]), memory_pad, cross_keys, cross_values, keys, values)
+        log_probs, *own = step(tgt[:, position], position_of([position]), bias, *cross, *own)
         out.append(torch.as_tensor(np.asarray(log_probs)))
     return torch.stack(out, dim=1)
 
@@ -121,14 +121,17 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
         def encode(s, lengths):
             return encoder.run(None, {"src": s.numpy(), "src_len": lengths.numpy()})
 
-        def step(token, position, memory_pad, cross_keys, cross_values, keys, values):
-            feed = {"token": np.asarray(token), "step": position, "memory_pad": memory_pad,
-                    "cross_keys": cross_keys, "cross_values": cross_values, "self_keys": keys, "self_values": values}
-            log_probs, top, ids, new_keys, new_values = decoder.run(
-                ["log_probs", "top_log_probs", "top_ids", "new_self_keys", "new_self_values"], {**feed, "k": np.array([3])})
+        cross_names, self_names = exporter.cache_names(len(model.decoder.transformer_layers))
+
+        def step(token, position, bias, *caches):
+            feed = {"token": np.asarray(token), "step": position, "memory_bias": bias,
+                    **dict(zip(cross_names + self_names, caches))}
+            log_probs, top, ids, *grown = decoder.run(
+                ["log_probs", "top_log_probs", "top_ids", *[f"new_{name}" for name in self_names]],
+                {**feed, "k": np.array([3])})
             order = np.argsort(-log_probs, axis=1, kind="stable")[:, :3]  # the graph's TopK against NumPy's sort
             assert np.array_equal(ids, order) and np.array_equal(top, np.take_along_axis(log_probs, order, axis=1))
-            return log_probs, new_keys, new_values
+            return (log_probs, *grown)
 
         empty = [t.numpy() for t in exporter.empty_cache(model, len(src))]
         got = stepped_log_probs(encode, step, src, src_len, tgt, empty)
@@ -244,6 +247,40 @@ def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exporte
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "format": 0}))
     assert "export format 0" in fails(old)
+    assert "-onnx_threads -1: expected 0" in fails(exported, "-onnx_threads", "-1")
+    result = run("onmt_lma_translate", "-model", exported, "-src", vocab / "test.de", "-output", tmp_path / "o.en",
+                 "-onnx_threads", "2", expect_ok=False)
+    assert result.returncode == 2 and "only -engine onnx takes it" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_engine_takes_one_thread_one_sentence_at_a_time_unless_told(exported):
+    from argparse import Namespace
+
+    from onmt_lma import runtime
+
+    made = []
+
+    class Recording(runtime.OnnxTranslator):
+        def __init__(self, folder, int8=False, threads=None):
+            super().__init__(folder, int8, threads)
+            made.append([session.get_session_options().intra_op_num_threads for session in (self.encoder, self.decoder)])
+
+        def translate(self, lines, *args):
+            return [[(0.0, "x")] for _ in lines]
+
+    original = runtime.OnnxTranslator
+    runtime.OnnxTranslator = Recording
+    try:
+        for batch_size, batch_type, asked in ((1, "sents", 0), (32, "sents", 0), (1, "tokens", 0), (32, "sents", 2)):
+            opt = Namespace(models=[str(exported)], src=str(exported / "manifest.json"), output=str(exported / "o"),
+                            precision="fp32", beam_size=5, batch_size=batch_size, batch_type=batch_type,
+                            max_length=20, min_length=0, n_best=1, length_penalty="avg", alpha=1.0,
+                            ban_unk_token=False, max_length_ratio=1.25, onnx_threads=asked)
+            runtime.translate_file(opt)
+    finally:
+        runtime.OnnxTranslator = original
+    # ONNX Runtime's default (0: one thread per core) except one sentence at a time; -onnx_threads wins
+    assert made == [[1, 1], [0, 0], [0, 0], [2, 2]]
 
 
 def test_a_relu_student_converts_to_ctranslate2_safely_and_an_lma_one_is_told_where_to_go(

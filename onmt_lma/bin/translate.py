@@ -41,6 +41,9 @@ def get_parser():
     parser.add("--engine", "-engine", choices=("pytorch", "onnx"), default="pytorch",
                help="pytorch: OpenNMT-py's translator on the checkpoint; onnx: ONNX Runtime on an onmt_lma_export "
                "folder given as -model (-precision int8: its int8 graphs)")
+    parser.add("--onnx_threads", "-onnx_threads", type=int, default=0,
+               help="-engine onnx: ONNX Runtime's intra-op threads (0: 1 for one sentence at a time, where its "
+               "thread pool costs more than it gains, else one per core)")
     return parser
 
 
@@ -54,6 +57,8 @@ def main(argv=None):
 def check_files(opt):
     """Refuse, before the model loads, a missing -src or -tgt, an -output that would destroy an input,
     and a beam or n-best that cannot work."""
+    if opt.engine != "onnx" and opt.onnx_threads:
+        raise TranslationInputError(f"-onnx_threads {opt.onnx_threads}: only -engine onnx takes it")
     if opt.beam_size < 1:
         raise TranslationInputError(f"-beam_size {opt.beam_size}: expected an integer >= 1")
     if not 1 <= opt.n_best <= opt.beam_size:
