@@ -201,13 +201,14 @@ class OnnxTranslator:
             scores = (candidates / lp if lp != 1 else candidates).reshape(len(offsets), beam * k)
             ids = (tokens.reshape(len(offsets), beam, k) + (np.arange(beam) * vocab)[None, :, None]).reshape(
                 len(offsets), beam * k)  # positions in the sentence's beam x vocabulary scores
+            sentence_rows = np.arange(len(offsets))[:, None]  # plain indexing: take_along_axis costs ~25 us a call
             chosen = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
-            best, top_scores = np.take_along_axis(ids, chosen, axis=1), np.take_along_axis(scores, chosen, axis=1)
+            best, top_scores = ids[sentence_rows, chosen], scores[sentence_rows, chosen]
             order = np.lexsort((best, -top_scores), axis=1)  # score desc, id asc
-            best, top_scores = np.take_along_axis(best, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+            best, top_scores = best[sentence_rows, order], top_scores[sentence_rows, order]
             beam_scores = top_scores * lp
             tokens = best % vocab
-            select = (best // vocab + np.arange(len(offsets))[:, None] * beam).reshape(-1)
+            select = (best // vocab + sentence_rows * beam).reshape(-1)
             alive = np.concatenate([alive[select], tokens.reshape(-1, 1)], axis=1)
             own = [array[select] for array in own]
             finished = tokens == special["eos"]
