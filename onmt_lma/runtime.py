@@ -80,13 +80,6 @@ def batches(lines, batch_size, batch_type="sents"):
             yield batch
 
 
-def default_threads(batch_size, batch_type="sents"):
-    """ONNX Runtime intra-op threads for ``-engine onnx`` when none are asked for: 1 one sentence at a time
-    (on a student's small operators its thread pool costs more than it gains: 2x slower with 2 threads on 2
-    cores, results/bench/threads.md), else None (ONNX Runtime's default, one per core)."""
-    return 1 if batch_type == "sents" and batch_size == 1 else None
-
-
 class OnnxTranslator:
     """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
 
@@ -113,12 +106,17 @@ class OnnxTranslator:
             if name.endswith(suffix) or name.endswith(".json"):
                 if sha256_of(path) != digest:
                     raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
-        options = onnxruntime.SessionOptions()
+        # Each session has its own intra-op thread pool, whose workers spin for a while after a call.  The
+        # encoder's, spinning on while the decoder steps, took the core the decoder's pool needed: one sentence
+        # at a time on 2 cores, 2 threads translated 2x slower than 1 (results/bench/threads.md before this
+        # change).  The encoder runs once per batch, so its workers sleep as soon as it returns.
+        encoder_options, decoder_options = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
+        encoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
-            options.intra_op_num_threads = threads
-        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), options,
+            encoder_options.intra_op_num_threads = decoder_options.intra_op_num_threads = threads
+        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), encoder_options,
                                                     providers=["CPUExecutionProvider"])
-        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), options,
+        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), decoder_options,
                                                     providers=["CPUExecutionProvider"])
         self.manifest = manifest
         self.cross_names, self.self_names = cache_names(manifest["layers"])
@@ -269,8 +267,8 @@ def check_options(opt):
 def translate_file(opt):
     """``onmt_lma_translate -engine onnx``: ``opt.src`` (non-empty lines) into ``opt.output``, n_best lines each."""
     check_options(opt)
-    threads = getattr(opt, "onnx_threads", 0) or default_threads(opt.batch_size, opt.batch_type)
-    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8", threads=threads)
+    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8",
+                                threads=getattr(opt, "onnx_threads", 0) or None)
     lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
     results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
                                    opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type,

@@ -216,8 +216,7 @@ def main():
         "references of those sentences; 'lines as PyTorch': translations identical to OpenNMT-py's at the same "
         "batch size; memory: peak resident memory of loading the configuration and translating those "
         "sentences, above what the process held with every library imported (median).  Threads as each engine "
-        "takes them by default: ONNX Runtime 1 intra-op thread one sentence at a time, one per core in batches "
-        "(onmt_lma.runtime.default_threads); CTranslate2 and PyTorch one per core.\n\n" + table
+        "takes them by default: one per core.\n\n" + table
         + "\nGoals (an LMA student on the ONNX engine at least as fast as CTranslate2 float32 on the same-size ReLU "
         "student, BLEU within 0.1 of OpenNMT-py's; int8 faster than float32):\n\n" + "\n".join(goal_lines(rows))
         + "\n" + f"\nMachine: {result['machine']}\n")

@@ -42,8 +42,7 @@ def get_parser():
                help="pytorch: OpenNMT-py's translator on the checkpoint; onnx: ONNX Runtime on an onmt_lma_export "
                "folder given as -model (-precision int8: its int8 graphs)")
     parser.add("--onnx_threads", "-onnx_threads", type=int, default=0,
-               help="-engine onnx: ONNX Runtime's intra-op threads (0: 1 for one sentence at a time, where its "
-               "thread pool costs more than it gains, else one per core)")
+               help="-engine onnx: ONNX Runtime's intra-op threads (0: its default, one per core)")
     return parser
 
 

@@ -75,10 +75,10 @@ def pytorch_translate(checkpoint, batch=1, transform=None):
 
 def onnx_translate(folder, batch=1, int8=False, threads=None):
     """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export`` folder (``threads``: intra-op threads, None
-    for what ``onmt_lma_translate -engine onnx`` takes at this batch size); ``.profile``: where its time went."""
-    from onmt_lma.runtime import OnnxTranslator, default_threads
+    for ONNX Runtime's default, one per core); ``.profile``: where its time went."""
+    from onmt_lma.runtime import OnnxTranslator
 
-    translator = OnnxTranslator(folder, int8=int8, threads=threads or default_threads(batch))
+    translator = OnnxTranslator(folder, int8=int8, threads=threads)
 
     def translate(lines):
         return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
