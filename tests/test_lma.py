@@ -426,3 +426,43 @@ def test_inference_without_autograd_equals_the_autograd_path():
     expected, position = reference_lma(x, module.alpha, module.beta, 0.2, 1.3, 8)
     keep = away_from_cuts(position)
     torch.testing.assert_close(without.double()[keep], expected[keep].detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a lent GPU machine)")
+@pytest.mark.parametrize("segments", [2, 8, 16])
+def test_on_cuda_training_and_evaluation_match_the_float64_definition(segments, implementation):
+    """The PyTorch path on a GPU (the fused kernel is CPU-only): forward, the gradients of x, alpha and beta,
+    the running statistics, evaluation mode, and finite results under fp16/bf16 autocast."""
+    if implementation == "cpu":
+        pytest.skip("about the GPU")
+    module = random_lma(segments, seed=segments, momentum=0.9).cuda()
+    x = (torch.randn(64, 7, 2048) * 2.5 + 0.7).cuda().requires_grad_()
+    out = module(x)
+    mean, std = population_stats(x.detach().cpu())
+    alpha, beta = (p.detach().cpu().double().requires_grad_() for p in (module.alpha, module.beta))
+    x64 = x.detach().cpu().double().requires_grad_()
+    expected, position = reference_lma(x64, alpha, beta, mean, std, segments)
+    keep = away_from_cuts(position)
+    grad = torch.randn_like(expected) * keep  # an element at a cut point may take either line: left out
+    out.backward(grad.float().cuda())
+    expected.backward(grad)
+    torch.testing.assert_close(out.detach().cpu().double()[keep], expected.detach()[keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.cpu().double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.alpha.grad.cpu().double(), alpha.grad, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(module.beta.grad.cpu().double(), beta.grad, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(module.running_mean.cpu().double(), torch.tensor([0.1 * mean], dtype=torch.double))
+    torch.testing.assert_close(module.running_std.cpu().double(), torch.tensor([0.9 + 0.1 * std], dtype=torch.double))
+    module.eval()
+    with torch.no_grad():
+        evaluated = module(x.detach()).cpu().double()
+    expected, position = reference_lma(x.detach().cpu(), module.alpha.cpu(), module.beta.cpu(),
+                                       module.running_mean.item(), module.running_std.item(), segments)
+    keep = away_from_cuts(position)
+    torch.testing.assert_close(evaluated[keep], expected.detach()[keep], rtol=1e-5, atol=1e-5)
+    module.train()
+    for half in (torch.float16, torch.bfloat16):
+        module.alpha.grad = None
+        with torch.autocast("cuda", dtype=half):
+            hidden = module(torch.nn.Linear(2048, 2048).cuda()(x.detach()))
+        hidden.float().sum().backward()
+        assert hidden.dtype == half and torch.isfinite(hidden).all() and torch.isfinite(module.alpha.grad).all()
