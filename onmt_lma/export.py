@@ -24,9 +24,9 @@ section), so no custom operator is needed.
 
 The decoder step works on (n, dim) rows, one position per hypothesis, with one matrix product for the
 self-attention's query, key and value projections and constant reshapes: ONNX Runtime's time per step on
-a small model is mostly per operator, not arithmetic (scripts/profile_onnx_step.py), so the graph has as
-few operators as the computation allows (Format 3; format 2 stacked the layers' caches and kept OpenNMT-py's
-(n, 1, dim) shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 92 now).
+a small model is mostly per operator, not arithmetic (scripts/profile_onnx_step.py), so the graph keeps them
+few (format 3; format 2 stacked the layers' caches and kept OpenNMT-py's
+(n, 1, dim) shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 86 now).
 
 With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
 dynamic quantization (``*.int8.onnx``).  ``manifest.json`` records the format,
