@@ -108,7 +108,7 @@ class OnnxTranslator:
                     raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
         # Each session has its own intra-op thread pool, whose workers spin for a while after a call.  The
         # encoder's, spinning on while the decoder steps, took the core the decoder's pool needed: one sentence
-        # at a time on 2 cores, 2 threads then translated 2x slower than 1, and 1.3x faster since (bench_threads).
+        # at a time on 2 cores, 2 threads then translated 2x slower than 1, now 1.15-1.24x faster (bench_threads).
         # The encoder runs once per batch, so its workers sleep as soon as it returns.
         encoder_options, decoder_options = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
         encoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
