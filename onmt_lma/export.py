@@ -148,7 +148,8 @@ class EncoderGraph(nn.Module):
         cross = []
         for layer in self.decoder.transformer_layers:
             attention = layer.context_attn
-            cross += [_heads(attention.linear_keys(memory), attention), _heads(attention.linear_values(memory), attention)]
+            cross += [_heads(attention.linear_keys(memory), attention),
+                      _heads(attention.linear_values(memory), attention)]
         return (bias, *cross)
 
 
