@@ -2,8 +2,9 @@
 """Post-training int8 on this CPU: which library, how fast, how small, how exact.
 
 One checkpoint (a 64-dim student of our recipes), the first ``--sentences`` lines of a prepared
-corpus's test set, beam 5, one sentence at a time, each configuration loaded in this process and timed
-in alternation (``--repeats``):
+corpus's test set, beam 5, one sentence at a time, every configuration timed in turn, each in a fresh
+process (after loading and 5 sentences of warm-up), repeat after repeat (``--repeats``, median): in one
+process, the worker threads one engine leaves spinning slow down the next (scripts/bench_deploy.py):
 
 * fp32 -- the checkpoint as trained;
 * int8 (onmt-lma) -- ``onmt_lma_quantize``'s checkpoint: PyTorch's dynamically quantized ``Linear``
@@ -24,12 +25,13 @@ sizes on disk of the fp32, int8 and int8-with-embeddings checkpoints.  Writes
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import sacrebleu
-import torch
 
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, export, quantize
@@ -47,6 +49,46 @@ def torchao_config(name):
     return {"dynamic": Int8DynamicActivationInt8WeightConfig, "weight-only": Int8WeightOnlyConfig}[name]()
 
 
+#: the configurations, in table order: label -> (engine, file in the work folder, torchao config or None)
+CONFIGURATIONS = {
+    "fp32": ("pytorch", "fp32.pt", None),
+    "int8 (onmt-lma, torch.ao dynamic)": ("pytorch", "int8.pt", None),
+    "torchao int8 dyn. act. + int8 weights": ("pytorch", "fp32.pt", "dynamic"),
+    "torchao int8 weight-only": ("pytorch", "fp32.pt", "weight-only"),
+    "ONNX Runtime float32 (onmt_lma_export)": ("onnx", "onnx", None),
+    "ONNX Runtime int8 (onmt_lma_export -int8)": ("onnx int8", "onnx", None),
+}
+
+
+def worker(label, folder, sources):
+    """In a fresh process: load one configuration, translate 5 lines to warm up, time ``sources``."""
+    engine, name, torchao = CONFIGURATIONS[label]
+    path = Path(folder) / name
+    if engine.startswith("onnx"):
+        translate = onnx_translate(path, int8=engine.endswith("int8"))
+    else:
+        transform = None
+        if torchao:
+            from torchao.quantization import quantize_
+
+            config = torchao_config(torchao)
+            transform = lambda model: quantize_(model, config)  # noqa: E731
+        translate = pytorch_translate(path, transform=transform)
+    translate(sources[:5])
+    start = time.perf_counter()
+    outputs = translate(sources)
+    return {"sent_per_s": len(sources) / (time.perf_counter() - start), "outputs": outputs}
+
+
+def measured(label, folder, args):
+    done = subprocess.run([sys.executable, __file__, str(args.checkpoint), "--worker", label, str(folder),
+                           "--data", str(args.data), "--sentences", str(args.sentences)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{label} could not be measured:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
@@ -54,45 +96,38 @@ def main():
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "quant")
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIGURATION", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[: args.sentences]
     references = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()[: args.sentences]
-    torch.set_num_threads(torch.get_num_threads())
+    if args.worker:
+        print(json.dumps(worker(*args.worker, sources)))
+        return
+    labels = [label for label, (_, _, torchao) in CONFIGURATIONS.items()
+              if torchao is None or torchao_config(torchao) is not None]  # torchao's rows when it is installed
 
     with tempfile.TemporaryDirectory() as tmp:
-        stripped, int8, int8_all = Path(tmp) / "fp32.pt", Path(tmp) / "int8.pt", Path(tmp) / "int8_all.pt"
+        folder = Path(tmp)
+        stripped, int8, int8_all = folder / "fp32.pt", folder / "int8.pt", folder / "int8_all.pt"
         average.save(average.average([args.checkpoint]), stripped)  # model + options, no optimizer state
         quantize.main(["-model", str(args.checkpoint), "-output", str(int8)])
         quantize.main(["-model", str(args.checkpoint), "-output", str(int8_all), "-embeddings"])
         sizes = {"fp32 (model + options)": stripped.stat().st_size, "int8": int8.stat().st_size,
                  "int8, embeddings too": int8_all.stat().st_size}
-        configurations = {"fp32": (args.checkpoint, None), "int8 (onmt-lma, torch.ao dynamic)": (int8, None)}
-        for label, name in (("torchao int8 dyn. act. + int8 weights", "dynamic"),
-                            ("torchao int8 weight-only", "weight-only")):
-            if torchao_config(name) is not None:
-                from torchao.quantization import quantize_
-
-                configurations[label] = (args.checkpoint, lambda model, n=name: quantize_(model, torchao_config(n)))
-        engines = {label: pytorch_translate(path, transform=transform)
-                   for label, (path, transform) in configurations.items()}
-        manifest = export.export(args.checkpoint, Path(tmp) / "onnx", int8=True)  # the deployment engine's int8
-        sizes["ONNX Runtime int8 graphs"] = sum((Path(tmp) / "onnx" / name).stat().st_size
+        manifest = export.export(args.checkpoint, folder / "onnx", int8=True)  # the deployment engine's int8
+        sizes["ONNX Runtime int8 graphs"] = sum((folder / "onnx" / name).stat().st_size
                                                 for name in manifest["files"] if name.endswith(".int8.onnx"))
-        engines["ONNX Runtime float32 (onmt_lma_export)"] = onnx_translate(Path(tmp) / "onnx")
-        engines["ONNX Runtime int8 (onmt_lma_export -int8)"] = onnx_translate(Path(tmp) / "onnx", int8=True)
-        speeds = {label: [] for label in engines}
+        speeds = {label: [] for label in labels}
         hypotheses = {}
-        for label, translate in engines.items():  # warm-up
-            translate(sources[:5])
         for repeat in range(args.repeats):
-            for label, translate in engines.items():
+            for label in labels:
                 print(f"== {label}, run {repeat + 1}/{args.repeats}", flush=True)
-                start = time.perf_counter()
-                hypotheses[label] = translate(sources)
-                speeds[label].append(len(sources) / (time.perf_counter() - start))
+                result = measured(label, folder, args)
+                speeds[label].append(result["sent_per_s"])
+                hypotheses[label] = result["outputs"]
 
     rows = {}
-    for label in engines:
+    for label in labels:
         _, detok = postprocess(hypotheses[label], args.data)
         rows[label] = {"sentences_per_s": statistics.median(speeds[label]), "runs": speeds[label],
                        "bleu": sacrebleu.corpus_bleu(detok, [references]).score}
@@ -111,8 +146,9 @@ def main():
         "# Post-training int8 on this CPU\n\n"
         f"`python scripts/bench_quantize.py {args.checkpoint.name} --sentences {len(sources)} --repeats "
         f"{args.repeats}`: the first {len(sources)} sentences of {args.data.name}'s test set, beam 5, one sentence "
-        "at a time, every configuration loaded in one process and timed in alternation; sacreBLEU against the "
-        "detokenized references of those sentences.\n\n" + table + f"\nMachine: {result['machine']}\n")
+        "at a time, every configuration timed in turn, each in a fresh process (after loading and 5 sentences of "
+        f"warm-up), repeat after repeat (median of {args.repeats}); sacreBLEU against the detokenized references "
+        "of those sentences.\n\n" + table + f"\nMachine: {result['machine']}\n")
     print(table)
 
 
