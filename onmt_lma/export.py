@@ -120,10 +120,11 @@ def _embed(embeddings, tokens, start):
 
 
 def cache_names(layers):
-    """The per-layer cache inputs of the decoder step: (cross-attention names, self-attention names)."""
+    """The decoder step's per-layer caches: (cross-attention inputs, self-attention inputs, the self-attention
+    outputs one position longer)."""
     cross = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
     own = [f"self_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
-    return cross, own
+    return cross, own, [f"new_{name}" for name in own]
 
 
 class EncoderGraph(nn.Module):
@@ -280,7 +281,7 @@ def export(checkpoint, out_dir, int8=False):
     graph_activations(model)
     encoder, step = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
     layers = len(model.decoder.transformer_layers)
-    cross_names, self_names = cache_names(layers)
+    cross_names, self_names, grown_names = cache_names(layers)
     with torch.no_grad(), kernels.forced("torch"):
         bias, *cross = encoder(src, src_len)
         _, *own = step(torch.tensor([2, 2]), torch.tensor([0]), bias, *cross, *empty_cache(model, 2))
@@ -291,7 +292,6 @@ def export(checkpoint, out_dir, int8=False):
                      ["memory_bias", *cross_names],
                      {"src": {0: "batch", 1: "src_len"}, "src_len": {0: "batch"},
                       "memory_bias": {0: "batch", 3: "src_len"}, **cross_axes})
-        grown_names = [f"new_{name}" for name in self_names]
         _onnx_export(step, step_inputs, out / "decoder_step.onnx",
                      ["token", "step", "memory_bias", *cross_names, *self_names], ["log_probs", *grown_names],
                      {"token": {0: "n"}, "memory_bias": {0: "n", 3: "src_len"},

@@ -119,8 +119,7 @@ class OnnxTranslator:
         self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), decoder_options,
                                                     providers=["CPUExecutionProvider"])
         self.manifest = manifest
-        self.cross_names, self.self_names = cache_names(manifest["layers"])
-        self.grown_names = [f"new_{name}" for name in self.self_names]
+        self.cross_names, self.self_names, self.grown_names = cache_names(manifest["layers"])
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
         self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())

@@ -19,8 +19,6 @@ as model + options in float32, the graphs); each configuration's peak memory.  W
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +29,8 @@ import torch
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, ct2, export
 from onmt_lma.evaluate import postprocess
-from onmt_lma.study.benchmark import ctranslate2_translate, machine, onnx_translate, pytorch_translate
+from onmt_lma.study.benchmark import (ctranslate2_translate, in_fresh_process, machine, onnx_translate,
+                                      pytorch_translate)
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32)
@@ -71,14 +70,9 @@ def worker(name, batch, path, sources):
 
 
 def measured(name, batch, path, args):
-    """:func:`worker` in its own process: one configuration per process, so that the worker threads an engine
-    leaves spinning (OpenMP's, ONNX Runtime's) take no cycles from the next one, and peaks do not mix."""
-    done = subprocess.run([sys.executable, __file__, "--worker", name, str(batch), str(path),
-                           "--data", str(args.data), "--sentences", str(args.sentences)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{name}, batch {batch} ({path}) could not be measured:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """:func:`worker` in its own process (:func:`in_fresh_process`)."""
+    return in_fresh_process(__file__, ["--worker", name, batch, path, "--data", args.data, "--sentences",
+                                       args.sentences], f"{name}, batch {batch} ({path})")
 
 
 def goal_lines(rows):

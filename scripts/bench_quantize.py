@@ -25,8 +25,6 @@ sizes on disk of the fp32, int8 and int8-with-embeddings checkpoints.  Writes
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ import sacrebleu
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, export, quantize
 from onmt_lma.evaluate import postprocess
-from onmt_lma.study.benchmark import machine, onnx_translate, pytorch_translate
+from onmt_lma.study.benchmark import in_fresh_process, machine, onnx_translate, pytorch_translate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,12 +79,8 @@ def worker(label, folder, sources):
 
 
 def measured(label, folder, args):
-    done = subprocess.run([sys.executable, __file__, str(args.checkpoint), "--worker", label, str(folder),
-                           "--data", str(args.data), "--sentences", str(args.sentences)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{label} could not be measured:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_fresh_process(__file__, [args.checkpoint, "--worker", label, folder, "--data", args.data,
+                                       "--sentences", args.sentences], label)
 
 
 def main():

@@ -15,7 +15,6 @@ shared machine that move every configuration of that repeat alike; their median 
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +52,10 @@ def worker(engine, folder, threads, source, sentences):
 
 
 def timed(engine, folder, threads, source, sentences):
-    done = subprocess.run([sys.executable, __file__, "--worker", engine, str(folder), str(threads), str(source),
-                           str(sentences)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["sent_per_s"]
+    from onmt_lma.study.benchmark import in_fresh_process
+
+    return in_fresh_process(__file__, ["--worker", engine, folder, threads, source, sentences],
+                            f"{engine}, {threads} thread(s)")["sent_per_s"]
 
 
 def main(argv=None):

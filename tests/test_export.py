@@ -121,13 +121,13 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
         def encode(s, lengths):
             return encoder.run(None, {"src": s.numpy(), "src_len": lengths.numpy()})
 
-        cross_names, self_names = exporter.cache_names(len(model.decoder.transformer_layers))
+        cross_names, self_names, grown_names = exporter.cache_names(len(model.decoder.transformer_layers))
 
         def step(token, position, bias, *caches):
             feed = {"token": np.asarray(token), "step": position, "memory_bias": bias,
                     **dict(zip(cross_names + self_names, caches))}
             log_probs, top, ids, *grown = decoder.run(
-                ["log_probs", "top_log_probs", "top_ids", *[f"new_{name}" for name in self_names]],
+                ["log_probs", "top_log_probs", "top_ids", *grown_names],
                 {**feed, "k": np.array([3])})
             order = np.argsort(-log_probs, axis=1, kind="stable")[:, :3]  # the graph's TopK against NumPy's sort
             assert np.array_equal(ids, order) and np.array_equal(top, np.take_along_axis(log_probs, order, axis=1))

@@ -99,3 +99,17 @@ def ctranslate2_translate(folder, batch=1, threads=None):
                                              max_decoding_length=250)
         return [" ".join(result.hypotheses[0]) for result in results]
     return translate
+
+
+def in_fresh_process(script, args, what):
+    """Run ``script --worker ...`` (``args``) in a fresh Python process and return the JSON its last stdout line
+    holds: one configuration per process, so that the worker threads an engine leaves spinning (OpenMP's, ONNX
+    Runtime's) take no cycles from the next one and memory peaks do not mix.  ``what`` names it in an error."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} could not be measured:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
