@@ -20,7 +20,8 @@ Fields (Xu et al. 2020, translation experiments):
     ``multi-bleu.perl`` does (the paper's number);
   * ``ppl``: test perplexity of the gold references (teacher-forced), per
     target token of the model's vocabulary, end of sentence included;
-  * ``params``, ``size_mb`` (checkpoint on disk);
+  * ``params``, ``size_mb`` (checkpoint on disk; with ``-engine onnx`` the
+    graphs used, vocabularies and manifest);
   * ``speed``: beam-5 translation of the test set one sentence at a time
     (sentences/s, target tokens/s);
   * ``memory``: while translating one sentence at a time, in a fresh process:
@@ -29,6 +30,13 @@ Fields (Xu et al. 2020, translation experiments):
     translation (Linux ``VmHWM``, reset just before loading) minus its resident
     memory before loading, i.e. model + decoding memory without the
     Python/PyTorch runtime.
+
+``-engine onnx`` evaluates the ONNX graphs on ONNX Runtime (:mod:`onmt_lma.runtime`,
+CPU): ``-model`` takes ``onmt_lma_export`` folders, or checkpoints, exported once
+beside them as ``CK.onnx/`` (float32 and int8 graphs); with ``-int8`` the int8
+graphs (ONNX Runtime's dynamic quantization) are evaluated, written
+``CK.onnx.int8.eval.json``.  Perplexity then comes from the decoder step's
+log-probabilities of the gold tokens (:meth:`OnnxTranslator.score`).
 """
 
 import argparse
@@ -84,34 +92,61 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1, chunk_lines=50):
+def _onnx_translate(folder, src, beam, batch_size, int8):
+    """The ONNX engine on ``folder`` and a function translating a list of lines (best hypothesis each) with
+    onmt_lma_translate's defaults, as the PyTorch engine is run here (``-max_length 250``)."""
+    from onmt_lma.bin.translate import get_parser
+    from onmt_lma.runtime import OnnxTranslator
+
+    opt = get_parser().parse_args(["-model", str(folder), "-src", str(src), "-max_length", "250"])
+    translator = OnnxTranslator(folder, int8=int8)
+
+    def translate(lines):
+        found = translator.translate(lines, beam, batch_size, opt.max_length, opt.min_length, 1, opt.length_penalty,
+                                     opt.alpha, opt.ban_unk_token, "sents", opt.max_length_ratio)
+        return [hypotheses[0][1] for hypotheses in found]
+    return translate
+
+
+def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1, chunk_lines=50,
+                     engine="pytorch", int8=False):
     """Run in a fresh process: translate ``batch_size`` sentences at a time; speed and peak memory.
 
     The source goes to the engine a chunk of lines at a time, so that a
     progress bar with an ETA can show; the time counts translation only.
     """
-    from onmt.inference_engine import InferenceEnginePY
     import torch
     from tqdm import tqdm
 
     lines = Path(src).read_text(encoding="utf-8").splitlines()
-    opt = _translate_opts(checkpoint, src, output, beam, gpu, batch_size, fixed_length=fixed_length)
+    if engine == "onnx":
+        if gpu >= 0 or fixed_length:
+            raise EvaluationInputError("-engine onnx runs on the CPU, without a fixed output length")
+        import onnxruntime  # noqa: F401  (imported before the memory baseline, as torch is)
+    else:
+        from onmt.inference_engine import InferenceEnginePY
+
+        opt = _translate_opts(checkpoint, src, output, beam, gpu, batch_size, fixed_length=fixed_length)
     before = _status_mb("VmRSS")
     _reset_peak_rss()
     if gpu >= 0:
         torch.cuda.reset_peak_memory_stats()
-    engine = InferenceEnginePY(opt)
+    if engine == "onnx":
+        translate, finish = _onnx_translate(checkpoint, src, beam, batch_size, int8), (lambda: None)
+    else:
+        pytorch = InferenceEnginePY(opt)
+        translate = lambda chunk: [n_best[0] for n_best in pytorch.infer_list(chunk)[1]]  # noqa: E731
+        finish = pytorch.terminate
     seconds, hyps = 0.0, []
     with tqdm(total=len(lines), desc=f"translating {Path(src).name}", unit="sent", mininterval=5,
               file=sys.stderr) as progress:
         for first in range(0, len(lines), chunk_lines):
             chunk = lines[first:first + chunk_lines]
             start = time.perf_counter()
-            _, predictions = engine.infer_list(chunk)
+            hyps += translate(chunk)
             seconds += time.perf_counter() - start
-            hyps += [n_best[0] for n_best in predictions]
             progress.update(len(chunk))
-    engine.terminate()
+    finish()
     Path(output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     if gpu >= 0:
         memory = {"device": "cuda", "measure": "torch.cuda.max_memory_allocated",
@@ -158,6 +193,16 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     return math.exp(-total_log_prob / tokens), tokens
 
 
+def onnx_gold_perplexity(folder, src, tgt, int8, batch_size=32):
+    """:func:`gold_perplexity` of an export folder's graphs on ONNX Runtime."""
+    from onmt_lma.runtime import OnnxTranslator
+
+    sources = Path(src).read_text(encoding="utf-8").splitlines()
+    targets = Path(tgt).read_text(encoding="utf-8").splitlines()
+    total_log_prob, tokens = OnnxTranslator(folder, int8=int8).score(sources, targets, batch_size)
+    return math.exp(-total_log_prob / tokens), tokens
+
+
 def _score(metric, hyps, refs):
     score = metric.corpus_score(hyps, [refs])
     return {"score": score.score, "signature": str(metric.get_signature()), "text": str(score)}
@@ -196,18 +241,26 @@ class CorpusMismatchError(RuntimeError):
     """A checkpoint whose vocabularies do not fit the corpus it is evaluated on."""
 
 
+def model_vocabularies(model):
+    """``{"src": tokens, "tgt": tokens}`` of a checkpoint or an onmt_lma_export folder."""
+    from onmt_lma.checkpoint import checkpoint_loading
+    import torch
+
+    if Path(model).is_dir():
+        return {side: json.loads((Path(model) / f"{side}.vocab.json").read_text(encoding="utf-8"))
+                for side in ("src", "tgt")}
+    with checkpoint_loading(str(model)):
+        return torch.load(model, map_location="cpu")["vocab"]
+
+
 def check_vocabulary(checkpoint, test):
-    """Refuse, before translating, a checkpoint whose source or target vocabulary misses most test tokens.
+    """Refuse, before translating, a model whose source or target vocabulary misses most test tokens.
 
     A word-level model on a SentencePiece corpus (or the reverse, or another
     corpus) translates almost everything as unknown and would otherwise write a
     complete-looking result with BLEU near 0.
     """
-    from onmt_lma.checkpoint import checkpoint_loading
-    import torch
-
-    with checkpoint_loading(str(checkpoint)):
-        vocab = torch.load(checkpoint, map_location="cpu")["vocab"]
+    vocab = model_vocabularies(checkpoint)
     for side, path in (("src", test.src), ("tgt", test.tgt)):
         known = set(vocab[side])
         tokens = Path(path).read_text(encoding="utf-8").split()
@@ -248,6 +301,7 @@ def model_facts(checkpoint):
     learned_lma = learned_lma_layers(ckpt["model"]) if opt.pos_ffn_activation_fn == "lma" else None
     params = sum(t.numel() for t in tensors if t.is_floating_point())
     return {
+        "engine": "pytorch",
         "activation": opt.pos_ffn_activation_fn,
         "lma_segments": getattr(opt, "lma_segments", None),
         "lma_continuous": getattr(opt, "lma_continuous", False),
@@ -264,6 +318,31 @@ def model_facts(checkpoint):
         "learned_lma": learned_lma,
         "quantized": quantized,
     }, params
+
+
+def export_facts(folder, int8):
+    """:func:`model_facts` of an onmt_lma_export folder: its checkpoint's where the folder's manifest names one
+    beside it (by name and sha256), else what the manifest records (``params`` then None)."""
+    from onmt_lma.files import sha256_of
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    checkpoint = Path(folder).parent / manifest["checkpoint"]
+    if checkpoint.is_file() and sha256_of(checkpoint) == manifest["checkpoint_sha256"]:
+        model, params = model_facts(checkpoint)
+    else:
+        model = {"activation": manifest["activation"], "hidden_size": manifest["hidden_size"],
+                 "dec_layers": manifest["layers"], "kd_teacher": None, "quantized": None}
+        params = None
+    model.update(engine="onnx", exported_from=manifest["checkpoint"],
+                 quantized="int8 (ONNX Runtime dynamic)" if int8 else model["quantized"])
+    return model, params
+
+
+def export_size_mb(folder, int8):
+    """What an ONNX deployment of ``folder`` ships: the graphs used, the vocabularies and the manifest."""
+    suffix = ".int8.onnx" if int8 else ".onnx"
+    names = [f"encoder{suffix}", f"decoder_step{suffix}", "src.vocab.json", "tgt.vocab.json", "manifest.json"]
+    return sum((Path(folder) / name).stat().st_size for name in names) / 2**20
 
 
 def learned_lma_layers(state):
@@ -345,10 +424,15 @@ def prepared_test_set(corpus_dir):
 
 
 def checkpoint_corpus(checkpoint):
-    """The prepared corpus whose vocabularies ``checkpoint`` was trained with (None if not one of data_prep)."""
+    """The prepared corpus whose vocabularies ``checkpoint`` was trained with (None if not one of data_prep);
+    for an export folder, that of the checkpoint beside it that it was exported from."""
     from onmt_lma.checkpoint import checkpoint_loading
     import torch
 
+    if Path(checkpoint).is_dir():
+        exported_from = Path(checkpoint).parent / json.loads((Path(checkpoint) / "manifest.json").read_text())[
+            "checkpoint"]
+        return checkpoint_corpus(exported_from) if exported_from.is_file() else None
     with checkpoint_loading(str(checkpoint)):
         opt = torch.load(checkpoint, map_location="cpu")["opt"]
     folder = Path(getattr(opt, "src_vocab", None) or ".").parent
@@ -394,7 +478,9 @@ def evaluation_inputs(checkpoint, test):
     from onmt_lma.files import sha256_of
 
     manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
-    inputs = {"checkpoint_sha256": sha256_of(checkpoint), "corpus_key": manifest.get("key")}
+    model = ({"export_sha256": sha256_of(Path(checkpoint) / "manifest.json")} if Path(checkpoint).is_dir()
+             else {"checkpoint_sha256": sha256_of(checkpoint)})  # an export's manifest holds its files' sha256
+    inputs = {**model, "corpus_key": manifest.get("key")}
     inputs.update({f"{role}_sha256": sha256_of(path) for role, path in test.files.items() if role != "corpus"})
     return inputs
 
@@ -412,12 +498,19 @@ def kept_result(out, checkpoint, test):
     return True
 
 
-def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=None):
-    """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``); write ``out``."""
+def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=None, engine="pytorch", int8=False):
+    """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``); write ``out``.
+
+    ``engine`` "onnx": ``checkpoint`` is an onmt_lma_export folder, evaluated on ONNX Runtime (its int8 graphs
+    with ``int8``)."""
     checkpoint, out = Path(checkpoint), Path(out)
     test = test or prepared_test_set(corpus_dir)
-    if not checkpoint.is_file():
-        raise EvaluationInputError(f"checkpoint {checkpoint} does not exist")
+    onnx = engine == "onnx"
+    if onnx and gpu >= 0:
+        raise EvaluationInputError(f"-gpu {gpu}: -engine onnx runs on the CPU")
+    if not (checkpoint.is_dir() and (checkpoint / "manifest.json").is_file() if onnx else checkpoint.is_file()):
+        raise EvaluationInputError(f"{'export folder' if onnx else 'checkpoint'} {checkpoint} does not exist"
+                                   + (" or has no manifest.json (make it with onmt_lma_export)" if onnx else ""))
     manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
     check_vocabulary(checkpoint, test)
     started = time.time()
@@ -430,7 +523,8 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         logger.info("%s: translating %s (%d sentences, beam %d)", checkpoint, test.name, len(sources), beam)
         worker = subprocess.run(
             [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(test.src),
-             str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size)],
+             str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size),
+             "--engine", engine] + ["--int8"] * (onnx and int8),
             stdout=subprocess.PIPE, text=True,  # its progress and errors go to our stderr
         )
         if worker.returncode != 0:
@@ -442,8 +536,12 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         raise RuntimeError(f"{len(hyps)} translations for {len(sources)} test sentences")
     hyp_tok, hyp_detok = postprocess(hyps, test.corpus_dir)
     scores = text_scores(hyp_tok, hyp_detok, test.ref_tok, test.ref_detok)
-    ppl, ppl_tokens = gold_perplexity(checkpoint, test.src, test.tgt, gpu)
-    model, params = model_facts(checkpoint)
+    if onnx:
+        ppl, ppl_tokens = onnx_gold_perplexity(checkpoint, test.src, test.tgt, int8)
+        (model, params), size_mb = export_facts(checkpoint, int8), export_size_mb(checkpoint, int8)
+    else:
+        ppl, ppl_tokens = gold_perplexity(checkpoint, test.src, test.tgt, gpu)
+        (model, params), size_mb = model_facts(checkpoint), checkpoint.stat().st_size / 2**20
     if model["kd_teacher"]:
         model["kd_teacher"] = portable(model["kd_teacher"])
     target_tokens = sum(len(h.split()) for h in hyps)
@@ -457,10 +555,11 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         "test_sentences": len(sources),
         "model": model,
         "params": params,
-        "size_mb": checkpoint.stat().st_size / 2**20,
+        "size_mb": size_mb,
         **scores,
         "ppl": ppl,
         "ppl_tokens": ppl_tokens,
+        "engine": engine,
         "beam": beam,
         "speed": {
             "batch": "one sentence at a time" if batch_size == 1 else f"{batch_size} sentences at a time",
@@ -510,9 +609,12 @@ def get_parser():
     group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),
               default=1, help="sentences translated at a time (default 1: the paper's speed measure)")
+    group.add("--engine", "-engine", choices=("pytorch", "onnx"), default="pytorch",
+              help="pytorch: OpenNMT-py's translator; onnx: ONNX Runtime on onmt_lma_export folders (-model a folder, "
+              "or a checkpoint, exported once beside it as CK.onnx/ with float32 and int8 graphs)")
     group.add("--int8", "-int8", action="store_true",
-              help="evaluate each checkpoint's int8 version (onmt_lma_quantize -embeddings, written beside it as "
-              "CK.int8.pt and kept)")
+              help="evaluate each model's int8 version: -engine pytorch, onmt_lma_quantize -embeddings (written "
+              "beside the checkpoint as CK.int8.pt and kept); -engine onnx, the export's int8 graphs")
     group.add("--force", "-force", action="store_true", help="replace existing results")
     group.add("--log_file", "-log_file", default="", help="also log to this file")
     return parser
@@ -537,9 +639,10 @@ def summary_table(rows):
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, r in rows:
         tok = f"{r['bleu_tok']['score']:.2f}" if r.get("bleu_tok") else "–"
+        params = "–" if r["params"] is None else f"{r['params'] / 1e6:.2f} M"
         lines.append(f"| {model} | {r['model']['activation']} | {r['bleu']['score']:.2f} | {r['chrf']['score']:.2f} "
                      f"| {tok} | {r['ppl']:.2f} | {r['speed']['sentences_per_s']:.1f} | "
-                     f"{r['memory']['peak_mb']:.0f} | {r['params'] / 1e6:.2f} M | {r['size_mb']:.1f} |")
+                     f"{r['memory']['peak_mb']:.0f} | {params} | {r['size_mb']:.1f} |")
     signatures = {r["bleu"]["signature"] for _, r in rows} | {r["chrf"]["signature"] for _, r in rows}
     return "\n".join(lines + [""] + sorted(signatures))
 
@@ -557,8 +660,35 @@ def int8_version(model, force=False):
     return str(out)
 
 
+def onnx_export_of(model, force=False):
+    """An export folder as it is; for a checkpoint ``CK``, ``CK.onnx/`` beside it (onmt_lma_export with int8
+    graphs), made again when missing, incomplete or exported from another version of ``CK``."""
+    import shutil
+
+    from onmt_lma import export
+    from onmt_lma.files import sha256_of
+
+    if Path(model).is_dir():
+        return Path(model)
+    out = Path(f"{model}.onnx")
+    manifest = out / "manifest.json"
+    if (not force and manifest.is_file() and json.loads(manifest.read_text()).get("format") == export.FORMAT
+            and json.loads(manifest.read_text())["checkpoint_sha256"] == sha256_of(model)):
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        export.export(model, partial, int8=True)
+    except export.ExportError as error:
+        raise EvaluationInputError(f"-engine onnx: {error}") from None
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
 def run_command(opt):
     from onmt_lma.checkpoint import CheckpointError
+    from onmt_lma.export import ExportError
 
     if (opt.src is None) != (opt.ref is None):
         raise EvaluationInputError("-src and -ref go together (a raw test set), or neither (-corpus's test split)")
@@ -566,16 +696,29 @@ def run_command(opt):
         raise EvaluationInputError("give -corpus DIR (its test split) or -src FILE -ref FILE (any raw test set)")
     if opt.ref_tok and opt.src is None:
         raise EvaluationInputError("-ref_tok goes with -src/-ref (a prepared corpus has its own)")
+    onnx = opt.engine == "onnx"
+    if onnx and opt.gpu >= 0:
+        raise EvaluationInputError(f"-gpu {opt.gpu}: -engine onnx runs on the CPU")
     for model in opt.models:
-        if not Path(model).is_file():
+        if onnx and Path(model).is_dir():
+            if not (Path(model) / "manifest.json").is_file():
+                raise EvaluationInputError(f"-model {model}: a folder without manifest.json; make an export folder "
+                                           "with onmt_lma_export")
+        elif Path(model).is_dir():
+            raise EvaluationInputError(f"-model {model} is a folder: an onmt_lma_export folder needs -engine onnx")
+        elif not Path(model).is_file():
             raise EvaluationInputError(f"-model {model}: no such checkpoint")
-    if opt.int8:
+    if onnx:
+        opt.models = [str(onnx_export_of(model, opt.force)) for model in opt.models]
+    elif opt.int8:
         opt.models = [int8_version(model, opt.force) for model in opt.models]
-    paths = result_paths(opt.models, None if opt.src is None else Path(opt.src).name, opt.out)
+    # an export's float32 and int8 evaluations: DIR.eval.json and DIR.int8.eval.json
+    names = [f"{model}.int8" if onnx and opt.int8 else model for model in opt.models]
+    paths = result_paths(names, None if opt.src is None else Path(opt.src).name, opt.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tests, corpora = {}, {}
-        for model, out in zip(opt.models, paths):
+        for model, name, out in zip(opt.models, names, paths):
             corpus = corpora[model] = opt.corpus if opt.src is None else (opt.corpus or checkpoint_corpus(model))
             if corpus is None:
                 raise EvaluationInputError(
@@ -591,7 +734,7 @@ def run_command(opt):
                     tests[key] = raw_test_set(opt.src, opt.ref, opt.ref_tok, corpus, folder)
             test = tests[key]
             check_vocabulary(model, test)  # every checkpoint refused before any translation
-        for model, out in zip(opt.models, paths):
+        for model, name, out in zip(opt.models, names, paths):
             corpus = corpora[model]
             test = tests[Path(corpus).resolve()]
             if out.exists() and not opt.force and kept_result(out, model, test):
@@ -599,13 +742,14 @@ def run_command(opt):
                 result = json.loads(out.read_text())
             else:
                 try:
-                    result = evaluate(model, corpus, out, opt.beam_size, opt.gpu, opt.eval_batch_size, test=test)
-                except CheckpointError as error:
+                    result = evaluate(model, corpus, out, opt.beam_size, opt.gpu, opt.eval_batch_size, test=test,
+                                      engine=opt.engine, int8=opt.int8)
+                except (CheckpointError, ExportError) as error:
                     raise EvaluationInputError(str(error)) from None
                 logger.info("%s: BLEU %.2f, chrF %.2f, ppl %.2f, %.1f sent/s, memory %.0f MB", out,
                             result["bleu"]["score"], result["chrf"]["score"], result["ppl"],
                             result["speed"]["sentences_per_s"], result["memory"]["peak_mb"])
-            rows.append((model, result))
+            rows.append((name, result))
     print(summary_table(rows))
     return rows
 
@@ -620,20 +764,23 @@ def main(argv=None):
         worker.add_argument("--gpu", type=int, default=-1)
         worker.add_argument("--batch-size", type=int, default=1)
         worker.add_argument("--fixed-length", type=int)
+        worker.add_argument("--engine", choices=("pytorch", "onnx"), default="pytorch")
+        worker.add_argument("--int8", action="store_true")
         args = worker.parse_args(argv[1:])
         print(json.dumps(translate_worker(args.checkpoint, args.src, args.out_hyp, args.beam, args.gpu,
-                                          args.fixed_length, args.batch_size)))
+                                          args.fixed_length, args.batch_size, engine=args.engine, int8=args.int8)))
         return
     from onmt.utils.logging import init_logger
 
     from onmt_lma.checkpoint import CheckpointError
+    from onmt_lma.export import ExportError
 
     parser = get_parser()
     opt = parser.parse_args(argv)
     init_logger(opt.log_file)
     try:
         run_command(opt)
-    except (EvaluationInputError, CorpusMismatchError, CheckpointError) as error:
+    except (EvaluationInputError, CorpusMismatchError, CheckpointError, ExportError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

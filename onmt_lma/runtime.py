@@ -238,6 +238,36 @@ class OnnxTranslator:
         profile["sentences"] += count
         return results
 
+    def score(self, sources, targets, batch_size=32):
+        """Teacher-forced log-probability of each ``targets`` line (its tokens, then the end token) given its
+        source line: ``(sum of the log-probabilities, number of target tokens)``, for perplexity; what
+        OpenNMT-py's translator scores with ``-tgt`` (its ``_score_target``), here from the decoder step's
+        ``log_probs``, one gold token a step."""
+        special, m = self.special, self.manifest
+        tgt_ids = {token: i for i, token in enumerate(self.tgt_tokens)}
+        total, count = 0.0, 0
+        for batch in batches(sources, batch_size):
+            memory_bias, *cross = self._encode([sources[i] for i in batch])
+            gold = [[tgt_ids.get(token, special["unk"]) for token in targets[i].split()] + [special["eos"]]
+                    for i in batch]
+            lengths = np.array([len(ids) for ids in gold])
+            padded = np.full((len(batch), lengths.max()), special["pad"], dtype=np.int64)
+            for row, ids in enumerate(gold):
+                padded[row, : len(ids)] = ids
+            fed = np.concatenate([np.full((len(batch), 1), special["bos"], dtype=np.int64), padded[:, :-1]], axis=1)
+            own = [np.zeros((len(batch), m["heads"], 0, m["head_dim"]), dtype=np.float32)] * len(self.self_names)
+            rows = np.arange(len(batch))
+            for step in range(padded.shape[1]):  # a finished line's later steps are computed and not counted
+                log_probs, *own = self.decoder.run(
+                    ["log_probs", *self.grown_names],
+                    {"token": fed[:, step], "step": np.array([step], dtype=np.int64), "memory_bias": memory_bias,
+                     **dict(zip(self.cross_names, cross)), **dict(zip(self.self_names, own)),
+                     "k": np.array([1], dtype=np.int64)})
+                counted = step < lengths
+                total += float(log_probs[rows, padded[:, step]][counted].sum(dtype=np.float64))
+                count += int(counted.sum())
+        return total, count
+
     def _text(self, ids):
         tokens = [self.tgt_tokens[i] for i in ids]
         if tokens and tokens[-1] == self.tgt_tokens[self.special["eos"]]:

@@ -6,6 +6,10 @@ For each trained student (``--student relu=CK --student lma=CK``, training check
 
 * ``fp32`` -- the checkpoint as trained (every configuration evaluated without optimizer state);
 * ``int8 post-training`` -- ``onmt_lma_quantize -embeddings`` (int8 linear layers and embeddings);
+* ``fp32 (ONNX Runtime)`` and ``int8 post-training (ONNX Runtime)`` -- the checkpoint's
+  ``onmt_lma_export`` graphs, float32 and with ONNX Runtime's dynamic int8 quantization of the matrix
+  products, translated by ``-engine onnx`` (the deployment route; the float32 row separates the engine's
+  speed from int8's);
 * ``fp32 fine-tuned`` -- the same ``--steps`` of distillation as the quantization-aware runs, without
   quantization: the control that separates "more training" from "quantized";
 * ``B-bit QAT`` -- ``-train_from CK -quant_bits B`` for ``--steps`` steps, distilled from the teacher
@@ -14,7 +18,8 @@ For each trained student (``--student relu=CK --student lma=CK``, training check
 
 Each configuration is evaluated by ``onmt_lma.evaluate`` on the corpus's test set (beam 5, one
 sentence at a time: sacreBLEU, tokenized BLEU, chrF, perplexity, size, speed, peak memory), one after
-another in this run.  The table gives every student's rows and, with both ``relu`` and ``lma``, LMA's
+another in this run, configuration by configuration (both students before the next one; the cheap ones
+first, then 4-bit, the control, the other bit widths), so that a stopped run has paired rows.  The table gives every student's rows and, with both ``relu`` and ``lma``, LMA's
 gap to ReLU in each configuration (the paper's claim: it holds or grows under quantization).
 
 Goals (stated before the runs): int8 post-training within 0.3 BLEU of fp32, at least 1.5x faster and
@@ -68,10 +73,21 @@ def training_step(checkpoint):
     return int(state["optim"]["training_step"]) - 1, state["opt"].pos_ffn_activation_fn
 
 
+ONNX_FP32, ONNX_INT8 = "fp32 (ONNX Runtime)", "int8 post-training (ONNX Runtime)"
+
+
 def configurations(bits):
-    """``{name: quantization-aware bits, None for float, "int8" for post-training}`` in table order."""
-    return {"fp32": None, "int8 post-training": "int8", "fp32 fine-tuned": 0,
-            **{f"{b}-bit QAT": b for b in bits}}
+    """``{name: quantization-aware bits, None for float, "int8" for post-training, "onnx"/"onnx int8" for the
+    export's graphs}`` in table order."""
+    return {"fp32": None, "int8 post-training": "int8", ONNX_FP32: "onnx", ONNX_INT8: "onnx int8",
+            "fp32 fine-tuned": 0, **{f"{b}-bit QAT": b for b in bits}}
+
+
+def run_order(bits):
+    """The configurations' names, cheapest and most asked-for first (the 4-bit goal before the control)."""
+    names = list(configurations(bits))
+    first = names[:4] + [f"{b}-bit QAT" for b in bits if b == 4] + ["fp32 fine-tuned"]
+    return first + [name for name in names if name not in first]
 
 
 def fine_tune(label, checkpoint, bits, args):
@@ -104,13 +120,16 @@ def exported(checkpoint, bits):
 
 
 def model_for(label, checkpoint, setting, args):
-    """The checkpoint evaluated for one configuration (trained, quantized or exported on the way)."""
-    from onmt_lma.evaluate import int8_version
+    """The checkpoint (or export folder) evaluated for one configuration (trained, quantized or exported on
+    the way)."""
+    from onmt_lma.evaluate import int8_version, onnx_export_of
 
     if setting is None:  # in the runs folder, so that the evaluation's files go there
         return model_only(checkpoint, args.runs / label / checkpoint.name)
     if setting == "int8":
         return Path(int8_version(model_for(label, checkpoint, None, args)))
+    if setting in ("onnx", "onnx int8"):  # LABEL/model_step_N.pt.onnx/, float32 and int8 graphs
+        return onnx_export_of(model_for(label, checkpoint, None, args))
     tuned = fine_tune(label, checkpoint, setting, args)
     return exported(tuned, setting) if setting else model_only(tuned, tuned.with_suffix(".float32.pt"))
 
@@ -128,12 +147,16 @@ def model_only(checkpoint, out):
 def run(args):
     from onmt_lma import evaluate
 
-    for label, checkpoint in args.student:
-        for name, setting in configurations(args.bits).items():
+    settings = configurations(args.bits)
+    for name in run_order(args.bits):
+        for label, checkpoint in args.student:
+            setting = settings[name]
             model = model_for(label, checkpoint, setting, args)
-            out = Path(f"{model}.eval.json")
+            int8 = setting == "onnx int8"
+            out = Path(f"{model}.int8.eval.json" if int8 else f"{model}.eval.json")
             if not out.is_file():
-                evaluate.evaluate(model, args.data, out, beam=5, batch_size=1)
+                evaluate.evaluate(model, args.data, out, beam=5, batch_size=1,
+                                  engine="onnx" if setting in ("onnx", "onnx int8") else "pytorch", int8=int8)
             print(f"[quant] {label}, {name}: {json.loads(out.read_text())['bleu']['score']:.2f} BLEU", flush=True)
 
 
@@ -152,8 +175,12 @@ def configuration_of(relative, steps):
     """The configuration an evaluation file belongs to, from where :func:`run` put it (fine-tuned runs of
     ``steps`` steps only: LABEL_KIND_STEPS)."""
     folder, file = relative.parts[0], relative.name
-    if "_" not in folder:  # LABEL/model_step_N.pt[.int8.pt].eval.json
-        return "int8 post-training" if file.endswith(".int8.pt.eval.json") else "fp32"
+    if "_" not in folder:  # LABEL/model_step_N.pt[.int8.pt|.onnx|.onnx.int8].eval.json
+        for ending, name in ((".int8.pt.eval.json", "int8 post-training"), (".onnx.eval.json", ONNX_FP32),
+                             (".onnx.int8.eval.json", ONNX_INT8)):
+            if file.endswith(ending):
+                return name
+        return "fp32"
     _, kind, run_steps = folder.split("_")
     if run_steps != str(steps):
         return None
@@ -170,6 +197,10 @@ def row(evaluation, base):
             "sentences_per_s": speed, "memory_mb": evaluation["memory"]["peak_mb"],
             "bleu_vs_fp32": evaluation["bleu"]["score"] - base["bleu"]["score"],
             "speedup": speed / base["speed"]["sentences_per_s"], "smaller": base["size_mb"] / evaluation["size_mb"]}
+
+
+def met(holds):
+    return "met" if holds else "missed"
 
 
 def report(args):
@@ -192,17 +223,21 @@ def report(args):
             for name in order if name in table["lma"] and name in table["relu"])]
     goals = []
     for label, rows in table.items():
-        int8, four = rows.get("int8 post-training"), rows.get("4-bit QAT")
-        if int8:
-            goals.append(f"- {label}, int8 post-training: BLEU {int8['bleu_vs_fp32']:+.2f} (goal within "
-                         f"{GOALS['int8_bleu']}: {'met' if int8['bleu_vs_fp32'] >= -GOALS['int8_bleu'] else 'missed'}), "
-                         f"speed {int8['speedup']:.2f}x (goal {GOALS['int8_speedup']}x: "
-                         f"{'met' if int8['speedup'] >= GOALS['int8_speedup'] else 'missed'}), "
-                         f"{int8['smaller']:.1f}x smaller (goal {GOALS['int8_smaller']}x: "
-                         f"{'met' if int8['smaller'] >= GOALS['int8_smaller'] else 'missed'})")
+        for name in ("int8 post-training", ONNX_INT8):
+            int8 = rows.get(name)
+            if int8:
+                versus_onnx = (f", {int8['sentences_per_s'] / rows[ONNX_FP32]['sentences_per_s']:.2f}x ONNX Runtime "
+                               "float32" if name == ONNX_INT8 and ONNX_FP32 in rows else "")
+                goals.append(
+                    f"- {label}, {name}: BLEU {int8['bleu_vs_fp32']:+.2f} (goal within {GOALS['int8_bleu']}: "
+                    f"{met(int8['bleu_vs_fp32'] >= -GOALS['int8_bleu'])}), speed {int8['speedup']:.2f}x PyTorch "
+                    f"float32 (goal {GOALS['int8_speedup']}x: {met(int8['speedup'] >= GOALS['int8_speedup'])})"
+                    f"{versus_onnx}, {int8['smaller']:.1f}x smaller (goal {GOALS['int8_smaller']}x: "
+                    f"{met(int8['smaller'] >= GOALS['int8_smaller'])})")
+        four = rows.get("4-bit QAT")
         if four:
             goals.append(f"- {label}, 4-bit QAT: BLEU {four['bleu_vs_fp32']:+.2f} vs fp32 (goal within "
-                         f"{GOALS['4bit_bleu']}: {'met' if four['bleu_vs_fp32'] >= -GOALS['4bit_bleu'] else 'missed'})")
+                         f"{GOALS['4bit_bleu']}: {met(four['bleu_vs_fp32'] >= -GOALS['4bit_bleu'])})")
     sources = {label: {name: e["evaluated"].relative_to(args.runs).as_posix().removesuffix(".eval.json")
                        for name, e in by_name.items()} for label, by_name in results.items()}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +245,8 @@ def report(args):
                                                    "rows": table, "checkpoints": sources}, indent=1) + "\n")
     text = ("# Quantization of trained students: int8 post-training and quantization-aware distillation\n\n"
             f"`python scripts/quant_study.py`: each student as trained (fp32), int8 post-training "
-            f"(`onmt_lma_quantize -embeddings`), {args.steps} more steps of distillation without (fp32 fine-tuned, "
+            f"(`onmt_lma_quantize -embeddings`), its ONNX graphs float32 and int8 on ONNX Runtime "
+            f"(`onmt_lma_evaluate -engine onnx [-int8]`), {args.steps} more steps of distillation without (fp32 fine-tuned, "
             "the control) and with quantization-aware training at each bit width (buckets of 256, exported as packed "
             "codes); test set, beam 5, one sentence at a time, evaluated one after another in one run "
             "(`onmt_lma.evaluate`; memory: the translating process's peak resident memory above what it held before "

@@ -71,6 +71,51 @@ def test_an_int8_evaluation_quantizes_beside_the_checkpoint_and_says_so(evaluate
 
 
 @pytest.mark.integration
+def test_an_onnx_evaluation_of_the_export_scores_what_the_checkpoint_scores(evaluated, corpus_dir):
+    """-engine onnx exports the checkpoint once beside it (CK.onnx/) and evaluates its graphs on ONNX Runtime:
+    the same beam-5 translations and, from the decoder step's log-probabilities of the gold tokens, the same
+    perplexity as OpenNMT-py's teacher-forced scoring; -int8 evaluates the int8 graphs of that folder."""
+    checkpoint, result, out = evaluated
+    run("onmt_lma_evaluate", "-model", checkpoint, "-corpus", corpus_dir, "-engine", "onnx")
+    folder = checkpoint.parent / f"{checkpoint.name}.onnx"
+    exported = json.loads((folder / "manifest.json").read_text())
+    onnx = json.loads((folder.parent / f"{folder.name}.eval.json").read_text())
+    assert onnx["engine"] == "onnx" and result["engine"] == "pytorch"
+    assert onnx["model"]["engine"] == "onnx" and onnx["model"]["activation"] == "lma"
+    assert onnx["model"]["quantized"] is None and onnx["model"]["train_steps"] == 12
+    assert (folder.parent / f"{folder.name}.eval.hyp.detok.en").read_text() == \
+        (out.parent / "model_step_12.pt.eval.hyp.detok.en").read_text()
+    assert onnx["bleu"] == result["bleu"] and onnx["chrf"] == result["chrf"]
+    assert onnx["ppl_tokens"] == result["ppl_tokens"] and onnx["ppl"] == pytest.approx(result["ppl"], rel=1e-4)
+    assert onnx["params"] == result["params"] and onnx["inputs"]["export_sha256"]
+    shipped = ["encoder.onnx", "decoder_step.onnx", "src.vocab.json", "tgt.vocab.json", "manifest.json"]
+    assert onnx["size_mb"] == pytest.approx(sum((folder / n).stat().st_size for n in shipped) / 2**20)
+    assert onnx["memory"]["peak_mb"] > 0 and onnx["speed"]["sentences_per_s"] > 0
+
+    run("onmt_lma_evaluate", "-model", folder, "-corpus", corpus_dir, "-engine", "onnx", "-int8")
+    assert json.loads((folder / "manifest.json").read_text()) == exported  # a folder is used as it is
+    int8 = json.loads((folder.parent / f"{folder.name}.int8.eval.json").read_text())
+    assert int8["model"]["quantized"] == "int8 (ONNX Runtime dynamic)" and int8["engine"] == "onnx"
+    assert int8["size_mb"] < onnx["size_mb"] and int8["ppl_tokens"] == onnx["ppl_tokens"]
+    assert int8["ppl"] != onnx["ppl"] and int8["ppl"] == pytest.approx(onnx["ppl"], rel=0.1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case, message", [
+    ("gpu", "-gpu 0: -engine onnx runs on the CPU"),
+    ("no manifest", "a folder without manifest.json; make an export folder with onmt_lma_export"),
+    ("folder for pytorch", "is a folder: an onmt_lma_export folder needs -engine onnx"),
+])
+def test_bad_onnx_evaluation_input_is_one_line(evaluated, corpus_dir, tmp_path, case, message):
+    checkpoint, _, _ = evaluated
+    args = {"gpu": [checkpoint, "-engine", "onnx", "-gpu", "0"], "no manifest": [tmp_path, "-engine", "onnx"],
+            "folder for pytorch": [tmp_path]}[case]
+    result = run("onmt_lma_evaluate", "-model", *args, "-corpus", corpus_dir, expect_ok=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "translating" not in result.stderr
+
+
+@pytest.mark.integration
 def test_bleu_and_chrf_match_sacrebleu_called_directly(evaluated, corpus_dir):
     _, result, out = evaluated
     hyps = (out.parent / "model_step_12.pt.eval.hyp.detok.en").read_text().splitlines()

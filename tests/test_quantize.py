@@ -217,17 +217,24 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "qat.json").read_text())
     rows = result["rows"]["lma"]
-    assert list(rows) == ["fp32", "int8 post-training", "fp32 fine-tuned", "4-bit QAT"]
+    assert list(rows) == ["fp32", "int8 post-training", "fp32 (ONNX Runtime)", "int8 post-training (ONNX Runtime)",
+                          "fp32 fine-tuned", "4-bit QAT"]
     assert result["checkpoints"]["lma"]["4-bit QAT"] == "lma_qat4_4/model_step_34.4bit.pt"  # 30 + 4 steps, exported
     fp32 = json.loads((tmp_path / "runs" / "lma" / f"{lma_student.name}.eval.json").read_text())
     assert rows["fp32"]["bleu"] == fp32["bleu"]["score"] and rows["fp32"]["speedup"] == 1.0
     assert load(tmp_path / "runs" / "lma" / lma_student.name)["optim"] is None  # sizes without the optimizer
     assert rows["int8 post-training"]["smaller"] > 1.5 and rows["4-bit QAT"]["smaller"] > 1.5
     assert rows["fp32 fine-tuned"]["smaller"] == pytest.approx(1.0, abs=0.01)
+    # the export's float32 graphs translate as the checkpoint does; their int8 graphs are smaller
+    assert rows["fp32 (ONNX Runtime)"]["bleu"] == rows["fp32"]["bleu"]
+    assert rows["fp32 (ONNX Runtime)"]["ppl"] == pytest.approx(rows["fp32"]["ppl"], rel=1e-4)
+    assert rows["int8 post-training (ONNX Runtime)"]["size_mb"] < rows["fp32 (ONNX Runtime)"]["size_mb"]
+    assert result["checkpoints"]["lma"]["int8 post-training (ONNX Runtime)"] == f"lma/{lma_student.name}.onnx.int8"
     qat_log = (tmp_path / "runs" / "lma_qat4_4" / "train.log").read_text()
     assert "with 4-bit weights (buckets of 256)" in qat_log and "Distilling from teacher" in qat_log
     table = (tmp_path / "out" / "qat.md").read_text()
-    assert table.count("| lma |") == 4 and "4-bit QAT: BLEU" in table
+    assert table.count("| lma |") == 6 and "4-bit QAT: BLEU" in table
+    assert "int8 post-training (ONNX Runtime): BLEU" in table and "x ONNX Runtime float32" in table
     assert "tmp" not in (tmp_path / "out" / "qat.json").read_text() + table  # paths relative to the runs folder
 
     again = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
