@@ -101,6 +101,26 @@ def test_an_onnx_evaluation_of_the_export_scores_what_the_checkpoint_scores(eval
 
 
 @pytest.mark.integration
+def test_a_checkpoints_onnx_export_is_made_once_and_again_when_the_checkpoint_changed(evaluated, tmp_path):
+    import shutil
+
+    from onmt_lma.average import average, save
+    from onmt_lma.evaluate import onnx_export_of
+
+    checkpoint, _, _ = evaluated
+    copy = tmp_path / "model.pt"
+    shutil.copy(checkpoint, copy)
+    folder = onnx_export_of(copy)
+    assert folder == tmp_path / "model.pt.onnx" and not (tmp_path / "model.pt.onnx.partial").exists()
+    made = (folder / "manifest.json").stat().st_mtime_ns
+    assert onnx_export_of(copy) == folder and (folder / "manifest.json").stat().st_mtime_ns == made  # kept
+    save(average([checkpoint], float16=True), copy)  # another checkpoint under the same name
+    assert onnx_export_of(copy) == folder
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("case, message", [
     ("gpu", "-gpu 0: -engine onnx runs on the CPU"),
     ("no manifest", "a folder without manifest.json; make an export folder with onmt_lma_export"),
