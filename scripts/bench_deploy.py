@@ -29,8 +29,8 @@ import torch
 from onmt_lma import plugin  # noqa: F401  (installs)
 from onmt_lma import average, ct2, export
 from onmt_lma.evaluate import postprocess
-from onmt_lma.study.benchmark import (ctranslate2_translate, in_fresh_process, machine, onnx_translate,
-                                      pytorch_translate)
+from onmt_lma.study.benchmark import (ctranslate2_translate, in_fresh_process, machine, model_names,
+                                      onnx_translate, pytorch_translate, shown_path)
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (1, 32)
@@ -118,24 +118,26 @@ def main():
     references = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()[: args.sentences]
     rows, sizes, models = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        for checkpoint in args.checkpoints:
-            folder = Path(tmp) / checkpoint.stem
+        for number, (checkpoint, name) in enumerate(zip(args.checkpoints, model_names(args.checkpoints))):
+            work = Path(tmp) / str(number)
+            work.mkdir()
+            folder = work / checkpoint.stem
             manifest = export.export(checkpoint, folder, int8=True)
-            stripped = Path(tmp) / f"{checkpoint.stem}.fp32.pt"
+            stripped = work / f"{checkpoint.stem}.fp32.pt"
             average.save(average.average([checkpoint]), stripped)
             graphs = {"onnx float32": sum((folder / n).stat().st_size for n in manifest["files"]
                                           if n.endswith(".onnx") and not n.endswith(".int8.onnx")),
                       "onnx int8": sum((folder / n).stat().st_size for n in manifest["files"]
                                        if n.endswith(".int8.onnx"))}
-            sizes[checkpoint.name] = {"checkpoint float32 (model + options)": stripped.stat().st_size, **graphs}
-            label = f"{checkpoint.name} ({manifest['activation']}, {manifest['hidden_size']}-dim)"
+            sizes[name] = {"checkpoint float32 (model + options)": stripped.stat().st_size, **graphs}
+            label = f"{name} ({manifest['activation']}, {manifest['hidden_size']}-dim)"
             paths = {}
             convertible = manifest["activation"] in ct2.CT2_ACTIVATIONS
             if convertible:  # CTranslate2's runtime, for the activations it has
                 for quantization in (None, "int8"):
-                    ct2.convert(checkpoint, Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}", quantization)
-                sizes[checkpoint.name].update({
-                    f"CTranslate2 {q or 'float32'}": (Path(tmp) / f"{checkpoint.stem}.ct2.{q}" / "model.bin").stat().st_size
+                    ct2.convert(checkpoint, work / f"{checkpoint.stem}.ct2.{quantization}", quantization)
+                sizes[name].update({
+                    f"CTranslate2 {q or 'float32'}": (work / f"{checkpoint.stem}.ct2.{q}" / "model.bin").stat().st_size
                     for q in (None, "int8")})
             for batch in BATCHES:
                 paths[("OpenNMT-py (PyTorch)", batch)] = checkpoint
@@ -143,7 +145,7 @@ def main():
                 if convertible:
                     for quantization in (None, "int8"):
                         paths[(f"CTranslate2 {quantization or 'float32'}", batch)] = (
-                            Path(tmp) / f"{checkpoint.stem}.ct2.{quantization}")
+                            work / f"{checkpoint.stem}.ct2.{quantization}")
             models.append((label, manifest, paths))
         # every configuration of every model in turn, each in a fresh process, repeat after repeat: ratios
         # across models (an LMA student against CTranslate2 on a ReLU one) are measured side by side
@@ -203,7 +205,7 @@ def main():
     (args.out / "deploy.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "deploy.md").write_text(
         "# Deployment: OpenNMT-py against onmt-lma's ONNX Runtime engine\n\n"
-        f"`python scripts/bench_deploy.py {' '.join(c.name for c in args.checkpoints)} --sentences {len(sources)} "
+        f"`python scripts/bench_deploy.py {' '.join(shown_path(c, REPO) for c in args.checkpoints)} --sentences {len(sources)} "
         f"--repeats {args.repeats}`: the first {len(sources)} sentences of {args.data.name}'s test set, beam 5, "
         "every configuration of every model timed in turn, each in a fresh process (after loading and 5 "
         f"sentences of warm-up), repeat after repeat (median of {args.repeats}); sacreBLEU against the detokenized "

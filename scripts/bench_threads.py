@@ -95,11 +95,14 @@ def main(argv=None):
                      "vs_ct2_same_threads": statistics.median(same), "vs_ct2_best": statistics.median(best)})
     from onmt_lma.study.benchmark import machine
 
-    result = {"relu": args.relu.name, "lma": args.lma.name, "sentences": len(lines), "repeats": args.repeats,
+    from onmt_lma.study.benchmark import shown_path
+
+    relu, lma = shown_path(args.relu, REPO), shown_path(args.lma, REPO)
+    result = {"relu": relu, "lma": lma, "sentences": len(lines), "repeats": args.repeats,
               "ct2_best_threads": best_ct2, "rows": rows, "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "threads.json").write_text(json.dumps(result, indent=1) + "\n")
-    command = f"python scripts/bench_threads.py {args.relu.name} {args.lma.name} --sentences {len(lines)} " \
+    command = f"python scripts/bench_threads.py {relu} {lma} --sentences {len(lines)} " \
               f"--repeats {args.repeats}"
     md = ["# One sentence at a time: the ONNX engine against CTranslate2 float32, by thread count\n",
           f"`{command}`: the first {len(lines)} test sentences, beam 5, batch 1; every configuration in turn, "

@@ -332,3 +332,15 @@ def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teach
     assert (near == reference_log_probs(relu_model, src, src_len, tgt)[mask].argmax(-1)).float().mean() > 0.9
     manifest = exporter.export(out, tmp_path / "onnx")
     assert manifest["activation"] == "lma"
+
+
+def test_benchmark_tables_name_two_checkpoints_of_one_file_name_apart(tmp_path):
+    """bench_deploy/bench_threads on the converged study's ReLU and LMA students, both model_step_2750.pt: each
+    row keeps its run folder, and a command line shown in results holds no absolute path."""
+    from onmt_lma.study.benchmark import model_names, shown_path
+
+    relu, lma = tmp_path / "relu_seed1" / "model_step_2750.pt", tmp_path / "lma_seed1" / "model_step_2750.pt"
+    assert model_names([relu, lma, tmp_path / "teacher.pt"]) == [
+        "relu_seed1/model_step_2750.pt", "lma_seed1/model_step_2750.pt", "teacher.pt"]
+    assert shown_path(relu, tmp_path) == "relu_seed1/model_step_2750.pt"
+    assert shown_path(relu, tmp_path / "elsewhere") == "model_step_2750.pt"

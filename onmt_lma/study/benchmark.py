@@ -5,6 +5,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +48,20 @@ class StepTimer:
         if not measured:
             raise ValueError(f"only {len(self.steps)} steps timed; need more than {WARMUP_STEPS}")
         return sum(w for w, _ in measured) / sum(t for _, t in measured)
+
+
+def model_names(checkpoints):
+    """A short, distinct name per checkpoint for tables: its file name, or ``run folder/file name`` where two
+    share a file name (``model_step_2750.pt`` of a ReLU and an LMA run)."""
+    names = [Path(c).name for c in checkpoints]
+    return [f"{Path(c).parent.name}/{n}" if names.count(n) > 1 else n for c, n in zip(checkpoints, names)]
+
+
+def shown_path(path, base):
+    """``path`` relative to ``base`` for a command line shown in results (no machine's absolute paths); its
+    file name where it lies outside ``base``."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+    return Path(path).name if relative.startswith("..") else relative
 
 
 def machine():
