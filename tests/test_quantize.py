@@ -212,12 +212,9 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     script = [sys.executable, str(REPO / "scripts" / "quant_study.py")]
     common = ["--runs", tmp_path / "runs", "--out", tmp_path / "out", "--steps", "4", "--bits", "4"]
     settings = [a for key, value in TINY_SETTINGS.items() for a in ("--set", f"{key}={value}")]
-    # two students (here the same checkpoint twice): their fine-tunings train at once, one process each
-    done = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--student", f"twin={lma_student}",
-                           "--teacher", teacher, "--data", corpus_dir, *common, *settings], capture_output=True,
-                          text=True)
+    done = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
+                           "--data", corpus_dir, *common, *settings], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "fine-tuning lma_qat4_4, twin_qat4_4 at once" in done.stdout
     result = json.loads((tmp_path / "out" / "qat.json").read_text())
     rows = result["rows"]["lma"]
     assert list(rows) == ["fp32", "int8 post-training", "fp32 (ONNX Runtime)", "int8 post-training (ONNX Runtime)",
@@ -235,18 +232,12 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     assert result["checkpoints"]["lma"]["int8 post-training (ONNX Runtime)"] == f"lma/{lma_student.name}.onnx.int8"
     qat_log = (tmp_path / "runs" / "lma_qat4_4" / "train.log").read_text()
     assert "with 4-bit weights (buckets of 256)" in qat_log and "Distilling from teacher" in qat_log
-    # the same fine-tuning in two processes at once: the same results to float rounding (a relative 4e-6 of
-    # the 4-bit perplexity seen once; this tiny model's BLEU is then not always equal)
-    twin = result["rows"]["twin"]
-    assert list(twin) == list(rows)
-    assert [twin[name]["ppl"] for name in rows] == pytest.approx([rows[name]["ppl"] for name in rows], rel=1e-4)
     table = (tmp_path / "out" / "qat.md").read_text()
     assert table.count("| lma |") == 6 and "4-bit QAT: BLEU" in table
     assert "int8 post-training (ONNX Runtime): BLEU" in table and "x ONNX Runtime float32" in table
     assert "tmp" not in (tmp_path / "out" / "qat.json").read_text() + table  # paths relative to the runs folder
 
-    again = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--student", f"twin={lma_student}",
-                            "--teacher", teacher,
+    again = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
                             "--data", corpus_dir, *common, *settings], capture_output=True, text=True)
     assert again.returncode == 0 and "training" not in again.stderr.lower()  # everything finished: nothing redone
     averaged = tmp_path / "no_optim.pt"
@@ -256,6 +247,32 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     refused = subprocess.run([*script, "run", "--student", f"lma={averaged}", "--teacher", teacher,
                               "--data", corpus_dir, *common], capture_output=True, text=True)
     assert refused.returncode == 2 and "no optimizer state" in refused.stderr
+
+
+@pytest.mark.integration
+def test_the_quantization_study_fine_tunes_two_students_at_once(teacher, lma_student, corpus_dir, tmp_path, capsys):
+    """quant_study.py's fine-tunings of one configuration: one process per student (here the same checkpoint
+    twice), each finished (DONE) with the quantization-aware setting.  (Their weights are not compared: fine-tuning
+    from another run's checkpoint is not bit-reproducible in OpenNMT-py 3.5.1 here, even one run after the other
+    in one process - other dropout, and in other processes other batches; from-scratch runs of one seed are.)"""
+    import argparse
+    import importlib.util
+
+    from conftest import REPO, TINY_SETTINGS
+
+    spec = importlib.util.spec_from_file_location("quant_study", REPO / "scripts" / "quant_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    args = argparse.Namespace(data=corpus_dir, runs=tmp_path, teacher=teacher, kd_cache=None, steps=2,
+                              extra=list(TINY_SETTINGS.items()))
+    students = [("lma", lma_student), ("twin", lma_student)]
+    study.fine_tune_at_once(students, 4, args)
+    assert "fine-tuning lma_qat4_2, twin_qat4_2 at once" in capsys.readouterr().out
+    for label, _ in students:
+        run_dir = tmp_path / f"{label}_qat4_2"
+        assert (run_dir / "DONE").read_text().strip() == "model_step_32.pt"
+        assert "with 4-bit weights (buckets of 256)" in (run_dir / "train.log").read_text()
+    assert study.fine_tune("lma", lma_student, 4, args) == tmp_path / "lma_qat4_2" / "model_step_32.pt"  # kept
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a lent GPU machine)")
