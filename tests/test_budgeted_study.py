@@ -200,6 +200,30 @@ def test_finish_averages_the_last_checkpoints_and_evaluates_final_and_average(tm
     assert len(calls["evaluate"]) == 2
 
 
+def test_a_finish_runs_on_the_pool_with_its_output_in_the_runs_finish_log(tmp_path, monkeypatch):
+    """The finisher's subprocess really runs on the pool's thread and writes its log (the file must be opened
+    there: one opened by the submitting thread was closed before the command ran)."""
+    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study")
+    run = study.students[0]
+    (execution.runs / run.name).mkdir(parents=True)
+    monkeypatch.setattr(budgeted.sys, "executable", sys.executable)
+    script = tmp_path / "stand_in.py"
+    script.write_text("import sys, time; time.sleep(0.3); print('finishing', sys.argv[-8:])\n")
+    real_run = budgeted.run_logged
+    monkeypatch.setattr(budgeted, "run_logged",
+                        lambda command, log, env: real_run([command[0], str(script), *command[3:]], log, env))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = budgeted.finisher(tmp_path / "plan.yaml", execution, pool)(run, 8)
+        assert future.result(timeout=60).returncode == 0
+    log = (execution.runs / run.name / "finish.log").read_text()
+    assert "finishing" in log and f"'--finish', '{run.name}', '--steps', '8'" in log
+    failing = tmp_path / "failing.py"
+    failing.write_text("raise SystemExit(3)\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        real_run([sys.executable, str(failing)], tmp_path / "failing.log", None)
+
+
 # --------------------------------------------------------------------------- #
 # Collecting and the report
 # --------------------------------------------------------------------------- #

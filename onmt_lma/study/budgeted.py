@@ -282,10 +282,16 @@ def finisher(plan_file, execution, pool):
                    "--runs-root", str(execution.runs.parent), "study", str(Path(plan_file).resolve()),
                    "--finish", run.name, "--steps", str(n), "--gpu", str(execution.gpu),
                    "--batch-size", str(execution.batch_size)]
-        with open(execution.runs / run.name / "finish.log", "a") as out:
-            return pool.submit(subprocess.run, command, check=True, stdout=out, stderr=subprocess.STDOUT,
-                               env=process_env(execution), cwd=REPO)
+        return pool.submit(run_logged, command, execution.runs / run.name / "finish.log", process_env(execution))
     return finish
+
+
+def run_logged(command, log_path, env):
+    """``command`` with its output appended to ``log_path``; CalledProcessError when it fails.  The log is
+    opened here, in the pool's thread: a file opened by the submitting thread's ``with`` was closed before
+    the pool ran the command (every seed-1 finish of the converged study failed so, at once and silently)."""
+    with open(log_path, "a") as out:
+        return subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
 def run_study(study, plan_file, execution):
