@@ -169,6 +169,7 @@ def test_the_loop_fixes_n_from_the_pilot_and_stops_every_student_there(tmp_path,
         return future
 
     budget, futures = budgeted.train_students(study, Path("t.pt"), execution, finish)
+    assert len(futures) == len(launched)
     assert budget["N"] == 8 and budget["pilot"] == "student64_relu_seed1" and not budget["capped_by_deadline"]
     assert json.loads((execution.runs / "BUDGET.json").read_text()) == budget
     assert launched == ["student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2",
@@ -176,6 +177,32 @@ def test_the_loop_fixes_n_from_the_pilot_and_stops_every_student_there(tmp_path,
     assert sorted(finished) == sorted((name, 8) for name in launched)
     for name in launched:
         assert (execution.runs / name / "DONE").read_text() == "model_step_8.pt\n"
+
+
+def test_finishes_under_way_hold_the_slots_before_new_students_start(tmp_path, monkeypatch):
+    """A run stopped by an earlier call is finished first: on CPU its evaluation holds a training slot."""
+    plan = write_plan(tmp_path / "plan.yaml")
+    study = runs.load_plan(plan)
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study", parallel=1)
+    (execution.runs).mkdir(parents=True)
+    (execution.runs / "BUDGET.json").write_text(json.dumps({"N": 8, "pilot": "student64_relu_seed1"}))
+    events = []
+    monkeypatch.setattr(budgeted, "POLL_SECONDS", 0.05)
+
+    def launch(study, run, teacher, execution):
+        events.append(("launched", run.name))
+        (execution.runs / run.name).mkdir(parents=True, exist_ok=True)
+        (execution.runs / run.name / "DONE").write_text("model_step_8.pt\n")
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(budgeted, "launch", launch)
+    under_way = concurrent.futures.Future()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: (__import__("time").sleep(0.5), events.append(("finished", "earlier")),
+                             under_way.set_result(None)))
+        budgeted.train_students(study, Path("t.pt"), execution, lambda run, n: under_way,
+                                [("earlier", under_way)])
+    assert events[0] == ("finished", "earlier") and events[1][0] == "launched"
 
 
 def test_finish_averages_the_last_checkpoints_and_evaluates_final_and_average(tmp_path, monkeypatch):

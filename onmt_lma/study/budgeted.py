@@ -199,12 +199,13 @@ def read_budget(folder):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def train_students(study, teacher, execution, finish):
-    """Start every student, fix N from the pilot, stop each at N and hand it to ``finish``."""
+def train_students(study, teacher, execution, finish, futures=()):
+    """Start every student, fix N from the pilot, stop each at N and hand it to ``finish``; ``futures``: the
+    finishes already under way (on CPU each holds a slot until done)."""
     runs = [run for run in study.students if not (execution.runs / run.name / "DONE").exists()
             and (not execution.only or run.name in execution.only)]
     budget = read_budget(execution.runs)
-    processes, waiting, futures = {}, list(runs), []
+    processes, waiting, futures = {}, list(runs), list(futures)
     started = time.time()
     while waiting or processes:
         finishing = sum(not future.done() for _, future in futures) if execution.gpu < 0 else 0  # CPU: holds a slot
@@ -304,13 +305,12 @@ def run_study(study, plan_file, execution):
         if not teacher_eval.exists():
             pool.submit(evaluate.evaluate, teacher, execution.data, teacher_eval, beam=5, gpu=execution.gpu,
                         batch_size=execution.batch_size)
-        budget, futures = train_students(study, teacher, execution, finisher(plan_file, execution, pool))
-        submitted = {name for name, _ in futures}
-        for run in study.students:  # runs stopped by an earlier call, not finished then
-            run_dir = execution.runs / run.name
-            if (budget is not None and run.name not in submitted and (run_dir / "DONE").exists()
-                    and not any(run_dir.glob("model_avg_*.eval.json"))):
-                futures.append((run.name, finisher(plan_file, execution, pool)(run, budget["N"])))
+        finish, budget = finisher(plan_file, execution, pool), read_budget(execution.runs)
+        stopped = [run for run in study.students if budget is not None  # by an earlier call, not finished then:
+                   and (execution.runs / run.name / "DONE").exists()  # finished first
+                   and not any((execution.runs / run.name).glob("model_avg_*.eval.json"))]
+        budget, futures = train_students(study, teacher, execution, finish,
+                                         [(run.name, finish(run, budget["N"])) for run in stopped])
         for _, future in futures:
             try:
                 future.result()
