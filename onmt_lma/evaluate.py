@@ -671,9 +671,8 @@ def onnx_export_of(model, force=False):
     if Path(model).is_dir():
         return Path(model)
     out = Path(f"{model}.onnx")
-    manifest = out / "manifest.json"
-    if (not force and manifest.is_file() and json.loads(manifest.read_text()).get("format") == export.FORMAT
-            and json.loads(manifest.read_text())["checkpoint_sha256"] == sha256_of(model)):
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    if not force and manifest.get("format") == export.FORMAT and manifest["checkpoint_sha256"] == sha256_of(model):
         return out
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
