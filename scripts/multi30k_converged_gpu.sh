@@ -1,0 +1,107 @@
+#!/bin/bash
+# The converged Multi30k study's students on one lent GPU machine (results/multi30k_converged/REPRODUCE.md).
+#
+#   bash scripts/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
+#   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT   # there, in the repository root
+#
+# The GPU image has python3, PyTorch (CUDA), sacrebleu, sentencepiece, yaml, matplotlib; .gpu/ brings
+# OpenNMT-py 3.5.1, ConfigArgParse, sacremoses, pyonmttok (wheels; pyonmttok unpacked and xz-compressed to
+# fit the 64 MiB a call carries) and the prepared corpus (data/multi30k, its data.yaml's folder a
+# placeholder).  spacy, ahocorasick, fasttext and rapidfuzz are imported by OpenNMT-py transforms that this
+# study never uses (terminology, inlinetags, clean, fuzzymatch): empty stand-ins are put there, so a run that
+# did use one fails at once.
+#
+# `run` starts the plan's main comparison and diagnostic (a) from the released float16 teacher (models/teacher.pt, loaded into
+# float32) and the pilot's budget (BUDGET.json), with CUDA MPS when the machine has it so that the students'
+# processes share the GPU's engines (without it they time-slice, about 1 step/s each), for at most SECONDS;
+# then it collects every finished run (OUT/collected.tar.gz: the study's collect, its log, the released
+# float16 students and their SHA256SUMS) and puts the released students in OUT (one file each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=.gpu
+
+bundle() {
+    rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/wheels"
+    local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+                     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+    for wheel in OpenNMT-py==3.5.1 ConfigArgParse==1.9.0 sacremoses==0.2.0 pyonmttok==1.38.1; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            "${platforms[@]}" -d "$BUNDLE/wheels" "$wheel"
+    done
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && unzip -q "$OLDPWD"/"$BUNDLE"/wheels/pyonmttok-*.whl)
+    tar cJf "$BUNDLE/pyonmttok.tar.xz" -C "$tmp" . && rm -rf "$tmp" "$BUNDLE"/wheels/pyonmttok-*.whl
+    local data
+    data=$(cd data/multi30k && pwd)
+    tar cJf "$BUNDLE/multi30k.tar.xz" -C data --exclude=multi30k/download multi30k
+    # the corpus's data.yaml names its folder absolutely: a placeholder travels, `run` puts its own folder
+    mkdir -p "$BUNDLE/placeholder" && sed "s#$data#@DATA@#g" data/multi30k/data.yaml > "$BUNDLE/placeholder/data.yaml"
+    du -sh "$BUNDLE"
+}
+
+stand_ins() {  # empty modules for imports of transforms the study never uses
+    local site=$1
+    mkdir -p "$site/spacy" "$site/rapidfuzz"
+    for module in spacy/__init__ ahocorasick fasttext rapidfuzz/__init__ rapidfuzz/fuzz rapidfuzz/process; do
+        echo '"""Stand-in (scripts/multi30k_converged_gpu.sh): no transform of this study uses it."""' \
+            > "$site/$module.py"
+    done
+}
+
+progress() {  # every 30 s: each student's last logged step
+    while sleep 30; do
+        echo "[progress $(date +%H:%M:%S)] $(for log in runs/multi30k_converged/student*/train.log; do
+            printf '%s:%s ' "$(basename "$(dirname "$log")")" \
+                "$(grep -o 'Step *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)"; done)"
+    done
+}
+
+run() {
+    local seconds=$1 out=$2 site=/tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$BUNDLE"/wheels/*.whl
+    tar xJf "$BUNDLE/pyonmttok.tar.xz" -C "$site"
+    stand_ins "$site"
+    export PYTHONPATH="$site:$PWD" OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+    mkdir -p data && tar xJf "$BUNDLE/multi30k.tar.xz" -C data
+    sed "s#@DATA@#$PWD/data/multi30k#g" "$BUNDLE/placeholder/data.yaml" > data/multi30k/data.yaml
+    local runs=runs/multi30k_converged
+    mkdir -p "$runs/teacher"
+    cp results/multi30k_converged/models/teacher.pt "$runs/teacher/model_step_3000.pt"
+    echo model_step_3000.pt > "$runs/teacher/DONE"
+    cp results/multi30k_converged/BUDGET.json "$runs/"
+    # with MPS the main comparison and diagnostic (a) at once; without it the seed-2 pair alone
+    local only=(student64_relu_seed1 student64_lma_seed1 student64_relu_seed2 student64_lma_seed2
+                student64_relu_seed3 student64_lma_seed3 student64_relu_lr2x_seed1 student64_lma_lr2x_seed1)
+    if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d \
+            && timeout 120 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+        echo "CUDA MPS daemon started"
+    else
+        echo "no CUDA MPS: the students time-slice the GPU"
+        echo quit | nvidia-cuda-mps-control 2>/dev/null || true
+        only=(student64_relu_seed2 student64_lma_seed2)
+    fi
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    python3 -c "import torch, onmt, onmt_lma; print('torch', torch.__version__, torch.cuda.is_available())"
+    progress & local monitor=$!
+    timeout "$seconds" python3 scripts/multi30k_converged.py run --gpu 0 --parallel "${#only[@]}" \
+        --only "${only[@]}" --runs "$runs" --data data/multi30k 2>&1 | tee "$runs/study.log" || echo "study stopped after $seconds s"
+    kill "$monitor" || true
+    pkill -f onmt_lma || true
+    sleep 2
+    local stage=/tmp/stage/multi30k_converged
+    mkdir -p "$stage"
+    python3 scripts/multi30k_converged.py collect --runs "$runs" --data data/multi30k --results "$stage"
+    python3 scripts/multi30k_converged.py release --runs "$runs" --data data/multi30k --results "$stage" || true
+    rm -f "$stage/models/teacher.pt"
+    sed "s#$PWD/##g" "$runs/study.log" > "$stage/study_gpu.log"
+    for model in "$stage"/models/*.pt; do [ -e "$model" ] && mv "$model" "$out/"; done
+    tar czf "$out/collected.tar.gz" -C /tmp/stage multi30k_converged
+    ls -la "$out"
+}
+
+case "${1:-}" in
+    bundle) bundle ;;
+    run) run "$2" "$3" ;;
+    *) echo "usage: $0 bundle | run SECONDS OUT" >&2; exit 2 ;;
+esac
