@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """The converged, paper-faithful Multi30k study (results/multi30k_converged): a thin wrapper of
 
-    python -m onmt_lma.study.runs study studies/multi30k_converged.yaml [--plan|--collect|--release|--report]
+    python -m onmt_lma.study.runs study PLAN [--plan|--collect|--release|--report]
 
-with the commands of its REPRODUCE.md.  The plan (runs, the pilot's budget rule, evaluation) is
-studies/multi30k_converged.yaml; how it runs is onmt_lma.study.budgeted.
+with the commands of its REPRODUCE.md.  PLAN (runs, the pilot's budget rule, evaluation) is
+studies/multi30k_converged.yaml (the main comparison and diagnostic (a), run on one GPU) or, with
+--plan, studies/multi30k_converged_cpu.yaml (the seed-1 pair on CPU and diagnostics (b)-(e)); how it runs
+is onmt_lma.study.budgeted.
 
-    python scripts/multi30k_converged.py plan
+    python scripts/multi30k_converged.py plan [--plan studies/multi30k_converged_cpu.yaml]
     python scripts/multi30k_converged.py run [--gpu 0] [--parallel 2] [--kd-cache 8] [--deadline-min M]
     python scripts/multi30k_converged.py collect | release | report
 """
@@ -16,7 +18,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PLAN = REPO / "studies" / "multi30k_converged.yaml"
+PLANS = {"multi30k_converged": REPO / "studies" / "multi30k_converged.yaml",
+         "multi30k_converged_cpu": REPO / "studies" / "multi30k_converged_cpu.yaml"}  # runs folder -> plan
 MODES = {"plan": ["--plan"], "run": [], "collect": ["--collect"], "release": ["--release"], "report": ["--report"]}
 
 
@@ -24,16 +27,21 @@ def runs_arguments(argv=None):
     """The ``python -m onmt_lma.study.runs`` arguments of this script's ``argv``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=tuple(MODES))
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "multi30k_converged",
-                        help="the study's runs folder (RUNS_ROOT/multi30k_converged)")
+    parser.add_argument("--plan", type=Path, default=PLANS["multi30k_converged"],
+                        help=f"the plan: one of {', '.join(str(p.relative_to(REPO)) for p in PLANS.values())}")
+    parser.add_argument("--runs", type=Path, help="the plan's runs folder (default: runs/<its runs_folder>)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k", help="prepared Multi30k")
     parser.add_argument("--results", type=Path, help="results folder (default: the plan's)")
     args, rest = parser.parse_known_args(argv)
-    if args.runs.name != "multi30k_converged":
-        parser.error(f"--runs {args.runs}: the plan's runs folder is RUNS_ROOT/multi30k_converged")
+    folder = {plan.resolve(): name for name, plan in PLANS.items()}.get(args.plan.resolve())
+    if folder is None:
+        parser.error(f"--plan {args.plan}: expected one of {', '.join(str(p) for p in PLANS.values())}")
+    args.runs = args.runs or REPO / "runs" / folder
+    if args.runs.name != folder:
+        parser.error(f"--runs {args.runs}: the plan's runs folder is RUNS_ROOT/{folder}")
     if args.data.name != "multi30k":
         parser.error(f"--data {args.data}: expected a prepared corpus folder named multi30k")
-    command = ["--data-root", str(args.data.parent), "--runs-root", str(args.runs.parent), "study", str(PLAN),
+    command = ["--data-root", str(args.data.parent), "--runs-root", str(args.runs.parent), "study", str(args.plan),
                *MODES[args.action], *rest]
     return command, args.results
 

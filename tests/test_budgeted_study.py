@@ -51,19 +51,21 @@ def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_s
 
 def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
     study = runs.load_plan(CONVERGED_PLAN)
+    cpu = runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
     # the names are the run folders of runs already trained: they must not change
     assert [run.name for run in study.runs] == [
         "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2", "student64_lma_seed2",
-        "student64_relu_seed3", "student64_lma_seed3", "student64_relu_lr2x_seed1", "student64_lma_lr2x_seed1",
-        "student64_lma_continuous_seed1", "student64_lma_actlr0.1_seed1", "student64_lma_frozen_seed1",
-        "student64_gelu_seed1"]
-    assert [run.part for run in study.students] == ["main"] * 6 + ["a", "a", "b", "c", "d", "e"]
+        "student64_relu_seed3", "student64_lma_seed3", "student64_relu_lr2x_seed1", "student64_lma_lr2x_seed1"]
+    assert [run.name for run in cpu.runs] == [
+        "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_lma_continuous_seed1",
+        "student64_lma_actlr0.1_seed1", "student64_lma_frozen_seed1", "student64_gelu_seed1"]
+    assert [run.part for run in study.students] == ["main"] * 6 + ["a", "a"]
     assert study.budget == {"pilot": "student64_relu_seed1", "min_steps": 2000, "max_steps": 6000, "window": 500,
                             "tolerance": 0.02, "every": 250, "bleu_every": 500, "average_last": 4}
-    assert study.run_label(study.students[-3]) == "LMA-8, alpha/beta at 0.1x lr"
-    assert dict(study.students[-4].settings) == {"lma_continuous": True}
+    assert cpu.run_label(cpu.students[-3]) == "LMA-8, alpha/beta at 0.1x lr"
+    assert dict(cpu.students[-4].settings) == {"lma_continuous": True}
     known = {action.dest for action in train_cli.get_parser()._actions}  # every setting is a training option
-    assert all(key in known for run in study.students for key, _ in run.settings)
+    assert all(key in known for run in study.students + cpu.students for key, _ in run.settings)
     # and the recipe's checkpoint interval is the plan's
     assert "save_checkpoint_steps: 250" in (REPO / "recipes" / "multi30k" / "student64.yaml").read_text()
 
@@ -116,9 +118,10 @@ def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
 
 
 def test_student_settings_keep_the_order_their_configs_were_composed_with(tmp_path, monkeypatch):
-    study = runs.load_plan(CONVERGED_PLAN)
+    study = runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "runs", settings=(("report_every", 5),))
     continuous = study.students[-4]
+    assert continuous.name == "student64_lma_continuous_seed1"
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution) == [
         ("pos_ffn_activation_fn", "lma"), ("seed", 1), ("kd_teacher", "t.pt"), ("train_steps", 6000),
         ("lma_continuous", True), ("report_every", 5)]
@@ -309,6 +312,22 @@ def test_the_wrapper_script_keeps_its_commands():
                            str(REPO / "tmp_no_runs" / "multi30k_converged")], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.split("\n")[7].split()[:3] == ["student64_relu_lr2x_seed1", "a", "todo"]
+    cpu = module.runs_arguments(["run", "--plan", str(REPO / "studies" / "multi30k_converged_cpu.yaml")])[0]
+    assert cpu[3:6] == [str(REPO / "runs"), "study", str(REPO / "studies" / "multi30k_converged_cpu.yaml")]
+    with pytest.raises(SystemExit):  # the CPU plan's runs are not the main plan's
+        module.runs_arguments(["run", "--plan", "studies/multi30k_converged_cpu.yaml", "--runs", "r/multi30k_converged"])
+    with pytest.raises(SystemExit):
+        module.runs_arguments(["run", "--plan", "studies/other.yaml"])
+
+
+def test_the_cpu_part_shares_the_main_plans_settings():
+    """The CPU part's diagnostics are compared with the same teacher, budget rule and seed-1 pair."""
+    main, cpu = runs.load_plan(CONVERGED_PLAN), runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
+    assert cpu.budget == main.budget and cpu.corpus == main.corpus and cpu.labels == main.labels
+    assert [r.name for r in cpu.students if r.part == "main"] == ["student64_relu_seed1", "student64_lma_seed1"]
+    assert [r.part for r in cpu.students if r.part != "main"] == ["b", "c", "d", "e"]
+    assert not {r.name for r in cpu.students if r.part != "main"} & {r.name for r in main.students}
+    assert [r.part for r in main.students if r.part != "main"] == ["a", "a"]
 
 
 
