@@ -264,6 +264,24 @@ def test_paired_differences_report_mean_spread_t_and_signs():
     assert "mean -2.17, sample std 0.76, paired t -4.91 (df 2); above in 0 of 3 seeds" in lines[1]
 
 
+def test_the_verdict_follows_reading_rule_3():
+    seeds, flat, rising = [1, 2, 3], [0.01] * 6, [0.01] * 5 + [0.03]
+    below, above = [(30.0, 29.0), (31.0, 30.5), (32.0, 31.0)], [(30.0, 30.2), (31.0, 31.5), (32.0, 33.0)]
+    assert paired_report.verdict(above, rising, seeds, 0.02)[0] == "helps"  # helping needs no flat curve
+    assert paired_report.verdict(below, flat, seeds, 0.02) == ("hurts", "below in each of 3 seeds, every curve "
+                                                                         "flat at N")
+    outcome, reason = paired_report.verdict(below, rising, seeds, 0.02)
+    assert outcome == "unresolved" and "1 of 6 curves not flat" in reason
+    assert paired_report.verdict(below[:1] + above[1:], flat, seeds, 0.02) == ("unresolved", "above in 2 of 3 seeds")
+    assert paired_report.verdict(below[:2], flat, seeds, 0.02) == ("unresolved", "2 of 3 seeds paired")
+    assert paired_report.verdict([(30.0, 30.0)] + below[1:], flat, seeds, 0.02)[0] == "unresolved"  # a tie
+    assert paired_report.verdict(below, flat[:5] + [None], seeds, 0.02)[0] == "unresolved"  # a curve unknown
+    # the fall over the last window: (10.0 - 9.0) / 10.0
+    entry = {"valid": {2250: 10.0, 2500: 9.5, 2750: 9.0}}
+    assert paired_report.last_window_gain(entry, 2750, 500) == pytest.approx(0.1)
+    assert paired_report.last_window_gain(entry, 2750, 1000) is None and paired_report.last_window_gain(None, 8, 4) is None
+
+
 def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path):
     study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
     execution = budgeted.Execution((tmp_path / "data" / "multi30k").resolve(), (tmp_path / "study").resolve())
@@ -288,7 +306,8 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
     assert budgeted.state(study.students[1], study, execution) == "collected"
     text = paired_report.write_report(study, "make it")
     # averaged: LMA-8 − ReLU = 29.5 − 30.5 = −1.00 (seed 1), 30.0 − 31.5 = −1.50 (seed 2)
-    assert "| 1 | 30.00 | 30.50 | 29.00 | 29.50 | -1.00 |" in text
+    assert "| 1 | 30.00 | 30.50 | 29.00 | 29.50 | -1.00 | – / – |" in text  # one validation: no fall known
+    assert "**Verdict (READING.md, rule 3): LMA-8 unresolved** against ReLU: below in each of 2 seeds, but 4 of 4" in text
     assert "LMA-8 − ReLU, averaged checkpoint: differences by seed -1.00, -1.50" in text
     assert "mean -1.25, sample std 0.35, paired t -5.00 (df 1); above in 0 of 2 seeds" in text
     # the diagnostic against ReLU of its seed, averaged: 31.0 − 30.5
@@ -311,7 +330,7 @@ def test_the_wrapper_script_keeps_its_commands():
     plan = subprocess.run([sys.executable, str(REPO / "scripts" / "multi30k_converged.py"), "plan", "--runs",
                            str(REPO / "tmp_no_runs" / "multi30k_converged")], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
-    assert plan.stdout.split("\n")[7].split()[:3] == ["student64_relu_lr2x_seed1", "a", "todo"]
+    assert plan.stdout.split("\n")[7].split()[:2] == ["student64_relu_lr2x_seed1", "a"]
     cpu = module.runs_arguments(["run", "--plan", str(REPO / "studies" / "multi30k_converged_cpu.yaml")])[0]
     assert cpu[3:6] == [str(REPO / "runs"), "study", str(REPO / "studies" / "multi30k_converged_cpu.yaml")]
     with pytest.raises(SystemExit):  # the CPU plan's runs are not the main plan's

@@ -50,6 +50,34 @@ def fmt(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def last_window_gain(entry, n, window):
+    """How much a run's validation perplexity fell over the last ``window`` steps up to N, as a fraction of
+    where it was (the pilot's rule applied to the run); None without both points."""
+    valid = entry["valid"] if entry else {}
+    if n not in valid or n - window not in valid:
+        return None
+    return (valid[n - window] - valid[n]) / valid[n - window]
+
+
+def verdict(pairs, gains, seeds, tolerance):
+    """READING.md's rule 3 for one activation against the baseline: ``helps`` if above it in each paired seed
+    (averaged checkpoints), ``hurts`` if below in each and every run's curve is flat at N (gain below
+    ``tolerance``), otherwise ``unresolved``; with the reason."""
+    if len(pairs) < len(seeds):
+        return "unresolved", f"{len(pairs)} of {len(seeds)} seeds paired"
+    above = sum(b > a for a, b in pairs)
+    if above == len(pairs):
+        return "helps", f"above in each of {len(pairs)} seeds"
+    if above or any(b == a for a, b in pairs):
+        return "unresolved", f"above in {above} of {len(pairs)} seeds"
+    rising = [g for g in gains if g is None or g >= tolerance]
+    if rising:
+        return "unresolved", (f"below in each of {len(pairs)} seeds, but {len(rising)} of {len(gains)} curves not "
+                              f"flat at N (validation perplexity still falling by {tolerance:.0%} or more over the "
+                              "last window)")
+    return "hurts", f"below in each of {len(pairs)} seeds, every curve flat at N"
+
+
 def main_design(study):
     """(baseline activation, the other main activations, seeds, {(activation, seed): run}) of the main part."""
     main = [run for run in study.students if run.part == "main"]
@@ -77,26 +105,32 @@ def report_lines(study, runs, budget, command):
                                                           else " (the pilot's rule)"), ""]
     for other in others:
         label = study.activation_label(other)
+        window = study.budget["window"]
         lines += [f"## Main comparison: {base_label} and {label}, paired by seed", "",
                   f"| seed | {base_label} final | {base_label} averaged | {label} final | {label} averaged "
-                  f"| {label} − {base_label} (averaged) |", "| --- | --- | --- | --- | --- | --- |"]
-        pairs = {"final": [], "averaged": [], "chrf": []}
+                  f"| {label} − {base_label} (averaged) | validation ppl fall over the last {window} steps "
+                  f"({base_label} / {label}) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        pairs, gains = {"final": [], "averaged": [], "chrf": []}, []
         for seed in seeds:
             a = runs.get(main[(baseline, seed)].name) if (baseline, seed) in main else None
             b = runs.get(main[(other, seed)].name) if (other, seed) in main else None
+            seed_gains = [last_window_gain(entry, budget["N"], window) if budget else None for entry in (a, b)]
+            gains += seed_gains
             cells = [score(a, "final"), score(a, "averaged"), score(b, "final"), score(b, "averaged")]
             for which, x, y in (("final", cells[0], cells[2]), ("averaged", cells[1], cells[3]),
                                 ("chrf", score(a, "averaged", "chrf"), score(b, "averaged", "chrf"))):
                 if x is not None and y is not None:
                     pairs[which].append((x, y))
             diff = cells[3] - cells[1] if None not in (cells[1], cells[3]) else None
-            lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(diff)} |")
+            shown = " / ".join("–" if g is None else f"{100 * g:.1f} %" for g in seed_gains)
+            lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(diff)} | {shown} |")
         lines.append("")
         for which, what in (("final", "final checkpoint"), ("averaged", "averaged checkpoint"),
                             ("chrf", "chrF, averaged checkpoint")):
             if pairs[which]:
                 lines += paired_lines(pairs[which], f"{label} − {base_label}, {what}")
-        lines.append("")
+        outcome, reason = verdict(pairs["averaged"], gains, seeds, study.budget["tolerance"])
+        lines += ["", f"**Verdict (READING.md, rule 3): {label} {outcome}** against {base_label}: {reason}.", ""]
     lines += [f"## Diagnostics (against {base_label} of the same seed)", "",
               f"| run | what | BLEU final | BLEU averaged | Δ vs {base_label} (averaged) | test ppl | valid ppl at N |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
