@@ -237,6 +237,31 @@ def test_the_released_models_match_their_sha256_and_load_safely():
     assert sum(p.stat().st_size for _, p in models) < 130 * 2**20
 
 
+@pytest.mark.parametrize("name", ["student64_lma_seed1", "student64_relu_seed2"])
+def test_a_released_student_translates_as_its_collected_evaluation_did(name, tmp_path):
+    """The released float16 file is the model that was evaluated: on this CPU (weights rounded to float16,
+    LMA's averaged running statistics included) it translates the first test sentences as the collected
+    evaluation did (float32 on the H200), up to a sentence that rounding may turn."""
+    import gzip
+
+    from conftest import shared_data
+    from data_prep.text import moses_tokenize, normalize_whitespace
+    from onmt_lma.evaluate import postprocess
+
+    lines = 8
+    with gzip.open(shared_data() / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as source:
+        german = [normalize_whitespace(next(source)) for _ in range(lines)]
+    (tmp_path / "test.de").write_text("\n".join(moses_tokenize(german, "de", "test")) + "\n", encoding="utf-8")
+    model = REPO / "results" / "multi30k_converged" / "models" / f"{name}.pt"
+    run("onmt_lma_translate", "-model", model, "-src", tmp_path / "test.de", "-output", tmp_path / "hyp.en",
+        "-beam_size", "5")
+    _, ours = postprocess((tmp_path / "hyp.en").read_text(encoding="utf-8").splitlines(), tmp_path)
+    collected = REPO / "results" / "multi30k_converged" / "runs" / name / "model_avg_2000-2750.eval.hyp.detok.en"
+    theirs = collected.read_text(encoding="utf-8").splitlines()[:lines]
+    assert len(ours) == lines
+    assert sum(a == b for a, b in zip(ours, theirs)) >= lines - 1, list(zip(ours, theirs))
+
+
 def test_a_changed_or_unlisted_released_model_is_refused(tmp_path):
     module = released_module()
     (tmp_path / "a.pt").write_bytes(b"model")
