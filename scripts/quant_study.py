@@ -272,10 +272,16 @@ def report(args):
                     f"float32 (goal {GOALS['int8_speedup']}x: {met(int8['speedup'] >= GOALS['int8_speedup'])})"
                     f"{versus_onnx}, {int8['smaller']:.1f}x smaller (goal {GOALS['int8_smaller']}x: "
                     f"{met(int8['smaller'] >= GOALS['int8_smaller'])})")
-        four = rows.get("4-bit QAT")
-        if four:
-            goals.append(f"- {label}, 4-bit QAT: BLEU {four['bleu_vs_fp32']:+.2f} vs fp32 (goal within "
-                         f"{GOALS['4bit_bleu']}: {met(four['bleu_vs_fp32'] >= -GOALS['4bit_bleu'])})")
+        control = rows.get("fp32 fine-tuned")
+        for bits in sorted(args.bits, reverse=True):
+            qat = rows.get(f"{bits}-bit QAT")
+            if not qat:
+                continue
+            goal = (f" (goal within {GOALS['4bit_bleu']}: {met(qat['bleu_vs_fp32'] >= -GOALS['4bit_bleu'])})"
+                    if bits == 4 else "")
+            against_control = (f"; {qat['bleu'] - control['bleu']:+.2f} vs fp32 fine-tuned, the same "
+                               f"{args.steps} steps without quantization" if control else "")
+            goals.append(f"- {label}, {bits}-bit QAT: BLEU {qat['bleu_vs_fp32']:+.2f} vs fp32{goal}{against_control}")
     sources = {label: {name: e["evaluated"].relative_to(args.runs).as_posix().removesuffix(".eval.json")
                        for name, e in by_name.items()} for label, by_name in results.items()}
     args.out.mkdir(parents=True, exist_ok=True)

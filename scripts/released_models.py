@@ -91,11 +91,12 @@ def main(argv=None):
     references = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()
     hypotheses = {name: (args.out / f"{name}.eval.hyp.detok.en").read_text(encoding="utf-8").splitlines()
                   for name in results}
+    width = max(len("reference"), *(len(name) for name in hypotheses))  # every model's name in full
     for i in range(min(args.examples, len(sources))):
-        print(f"source     {sources[i]}")
-        print(f"reference  {references[i]}")
+        print(f"{'source':{width}s}  {sources[i]}")
+        print(f"{'reference':{width}s}  {references[i]}")
         for name, lines in hypotheses.items():
-            print(f"{name:10.10s} {lines[i]}")
+            print(f"{name:{width}s}  {lines[i]}")
         print()
 
 

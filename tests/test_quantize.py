@@ -234,6 +234,8 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     assert "with 4-bit weights (buckets of 256)" in qat_log and "Distilling from teacher" in qat_log
     table = (tmp_path / "out" / "qat.md").read_text()
     assert table.count("| lma |") == 6 and "4-bit QAT: BLEU" in table
+    control = rows["4-bit QAT"]["bleu"] - rows["fp32 fine-tuned"]["bleu"]  # quantized against more training alone
+    assert f"{control:+.2f} vs fp32 fine-tuned, the same 4 steps without quantization" in table
     assert "int8 post-training (ONNX Runtime): BLEU" in table and "x ONNX Runtime float32" in table
     assert "tmp" not in (tmp_path / "out" / "qat.json").read_text() + table  # paths relative to the runs folder
 
