@@ -73,7 +73,9 @@ run() {
     # with MPS the main comparison and diagnostic (a) at once; without it the seed-2 pair alone
     local only=(student64_relu_seed1 student64_lma_seed1 student64_relu_seed2 student64_lma_seed2
                 student64_relu_seed3 student64_lma_seed3 student64_relu_lr2x_seed1 student64_lma_lr2x_seed1)
-    if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d \
+    # a second call on the same machine finds the daemon of the first running (its runs resume exactly)
+    if command -v nvidia-cuda-mps-control >/dev/null && { pgrep -x nvidia-cuda-mps >/dev/null \
+            || pgrep -f "nvidia-cuda-mps-control -d" >/dev/null || nvidia-cuda-mps-control -d; } \
             && timeout 120 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
         echo "CUDA MPS daemon started"
     else
@@ -95,6 +97,14 @@ run() {
     python3 scripts/multi30k_converged.py release --runs "$runs" --data data/multi30k --results "$stage" || true
     rm -f "$stage/models/teacher.pt"
     sed "s#$PWD/##g" "$runs/study.log" > "$stage/study_gpu.log"
+    for run_dir in "$runs"/student*; do  # every run's logs, finished or not, this machine's folders cut
+        mkdir -p "$stage/logs/${run_dir##*/}"
+        for log in train.log finish.log COMMITS; do
+            if [ -e "$run_dir/$log" ]; then
+                sed -e "s#$PWD/##g" -e "s#$site/#site-packages/#g" "$run_dir/$log" > "$stage/logs/${run_dir##*/}/$log"
+            fi
+        done
+    done
     for model in "$stage"/models/*.pt; do [ -e "$model" ] && mv "$model" "$out/"; done
     tar czf "$out/collected.tar.gz" -C /tmp/stage multi30k_converged
     ls -la "$out"
