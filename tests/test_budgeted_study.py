@@ -274,6 +274,7 @@ def test_the_verdict_follows_reading_rule_3():
     assert outcome == "unresolved" and "1 of 6 curves not flat" in reason
     assert paired_report.verdict(below[:1] + above[1:], flat, seeds, 0.02) == ("unresolved", "above in 2 of 3 seeds")
     assert paired_report.verdict(below[:2], flat, seeds, 0.02) == ("unresolved", "2 of 3 seeds paired")
+    assert paired_report.verdict(below[:1], flat[:2], [1], 0.02) == ("unresolved", "one seed decides nothing")
     assert paired_report.verdict([(30.0, 30.0)] + below[1:], flat, seeds, 0.02)[0] == "unresolved"  # a tie
     assert paired_report.verdict(below, flat[:5] + [None], seeds, 0.02)[0] == "unresolved"  # a curve unknown
     # the fall over the last window: (10.0 - 9.0) / 10.0

@@ -62,9 +62,12 @@ def last_window_gain(entry, n, window):
 def verdict(pairs, gains, seeds, tolerance):
     """READING.md's rule 3 for one activation against the baseline: ``helps`` if above it in each paired seed
     (averaged checkpoints), ``hurts`` if below in each and every run's curve is flat at N (gain below
-    ``tolerance``), otherwise ``unresolved``; with the reason."""
+    ``tolerance``), otherwise ``unresolved`` (always with a single seed, which decides nothing); with the
+    reason."""
     if len(pairs) < len(seeds):
         return "unresolved", f"{len(pairs)} of {len(seeds)} seeds paired"
+    if len(pairs) < 2:
+        return "unresolved", "one seed decides nothing"
     above = sum(b > a for a, b in pairs)
     if above == len(pairs):
         return "helps", f"above in each of {len(pairs)} seeds"
