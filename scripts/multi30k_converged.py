@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PLANS = {"multi30k_converged": REPO / "studies" / "multi30k_converged.yaml",
-         "multi30k_converged_cpu": REPO / "studies" / "multi30k_converged_cpu.yaml"}  # runs folder -> plan
+PLANS = (REPO / "studies" / "multi30k_converged.yaml", REPO / "studies" / "multi30k_converged_cpu.yaml")
 MODES = {"plan": ["--plan"], "run": [], "collect": ["--collect"], "release": ["--release"], "report": ["--report"]}
 
 
@@ -27,15 +26,17 @@ def runs_arguments(argv=None):
     """The ``python -m onmt_lma.study.runs`` arguments of this script's ``argv``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=tuple(MODES))
-    parser.add_argument("--plan", type=Path, default=PLANS["multi30k_converged"],
-                        help=f"the plan: one of {', '.join(str(p.relative_to(REPO)) for p in PLANS.values())}")
+    parser.add_argument("--plan", type=Path, default=PLANS[0],
+                        help=f"the plan: one of {', '.join(str(p.relative_to(REPO)) for p in PLANS)}")
     parser.add_argument("--runs", type=Path, help="the plan's runs folder (default: runs/<its runs_folder>)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "multi30k", help="prepared Multi30k")
     parser.add_argument("--results", type=Path, help="results folder (default: the plan's)")
     args, rest = parser.parse_known_args(argv)
-    folder = {plan.resolve(): name for name, plan in PLANS.items()}.get(args.plan.resolve())
-    if folder is None:
-        parser.error(f"--plan {args.plan}: expected one of {', '.join(str(p) for p in PLANS.values())}")
+    if args.plan.resolve() not in PLANS:
+        parser.error(f"--plan {args.plan}: expected one of {', '.join(str(p) for p in PLANS)}")
+    import yaml
+
+    folder = yaml.safe_load(args.plan.read_text())["runs_folder"]  # the plan says where its runs are
     args.runs = args.runs or REPO / "runs" / folder
     if args.runs.name != folder:
         parser.error(f"--runs {args.runs}: the plan's runs folder is RUNS_ROOT/{folder}")

@@ -63,13 +63,21 @@ def pilot_budget(curve, min_steps, max_steps, window, tolerance):
     for step in sorted(curve):
         if step > max_steps:
             break
-        if step >= min_steps and step - window in curve:
-            before = curve[step - window]
-            if (before - curve[step]) / before < tolerance:
+        if step >= min_steps:
+            gain = window_gain(curve, step, window)
+            if gain is not None and gain < tolerance:
                 return step
         if step == max_steps:
             return step
     return None
+
+
+def window_gain(curve, step, window):
+    """How much perplexity fell over the ``window`` steps up to ``step``, as a fraction of where it was
+    (the pilot's rule); None without both points."""
+    if step not in curve or step - window not in curve:
+        return None
+    return (curve[step - window] - curve[step]) / curve[step - window]
 
 
 def validation_curve(run_dir, valid_steps):

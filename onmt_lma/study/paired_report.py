@@ -53,10 +53,9 @@ def fmt(value, digits=2):
 def last_window_gain(entry, n, window):
     """How much a run's validation perplexity fell over the last ``window`` steps up to N, as a fraction of
     where it was (the pilot's rule applied to the run); None without both points."""
-    valid = entry["valid"] if entry else {}
-    if n not in valid or n - window not in valid:
-        return None
-    return (valid[n - window] - valid[n]) / valid[n - window]
+    from onmt_lma.study.budgeted import window_gain
+
+    return window_gain(entry["valid"] if entry else {}, n, window)
 
 
 def verdict(pairs, gains, seeds, tolerance):
