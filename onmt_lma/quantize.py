@@ -206,6 +206,19 @@ def export_quantization_aware(checkpoint, model):
     return result
 
 
+def refuse_quantized_training_start(path):
+    """A clear error, before any training, when ``-train_from`` names an ``onmt_lma_quantize`` export (int8
+    or packed low-bit codes): its weights are rounded for deployment; training goes on from the float
+    checkpoint it was made from (or, for quantization-aware training, that checkpoint with ``-quant_bits``)."""
+    from onmt_lma.checkpoint import checkpoint_loading
+
+    with checkpoint_loading(path):
+        info = torch.load(path, map_location="cpu", mmap=True).get("onmt_lma") or {}
+    if "int8" in info or "low_bit" in info:
+        raise QuantizeError(f"-train_from {path}: an onmt_lma_quantize export (quantized for deployment); train "
+                            "from the float checkpoint it was made from")
+
+
 def quantize_checkpoint(checkpoint, model, embeddings=False):
     """The int8 checkpoint of ``checkpoint`` (whose built model is ``model``); a quantization-aware one
     (``-quant_bits``) is exported in its own B-bit codes instead (:func:`export_quantization_aware`)."""

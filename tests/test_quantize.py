@@ -99,7 +99,7 @@ def test_an_int8_checkpoint_is_smaller_loads_its_exact_values_and_translates_as_
 
 
 @pytest.mark.integration
-def test_bad_quantization_input_is_one_line(lma_model, tmp_path):
+def test_bad_quantization_input_is_one_line(vocab, lma_model, tmp_path):
     def fails(*args):
         result = run("onmt_lma_quantize", *args, expect_ok=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -110,6 +110,20 @@ def test_bad_quantization_input_is_one_line(lma_model, tmp_path):
     run("onmt_lma_quantize", "-model", lma_model, "-output", tmp_path / "once.pt")
     assert "quantized already" in fails("-model", tmp_path / "once.pt", "-output", tmp_path / "twice.pt")
     assert not (tmp_path / "twice.pt").exists()
+
+    def train_fails(*args):
+        result = run("onmt_lma_train", *args, expect_ok=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        return result.stderr
+
+    # each a one-line error before any data or model is touched
+    assert "an onmt_lma_quantize export" in train_fails(*train_args(vocab, tmp_path / "m", "-train_from",
+                                                                    tmp_path / "once.pt"))
+    for bad, expected in ((("-quant_bits", "9"), "an integer from 2 to 8"),
+                          (("-quant_bits", "1"), "an integer from 2 to 8"),
+                          (("-quant_bucket", "0"), "an integer >= 2")):
+        assert expected in train_fails(*train_args(vocab, tmp_path / "m", *bad))
+    assert not list(tmp_path.glob("m_step_*.pt"))
 
 
 # --------------------------------------------------------------------------- #

@@ -11,6 +11,7 @@ import onmt.opts
 from onmt_lma.bin import user_errors_exit
 from onmt_lma.distill import add_kd_opts
 from onmt_lma.opts import CommandParser
+from onmt_lma.quantize import refuse_quantized_training_start
 
 
 def get_parser():
@@ -24,6 +25,8 @@ def main(argv=None):
     parser = get_parser()
     opt = parser.parse_args(argv)
     with user_errors_exit(parser):
+        if opt.train_from:
+            refuse_quantized_training_start(opt.train_from)
         onmt.bin.train.train(opt)
 
 
