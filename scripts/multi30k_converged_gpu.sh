@@ -2,7 +2,7 @@
 # The converged Multi30k study's students on one lent GPU machine (results/multi30k_converged/REPRODUCE.md).
 #
 #   bash scripts/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
-#   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT   # there, in the repository root
+#   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT [RUN ...]   # there, in the repository root
 #
 # The GPU image has python3, PyTorch (CUDA), sacrebleu, sentencepiece, yaml, matplotlib; .gpu/ brings
 # OpenNMT-py 3.5.1, ConfigArgParse, sacremoses, pyonmttok (wheels; pyonmttok unpacked and xz-compressed to
@@ -11,8 +11,9 @@
 # study never uses (terminology, inlinetags, clean, fuzzymatch): empty stand-ins are put there, so a run that
 # did use one fails at once.
 #
-# `run` starts the plan's main comparison and diagnostic (a) from the released float16 teacher (models/teacher.pt, loaded into
-# float32) and the pilot's budget (BUDGET.json), with CUDA MPS when the machine has it so that the students'
+# `run` starts the plan's runs RUN ... (default: the main comparison and diagnostic (a)) from the released
+# float16 teacher (models/teacher.pt, loaded into float32) and the pilot's budget (BUDGET.json), all at
+# once with CUDA MPS when the machine has it so that the students'
 # processes share the GPU's engines (without it they time-slice, about 1 step/s each), for at most SECONDS;
 # then it collects every finished run (OUT/collected.tar.gz: the study's collect, its log, the released
 # float16 students and their SHA256SUMS) and puts the released students in OUT (one file each).
@@ -59,6 +60,7 @@ progress() {  # every 30 s: each student's last logged step
 
 run() {
     local seconds=$1 out=$2 site=/tmp/site
+    shift 2
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$BUNDLE"/wheels/*.whl
     tar xJf "$BUNDLE/pyonmttok.tar.xz" -C "$site"
     stand_ins "$site"
@@ -70,9 +72,10 @@ run() {
     cp results/multi30k_converged/models/teacher.pt "$runs/teacher/model_step_3000.pt"
     echo model_step_3000.pt > "$runs/teacher/DONE"
     cp results/multi30k_converged/BUDGET.json "$runs/"
-    # with MPS the main comparison and diagnostic (a) at once; without it the seed-2 pair alone
+    # with MPS all the runs at once; without it the first two alone
     local only=(student64_relu_seed1 student64_lma_seed1 student64_relu_seed2 student64_lma_seed2
                 student64_relu_seed3 student64_lma_seed3 student64_relu_lr2x_seed1 student64_lma_lr2x_seed1)
+    if [ $# -gt 0 ]; then only=("$@"); fi
     # a second call on the same machine finds the daemon of the first running (its runs resume exactly)
     if command -v nvidia-cuda-mps-control >/dev/null && { pgrep -x nvidia-cuda-mps >/dev/null \
             || pgrep -f "nvidia-cuda-mps-control -d" >/dev/null || nvidia-cuda-mps-control -d; } \
@@ -81,7 +84,7 @@ run() {
     else
         echo "no CUDA MPS: the students time-slice the GPU"
         echo quit | nvidia-cuda-mps-control 2>/dev/null || true
-        only=(student64_relu_seed2 student64_lma_seed2)
+        only=("${only[@]:0:2}")
     fi
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, onmt, onmt_lma; print('torch', torch.__version__, torch.cuda.is_available())"
@@ -112,6 +115,6 @@ run() {
 
 case "${1:-}" in
     bundle) bundle ;;
-    run) run "$2" "$3" ;;
-    *) echo "usage: $0 bundle | run SECONDS OUT" >&2; exit 2 ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 bundle | run SECONDS OUT [RUN ...]" >&2; exit 2 ;;
 esac

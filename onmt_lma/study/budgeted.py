@@ -291,16 +291,31 @@ def finisher(plan_file, execution, pool):
                    "--runs-root", str(execution.runs.parent), "study", str(Path(plan_file).resolve()),
                    "--finish", run.name, "--steps", str(n), "--gpu", str(execution.gpu),
                    "--batch-size", str(execution.batch_size)]
-        return pool.submit(run_logged, command, execution.runs / run.name / "finish.log", process_env(execution))
+        return pool.submit(run_logged, command, execution.runs / run.name / "finish.log", process_env(execution),
+                           attempts=FINISH_ATTEMPTS)
     return finish
 
 
-def run_logged(command, log_path, env):
-    """``command`` with its output appended to ``log_path``; CalledProcessError when it fails.  The log is
-    opened here, in the pool's thread: a file opened by the submitting thread's ``with`` was closed before
-    the pool ran the command (every seed-1 finish of the converged study failed so, at once and silently)."""
+FINISH_ATTEMPTS = 2  # a finish resumes where it failed: once more before the study reports it failed (the
+# converged study's LMA-8 at twice the peak lost its evaluation to one "CUDA error: an illegal memory access"
+# while seven other processes shared the GPU)
+
+
+def run_logged(command, log_path, env, attempts=1):
+    """``command`` with its output appended to ``log_path``, run up to ``attempts`` times until it succeeds;
+    CalledProcessError when the last fails.  The log is opened here, in the pool's thread: a file opened by
+    the submitting thread's ``with`` was closed before the pool ran the command (every seed-1 finish of the
+    converged study failed so, at once and silently)."""
     with open(log_path, "a") as out:
-        return subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        for attempt in range(1, attempts + 1):
+            try:
+                return subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            except subprocess.CalledProcessError as error:
+                if attempt == attempts:
+                    raise
+                out.write(f"[attempt {attempt} of {attempts} failed with exit status {error.returncode}: "
+                          "running it again]\n")
+                out.flush()
 
 
 def run_study(study, plan_file, execution):
