@@ -99,12 +99,13 @@ run() {
     python3 scripts/multi30k_converged.py collect --runs "$runs" --data data/multi30k --results "$stage"
     python3 scripts/multi30k_converged.py release --runs "$runs" --data data/multi30k --results "$stage" || true
     rm -f "$stage/models/teacher.pt"
-    sed "s#$PWD/##g" "$runs/study.log" > "$stage/study_gpu.log"
+    local cut=(-e "s#$PWD/##g" -e "s#$site/#site-packages/#g" -e "s#/usr/lib/\(python3[.0-9]*\)/#\1/#g")
+    sed "${cut[@]}" "$runs/study.log" > "$stage/study_gpu.log"
     for run_dir in "$runs"/student*; do  # every run's logs, finished or not, this machine's folders cut
         mkdir -p "$stage/logs/${run_dir##*/}"
         for log in train.log finish.log COMMITS; do
             if [ -e "$run_dir/$log" ]; then
-                sed -e "s#$PWD/##g" -e "s#$site/#site-packages/#g" "$run_dir/$log" > "$stage/logs/${run_dir##*/}/$log"
+                sed "${cut[@]}" "$run_dir/$log" > "$stage/logs/${run_dir##*/}/$log"
             fi
         done
     done

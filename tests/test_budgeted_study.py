@@ -57,14 +57,16 @@ def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
         "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2", "student64_lma_seed2",
         "student64_relu_seed3", "student64_lma_seed3", "student64_relu_lr2x_seed1", "student64_lma_lr2x_seed1",
         "student64_lma_continuous_seed1", "student64_lma_actlr0.1_seed1", "student64_lma_frozen_seed1",
-        "student64_gelu_seed1"]
+        "student64_gelu_seed1", "student64_relu_lr2x_seed2", "student64_lma_lr2x_seed2", "student64_relu_lr2x_seed3",
+        "student64_lma_lr2x_seed3"]
     assert [run.name for run in cpu.runs] == ["teacher", "student64_relu_seed1", "student64_lma_seed1"]
-    assert [run.part for run in study.students] == ["main"] * 6 + ["a", "a", "b", "c", "d", "e"]
+    assert [run.part for run in study.students] == ["main"] * 6 + ["a", "a", "b", "c", "d", "e"] + ["a"] * 4
     assert study.budget == {"pilot": "student64_relu_seed1", "min_steps": 2000, "max_steps": 6000, "window": 500,
                             "tolerance": 0.02, "every": 250, "bleu_every": 500, "average_last": 4}
-    assert study.run_label(study.students[-3]) == "LMA-8, alpha/beta at 0.1x lr"
-    assert dict(study.students[-4].settings) == {"lma_continuous": True}
-    assert dict(study.students[-2].settings) == {"lma_lr_scale": 0.0}
+    assert study.run_label(study.students[-7]) == "LMA-8, alpha/beta at 0.1x lr"
+    assert dict(study.students[-8].settings) == {"lma_continuous": True}
+    assert dict(study.students[-6].settings) == {"lma_lr_scale": 0.0}
+    assert {dict(run.settings)["learning_rate"] for run in study.students if run.part == "a"} == {0.447}
     known = {action.dest for action in train_cli.get_parser()._actions}  # every setting is a training option
     assert all(key in known for run in study.students + cpu.students for key, _ in run.settings)
     # and the recipe's checkpoint interval is the plan's
@@ -121,7 +123,7 @@ def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
 def test_student_settings_keep_the_order_their_configs_were_composed_with(tmp_path, monkeypatch):
     study = runs.load_plan(CONVERGED_PLAN)
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "runs", settings=(("report_every", 5),))
-    continuous = study.students[-4]
+    continuous = study.students[-8]
     assert continuous.name == "student64_lma_continuous_seed1"
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution) == [
         ("pos_ffn_activation_fn", "lma"), ("seed", 1), ("kd_teacher", "t.pt"), ("train_steps", 6000),
@@ -323,8 +325,8 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
     assert "**Verdict (READING.md, rule 3): LMA-8 unresolved** against ReLU: below in each of 2 seeds, but 4 of 4" in text
     assert "LMA-8 − ReLU, averaged checkpoint: differences by seed -1.00, -1.50" in text
     assert "mean -1.25, sample std 0.35, paired t -5.00 (df 1); above in 0 of 2 seeds" in text
-    # the diagnostic against ReLU of its seed, averaged: 31.0 − 30.5
-    assert "| b: student64_lma_continuous_seed1 | LMA-8, continuous | 30.50 | 31.00 | 0.50 | 9.00 | 9.50 |" in text
+    # the diagnostic against ReLU and LMA-8 of its seed, averaged: 31.0 − 30.5 and 31.0 − 29.5
+    assert "| b: student64_lma_continuous_seed1 | LMA-8, continuous | 30.50 | 31.00 | 0.50 | 1.50 | 9.00 | 9.50 |" in text
     assert "## Budget: N = 8 steps (the pilot's rule)" in text
     assert (study.results / "bleu_vs_steps.png").stat().st_size > 0 and (study.results / "valid_ppl.png").is_file()
 
@@ -357,7 +359,7 @@ def test_the_cpu_part_shares_the_main_plans_settings():
     main, cpu = runs.load_plan(CONVERGED_PLAN), runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
     assert cpu.budget == main.budget and cpu.corpus == main.corpus and cpu.labels == main.labels
     assert [(r.name, r.settings) for r in cpu.students] == [(r.name, r.settings) for r in main.students[:2]]
-    assert [r.part for r in main.students if r.part != "main"] == ["a", "a", "b", "c", "d", "e"]
+    assert [r.part for r in main.students if r.part != "main"] == ["a", "a", "b", "c", "d", "e", "a", "a", "a", "a"]
 
 
 

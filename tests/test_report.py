@@ -108,6 +108,29 @@ def test_learned_lma_functions_are_drawn_as_the_model_computes_them(tmp_path):
     assert (tmp_path / "report" / "lma_shapes_multi30k_64.png").stat().st_size > 1000
 
 
+def test_a_studys_run_labels_name_the_learned_shapes(tmp_path, monkeypatch):
+    """A study's diagnostics are all seed 1 of LMA-8: the shapes figure names them by their run labels (``_label``),
+    each in a colour of its own, where activation and seed alone would name them all alike."""
+    import matplotlib.figure
+
+    from onmt_lma.study.plots import lma_shape_plots
+
+    layer = {"alpha": [0.0] * 4 + [1.0] * 4, "beta": [0.0] * 8, "running_mean": 0.0, "running_std": 1.0}
+    results = []
+    for label in ("LMA-8 seed 1", "LMA-8, continuous (b)", "LMA-8, alpha/beta frozen (d)"):
+        result = synthetic_result("multi30k", 64, "lma", 1, 10.0, 20.0, tmp_path / label)
+        result["model"]["learned_lma"] = {"encoder.transformer.0.feed_forward.activation": layer}
+        results.append(dict(result, _label=label))
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.append(
+        [(line.get_label(), line.get_color()) for line in fig.axes[0].get_lines()]))
+    lma_shape_plots(results, tmp_path)
+    (lines,) = drawn
+    assert [label for label, _ in lines] == ["LMA-8 seed 1", "LMA-8, continuous (b)", "LMA-8, alpha/beta frozen (d)",
+                                             "ReLU"]
+    assert len({color for _, color in lines[:3]}) == 3
+
+
 def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
     """scripts/rescore_results.py: BLEU recomputed from the stored hypotheses must equal the stored one;
     chrF is then added (sacreBLEU called directly as the check)."""

@@ -133,21 +133,27 @@ def report_lines(study, runs, budget, command):
                 lines += paired_lines(pairs[which], f"{label} − {base_label}, {what}")
         outcome, reason = verdict(pairs["averaged"], gains, seeds, study.budget["tolerance"])
         lines += ["", f"**Verdict (READING.md, rule 3): {label} {outcome}** against {base_label}: {reason}.", ""]
-    lines += [f"## Diagnostics (against {base_label} of the same seed)", "",
-              f"| run | what | BLEU final | BLEU averaged | Δ vs {base_label} (averaged) | test ppl | valid ppl at N |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    if all(run.part == "main" for run in study.students):
+        return lines
+    compared = [baseline, *others]  # a diagnostic against each main activation of its seed
+    deltas = " | ".join(f"Δ vs {study.activation_label(a)} (averaged)" for a in compared)
+    lines += ["## Diagnostics (against the main runs of the same seed)", "",
+              f"| run | what | BLEU final | BLEU averaged | {deltas} | test ppl | valid ppl at N |",
+              "| --- " * (6 + len(compared)) + "|"]
     for run in study.students:
         entry = runs.get(run.name)
         if run.part == "main" or not entry:
             continue
-        reference = main.get((baseline, run.seed))
-        reference_bleu = score(runs.get(reference.name), "averaged") if reference else None
         average_bleu = score(entry, "averaged")
-        delta = average_bleu - reference_bleu if None not in (average_bleu, reference_bleu) else None
+        cells = []
+        for activation in compared:
+            reference = main.get((activation, run.seed))
+            reference_bleu = score(runs.get(reference.name), "averaged") if reference else None
+            cells.append(average_bleu - reference_bleu if None not in (average_bleu, reference_bleu) else None)
         valid = entry["valid"].get(budget["N"]) if budget else None
         ppl = entry["final"]["ppl"] if entry.get("final") else None
         lines.append(f"| {run.part}: {run.name} | {study.run_label(run)} | {fmt(score(entry, 'final'))} "
-                     f"| {fmt(average_bleu)} | {fmt(delta)} | {fmt(ppl)} | {fmt(valid)} |")
+                     f"| {fmt(average_bleu)} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(ppl)} | {fmt(valid)} |")
     return lines + [""]
 
 
@@ -167,7 +173,8 @@ def report_plots(study, runs, out):
         if not any(runs.get(run.name, {}).get(key) for run in study.students):
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
-        for index, run in enumerate(study.students):
+        diagnostic_colors = iter(f"C{i}" for i in range(len(main_colors), 10))  # the rest of the 10 colors
+        for run in study.students:
             points = sorted(runs.get(run.name, {}).get(key, {}).items())
             if not points:
                 continue
@@ -175,7 +182,7 @@ def report_plots(study, runs, out):
                 ax.plot(*zip(*points), styles.get(run.seed, "-"), color=main_colors[run.activation],
                         label=f"{study.run_label(run)} seed {run.seed}")
             else:
-                ax.plot(*zip(*points), "-.", color=f"C{len(main_colors) + index}",
+                ax.plot(*zip(*points), "-.", color=next(diagnostic_colors, "black"),
                         label=f"({run.part}) {study.run_label(run)}")
         if log:
             ax.set_yscale("log")
@@ -198,7 +205,10 @@ def write_report(study, command):
     budget = json.loads(budget_file.read_text()) if budget_file.exists() else None
     text = "\n".join(report_lines(study, runs, budget, command))
     report_plots(study, runs, study.results)
-    evaluations = [dict(entry["averaged"], _file=str(study.results / "runs" / name)) for name, entry in runs.items()
+    labels = {run.name: study.run_label(run) + (f" seed {run.seed}" if run.part == "main" else f" ({run.part})")
+              for run in study.students}
+    evaluations = [dict(entry["averaged"], _file=str(study.results / "runs" / name), _label=labels.get(name, name))
+                   for name, entry in runs.items()
                    if entry.get("averaged") and entry["averaged"]["model"].get("learned_lma")]
     if evaluations:
         lma_shape_plots(evaluations, study.results)

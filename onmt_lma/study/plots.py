@@ -131,7 +131,8 @@ def lma_curve(layer, xs):
 
 def lma_shape_plots(results, out_dir):
     """``lma_shapes_<corpus>_<size>.png``: the function each LMA layer learned,
-    one panel per layer, over its running mean +- 4 running standard deviations."""
+    one panel per layer, over its running mean +- 4 running standard deviations.  A result with a ``_label``
+    (a study's run label) is drawn under it, else under its activation and seed."""
     import matplotlib.pyplot as plt
 
     found = defaultdict(list)
@@ -146,6 +147,7 @@ def lma_shape_plots(results, out_dir):
         rows = -(-len(layers) // columns)
         fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
         labels = sorted({activation_label(r["model"]) for r in runs}, key=lambda a: int(a.split("-")[1]))
+        run_labels = [r["_label"] for r in runs if "_label" in r]
         for ax, name in zip(axes.flat, layers):
             low = high = None
             for r in runs:
@@ -154,9 +156,12 @@ def lma_shape_plots(results, out_dir):
                     continue
                 mean, std = layer["running_mean"], layer["running_std"]
                 xs = [mean + std * (-4 + 8 * i / 400) for i in range(401)]
-                label = activation_label(r["model"])
-                ax.plot(xs, lma_curve(layer, xs), color=f"C{labels.index(label)}", alpha=0.8, linewidth=1,
-                        label=f"{label} seed {r['model'].get('seed')}")
+                if "_label" in r:
+                    label, color = r["_label"], f"C{run_labels.index(r['_label']) % 10}"
+                else:
+                    label = activation_label(r["model"])
+                    label, color = f"{label} seed {r['model'].get('seed')}", f"C{labels.index(label)}"
+                ax.plot(xs, lma_curve(layer, xs), color=color, alpha=0.8, linewidth=1, label=label)
                 low, high = min(xs[0], low if low is not None else xs[0]), max(xs[-1], high or xs[-1])
             relu_xs = sorted({low, min(max(0.0, low), high), high})
             ax.plot(relu_xs, [max(0.0, x) for x in relu_xs], "k--", linewidth=0.8, label="ReLU")
