@@ -3,6 +3,7 @@
 #
 #   bash scripts/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
 #   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT [RUN ...]   # there, in the repository root
+#   bash scripts/multi30k_converged_gpu.sh cuda-tests                 # there: the tests that need a GPU
 #
 # The GPU image has python3, PyTorch (CUDA), sacrebleu, sentencepiece, yaml, matplotlib; .gpu/ brings
 # OpenNMT-py 3.5.1, ConfigArgParse, sacremoses, pyonmttok (wheels; pyonmttok unpacked and xz-compressed to
@@ -25,7 +26,8 @@ bundle() {
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/wheels"
     local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
                      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-    for wheel in OpenNMT-py==3.5.1 ConfigArgParse==1.9.0 sacremoses==0.2.0 pyonmttok==1.38.1; do
+    for wheel in OpenNMT-py==3.5.1 ConfigArgParse==1.9.0 sacremoses==0.2.0 pyonmttok==1.38.1 \
+                 pytest==9.0.1 pluggy==1.6.0 iniconfig==2.3.0 packaging==25.0 Pygments==2.19.2; do  # pytest: cuda-tests
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             "${platforms[@]}" -d "$BUNDLE/wheels" "$wheel"
     done
@@ -58,13 +60,24 @@ progress() {  # every 30 s: each student's last logged step
     done
 }
 
-run() {
-    local seconds=$1 out=$2 site=/tmp/site
-    shift 2
+install() {  # the bundle's packages into /tmp/site, on PYTHONPATH with the repository
+    local site=/tmp/site
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$BUNDLE"/wheels/*.whl
     tar xJf "$BUNDLE/pyonmttok.tar.xz" -C "$site"
     stand_ins "$site"
     export PYTHONPATH="$site:$PWD" OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
+}
+
+cuda_tests() {  # the tests skipped without a GPU (their skip reason names it), each CUDA test of the suite
+    install
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    python3 -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_lma.py tests/test_quantize.py
+}
+
+run() {
+    local seconds=$1 out=$2 site=/tmp/site
+    shift 2
+    install
     mkdir -p data && tar xJf "$BUNDLE/multi30k.tar.xz" -C data
     sed "s#@DATA@#$PWD/data/multi30k#g" "$BUNDLE/placeholder/data.yaml" > data/multi30k/data.yaml
     local runs=runs/multi30k_converged
@@ -117,5 +130,6 @@ run() {
 case "${1:-}" in
     bundle) bundle ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 bundle | run SECONDS OUT [RUN ...]" >&2; exit 2 ;;
+    cuda-tests) cuda_tests ;;
+    *) echo "usage: $0 bundle | run SECONDS OUT [RUN ...] | cuda-tests" >&2; exit 2 ;;
 esac
