@@ -322,6 +322,8 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
     text = paired_report.write_report(study, "make it")
     # averaged: LMA-8 − ReLU = 29.5 − 30.5 = −1.00 (seed 1), 30.0 − 31.5 = −1.50 (seed 2)
     assert "| 1 | 30.00 | 30.50 | 29.00 | 29.50 | -1.00 | – / – |" in text  # one validation: no fall known
+    # ReLU final 30, 31; averaged 30.5, 31.5; LMA-8 final 29, 29.5; averaged 29.5, 30; differences -1, -1.5
+    assert "| mean ± std | 30.50 ± 0.71 | 31.00 ± 0.71 | 29.25 ± 0.35 | 29.75 ± 0.35 | -1.25 ± 0.35 | |" in text
     assert "**Verdict (READING.md, rule 3): LMA-8 unresolved** against ReLU: below in each of 2 seeds, but 4 of 4" in text
     assert "LMA-8 − ReLU, averaged checkpoint: differences by seed -1.00, -1.50" in text
     assert "mean -1.25, sample std 0.35, paired t -5.00 (df 1); above in 0 of 2 seeds" in text

@@ -50,6 +50,15 @@ def fmt(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def mean_std_text(values):
+    """``mean ± sample std`` of a column (``–`` when empty; the mean alone for one value)."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def last_window_gain(entry, n, window):
     """How much a run's validation perplexity fell over the last ``window`` steps up to N, as a fraction of
     where it was (the pilot's rule applied to the run); None without both points."""
@@ -112,7 +121,7 @@ def report_lines(study, runs, budget, command):
                   f"| seed | {base_label} final | {base_label} averaged | {label} final | {label} averaged "
                   f"| {label} − {base_label} (averaged) | validation ppl fall over the last {window} steps "
                   f"({base_label} / {label}) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        pairs, gains = {"final": [], "averaged": [], "chrf": []}, []
+        pairs, gains, columns = {"final": [], "averaged": [], "chrf": []}, [], [[], [], [], [], []]
         for seed in seeds:
             a = runs.get(main[(baseline, seed)].name) if (baseline, seed) in main else None
             b = runs.get(main[(other, seed)].name) if (other, seed) in main else None
@@ -126,6 +135,11 @@ def report_lines(study, runs, budget, command):
             diff = cells[3] - cells[1] if None not in (cells[1], cells[3]) else None
             shown = " / ".join("–" if g is None else f"{100 * g:.1f} %" for g in seed_gains)
             lines.append(f"| {seed} | " + " | ".join(fmt(c) for c in cells) + f" | {fmt(diff)} | {shown} |")
+            for column, value in zip(columns, [*cells, diff]):
+                if value is not None:
+                    column.append(value)
+        if max(len(column) for column in columns) > 1:
+            lines.append("| mean ± std | " + " | ".join(mean_std_text(column) for column in columns) + " | |")
         lines.append("")
         for which, what in (("final", "final checkpoint"), ("averaged", "averaged checkpoint"),
                             ("chrf", "chrF, averaged checkpoint")):
