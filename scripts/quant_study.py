@@ -59,7 +59,8 @@ def parse_student(text):
 
 
 def training_step(checkpoint):
-    """The step a training checkpoint was saved at (its optimizer's); an error for one without optimizer."""
+    """(the step a training checkpoint was saved at (its optimizer's), its activation, its seed); an error for
+    one without optimizer."""
     from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
 
     try:
@@ -71,7 +72,7 @@ def training_step(checkpoint):
         raise StudyInputError(f"{checkpoint}: no optimizer state (an averaged or released model?); "
                               "fine-tuning continues a training checkpoint, model_step_N.pt")
     # OpenNMT-py's optimizer counts from 1: after N steps it holds N + 1, and training resumes at step N + 1
-    return int(state["optim"]["training_step"]) - 1, state["opt"].pos_ffn_activation_fn
+    return int(state["optim"]["training_step"]) - 1, state["opt"].pos_ffn_activation_fn, state["opt"].seed
 
 
 ONNX_FP32, ONNX_INT8 = "fp32 (ONNX Runtime)", "int8 post-training (ONNX Runtime)"
@@ -131,11 +132,14 @@ def fine_tuning(label, checkpoint, bits, args):
     """The run folder and settings of one student's fine-tuning (``bits`` 0: float)."""
     from onmt_lma.study import runs
 
-    start, activation = training_step(checkpoint)
+    start, activation, seed = training_step(checkpoint)
     distil = (("kd_cache", str(runs.teacher_cache(args.data.name, args.teacher.resolve(), args.data.parent,
                                                   args.kd_cache)))
               if args.kd_cache else ("kd_teacher", str(args.teacher.resolve())))
-    settings = [("pos_ffn_activation_fn", activation), ("train_from", str(checkpoint.resolve())), distil,
+    # the student's own seed (OpenNMT-py's default, -1, seeds nothing: every process then draws other batches
+    # and dropout), so that two students of one seed fine-tune on the same batches in the same order
+    settings = [("pos_ffn_activation_fn", activation), ("seed", seed if seed > 0 else 1),
+                ("train_from", str(checkpoint.resolve())), distil,
                 ("train_steps", start + args.steps), ("valid_steps", args.steps),
                 ("save_checkpoint_steps", min(100, args.steps))]  # resumable
     if bits:

@@ -268,9 +268,9 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
 @pytest.mark.integration
 def test_the_quantization_study_fine_tunes_two_students_at_once(teacher, lma_student, corpus_dir, tmp_path, capsys):
     """quant_study.py's fine-tunings of one configuration: one process per student (here the same checkpoint
-    twice), each finished (DONE) with the quantization-aware setting.  (Their weights are not compared: fine-tuning
-    from another run's checkpoint is not bit-reproducible in OpenNMT-py 3.5.1 here, even one run after the other
-    in one process - other dropout, and in other processes other batches; from-scratch runs of one seed are.)"""
+    twice), each finished (DONE) with the quantization-aware setting, and bit-identical: the fine-tuning takes the
+    student's seed (here none, -1: then 1), where OpenNMT-py's default seed -1 seeds nothing and every process
+    drew other batches and dropout."""
     import argparse
     import importlib.util
 
@@ -288,7 +288,10 @@ def test_the_quantization_study_fine_tunes_two_students_at_once(teacher, lma_stu
         run_dir = tmp_path / f"{label}_qat4_2"
         assert (run_dir / "DONE").read_text().strip() == "model_step_32.pt"
         assert "with 4-bit weights (buckets of 256)" in (run_dir / "train.log").read_text()
+        assert "seed: 1\n" in (run_dir / "config.yaml").read_text()
     assert study.fine_tune("lma", lma_student, 4, args) == tmp_path / "lma_qat4_2" / "model_step_32.pt"  # kept
+    lma, twin = (load(tmp_path / f"{label}_qat4_2" / "model_step_32.pt")["model"] for label, _ in students)
+    assert all(torch.equal(lma[key], twin[key]) for key in lma)  # the same batches and dropout in both processes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a lent GPU machine)")
