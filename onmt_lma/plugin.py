@@ -141,7 +141,7 @@ from onmt_lma.quantize import (  # noqa: E402
     quantize_linears,
     quantize_weights_in_place,
 )
-from onmt_lma.resume import KEY as RESUME_KEY, exact_accumulation, resume_state  # noqa: E402
+from onmt_lma.resume import KEY as RESUME_KEY, exact_accumulation, resume_state, resumes_own_run  # noqa: E402
 
 _ORIGINAL = {}
 #: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
@@ -300,7 +300,20 @@ def load_checkpoint(ckpt_path):
         return dequantize_checkpoint(_ORIGINAL["load_checkpoint"](ckpt_path))
 
 
+def unseeded_warning(opt):
+    """The warning for a run that nothing makes repeatable (None when it is): OpenNMT-py seeds torch, random and
+    numpy only for ``-seed`` > 0, and its default is -1; a run resuming its own checkpoint restores the saved
+    random state instead (:mod:`onmt_lma.resume`)."""
+    if getattr(opt, "seed", -1) > 0 or resumes_own_run(opt):
+        return None
+    return (f"-seed {getattr(opt, 'seed', -1)} seeds nothing: this run draws its own initial weights, batch order "
+            "and dropout and cannot be repeated; give -seed N (N > 0) to make it reproducible")
+
+
 def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
+    warning = unseeded_warning(opt)
+    if warning:
+        logging.getLogger("onmt").warning(warning)
     trainer = _ORIGINAL["build_trainer"](opt, device_id, model, vocabs, optim, model_saver)
     trainer.train_loss.optim = trainer.optim  # the training loss checks itself, naming the step
     return attach_teacher(exact_accumulation(trainer, opt), opt, vocabs)

@@ -142,6 +142,20 @@ def test_translate_refuses_a_segment_count_other_than_the_trained_one(vocab, lma
     assert "Traceback" not in result.stderr
 
 
+def test_a_run_without_a_seed_says_it_cannot_be_repeated(vocab, tmp_path):
+    """OpenNMT-py's default -seed -1 seeds nothing (each process draws other weights, batches and dropout): said
+    once at the start; a seeded run and a run resuming its own checkpoint (random state restored) stay quiet."""
+    from argparse import Namespace
+
+    unseeded = run("onmt_lma_train", *train_args(vocab, tmp_path / "unseeded", "-seed", "-1", "-train_steps", "2"))
+    assert unseeded.stderr.count("-seed -1 seeds nothing: this run draws its own initial weights") == 1
+    assert plugin.unseeded_warning(Namespace(seed=1, train_from=None, save_model="m")) is None
+    own = Namespace(seed=-1, train_from=str(tmp_path / "m_step_4.pt"), save_model=str(tmp_path / "m"))
+    assert plugin.unseeded_warning(own) is None
+    other = Namespace(seed=-1, train_from=str(tmp_path / "other" / "m_step_4.pt"), save_model=str(tmp_path / "m"))
+    assert "give -seed N" in plugin.unseeded_warning(other)
+
+
 def test_missing_train_from_checkpoint_is_a_clear_error(vocab, tmp_path):
     result = run("onmt_lma_train", *train_args(vocab, tmp_path / "m", "-train_from",
                                                tmp_path / "nope.pt", "-train_steps", "1"),
