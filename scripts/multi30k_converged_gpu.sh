@@ -4,6 +4,11 @@
 #   bash scripts/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
 #   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT [RUN ...]   # there, in the repository root
 #   bash scripts/multi30k_converged_gpu.sh cuda-tests                 # there: the tests that need a GPU
+#   bash scripts/multi30k_converged_gpu.sh park | unpark              # here, before and after a call
+#
+# A call carries the working tree, at most 64 MiB: `park` moves the released students (73 MB; `run` needs
+# only the teacher) out of the repository to ../.parked_models, `unpark` puts them back and checks their
+# sha256 against models/SHA256SUMS.
 #
 # The GPU image has python3, PyTorch (CUDA), sacrebleu, sentencepiece, yaml, matplotlib; .gpu/ brings
 # OpenNMT-py 3.5.1, ConfigArgParse, sacremoses, pyonmttok (wheels; pyonmttok unpacked and xz-compressed to
@@ -127,9 +132,25 @@ run() {
     ls -la "$out"
 }
 
+MODELS=results/multi30k_converged/models PARKED=../.parked_models
+
+park() {
+    mkdir -p "$PARKED"
+    mv "$MODELS"/student64_*.pt "$PARKED"/
+    echo "parked $(ls "$PARKED" | wc -l) students in $PARKED; the working tree: $(git ls-files -z | du -ch \
+        --files0-from=- 2>/dev/null | tail -1 | cut -f1) tracked"
+}
+
+unpark() {
+    mv "$PARKED"/student64_*.pt "$MODELS"/ && rmdir "$PARKED"
+    (cd "$MODELS" && sha256sum -c --quiet SHA256SUMS) && echo "released models back, sha256 checked"
+}
+
 case "${1:-}" in
     bundle) bundle ;;
     run) shift; run "$@" ;;
     cuda-tests) cuda_tests ;;
-    *) echo "usage: $0 bundle | run SECONDS OUT [RUN ...] | cuda-tests" >&2; exit 2 ;;
+    park) park ;;
+    unpark) unpark ;;
+    *) echo "usage: $0 bundle | run SECONDS OUT [RUN ...] | cuda-tests | park | unpark" >&2; exit 2 ;;
 esac
