@@ -333,6 +333,34 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
     assert (study.results / "bleu_vs_steps.png").stat().st_size > 0 and (study.results / "valid_ppl.png").is_file()
 
 
+def test_the_curves_name_every_run_and_give_each_diagnostic_a_colour_of_its_own(tmp_path, monkeypatch):
+    """A diagnostic with several collected seeds names them and marks them; one with a single seed (or planned
+    seeds not yet collected) does not; no diagnostic shares a main run's colour; the right panel is the second half."""
+    import matplotlib.figure
+
+    runs_text = ("  - teacher\n  - {size: 64, activations: [relu, lma], seeds: [1, 2], part: main}\n"
+                 "  - {size: 64, activations: [lma], seeds: [1, 2], part: b, variant: continuous, what: continuous,"
+                 " settings: {lma_continuous: true}}\n"
+                 "  - {size: 64, activations: [relu], seeds: [1, 2], part: a, variant: lr2x, what: twice the peak,"
+                 " settings: {learning_rate: 0.4}}\n")
+    study = runs.load_plan(write_plan(tmp_path / "plan.yaml", runs_text=runs_text))
+    collected = {run.name: {"curve": {4: 10.0, 8: 20.0}, "valid": {}} for run in study.students
+                 if run.name != "student64_relu_lr2x_seed2"}  # planned, not collected yet
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.append(
+        [[(line.get_label(), line.get_color(), line.get_marker()) for line in ax.get_lines()] for ax in fig.axes]))
+    paired_report.report_plots(study, collected, tmp_path)
+    ((whole, late),) = drawn  # no validation curves: one figure
+    labels = {label: (color, marker) for label, color, marker in whole}
+    assert list(labels) == ["ReLU seed 1", "LMA-8 seed 1", "ReLU seed 2", "LMA-8 seed 2",
+                            "(b) LMA-8, continuous seed 1", "(b) LMA-8, continuous seed 2", "(a) ReLU, twice the peak"]
+    assert labels["(b) LMA-8, continuous seed 1"][0] == labels["(b) LMA-8, continuous seed 2"][0]
+    assert labels["(b) LMA-8, continuous seed 1"][1] != labels["(b) LMA-8, continuous seed 2"][1]
+    main_colours = {labels["ReLU seed 1"][0], labels["LMA-8 seed 1"][0]}
+    assert not main_colours & {labels["(b) LMA-8, continuous seed 1"][0], labels["(a) ReLU, twice the peak"][0]}
+    assert len(late) == len(whole)  # step 8 of 8 is in the second half
+
+
 def test_the_wrapper_script_keeps_its_commands():
     spec = importlib.util.spec_from_file_location("multi30k_converged", REPO / "scripts" / "multi30k_converged.py")
     module = importlib.util.module_from_spec(spec)

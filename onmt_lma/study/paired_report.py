@@ -172,7 +172,8 @@ def report_lines(study, runs, budget, command):
 
 
 def report_plots(study, runs, out):
-    """``bleu_vs_steps.png`` and ``valid_ppl.png``: every run, main seeds by line style, diagnostics dash-dot."""
+    """``bleu_vs_steps.png`` and ``valid_ppl.png``: every run, main seeds by line style, each diagnostic in a colour
+    of its own (its seeds by marker); left the whole run, right its second half, where the runs part."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,29 +181,41 @@ def report_plots(study, runs, out):
 
     baseline, others, _, _ = main_design(study)
     main_colors = {activation: f"C{i}" for i, activation in enumerate([baseline, *others])}
-    styles = {1: "-", 2: "--", 3: ":"}
+    diagnostics = list(dict.fromkeys(study.run_label(run) for run in study.students if run.part != "main"))
+    diagnostic_colors = {label: f"C{(len(main_colors) + i) % 10}" for i, label in enumerate(diagnostics)}
+    diagnostic_seeds = {study.run_label(run): set() for run in study.students}
+    for run in study.students:
+        if runs.get(run.name):  # collected: a planned seed is not drawn yet
+            diagnostic_seeds[study.run_label(run)].add(run.seed)
+    styles, markers = {1: "-", 2: "--", 3: ":"}, {1: "", 2: "x", 3: "+"}
     written = []
     for key, name, ylabel, log in (("curve", "bleu_vs_steps.png", "test sacreBLEU (beam 5)", False),
                                    ("valid", "valid_ppl.png", "validation perplexity", True)):
-        if not any(runs.get(run.name, {}).get(key) for run in study.students):
+        curves = [(run, sorted(runs.get(run.name, {}).get(key, {}).items())) for run in study.students]
+        curves = [(run, points) for run, points in curves if points]
+        if not curves:
             continue
-        fig, ax = plt.subplots(figsize=(8, 5))
-        diagnostic_colors = iter(f"C{i}" for i in range(len(main_colors), 10))  # the rest of the 10 colors
-        for run in study.students:
-            points = sorted(runs.get(run.name, {}).get(key, {}).items())
-            if not points:
-                continue
-            if run.part == "main":
-                ax.plot(*zip(*points), styles.get(run.seed, "-"), color=main_colors[run.activation],
-                        label=f"{study.run_label(run)} seed {run.seed}")
-            else:
-                ax.plot(*zip(*points), "-.", color=next(diagnostic_colors, "black"),
-                        label=f"({run.part}) {study.run_label(run)}")
+        last = max(step for _, points in curves for step, _ in points)
+        fig, (whole, late) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+        for ax, first in ((whole, 0), (late, last / 2)):
+            for run, points in curves:
+                points = [(step, value) for step, value in points if step >= first]
+                if not points:
+                    continue
+                label = study.run_label(run)
+                if run.part == "main":
+                    ax.plot(*zip(*points), styles.get(run.seed, "-"), color=main_colors[run.activation],
+                            label=f"{label} seed {run.seed}")
+                else:
+                    seeds = f" seed {run.seed}" if len(diagnostic_seeds[label]) > 1 else ""
+                    ax.plot(*zip(*points), "-.", marker=markers.get(run.seed, "o"), color=diagnostic_colors[label],
+                            label=f"({run.part}) {label}{seeds}")
+            ax.set_xlabel("training step")
+            ax.set_ylabel(ylabel)
         if log:
-            ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
+            whole.set_yscale("log")
+        late.set_title(f"the second half (steps from {last // 2:,})", fontsize=9)
+        whole.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(Path(out) / name, dpi=110)
         plt.close(fig)
