@@ -232,8 +232,8 @@ def write_report(study, command):
     budget = json.loads(budget_file.read_text()) if budget_file.exists() else None
     text = "\n".join(report_lines(study, runs, budget, command))
     report_plots(study, runs, study.results)
-    labels = {run.name: study.run_label(run) + (f" seed {run.seed}" if run.part == "main" else f" ({run.part})")
-              for run in study.students}
+    labels = {run.name: study.run_label(run) + (f" seed {run.seed}" if run.part == "main"
+                                                else f" ({run.part}, seed {run.seed})") for run in study.students}
     evaluations = [dict(entry["averaged"], _file=str(study.results / "runs" / name), _label=labels.get(name, name))
                    for name, entry in runs.items()
                    if entry.get("averaged") and entry["averaged"]["model"].get("learned_lma")]
