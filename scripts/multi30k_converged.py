@@ -4,9 +4,9 @@
     python -m onmt_lma.study.runs study PLAN [--plan|--collect|--release|--report]
 
 with the commands of its REPRODUCE.md.  PLAN (runs, the pilot's budget rule, evaluation) is
-studies/multi30k_converged.yaml (the main comparison and diagnostic (a), run on one GPU) or, with
---plan, studies/multi30k_converged_cpu.yaml (the seed-1 pair on CPU and diagnostics (b)-(e)); how it runs
-is onmt_lma.study.budgeted.
+studies/multi30k_converged.yaml (the main comparison and the diagnostics (a)-(e), run on one GPU) or,
+with --plan, studies/multi30k_converged_cpu.yaml (the seed-1 pair on 2 CPU cores); how it runs is
+onmt_lma.study.budgeted.
 
     python scripts/multi30k_converged.py plan [--plan studies/multi30k_converged_cpu.yaml]
     python scripts/multi30k_converged.py run [--gpu 0] [--parallel 2] [--kd-cache 8] [--deadline-min M]

@@ -181,12 +181,11 @@ def report_plots(study, runs, out):
 
     baseline, others, _, _ = main_design(study)
     main_colors = {activation: f"C{i}" for i, activation in enumerate([baseline, *others])}
-    diagnostics = list(dict.fromkeys(study.run_label(run) for run in study.students if run.part != "main"))
-    diagnostic_colors = {label: f"C{(len(main_colors) + i) % 10}" for i, label in enumerate(diagnostics)}
-    diagnostic_seeds = {study.run_label(run): set() for run in study.students}
+    diagnostic_seeds = {}  # each diagnostic's collected seeds (a planned one is not drawn yet), in plan order
     for run in study.students:
-        if runs.get(run.name):  # collected: a planned seed is not drawn yet
-            diagnostic_seeds[study.run_label(run)].add(run.seed)
+        if run.part != "main":
+            diagnostic_seeds.setdefault(study.run_label(run), set()).update([run.seed] * bool(runs.get(run.name)))
+    diagnostic_colors = {label: f"C{(len(main_colors) + i) % 10}" for i, label in enumerate(diagnostic_seeds)}
     styles, markers = {1: "-", 2: "--", 3: ":"}, {1: "", 2: "x", 3: "+"}
     written = []
     for key, name, ylabel, log in (("curve", "bleu_vs_steps.png", "test sacreBLEU (beam 5)", False),
