@@ -60,12 +60,12 @@ from onmt.utils.logging import logger  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _translate_opts(checkpoint, src, output, beam, gpu, batch_size=1, fixed_length=None):
+def _translate_opts(checkpoint, src, output, beam, gpu, batch_size=1, fixed_length=None, batch_type="sents"):
     from onmt_lma.bin.translate import get_parser
     from onmt.utils.parse import ArgumentParser
 
     args = ["-model", str(checkpoint), "-src", str(src), "-output", str(output),
-            "-beam_size", str(beam), "-batch_size", str(batch_size), "-batch_type", "sents",
+            "-beam_size", str(beam), "-batch_size", str(batch_size), "-batch_type", batch_type,
             "-max_length", "250", "-gpu", str(gpu)]
     if fixed_length:  # every hypothesis exactly this long: equal decoding work across models
         args += ["-min_length", str(fixed_length), "-max_length", str(fixed_length)]
@@ -158,30 +158,41 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
     return {"seconds": seconds, "memory": memory}
 
 
+def teacher_forced_batches(checkpoint, src, tgt, gpu=-1, batch_size=32, batch_type="sents"):
+    """``(engine, batches, sentences)``: an OpenNMT-py inference engine for ``checkpoint`` and its batches of
+    the ``src``/``tgt`` line pairs (the checkpoint's transforms and vocabularies; each batch has ``tgt``).
+    Terminate the engine after use."""
+    from onmt.constants import CorpusTask
+    from onmt.inference_engine import InferenceEnginePY
+    from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter
+
+    src_lines = Path(src).read_text(encoding="utf-8").splitlines()
+    tgt_lines = Path(tgt).read_text(encoding="utf-8").splitlines()
+    if len(src_lines) != len(tgt_lines):
+        raise EvaluationInputError(f"{src} has {len(src_lines)} lines, {tgt} {len(tgt_lines)}: "
+                                   "expected line-aligned parallel text")
+    opt = _translate_opts(checkpoint, src, os.devnull, 1, gpu, batch_size, batch_type=batch_type)
+    engine = InferenceEnginePY(opt)
+    batches = build_dynamic_dataset_iter(
+        opt, engine.transforms_cls, engine.vocabs, task=CorpusTask.INFER,
+        src=src_lines, tgt=tgt_lines, device_id=engine.device_id,
+    )
+    return engine, batches, len(src_lines)
+
+
 def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     """Perplexity of the references under the model (teacher forcing), per target token.
 
     Uses the translator's private ``_run_encoder``, ``_score_target`` and
     ``_tgt_pad_idx`` (OpenNMT-py 3.5.1; the list is in :mod:`onmt_lma.plugin`).
     """
-    from onmt.constants import CorpusTask
-    from onmt.inference_engine import InferenceEnginePY
-    from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter
     import torch
-
-    opt = _translate_opts(checkpoint, src, os.devnull, 1, gpu, batch_size)
-    engine = InferenceEnginePY(opt)
-    translator = engine.translator
-    src_lines = Path(src).read_text(encoding="utf-8").splitlines()
-    tgt_lines = Path(tgt).read_text(encoding="utf-8").splitlines()
-    batches = build_dynamic_dataset_iter(
-        opt, engine.transforms_cls, engine.vocabs, task=CorpusTask.INFER,
-        src=src_lines, tgt=tgt_lines, device_id=engine.device_id,
-    )
-    total_log_prob, tokens = 0.0, 0
     from tqdm import tqdm
 
-    with torch.no_grad(), tqdm(total=len(src_lines), desc="perplexity", unit="sent", mininterval=5) as progress:
+    engine, batches, sentences = teacher_forced_batches(checkpoint, src, tgt, gpu, batch_size)
+    translator = engine.translator
+    total_log_prob, tokens = 0.0, 0
+    with torch.no_grad(), tqdm(total=sentences, desc="perplexity", unit="sent", mininterval=5) as progress:
         for batch, _ in batches:
             progress.update(batch["src"].size(0))
             src_t, enc_final_hs, enc_out, src_len = translator._run_encoder(batch)
