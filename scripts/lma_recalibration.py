@@ -46,11 +46,12 @@ VERSIONS = (
 
 
 def segment_shift(released, recalibrated, segments=8):
-    """How far recalibration moves a layer's cut points, in segment widths of the released statistics:
-    the middle cut point moves by |Δmean|, the outer ones by up to |Δmean| + (k / 2) |Δstd| (6 std / k each)."""
+    """How far recalibration moves a layer's cut points, in segment widths (6 std / k) of the released
+    statistics: the middle cut point (the mean) by |Δmean|, the outermost (mean ± 3 std) by up to
+    |Δmean| + 3 |Δstd|."""
     (mean, std), (new_mean, new_std) = released, recalibrated
     width = 6 * std / segments
-    return abs(new_mean - mean) / width, (abs(new_mean - mean) + segments / 2 * 6 * abs(new_std - std) / segments) / width
+    return abs(new_mean - mean) / width, (abs(new_mean - mean) + 3 * abs(new_std - std)) / width
 
 
 def recalibrate(model, data, out, options):
@@ -156,8 +157,7 @@ def main(argv=None):
                 paths[key] = recalibrate(lma, args.data, args.runs / f"{lma.stem}.{key}.pt", options)
         results[seed] = {}
         for key, path in paths.items():
-            r = evaluated(path, args.data, args.runs / f"{Path(path).stem}.{key}.eval.json"
-                          if key.startswith("lma_") else args.runs / f"{Path(path).stem}.eval.json")
+            r = evaluated(path, args.data, args.runs / f"{Path(path).stem}.eval.json")
             results[seed][key] = {"bleu": r["bleu"]["score"], "chrf": r["chrf"]["score"], "ppl": r["ppl"],
                                   "signature": r["bleu"]["signature"]}
         released = stored_statistics(lma)
