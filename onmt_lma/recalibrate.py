@@ -1,7 +1,7 @@
 """Recompute LMA's running statistics of a trained model ("precise" test-time statistics).
 
     onmt_lma_recalibrate -model CK.pt -src train.de -tgt train.en -output OUT.pt
-        [-batch_size 3192] [-batch_type tokens] [-max_sentences N] [-gpu 0]
+        [-batch_size 3192] [-batch_type tokens] [-max_sentences N] [-dropout] [-gpu 0]
 
 At test time LMA cuts its segments with ``running_mean`` and ``running_std``,
 exponential moving averages (momentum 0.99) of the batch statistics seen in
@@ -16,6 +16,9 @@ the batch-normalization practice after weight averaging (Izmailov et al. 2018,
 "bn_update").  Other tensors, the vocabularies and options are copied; the
 output keeps the checkpoint's precision (float16 for a released model).
 A model without LMA layers is refused: there is nothing to recalibrate.
+On the released Multi30k LMA-8 students it moved BLEU by +0.14 on average
+(``results/multi30k_converged/recalibration``): a diagnostic, not a step the
+recipes need.
 """
 
 import argparse
@@ -92,8 +95,8 @@ def running_statistics(model):
 def recalibrated_statistics(checkpoint, src, tgt, gpu=-1, batch_size=3192, batch_type="tokens",
                             max_sentences=None, dropout=False, seed=1):
     """``({layer: (mean, std)}, sentences, batches)``: the mean batch statistics of every LMA layer of
-    ``checkpoint`` over the (first ``max_sentences``) pairs of ``src``/``tgt`` (``dropout``: with the
-    checkpoint's dropout on, drawn from ``seed``)."""
+    ``checkpoint`` over the pairs of ``src``/``tgt`` (``max_sentences``: the batches until that many pairs are
+    seen; ``dropout``: with the checkpoint's dropout on, drawn from ``seed``)."""
     from tqdm import tqdm
 
     from onmt_lma.evaluate import EvaluationInputError, teacher_forced_batches
@@ -173,7 +176,7 @@ def get_parser():
                help="batch size, as in training (the recipes: 3192 tokens)")
     parser.add("--batch_type", "-batch_type", choices=("tokens", "sents"), default="tokens")
     parser.add("--max_sentences", "-max_sentences", type=int_type("an integer >= 1", lambda n: n >= 1),
-               help="use only the first N sentence pairs")
+               help="stop after the batch in which N sentence pairs are reached")
     parser.add("--dropout", "-dropout", action="store_true",
                help="keep the model's dropout on, as in training (default off, as at test time)")
     parser.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
