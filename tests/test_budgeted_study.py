@@ -333,6 +333,47 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
     assert (study.results / "bleu_vs_steps.png").stat().st_size > 0 and (study.results / "valid_ppl.png").is_file()
 
 
+def test_training_reports_read_opennmt_step_lines_with_and_without_a_teacher(tmp_path):
+    from onmt_lma.study.report import training_reports, validation_curve
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "[2026 INFO] Step 2720/ 6000; acc: 68.5; ppl:   4.4; xent: 1.5; lr: 0.00054; sents:    3954; "
+        "bsz: 2409/2792/198; 13727/15912 tok/s;    177 sec; kd_kl: 1.01\n"
+        "[2026 INFO] Validation perplexity: 8.58871\n[2026 INFO] Validation accuracy: 64.5983\n"
+        "[2026 INFO] Step 3000/ 3000; acc: 86.4; ppl:   1.7; xent: 0.5; lr: 0.00040; sents: 10; bsz: 1/2/3; "
+        "1/2 tok/s;  9 sec;\n")
+    assert training_reports(log) == [
+        {"step": 2720, "acc": 68.5, "ppl": 4.4, "xent": 1.5, "kd_kl": 1.01},
+        {"step": 3000, "acc": 86.4, "ppl": 1.7, "xent": 0.5, "kd_kl": None}]
+    assert validation_curve(log, 250, "accuracy") == [(2750, 64.5983)]
+    assert validation_curve(log, 250) == [(2750, 8.58871)]
+
+
+def test_the_fit_section_shows_training_fit_beside_validation_and_pairs_it_by_seed(tmp_path):
+    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    # N = 8, window 2: the reports of steps 7 and 8 count (6 is outside, 9 after N)
+    fits = {"student64_relu_seed1": (60.0, 2.0), "student64_lma_seed1": (58.0, 2.2),
+            "student64_relu_seed2": (61.0, 1.9), "student64_lma_seed2": (60.0, 2.0)}
+    for name, (acc, xent) in fits.items():
+        folder = study.results / "runs" / name
+        folder.mkdir(parents=True)
+        lines = [f"Step {step}/ 12; acc: {acc + (50 if step in (6, 9) else 0) + (step == 8)}; ppl: 7.0; "
+                 f"xent: {xent}; lr: 1; kd_kl: 0.5" for step in (6, 7, 8, 9)]
+        lines[2] += "\nValidation perplexity: 9.5\nValidation accuracy: 55.0"
+        (folder / "train.log").write_text("\n".join(lines) + "\n")
+    collected = paired_report.load_collected(study.results, 2)
+    text = "\n".join(paired_report.fit_lines(study, collected, {"N": 8}))
+    assert "## Fit to the training data (steps 7–8) and validation at N" in text
+    # seed 1: ReLU accuracy (60 + 61) / 2 = 60.5, valid 55.0, gap 5.5; LMA-8 58.5, gap 3.5
+    assert "| ReLU seed 1 | 60.50 | 2.000 | 0.500 | 55.00 | 9.50 | 5.50 |" in text
+    assert "| LMA-8 seed 1 | 58.50 | 2.200 | 0.500 | 55.00 | 9.50 | 3.50 |" in text
+    assert "LMA-8 − ReLU, training NLL: differences by seed +0.20, +0.10" in text
+    assert "LMA-8 − ReLU, training accuracy: differences by seed -2.00, -1.00" in text
+    assert "student64_lma_continuous" not in text and "continuous" not in text  # no log: no row
+    assert paired_report.fit_lines(study, collected, None) == []
+
+
 def test_the_curves_name_every_run_and_give_each_diagnostic_a_colour_of_its_own(tmp_path, monkeypatch):
     """A diagnostic with several collected seeds names them and marks them; one with a single seed (or planned
     seeds not yet collected) does not; no diagnostic shares a main run's colour; the right panel is the second half."""

@@ -10,21 +10,24 @@ import json
 import statistics
 from pathlib import Path
 
-from onmt_lma.study.report import validation_curve
+from onmt_lma.study.report import training_reports, validation_curve
 
 
 def load_collected(results, valid_steps):
-    """{run name: {"final": eval, "averaged": eval, "curve": {step: BLEU}, "valid": {step: ppl}}}."""
+    """{run name: {"final": eval, "averaged": eval, "curve": {step: BLEU}, "valid": {step: ppl},
+    "valid_acc": {step: accuracy}, "train": [step report, ...]}}."""
     runs = {}
     folder_of_runs = Path(results) / "runs"
     for folder in sorted(folder_of_runs.iterdir()) if folder_of_runs.is_dir() else []:
-        entry = {"final": None, "averaged": None, "curve": {}, "valid": {}}
+        entry = {"final": None, "averaged": None, "curve": {}, "valid": {}, "valid_acc": {}, "train": []}
         for path in folder.glob("*.eval.json"):
             entry["averaged" if path.name.startswith("model_avg_") else "final"] = json.loads(path.read_text())
         if (folder / "curve.json").exists():
             entry["curve"] = {int(k): v for k, v in json.loads((folder / "curve.json").read_text()).items()}
         if (folder / "train.log").exists():
             entry["valid"] = dict(validation_curve(folder / "train.log", valid_steps))
+            entry["valid_acc"] = dict(validation_curve(folder / "train.log", valid_steps, "accuracy"))
+            entry["train"] = training_reports(folder / "train.log")
         runs[folder.name] = entry
     return runs
 
@@ -89,6 +92,57 @@ def verdict(pairs, gains, seeds, tolerance):
     return "hurts", f"below in each of {len(pairs)} seeds, every curve flat at N"
 
 
+def training_fit(entry, n, window):
+    """Mean training accuracy, NLL (xent) and KD KL of a run's step reports in ``(n - window, n]``, with its
+    validation accuracy and perplexity at ``n``: ``{"acc", "xent", "kd_kl", "valid_acc", "valid_ppl"}``
+    (None where the log lacks them)."""
+    reports = [r for r in (entry or {}).get("train", []) if n - window < r["step"] <= n]
+
+    def mean(key):
+        values = [r[key] for r in reports if r[key] is not None]
+        return statistics.fmean(values) if values else None
+
+    return {"acc": mean("acc"), "xent": mean("xent"), "kd_kl": mean("kd_kl"),
+            "valid_acc": (entry or {}).get("valid_acc", {}).get(n), "valid_ppl": (entry or {}).get("valid", {}).get(n)}
+
+
+def fit_lines(study, runs, budget):
+    """Does a run fall behind by fitting the training data less, or by generalizing worse?  Each run's fit to
+    its training batches over the last window up to N (dropout on, as trained) beside its validation at N,
+    and the main comparison's training NLL paired by seed."""
+    if not budget:
+        return []
+    n, window = budget["N"], study.budget["window"]
+    baseline, others, seeds, main = main_design(study)
+    fits = {run.name: training_fit(runs.get(run.name), n, window) for run in study.students}
+    shown = [run for run in study.students if fits[run.name]["acc"] is not None]
+    if not shown:
+        return []
+    lines = [f"## Fit to the training data (steps {n - window + 1:,}–{n:,}) and validation at N", "",
+             "Training numbers are the step reports' means (training batches, dropout on; NLL of the gold tokens, "
+             "KL to the teacher), as OpenNMT-py logs them (1 decimal; KL 2).", "",
+             "| run | train accuracy % | train NLL | KD KL | valid accuracy % | valid ppl | train − valid accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in shown:
+        fit = fits[run.name]
+        gap = fit["acc"] - fit["valid_acc"] if fit["valid_acc"] is not None else None
+        name = (f"{study.run_label(run)} seed {run.seed}" if run.part == "main"
+                else f"({run.part}) {study.run_label(run)}, seed {run.seed}")
+        lines.append(f"| {name} | {fmt(fit['acc'])} | {fmt(fit['xent'], 3)} | {fmt(fit['kd_kl'], 3)} "
+                     f"| {fmt(fit['valid_acc'])} | {fmt(fit['valid_ppl'])} | {fmt(gap)} |")
+    lines.append("")
+    base_label = study.activation_label(baseline)
+    for other in others:
+        label = study.activation_label(other)
+        for key, what in (("xent", "training NLL"), ("acc", "training accuracy")):
+            pairs = [(fits[main[(baseline, seed)].name][key], fits[main[(other, seed)].name][key]) for seed in seeds
+                     if (baseline, seed) in main and (other, seed) in main]
+            pairs = [pair for pair in pairs if None not in pair]
+            if pairs:
+                lines += paired_lines(pairs, f"{label} − {base_label}, {what}")
+    return lines + [""]
+
+
 def main_design(study):
     """(baseline activation, the other main activations, seeds, {(activation, seed): run}) of the main part."""
     main = [run for run in study.students if run.part == "main"]
@@ -147,6 +201,7 @@ def report_lines(study, runs, budget, command):
                 lines += paired_lines(pairs[which], f"{label} − {base_label}, {what}")
         outcome, reason = verdict(pairs["averaged"], gains, seeds, study.budget["tolerance"])
         lines += ["", f"**Verdict (READING.md, rule 3): {label} {outcome}** against {base_label}: {reason}.", ""]
+    lines += fit_lines(study, runs, budget)
     if all(run.part == "main" for run in study.students):
         return lines
     compared = [baseline, *others]  # a diagnostic against each main activation of its seed

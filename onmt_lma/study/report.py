@@ -227,8 +227,8 @@ def runs_lines(results):
     return "\n".join(out) + "\n"
 
 
-def validation_curve(train_log, valid_steps=None):
-    """(step, validation perplexity) pairs from an OpenNMT-py training log.
+def validation_curve(train_log, valid_steps=None, metric="perplexity"):
+    """(step, validation ``metric``) pairs from an OpenNMT-py training log (``perplexity`` or ``accuracy``).
 
     OpenNMT-py does not log the step of a validation: it is taken from the last
     ``Step N/`` report before it, exact when ``valid_steps`` is a multiple of
@@ -242,11 +242,28 @@ def validation_curve(train_log, valid_steps=None):
         match = re.search(r"Step (\d+)/", line)
         if match:
             step = int(match.group(1))
-        match = re.search(r"Validation perplexity: ([0-9.eE+-]+)", line)
+        match = re.search(rf"Validation {metric}: ([0-9.eE+-]+)", line)
         if match and step is not None:
             at = step if valid_steps is None else -(-step // valid_steps) * valid_steps
             points.append((at, float(match.group(1))))
     return points
+
+
+#: a training step report: ``Step 2720/ 6000; acc: 68.5; ppl:   4.4; xent: 1.5; ...[; kd_kl: 1.0]``
+_STEP_REPORT = re.compile(r"Step (\d+)/ *\d+; acc: *([0-9.]+); ppl: *([0-9.]+); xent: *([0-9.]+);"
+                          r"(?:.*kd_kl: *([0-9.]+))?")
+
+
+def training_reports(train_log):
+    """Every step report of an OpenNMT-py training log as ``{"step", "acc", "ppl", "xent", "kd_kl"}``: the
+    training batches' accuracy (%), perplexity and NLL per target token (with a teacher: of the gold tokens,
+    ``kd_kl`` the KL part; without one ``kd_kl`` is None), as logged (1 decimal; 2 for ``kd_kl``)."""
+    reports = []
+    for match in _STEP_REPORT.finditer(Path(train_log).read_text(encoding="utf-8", errors="replace")):
+        step, acc, ppl, xent, kl = match.groups()
+        reports.append({"step": int(step), "acc": float(acc), "ppl": float(ppl), "xent": float(xent),
+                        "kd_kl": None if kl is None else float(kl)})
+    return reports
 
 
 def target_tokens_per_second(train_log):
