@@ -65,6 +65,7 @@ COMMAND_PARSERS = {
     "onmt_lma_convert_ct2": "onmt_lma.ct2:get_parser",
     "onmt_lma_evaluate": "onmt_lma.evaluate:get_parser",
     "onmt_lma_average_models": "onmt_lma.average:get_parser",
+    "onmt_lma_recalibrate": "onmt_lma.recalibrate:get_parser",
 }
 
 

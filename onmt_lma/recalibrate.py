@@ -1,14 +1,14 @@
 """Recompute LMA's running statistics of a trained model ("precise" test-time statistics).
 
     onmt_lma_recalibrate -model CK.pt -src train.de -tgt train.en -output OUT.pt
-        [-batch_size 3192] [-batch_type tokens] [-max_sentences N] [-dropout] [-gpu 0]
+        [-batch_size 3192] [-batch_type tokens] [-max_sentences N] [-training_dropout] [-gpu 0]
 
 At test time LMA cuts its segments with ``running_mean`` and ``running_std``,
 exponential moving averages (momentum 0.99) of the batch statistics seen in
 training (Xu et al. 2020, method section).  An averaged checkpoint holds the
 mean of its checkpoints' averages, not the statistics of the averaged weights.
 This command runs the model once over parallel text with teacher forcing,
-dropout off (``-dropout``: on, as in training, when the moving averages were
+dropout off (``-training_dropout``: on, as in training, when the moving averages were
 taken) and every LMA layer computing its batch statistics as in training,
 and stores in each layer the plain mean of those batch statistics (every batch
 weighs the same, as in the moving average; the weights are not touched).  It is
@@ -177,7 +177,7 @@ def get_parser():
     parser.add("--batch_type", "-batch_type", choices=("tokens", "sents"), default="tokens")
     parser.add("--max_sentences", "-max_sentences", type=int_type("an integer >= 1", lambda n: n >= 1),
                help="stop after the batch in which N sentence pairs are reached")
-    parser.add("--dropout", "-dropout", action="store_true",
+    parser.add("--training_dropout", "-training_dropout", action="store_true",
                help="keep the model's dropout on, as in training (default off, as at test time)")
     parser.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     return parser
@@ -192,7 +192,7 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: -output {args.output} is the -model itself\n")
     try:
         statistics = recalibrate(args.model, args.src, args.tgt, args.output, args.gpu, args.batch_size,
-                                 args.batch_type, args.max_sentences, args.dropout)
+                                 args.batch_type, args.max_sentences, args.training_dropout)
     except (CheckpointError, RecalibrationError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     from onmt.utils.logging import init_logger, logger

@@ -40,7 +40,7 @@ SEEDS = (1, 2, 3)
 VERSIONS = (
     ("relu", "ReLU (released)", None),
     ("lma", "LMA-8 (released)", None),
-    ("lma_recal_dropout", "LMA-8, recalibrated with training's dropout", ["-dropout"]),
+    ("lma_recal_dropout", "LMA-8, recalibrated with training's dropout", ["-training_dropout"]),
     ("lma_recal", "LMA-8, recalibrated with dropout off", []),
 )
 

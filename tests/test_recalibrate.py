@@ -85,7 +85,7 @@ def test_recalibration_replaces_only_the_statistics_and_the_model_translates(lma
     # with training's dropout (the tiny model trained with OpenNMT-py's default 0.3) the same sentences give
     # other statistics; without it they would be bit-identical (the same batches, no randomness)
     halves = {}
-    for name, extra in (("off", []), ("on", ["-dropout"])):
+    for name, extra in (("off", []), ("on", ["-training_dropout"])):
         halves[name] = tmp_path / f"half_{name}.pt"
         run("onmt_lma_recalibrate", "-model", lma_student, "-src", vocab / "train.de", "-tgt", vocab / "train.en",
             "-output", halves[name], "-max_sentences", "400", *extra)
