@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from released_models import ReleaseError, verified_models  # noqa: E402
 
+from onmt_lma.study.paired_report import paired_lines  # noqa: E402
+
 SEEDS = (1, 2, 3)
 #: the versions compared, in table order: (key, label, recalibration options or None)
 VERSIONS = (
@@ -82,14 +84,6 @@ def evaluated(model, data, out):
     return json.loads(out.read_text())
 
 
-def paired(values_a, values_b):
-    diffs = [b - a for a, b in zip(values_a, values_b)]
-    mean = statistics.fmean(diffs)
-    sd = statistics.stdev(diffs)
-    t = mean / (sd / len(diffs) ** 0.5) if sd > 0 else float("nan")
-    return diffs, mean, sd, t
-
-
 def verdict(released, recalibrated, relu):
     above = sum(r > l for l, r in zip(released, recalibrated))
     if all(r >= u for r, u in zip(recalibrated, relu)):
@@ -114,13 +108,10 @@ def report(results, shifts, command):
     released = [results[s]["lma"]["bleu"] for s in SEEDS]
     for key, label, options in VERSIONS[1:]:
         values = [results[s][key]["bleu"] for s in SEEDS]
-        diffs, mean, sd, t = paired(relu, values)
-        lines.append(f"- {label} − ReLU: " + ", ".join(f"{d:+.2f}" for d in diffs)
-                     + f"; mean {mean:+.2f}, sample std {sd:.2f}, paired t {t:+.2f} (df {len(diffs) - 1})")
+        lines += paired_lines(list(zip(relu, values)), f"{label} − ReLU")
         if options is not None:
-            diffs, mean, sd, t = paired(released, values)
-            lines.append(f"  − released LMA-8: " + ", ".join(f"{d:+.2f}" for d in diffs)
-                         + f"; mean {mean:+.2f}, paired t {t:+.2f}. Rule 6: {verdict(released, values, relu)}")
+            lines += paired_lines(list(zip(released, values)), f"{label} − LMA-8 (released)")
+            lines.append(f"  Rule 6: {verdict(released, values, relu)}")
     lines += ["", "How far recalibration moves the cut points (each LMA layer of each seed, in segment widths",
               "6σ/8 of the released statistics: the middle cut point / the outermost):", ""]
     for key, label, options in VERSIONS[2:]:

@@ -125,3 +125,46 @@ def test_bad_recalibration_input_is_one_line(case, message, lma_student, teacher
     assert "Traceback" not in result.stderr
     if case != "same":
         assert not out.exists()
+
+
+def _script(name):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recalibration_study_applies_rule_6_and_measures_cut_point_shifts():
+    study = _script("lma_recalibration")
+    relu = [33.0, 34.0, 35.0]
+    assert study.verdict([32.0, 33.0, 34.0], [33.0, 34.0, 35.0], relu).startswith("closes the gap")
+    assert study.verdict([32.0, 33.0, 34.0], [32.5, 33.5, 34.1], relu).startswith("helps LMA-8")
+    assert study.verdict([32.0, 33.0, 34.0], [32.5, 32.9, 34.1], relu) == \
+        "does not help (above the released LMA-8 in 2 of 3 seeds)"
+    # std 0.8, k = 8: segment width 0.6; the mean moves by 0.03 (0.05 widths), the std by 0.02: the outermost
+    # cut points (mean ± 3 std) by up to 0.03 + 0.06 = 0.09 (0.15 widths)
+    middle, outer = study.segment_shift((0.1, 0.8), (0.13, 0.82))
+    assert (middle, outer) == (pytest.approx(0.05), pytest.approx(0.15))
+
+
+def test_the_jump_probe_trains_the_cpu_pairs_recipe_with_only_its_own_settings(corpus_dir, tmp_path):
+    """The probes are paired with the CPU seed-1 pair only if they train its configuration: the composed config
+    equals the pair's LMA-8 config.yaml but for paths, the step count and each probe's own settings."""
+    import yaml
+
+    from onmt_lma.study.recipes import compose, parse_setting
+
+    probe = _script("lma_jump_probe")
+    pair = yaml.safe_load((probe.PAIR / "student64_lma_seed1" / "config.yaml").read_text())
+    paths = {"src_vocab", "tgt_vocab", "data", "save_model", "log_file", "save_data", "kd_teacher"}
+    for name, (_, own) in probe.PROBES.items():
+        argv = probe.command(tmp_path / name, corpus_dir, "lma", 1000, own)
+        settings = [parse_setting(argv[i + 1]) for i, arg in enumerate(argv) if arg == "--set"]
+        config = compose("multi30k", "student64", corpus_dir, tmp_path / name, settings)
+        assert config["train_steps"] == 1000 and config["kd_teacher"].endswith("teacher/model_step_3000.pt")
+        differing = {key for key in set(config) | set(pair) if config.get(key) != pair.get(key)}
+        assert differing - paths == {"train_steps"} | {key for key, _ in own}, name
