@@ -61,6 +61,7 @@ def _statistics(checkpoint):
     return {k: v for k, v in checkpoint["model"].items() if k.endswith((".running_mean", ".running_std"))}
 
 
+@pytest.mark.integration  # trains a tiny model (fixtures)
 def test_recalibration_replaces_only_the_statistics_and_the_model_translates(lma_student, vocab, tmp_path):
     out = tmp_path / "recalibrated.pt"
     run("onmt_lma_recalibrate", "-model", lma_student, "-src", vocab / "train.de", "-tgt", vocab / "train.en",
@@ -100,6 +101,7 @@ def test_recalibration_replaces_only_the_statistics_and_the_model_translates(lma
     assert len(hyp.read_text().splitlines()) == len((vocab / "test.de").read_text().splitlines())
 
 
+@pytest.mark.integration  # trains a tiny model (fixtures)
 @pytest.mark.parametrize("case, message", [
     ("relu", "has no LMA layer"),
     ("same", "is the -model itself"),
@@ -151,6 +153,7 @@ def test_the_recalibration_study_applies_rule_6_and_measures_cut_point_shifts():
     assert (middle, outer) == (pytest.approx(0.05), pytest.approx(0.15))
 
 
+@pytest.mark.integration  # prepares a tiny corpus (fixture)
 def test_the_jump_probe_trains_the_cpu_pairs_recipe_with_only_its_own_settings(corpus_dir, tmp_path):
     """The probes are paired with the CPU seed-1 pair only if they train its configuration: the composed config
     equals the pair's LMA-8 config.yaml but for paths, the step count and each probe's own settings."""
