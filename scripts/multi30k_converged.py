@@ -5,8 +5,9 @@
 
 with the commands of its REPRODUCE.md.  PLAN (runs, the pilot's budget rule, evaluation) is
 studies/multi30k_converged.yaml (the main comparison and the diagnostics (a)-(e), run on one GPU) or,
-with --plan, studies/multi30k_converged_cpu.yaml (the seed-1 pair on 2 CPU cores); how it runs is
-onmt_lma.study.budgeted.
+with --plan, studies/multi30k_converged_cpu.yaml (the seed-1 pair on 2 CPU cores) or
+studies/multi30k_converged_cpu_lr2x.yaml (READING's rule 4 on 2 CPU cores: ReLU at twice the peak and at the
+authors' peak, seeds 2-3); how it runs is onmt_lma.study.budgeted.
 
     python scripts/multi30k_converged.py plan [--plan studies/multi30k_converged_cpu.yaml]
     python scripts/multi30k_converged.py run [--gpu 0] [--parallel 2] [--kd-cache 8] [--deadline-min M]
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PLANS = (REPO / "studies" / "multi30k_converged.yaml", REPO / "studies" / "multi30k_converged_cpu.yaml")
+PLANS = tuple(REPO / "studies" / f"multi30k_converged{part}.yaml" for part in ("", "_cpu", "_cpu_lr2x"))
 MODES = {"plan": ["--plan"], "run": [], "collect": ["--collect"], "release": ["--release"], "report": ["--report"]}
 
 

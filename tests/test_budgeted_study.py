@@ -77,6 +77,8 @@ def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
     (dict(budget={k: v for k, v in RULE.items() if k != "window"}), "budget needs exactly pilot"),
     (dict(budget={**RULE, "pilot": "student64_gelu_seed1"}), "the budget's pilot 'student64_gelu_seed1'"),
     (dict(budget=None), "runs_folder is for a budgeted study"),
+    (dict(budget={**RULE, "pilot": "elsewhere", "fixed_by": "results/none/BUDGET.json"}),
+     "fixed_by 'results/none/BUDGET.json': no such file"),
     (dict(runs_text="  - {size: 64, activations: [relu], seeds: [1], colour: red}\n"), "unknown keys"),
 ])
 def test_a_wrong_budgeted_plan_is_refused_with_its_reason(tmp_path, change, message):
@@ -432,6 +434,27 @@ def test_the_cpu_part_shares_the_main_plans_settings():
     assert [(r.name, r.settings) for r in cpu.students] == [(r.name, r.settings) for r in main.students[:2]]
     assert [r.part for r in main.students if r.part != "main"] == ["a", "a", "b", "c", "d", "e", "a", "a", "a", "a"]
 
+
+
+def test_rule_4_on_cpu_pairs_relu_at_twice_the_peak_with_relu_of_its_seed(tmp_path, monkeypatch):
+    """READING's rule 4 on 2 CPU cores: seeds 2-3 of ReLU at twice the peak, each after ReLU of its seed, with
+    the main plan's settings, budget rule and N (fixed_by its BUDGET.json, copied into the runs folder)."""
+    main, plan = runs.load_plan(CONVERGED_PLAN), runs.load_plan(REPO / "studies" / "multi30k_converged_cpu_lr2x.yaml")
+    assert [run.name for run in plan.students] == ["student64_relu_seed2", "student64_relu_lr2x_seed2",
+                                                   "student64_relu_seed3", "student64_relu_lr2x_seed3"]
+    by_name = {run.name: run for run in main.students}
+    assert all(run.settings == by_name[run.name].settings and run.part == by_name[run.name].part
+               for run in plan.students)
+    assert plan.kd_cache_topk == 8 and {k: v for k, v in plan.budget.items() if k != "fixed_by"} == main.budget
+    execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "multi30k_converged_cpu_lr2x")
+    execution.runs.mkdir()
+    monkeypatch.setattr(budgeted, "log", lambda message: None)
+    budgeted.adopt_budget(plan, execution)
+    assert budgeted.read_budget(execution.runs)["N"] == json.loads(
+        (REPO / "results" / "multi30k_converged" / "BUDGET.json").read_text())["N"] == 2750
+    (execution.runs / "BUDGET.json").write_text('{"N": 1000}')
+    budgeted.adopt_budget(plan, execution)  # never replaces the runs folder's own
+    assert budgeted.read_budget(execution.runs) == {"N": 1000}
 
 
 def test_training_processes_run_the_studys_own_code(tmp_path, monkeypatch):

@@ -202,6 +202,18 @@ def fix_budget(study, execution, started, running):
     return budget
 
 
+def adopt_budget(study, execution):
+    """A plan whose N another plan's pilot fixed (``budget: fixed_by``) starts with that BUDGET.json."""
+    fixed_by, target = study.budget.get("fixed_by"), execution.runs / "BUDGET.json"
+    if not fixed_by or target.exists():
+        return
+    budget = json.loads((REPO / fixed_by).read_text())
+    if not isinstance(budget, dict) or not isinstance(budget.get("N"), int):
+        raise ValueError(f"budget fixed_by {fixed_by}: expected a BUDGET.json with an integer N")
+    target.write_text(json.dumps(budget, indent=2) + "\n")
+    log(f"budget from {fixed_by}: N = {budget['N']}")
+
+
 def read_budget(folder):
     path = Path(folder) / "BUDGET.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -322,6 +334,7 @@ def run_study(study, plan_file, execution):
     from onmt_lma import evaluate
 
     execution.runs.mkdir(parents=True, exist_ok=True)
+    adopt_budget(study, execution)
     teacher = train_teacher(study, execution)
     teacher_eval = Path(f"{teacher}.eval.json")
     with concurrent.futures.ThreadPoolExecutor(execution.parallel) as pool:

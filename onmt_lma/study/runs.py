@@ -181,7 +181,8 @@ def load_plan(path):
     ``{size, activations, seeds, segments}`` (segments default to the paper's 8; a diagnostic group adds
     ``part``, ``variant``, ``what`` and ``settings``); optional ``kd_cache: K`` (students distil from the
     teacher's top-K cache), ``runs_folder``, ``title``, ``labels`` and ``budget`` (the pilot's rule
-    of :mod:`onmt_lma.study.budgeted`, with all of :data:`BUDGET_KEYS`)."""
+    of :mod:`onmt_lma.study.budgeted`, with all of :data:`BUDGET_KEYS`; ``fixed_by``: the repository path of
+    another plan's ``BUDGET.json`` whose N this plan's runs take, its pilot being that plan's run)."""
     plan = yaml.safe_load(Path(path).read_text())
     try:
         runs = []
@@ -199,8 +200,8 @@ def load_plan(path):
                     runs.extend(Run(entry["size"], activation, seed, segments, **extra)
                                 for activation in entry["activations"])
         budget = plan.get("budget")
-        if budget is not None and set(budget) != set(BUDGET_KEYS):
-            raise KeyError(f"budget needs exactly {', '.join(BUDGET_KEYS)}")
+        if budget is not None and set(budget) - {"fixed_by"} != set(BUDGET_KEYS):
+            raise KeyError(f"budget needs exactly {', '.join(BUDGET_KEYS)} (and optionally fixed_by)")
         study = Study(plan["corpus"], Path(os.environ.get("RESULTS") or REPO / plan["results"]), runs,
                       plan["results"], plan.get("kd_cache"), plan.get("runs_folder"), budget,
                       plan.get("title", plan["results"]), dict(plan.get("labels") or {}))
@@ -214,8 +215,13 @@ def load_plan(path):
     if study.runs_folder and budget is None:
         raise StudyError(f"{path}: runs_folder is for a budgeted study (with budget); a study without one trains "
                          f"in RUNS_ROOT/{study.corpus} as scripts/train_student.sh does")
-    if budget is not None and budget["pilot"] not in names:
-        raise StudyError(f"{path}: the budget's pilot {budget['pilot']!r} is not one of the runs")
+    if budget is not None and budget.get("fixed_by"):
+        if not (REPO / budget["fixed_by"]).is_file():
+            raise StudyError(f"{path}: budget fixed_by {budget['fixed_by']!r}: no such file in the repository "
+                             "(expected another plan's BUDGET.json)")
+    elif budget is not None and budget["pilot"] not in names:
+        raise StudyError(f"{path}: the budget's pilot {budget['pilot']!r} is not one of the runs (or give fixed_by: "
+                         "the BUDGET.json of the plan whose pilot fixed N)")
     return study
 
 
