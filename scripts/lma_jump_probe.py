@@ -36,6 +36,7 @@ PROBES = {
     "student64_lma_frozen_continuous_seed1": ("LMA-8 continuous, frozen: relu(x - batch mean), no jump",
                                               [("lma_continuous", True), ("lma_lr_scale", 0.0)]),
 }
+AUTHORS_PEAK = 0.224  # the pair's learning rate (the recipe's then; it has twice it since READING's rule 4)
 CHECK = "student64_relu_seed1_check"
 CHECK_STEPS = 40
 
@@ -47,7 +48,7 @@ def command(run_dir, data, activation, steps, settings):
     argv = [sys.executable, "-m", "onmt_lma.study.recipes", "train", "multi30k", "student64", "--data", str(data),
             "--run-dir", str(run_dir)]
     for key, value in [("pos_ffn_activation_fn", activation), ("seed", 1), ("kd_teacher", str(teacher)),
-                       ("train_steps", steps), *settings]:
+                       ("train_steps", steps), ("learning_rate", AUTHORS_PEAK), *settings]:
         argv += ["--set", f"{key}={json.dumps(value)}"]
     return argv
 

@@ -64,8 +64,8 @@ def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
     assert study.budget == {"pilot": "student64_relu_seed1", "min_steps": 2000, "max_steps": 6000, "window": 500,
                             "tolerance": 0.02, "every": 250, "bleu_every": 500, "average_last": 4}
     assert study.run_label(study.students[-7]) == "LMA-8, alpha/beta at 0.1x lr"
-    assert dict(study.students[-8].settings) == {"lma_continuous": True}
-    assert dict(study.students[-6].settings) == {"lma_lr_scale": 0.0}
+    assert dict(study.students[-8].settings) == {"learning_rate": 0.224, "lma_continuous": True}
+    assert dict(study.students[-6].settings) == {"learning_rate": 0.224, "lma_lr_scale": 0.0}
     assert {dict(run.settings)["learning_rate"] for run in study.students if run.part == "a"} == {0.447}
     known = {action.dest for action in train_cli.get_parser()._actions}  # every setting is a training option
     assert all(key in known for run in study.students + cpu.students for key, _ in run.settings)
@@ -129,7 +129,7 @@ def test_student_settings_keep_the_order_their_configs_were_composed_with(tmp_pa
     assert continuous.name == "student64_lma_continuous_seed1"
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution) == [
         ("pos_ffn_activation_fn", "lma"), ("seed", 1), ("kd_teacher", "t.pt"), ("train_steps", 6000),
-        ("lma_continuous", True), ("report_every", 5)]
+        ("learning_rate", 0.224), ("lma_continuous", True), ("report_every", 5)]
     monkeypatch.setattr(runs, "teacher_cache", lambda corpus, teacher, data_root, k: Path(f"{teacher}.top{k}"))
     execution.kd_cache_topk = 8
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution)[2] == ("kd_cache", "t.pt.top8")

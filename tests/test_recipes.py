@@ -26,9 +26,11 @@ def test_every_recipe_parses_with_the_strict_option_parser(corpus, model, corpus
     # the paper's settings (Xu et al. 2020, translation experiments)
     assert (opt.heads, opt.transformer_ff, opt.optim, opt.adam_beta2) == (8, 2048, "adam", 0.998)
     assert (opt.decay_method, opt.batch_size, opt.batch_type) == ("noam", 3192, "tokens")
-    # noam peaks at learning_rate * d^-0.5 * warmup^-0.5: the peak of the authors' code
-    # (learning rate 1.0 with warmup 8000) for every size
-    assert opt.learning_rate * opt.warmup_steps ** -0.5 == pytest.approx(1.0 * 8000 ** -0.5, rel=0.01)
+    # noam peaks at learning_rate * d^-0.5 * warmup^-0.5: the peak of the authors' code (learning rate 1.0
+    # with warmup 8000) for every size, but twice it for the 64-dim Multi30k student, where twice the peak
+    # helped in each seed (results/multi30k_converged, READING rule 4)
+    authors_peak = 1.0 * 8000 ** -0.5 * (2 if (corpus, model) == ("multi30k", "student64") else 1)
+    assert opt.learning_rate * opt.warmup_steps ** -0.5 == pytest.approx(authors_peak, rel=0.01)
     # the paper's models: biases in every linear layer; the authors' loss: plain NLL
     assert opt.add_qkvbias is True and opt.add_ffnbias is True and opt.label_smoothing == 0.0
     assert opt.dropout == [0.1] and opt.kd_alpha == 0.7 and opt.kd_temperature == 1.0
