@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/compil
 	$(PIP) install torch==$(TORCH_VERSION) 'setuptools>=64' wheel
 	$(PIP) install --no-build-isolation -e '.[test]'
 	$(PIP) install --no-deps OpenNMT-py==$(OPENNMT_VERSION)
-	$(PY) -c "from onmt_lma import kernels; print('fused LMA CPU kernel:', kernels.kernel_origin())"
-	$(PY) -c "import onmt_lma.plugin, torch; print('onmt-lma ready, torch', torch.__version__)"
+	$(PY) -c "from onmt_lma.model import kernels; print('fused LMA CPU kernel:', kernels.kernel_origin())"
+	$(PY) -c "import onmt_lma.training.plugin, torch; print('onmt-lma ready, torch', torch.__version__)"
 	touch $(STAMP)
 
 venv: $(STAMP)

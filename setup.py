@@ -5,7 +5,7 @@ against the torch of the build environment, so install with
 ``pip install --no-build-isolation .`` (``make venv`` does) once torch is in the
 environment.  Where torch is not importable at build time (pip's default
 isolated build) or the build fails (no C++ compiler, no Python headers), the
-package installs without it: ``onmt_lma.kernels`` then compiles the same source
+package installs without it: ``onmt_lma.model.kernels`` then compiles the same source
 on first use, or falls back to the pure-PyTorch path with a warning.
 """
 
@@ -18,7 +18,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "onmt_lma/csrc/lma_cpu.cpp"
-# the flags onmt_lma.kernels also compiles with on first use (one source)
+# the flags onmt_lma.model.kernels also compiles with on first use (one source)
 FLAGS = json.loads((Path(__file__).parent / "onmt_lma" / "csrc" / "compile_flags.json").read_text())
 
 
@@ -40,7 +40,7 @@ def kernel_extension():
                 print(f"onmt-lma: the CPU kernel was not built ({error}); LMA will build it on "
                       "first use or use the PyTorch path", file=sys.stderr)
 
-    # the source's hash goes into the module: onmt_lma.kernels ignores a build of another source
+    # the source's hash goes into the module: onmt_lma.model.kernels ignores a build of another source
     digest = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
     extension = CppExtension("onmt_lma._lma_cpu", [SOURCE], extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""],
                              extra_link_args=FLAGS["ldflags"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from data_prep.pipeline import DEFAULT_VALID_SIZE, Options, prepare
 from data_prep.sources import CORPORA
 from data_prep.text import DataPrepError
-from onmt_lma.opts import int_type
+from onmt_lma.base.opts import int_type
 
 EPILOG = """corpora:
   ope       OpenNMT integration-test corpus: 200K train pairs, 6,003 test pairs, already
@@ -87,7 +87,7 @@ def main(argv=None):
     )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out}: is a file, expected a folder (new or prepared by data_prep)")
-    from onmt_lma import plugin  # noqa: F401  (first: silences onmt's import warnings)
+    from onmt_lma.training import plugin  # noqa: F401  (first: silences onmt's import warnings)
     from onmt.utils.logging import init_logger
 
     init_logger(args.log_file)

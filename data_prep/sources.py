@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from data_prep.text import DataPrepError, atomic_write
-from onmt_lma.files import sha256_of
+from onmt_lma.base.files import sha256_of
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from onmt_lma import build_activation, kernels
-from onmt_lma.activations import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS
+from onmt_lma.model import kernels
+from onmt_lma.model.activations import build_activation
+from onmt_lma.model.lma import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"train batch 3192x2048": (3192, 2048), "decode step 5x2048": (5, 2048)}

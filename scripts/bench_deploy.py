@@ -26,9 +26,11 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import average, ct2, export
-from onmt_lma.evaluate import postprocess
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.deploy import ct2, export
+from onmt_lma.base.checkpoint import save
+from onmt_lma.training import average
+from onmt_lma.evaluation.scoring import postprocess
 from onmt_lma.study.benchmark import (ctranslate2_translate, in_fresh_process, machine, model_names,
                                       onnx_translate, pytorch_translate, shown_path)
 
@@ -54,7 +56,7 @@ def worker(name, batch, path, sources):
     import onnxruntime  # noqa: F401
     from onmt.inference_engine import InferenceEnginePY  # noqa: F401
 
-    from onmt_lma.evaluate import _reset_peak_rss, _status_mb
+    from onmt_lma.evaluation.measure import _reset_peak_rss, _status_mb
 
     before = _status_mb("VmRSS")
     _reset_peak_rss()
@@ -124,7 +126,7 @@ def main():
             folder = work / checkpoint.stem
             manifest = export.export(checkpoint, folder, int8=True)
             stripped = work / f"{checkpoint.stem}.fp32.pt"
-            average.save(average.average([checkpoint]), stripped)
+            save(average.average([checkpoint]), stripped)
             graphs = {"onnx float32": sum((folder / n).stat().st_size for n in manifest["files"]
                                           if n.endswith(".onnx") and not n.endswith(".int8.onnx")),
                       "onnx int8": sum((folder / n).stat().st_size for n in manifest["files"]

@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import build_vocab as build_vocab_cli
 from onmt_lma.bin import teacher_cache as cache_cli
 from onmt_lma.bin import train as train_cli
-from onmt_lma.kd_cache import cache_bytes
+from onmt_lma.training.kd_cache import cache_bytes
 from onmt_lma.study.benchmark import WARMUP_STEPS, StepTimer, machine
 
 REPO = Path(__file__).resolve().parents[1]

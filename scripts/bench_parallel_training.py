@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onmt_lma.study.report import target_tokens_per_second
+from onmt_lma.study.results import target_tokens_per_second
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_EVERY = 10

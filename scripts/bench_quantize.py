@@ -31,9 +31,12 @@ from pathlib import Path
 
 import sacrebleu
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import average, export, quantize
-from onmt_lma.evaluate import postprocess
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.bin import quantize
+from onmt_lma.deploy import export
+from onmt_lma.base.checkpoint import save
+from onmt_lma.training import average
+from onmt_lma.evaluation.scoring import postprocess
 from onmt_lma.study.benchmark import in_fresh_process, machine, onnx_translate, pytorch_translate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +106,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         stripped, int8, int8_all = folder / "fp32.pt", folder / "int8.pt", folder / "int8_all.pt"
-        average.save(average.average([args.checkpoint]), stripped)  # model + options, no optimizer state
+        save(average.average([args.checkpoint]), stripped)  # model + options, no optimizer state
         quantize.main(["-model", str(args.checkpoint), "-output", str(int8)])
         quantize.main(["-model", str(args.checkpoint), "-output", str(int8_all), "-embeddings"])
         sizes = {"fp32 (model + options)": stripped.stat().st_size, "int8": int8.stat().st_size,

@@ -27,9 +27,10 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.study import recipes
-from onmt_lma.activations import DEFAULT_SEGMENTS, registered_activations
+from onmt_lma.model.activations import registered_activations
+from onmt_lma.model.lma import DEFAULT_SEGMENTS
 from onmt_lma.study.benchmark import WARMUP_STEPS, StepTimer, machine
 from onmt_lma.bin import train as train_cli
 
@@ -67,7 +68,7 @@ def train_speed(corpus, run_dir, size, label, steps):
 
 def translate_speed(checkpoint, source):
     result = subprocess.run(
-        [sys.executable, "-m", "onmt_lma.evaluate", "--worker", str(checkpoint), str(source),
+        [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", str(checkpoint), str(source),
          str(checkpoint) + ".hyp", "--beam", "5", "--fixed-length", str(OUTPUT_LENGTH)],
         capture_output=True, text=True, check=True,
     )

@@ -26,7 +26,7 @@ THREADS = (1, 2)
 
 def prepare(relu, lma, folder):
     """The converted and exported folders: {(engine, model): folder}."""
-    from onmt_lma import ct2, export
+    from onmt_lma.bin import convert_ct2 as ct2, export
 
     ct2.main(["-model", str(relu), "-output", str(folder / "ct2_relu")])
     for name, checkpoint in (("relu", relu), ("lma", lma)):

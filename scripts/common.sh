@@ -10,7 +10,7 @@ if [ -x "$REPO/.venv/bin/python" ]; then PYTHON=${PYTHON:-$REPO/.venv/bin/python
 # the lists live in Python, once: data_prep's corpora, onmt_lma's activation registry (which imports
 # torch: asked only by the scripts that need it)
 CORPORA=$("$PYTHON" -c 'from data_prep.sources import CORPORA; print(*CORPORA)')
-registered_activations() { "$PYTHON" -c 'from onmt_lma.activations import registered_activations as r; print(*r())'; }
+registered_activations() { "$PYTHON" -c 'from onmt_lma.model.activations import registered_activations as r; print(*r())'; }
 SIZES="256 128 64"
 
 die_usage() { echo "$USAGE" >&2; [ $# -gt 0 ] && echo "error: $*" >&2; exit 2; }

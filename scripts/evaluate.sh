@@ -14,4 +14,4 @@ one_of "$corpus" "$CORPORA" corpus
 [ -f "$DATA_ROOT/$corpus/manifest.json" ] || die_usage "corpus not prepared at $DATA_ROOT/$corpus (python -m data_prep $corpus --out $DATA_ROOT/$corpus)"
 force=()
 [ "${FORCE:-0}" = 1 ] && force=(-force)
-"$PYTHON" -m onmt_lma.evaluate -model "$checkpoint" -corpus "$DATA_ROOT/$corpus" -gpu "${GPU:--1}" "${force[@]}"
+"$PYTHON" -m onmt_lma.bin.evaluate -model "$checkpoint" -corpus "$DATA_ROOT/$corpus" -gpu "${GPU:--1}" "${force[@]}"

@@ -49,13 +49,13 @@ def all_runs():
 
 
 def train_all(args):
-    from onmt_lma import evaluate
-    from onmt_lma.study import recipes, runs
+    from onmt_lma.evaluation import evaluate
+    from onmt_lma.study import recipes, sequential
 
     for name in args.only or all_runs():
         activation, label, topk = all_runs()[name]
         distil = (("kd_teacher", str(args.teacher.resolve())) if topk is None else
-                  ("kd_cache", str(runs.teacher_cache("multi30k", args.teacher.resolve(), args.data.parent, topk))))
+                  ("kd_cache", str(sequential.teacher_cache("multi30k", args.teacher.resolve(), args.data.parent, topk))))
         settings = [("pos_ffn_activation_fn", activation), ("seed", 1), distil, ("train_steps", STEPS),
                     ("valid_steps", VALID_EVERY), ("save_checkpoint_steps", VALID_EVERY)]  # resumable
         run_dir = args.runs / run_name(activation, label)
@@ -68,7 +68,7 @@ def train_all(args):
 
 def tokens_per_second(train_log):
     """Median training speed (target tokens/s) of the log's step reports."""
-    from onmt_lma.study.report import target_tokens_per_second
+    from onmt_lma.study.results import target_tokens_per_second
 
     speeds = target_tokens_per_second(train_log)
     return statistics.median(speeds) if speeds else None
@@ -114,7 +114,7 @@ def plot_curves(rows, controls, path):
 
 def run_entry(run_dir, evaluation):
     """A finished run's validation curve, test BLEU/chrF and resumptions."""
-    from onmt_lma.study.report import validation_curve
+    from onmt_lma.study.results import validation_curve
 
     scores = json.loads(evaluation.read_text())
     return {"curve": dict(validation_curve(run_dir / "train.log", VALID_EVERY)), "bleu": scores["bleu"]["score"],

@@ -54,7 +54,7 @@ def command(run_dir, data, activation, steps, settings):
 
 
 def step_reports(log, up_to):
-    from onmt_lma.study.report import training_reports
+    from onmt_lma.study.results import training_reports
 
     return [(r["step"], r["acc"], r["xent"], r["kd_kl"]) for r in training_reports(log) if r["step"] <= up_to]
 
@@ -95,7 +95,7 @@ def run(args):
 
 def run_facts(log, steps, window):
     from onmt_lma.study.paired_report import training_fit
-    from onmt_lma.study.report import training_reports, validation_curve
+    from onmt_lma.study.results import training_reports, validation_curve
 
     entry = {"train": training_reports(log), "valid": dict(validation_curve(log, 250)),
              "valid_acc": dict(validation_curve(log, 250, "accuracy"))}
@@ -103,7 +103,7 @@ def run_facts(log, steps, window):
 
 
 def report(args):
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import evaluate
 
     rows = {"student64_relu_seed1": ("ReLU (the CPU pair)", PAIR / "student64_relu_seed1"),
             "student64_lma_seed1": ("LMA-8 (the CPU pair)", PAIR / "student64_lma_seed1"),

@@ -57,7 +57,7 @@ def segment_shift(released, recalibrated, segments=8):
 
 
 def recalibrate(model, data, out, options):
-    from onmt_lma import recalibrate as recal
+    from onmt_lma.bin import recalibrate as recal
 
     if not out.exists():
         print(f"[recalibration] {out.name}", flush=True)
@@ -68,7 +68,7 @@ def recalibrate(model, data, out, options):
 
 
 def stored_statistics(path):
-    from onmt_lma.average import load
+    from onmt_lma.base.checkpoint import load
 
     model = load(path)["model"]
     names = sorted({key.rsplit(".", 1)[0] for key in model if key.endswith(".running_mean")})
@@ -76,7 +76,7 @@ def stored_statistics(path):
 
 
 def evaluated(model, data, out):
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import evaluate
 
     if not out.exists():
         print(f"[evaluation] {out.name}", flush=True)

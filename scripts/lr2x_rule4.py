@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onmt_lma.study import runs as study_runs  # noqa: E402
+from onmt_lma.study import plan as study_plan  # noqa: E402
 from onmt_lma.study.paired_report import (fmt, last_window_gain, load_collected, paired_lines, score,  # noqa: E402
                                           verdict)
 
@@ -39,7 +39,7 @@ def seed_rows(pairs=PAIRS):
     """One row per seed whose pair is collected: scores, validation at N and the fall over the last window."""
     rows, collected = [], {}
     for seed, plan_file, machine in pairs:
-        study = study_runs.load_plan(plan_file)
+        study = study_plan.load_plan(plan_file)
         if study.results not in collected:
             collected[study.results] = load_collected(study.results, study.budget["every"])
         base, variant = (collected[study.results].get(name.format(seed)) for name in (BASELINE, VARIANT))

@@ -30,7 +30,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import onnxruntime
 
-    from onmt_lma.runtime import OnnxTranslator
+    from onmt_lma.deploy.runtime import OnnxTranslator
 
     translator = OnnxTranslator(args.export_dir, int8=args.int8)  # checks the folder
     lines = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[: args.sentences]

@@ -61,7 +61,7 @@ def parse_student(text):
 def training_step(checkpoint):
     """(the step a training checkpoint was saved at (its optimizer's), its activation, its seed); an error for
     one without optimizer."""
-    from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
+    from onmt_lma.base.checkpoint import checkpoint_loading, CheckpointError
 
     try:
         with checkpoint_loading(str(checkpoint)):
@@ -130,10 +130,10 @@ def fine_tune_at_once(students, bits, args):
 
 def fine_tuning(label, checkpoint, bits, args):
     """The run folder and settings of one student's fine-tuning (``bits`` 0: float)."""
-    from onmt_lma.study import runs
+    from onmt_lma.study import sequential
 
     start, activation, seed = training_step(checkpoint)
-    distil = (("kd_cache", str(runs.teacher_cache(args.data.name, args.teacher.resolve(), args.data.parent,
+    distil = (("kd_cache", str(sequential.teacher_cache(args.data.name, args.teacher.resolve(), args.data.parent,
                                                   args.kd_cache)))
               if args.kd_cache else ("kd_teacher", str(args.teacher.resolve())))
     # the student's own seed (OpenNMT-py's default, -1, seeds nothing: every process then draws other batches
@@ -149,7 +149,7 @@ def fine_tuning(label, checkpoint, bits, args):
 
 def exported(checkpoint, bits):
     """The packed ``bits``-bit export of a quantization-aware checkpoint (onmt_lma_quantize)."""
-    from onmt_lma import quantize
+    from onmt_lma.bin import quantize
 
     out = checkpoint.with_suffix(f".{bits}bit.pt")
     if not out.is_file():
@@ -162,7 +162,7 @@ def exported(checkpoint, bits):
 def model_for(label, checkpoint, setting, args):
     """The checkpoint (or export folder) evaluated for one configuration (trained, quantized or exported on
     the way)."""
-    from onmt_lma.evaluate import int8_version, onnx_export_of
+    from onmt_lma.bin.evaluate import int8_version, onnx_export_of
 
     if setting is None:  # in the runs folder, so that the evaluation's files go there
         return model_only(checkpoint, args.runs / label / checkpoint.name)
@@ -176,16 +176,17 @@ def model_for(label, checkpoint, setting, args):
 
 def model_only(checkpoint, out):
     """``checkpoint`` without its optimizer state (what one deploys; sizes compare like with like)."""
-    from onmt_lma import average
+    from onmt_lma.base import checkpoint as checkpoints
+    from onmt_lma.training import average
 
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        average.save(average.average([checkpoint]), out)
+        checkpoints.save(average.average([checkpoint]), out)
     return out
 
 
 def run(args):
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import evaluate
 
     settings = configurations(args.bits)
     for name in run_order(args.bits):

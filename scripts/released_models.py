@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from onmt_lma.files import sha256_of  # noqa: E402
+from onmt_lma.base.files import sha256_of  # noqa: E402
 
 
 class ReleaseError(RuntimeError):
@@ -63,7 +63,7 @@ def main(argv=None):
     parser.add_argument("--examples", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import evaluate
 
     try:
         models = verified_models(args.models)

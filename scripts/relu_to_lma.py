@@ -78,8 +78,8 @@ def activation_statistics(model, data, sentences, batch=50):
 
 
 def convert(relu_checkpoint, out, data, sentences=500, segments=8):
-    from onmt_lma import export
-    from onmt_lma.checkpoint import checkpoint_loading
+    from onmt_lma.deploy import export
+    from onmt_lma.base.checkpoint import checkpoint_loading
 
     vocabs, model, model_opt = export.load_model(relu_checkpoint)
     if model_opt.pos_ffn_activation_fn != "relu":

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from onmt_lma.evaluate import text_scores
+from onmt_lma.evaluation.scoring import text_scores
 
 
 def hypotheses_of(result_file):

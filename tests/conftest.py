@@ -115,7 +115,7 @@ def run(command, *args, expect_ok=True):
 
 def load(path):
     """Load a checkpoint the way the plugin does (weights_only + allow-list)."""
-    from onmt_lma.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import checkpoint_loading
 
     with checkpoint_loading(str(path)):
         return torch.load(path, map_location="cpu")
@@ -130,7 +130,7 @@ NO_DROPOUT = ["-dropout", "0", "-attention_dropout", "0"]
 
 def record_losses(monkeypatch):
     """Record (loss, kd part, target words) of every training-loss call, with or without a teacher."""
-    from onmt_lma.distill import DistillationLossCompute
+    from onmt_lma.training.distill import DistillationLossCompute
 
     records = []
     forward = DistillationLossCompute.forward

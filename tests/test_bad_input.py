@@ -124,7 +124,7 @@ def test_checkpoints_are_renamed_into_place_and_a_truncated_one_is_skipped(check
 # Non-finite training stops, naming the step, and saves nothing
 # --------------------------------------------------------------------------- #
 def test_a_non_finite_loss_stops_training_before_any_checkpoint(vocab, tmp_path):
-    from onmt_lma.distill import NonFiniteTrainingError, check_finite_loss
+    from onmt_lma.training.distill import check_finite_loss, NonFiniteTrainingError
 
     with pytest.raises(NonFiniteTrainingError, match="not finite at step 7 .*NLL nan"):
         check_finite_loss(torch.tensor(float("nan")), 7, {"NLL": float("nan")})
@@ -147,7 +147,7 @@ def test_evaluation_refuses_a_checkpoint_of_another_corpus(checkpoint, vocab, tm
     import subprocess
     import sys
 
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import test_sets as evaluate
 
     corpus = tmp_path / "pieces"
     corpus.mkdir()
@@ -167,7 +167,7 @@ def test_evaluation_refuses_a_checkpoint_of_another_corpus(checkpoint, vocab, tm
     (own / "manifest.json").write_text('{"corpus": "tiny", "options": {"subword": "none"}}')
     evaluate.check_vocabulary(checkpoint, evaluate.prepared_test_set(own))  # its own corpus passes
     out = tmp_path / "result.json"
-    result = subprocess.run([sys.executable, "-m", "onmt_lma.evaluate", "-model", str(checkpoint), "-corpus",
+    result = subprocess.run([sys.executable, "-m", "onmt_lma.bin.evaluate", "-model", str(checkpoint), "-corpus",
                              str(corpus), "-out", str(out)], capture_output=True, text=True)
     assert result.returncode == 2 and "does not fit test set" in result.stderr and not out.exists()
 

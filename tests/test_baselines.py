@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from onmt_lma import APLU, LMA, PReLU, Swish, activation_names, build_activation, register_activation
+from onmt_lma.model.activations import activation_names, APLU, build_activation, PReLU, register_activation, Swish
+from onmt_lma.model.lma import LMA
 
 UNITS = 12
 

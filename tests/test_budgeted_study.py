@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from onmt_lma.bin import train as train_cli
-from onmt_lma.study import budgeted, paired_report, runs
+from onmt_lma.study import budget, budgeted, finish, paired_report, runs, sequential
+from onmt_lma.study import plan as study_plan
 
 from conftest import REPO, synthetic_result
 
@@ -35,23 +36,23 @@ def write_plan(path, budget=RULE, extra="", runs_text=None):
 # The pilot's rule and the plan
 # --------------------------------------------------------------------------- #
 def test_pilot_budget_is_the_first_step_with_less_than_2_percent_gain_over_500_steps():
-    def budget(curve):
-        return budgeted.pilot_budget(curve, min_steps=2000, max_steps=6000, window=500, tolerance=0.02)
+    def n_of(curve):
+        return budget.pilot_budget(curve, min_steps=2000, max_steps=6000, window=500, tolerance=0.02)
 
     falling = {s: 100 * 0.9 ** (s / 250) for s in range(250, 6001, 250)}  # 10% per 250 steps: never flat
-    assert budget(falling) == 6000  # the cap
-    assert budget({s: p for s, p in falling.items() if s <= 3000}) is None  # not decided yet
+    assert n_of(falling) == 6000  # the cap
+    assert n_of({s: p for s, p in falling.items() if s <= 3000}) is None  # not decided yet
     flat_from_2500 = {s: (p if s <= 2000 else falling[2000] * (1 - 0.001 * (s - 2000) / 250))
                       for s, p in falling.items()}
     # at 2,500 the last 500 steps gained 0.2%; at 2,000 the gain was still 19%: N = 2,500
-    assert budget(flat_from_2500) == 2500
+    assert n_of(flat_from_2500) == 2500
     early_flat = {s: 10.0 for s in range(250, 6001, 250)}
-    assert budget(early_flat) == 2000  # never before the minimum
+    assert n_of(early_flat) == 2000  # never before the minimum
 
 
 def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
-    study = runs.load_plan(CONVERGED_PLAN)
-    cpu = runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
+    study = study_plan.load_plan(CONVERGED_PLAN)
+    cpu = study_plan.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
     # the names are the run folders of runs already trained: they must not change
     assert [run.name for run in study.runs] == [
         "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2", "student64_lma_seed2",
@@ -83,8 +84,8 @@ def test_the_converged_study_is_a_plan_file_with_its_runs_in_launch_order():
 ])
 def test_a_wrong_budgeted_plan_is_refused_with_its_reason(tmp_path, change, message):
     plan = write_plan(tmp_path / "plan.yaml", **change)
-    with pytest.raises(runs.StudyError, match=message):
-        runs.load_plan(plan)
+    with pytest.raises(study_plan.StudyError, match=message):
+        study_plan.load_plan(plan)
 
 
 def test_a_study_without_budget_refuses_the_budgeted_options(tmp_path, capsys):
@@ -98,7 +99,7 @@ def test_a_plan_variant_trains_with_its_settings_in_a_study_without_budget(tmp_p
     trained = []
     monkeypatch.setattr(runs.recipes, "train", lambda corpus, model, data, run_dir, settings: trained.append(
         (Path(run_dir).name, settings)) or Path(run_dir) / "m.pt")
-    path = runs.train_student("multi30k", 64, "lma", 1, tmp_path, tmp_path, kd_teacher="none",
+    path = sequential.train_student("multi30k", 64, "lma", 1, tmp_path, tmp_path, kd_teacher="none",
                               settings=[("lma_continuous", True)], variant="continuous")
     assert path.parent.name == "student64_lma_continuous_seed1_nokd"
     assert trained[0][1][-1] == ("lma_continuous", True)
@@ -123,14 +124,14 @@ def test_parallel_students_on_cpu_share_the_cores_between_them(monkeypatch):
 
 
 def test_student_settings_keep_the_order_their_configs_were_composed_with(tmp_path, monkeypatch):
-    study = runs.load_plan(CONVERGED_PLAN)
+    study = study_plan.load_plan(CONVERGED_PLAN)
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "runs", settings=(("report_every", 5),))
     continuous = study.students[-8]
     assert continuous.name == "student64_lma_continuous_seed1"
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution) == [
         ("pos_ffn_activation_fn", "lma"), ("seed", 1), ("kd_teacher", "t.pt"), ("train_steps", 6000),
         ("learning_rate", 0.224), ("lma_continuous", True), ("report_every", 5)]
-    monkeypatch.setattr(runs, "teacher_cache", lambda corpus, teacher, data_root, k: Path(f"{teacher}.top{k}"))
+    monkeypatch.setattr(sequential, "teacher_cache", lambda corpus, teacher, data_root, k: Path(f"{teacher}.top{k}"))
     execution.kd_cache_topk = 8
     assert budgeted.student_settings(study, continuous, Path("t.pt"), execution)[2] == ("kd_cache", "t.pt.top8")
 
@@ -150,7 +151,7 @@ FAKE_TRAINING = textwrap.dedent("""
 
 def test_the_loop_fixes_n_from_the_pilot_and_stops_every_student_there(tmp_path, monkeypatch):
     plan = write_plan(tmp_path / "plan.yaml")
-    study = runs.load_plan(plan)
+    study = study_plan.load_plan(plan)
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study", parallel=2)
     curve = {2: 100.0, 4: 50.0, 6: 30.0, 8: 29.9, 10: 29.8, 12: 29.7}  # flat from 8: N = 8
     script = tmp_path / "fake_training.py"
@@ -190,7 +191,7 @@ def test_the_loop_fixes_n_from_the_pilot_and_stops_every_student_there(tmp_path,
 def test_finishes_under_way_hold_the_slots_before_new_students_start(tmp_path, monkeypatch):
     """A run stopped by an earlier call is finished first: on CPU its evaluation holds a training slot."""
     plan = write_plan(tmp_path / "plan.yaml")
-    study = runs.load_plan(plan)
+    study = study_plan.load_plan(plan)
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study", parallel=1)
     (execution.runs).mkdir(parents=True)
     (execution.runs / "BUDGET.json").write_text(json.dumps({"N": 8, "pilot": "student64_relu_seed1"}))
@@ -214,31 +215,33 @@ def test_finishes_under_way_hold_the_slots_before_new_students_start(tmp_path, m
 
 
 def test_finish_averages_the_last_checkpoints_and_evaluates_final_and_average(tmp_path, monkeypatch):
-    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    study = study_plan.load_plan(write_plan(tmp_path / "plan.yaml"))
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study")
     run_dir = execution.runs / "student64_lma_seed1"
     run_dir.mkdir(parents=True)
     calls = {"bleu": [], "average": [], "evaluate": []}
-    monkeypatch.setattr(budgeted, "translate_bleu", lambda path, *a: calls["bleu"].append(path.name) or 20.0)
-    from onmt_lma import average, evaluate
+    monkeypatch.setattr(finish, "translate_bleu", lambda path, *a: calls["bleu"].append(path.name) or 20.0)
+    from onmt_lma.base import checkpoint as checkpoints
+    from onmt_lma.evaluation import evaluate
+    from onmt_lma.training import average
 
     monkeypatch.setattr(average, "average", lambda paths: calls["average"].append([p.name for p in paths]) or {})
-    monkeypatch.setattr(average, "save", lambda checkpoint, path: Path(path).write_bytes(b"avg"))
+    monkeypatch.setattr(checkpoints, "save", lambda checkpoint, path: Path(path).write_bytes(b"avg"))
     monkeypatch.setattr(evaluate, "evaluate", lambda path, data, out, **kw: calls["evaluate"].append(Path(out).name)
                         or Path(out).write_text("{}"))
-    budgeted.finish_run(study, "student64_lma_seed1", 8, execution)
+    finish.finish_run(study, "student64_lma_seed1", 8, execution)
     assert calls == {"bleu": ["model_step_4.pt", "model_step_8.pt"], "average": [["model_step_6.pt", "model_step_8.pt"]],
                      "evaluate": ["model_step_8.pt.eval.json", "model_avg_6-8.pt.eval.json"]}
     assert json.loads((run_dir / "curve.json").read_text()) == {"4": 20.0, "8": 20.0}
     assert budgeted.state(study.students[1], study, execution) == "finished"
-    budgeted.finish_run(study, "student64_lma_seed1", 8, execution)  # done: nothing again
+    finish.finish_run(study, "student64_lma_seed1", 8, execution)  # done: nothing again
     assert len(calls["evaluate"]) == 2
 
 
 def test_a_finish_runs_on_the_pool_with_its_output_in_the_runs_finish_log(tmp_path, monkeypatch):
     """The finisher's subprocess really runs on the pool's thread and writes its log (the file must be opened
     there: one opened by the submitting thread was closed before the command ran)."""
-    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    study = study_plan.load_plan(write_plan(tmp_path / "plan.yaml"))
     execution = budgeted.Execution(tmp_path / "multi30k", tmp_path / "study")
     run = study.students[0]
     (execution.runs / run.name).mkdir(parents=True)
@@ -300,7 +303,7 @@ def test_the_verdict_follows_reading_rule_3():
 
 
 def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path):
-    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    study = study_plan.load_plan(write_plan(tmp_path / "plan.yaml"))
     execution = budgeted.Execution((tmp_path / "data" / "multi30k").resolve(), (tmp_path / "study").resolve())
     scores = {"student64_relu_seed1": 30.0, "student64_lma_seed1": 29.0, "student64_relu_seed2": 31.0,
               "student64_lma_seed2": 29.5, "student64_lma_continuous_seed1": 30.5}
@@ -314,7 +317,7 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
         (run_dir / "train.log").write_text(f"Step 8/ 12;\nValidation perplexity: 9.5\ndata {execution.data}/x\n")
         (run_dir / "curve.json").write_text('{"4": 10.0, "8": 20.0}')
     (execution.runs / "BUDGET.json").write_text(json.dumps({"N": 8, "capped_by_deadline": False}))
-    budgeted.collect(study, execution)
+    finish.collect(study, execution)
     collected = study.results / "runs" / "student64_lma_seed1"
     assert sorted(p.name for p in collected.iterdir()) == [
         "curve.json", "model_avg_6-8.eval.json", "model_step_8.eval.json", "train.log"]
@@ -336,7 +339,7 @@ def test_collect_makes_paths_relative_and_the_report_pairs_runs_by_seed(tmp_path
 
 
 def test_training_reports_read_opennmt_step_lines_with_and_without_a_teacher(tmp_path):
-    from onmt_lma.study.report import training_reports, validation_curve
+    from onmt_lma.study.results import training_reports, validation_curve
 
     log = tmp_path / "train.log"
     log.write_text(
@@ -353,7 +356,7 @@ def test_training_reports_read_opennmt_step_lines_with_and_without_a_teacher(tmp
 
 
 def test_the_fit_section_shows_training_fit_beside_validation_and_pairs_it_by_seed(tmp_path):
-    study = runs.load_plan(write_plan(tmp_path / "plan.yaml"))
+    study = study_plan.load_plan(write_plan(tmp_path / "plan.yaml"))
     # N = 8, window 2: the reports of steps 7 and 8 count (6 is outside, 9 after N)
     fits = {"student64_relu_seed1": (60.0, 2.0), "student64_lma_seed1": (58.0, 2.2),
             "student64_relu_seed2": (61.0, 1.9), "student64_lma_seed2": (60.0, 2.0)}
@@ -386,7 +389,7 @@ def test_the_curves_name_every_run_and_give_each_diagnostic_a_colour_of_its_own(
                  " settings: {lma_continuous: true}}\n"
                  "  - {size: 64, activations: [relu], seeds: [1, 2], part: a, variant: lr2x, what: twice the peak,"
                  " settings: {learning_rate: 0.4}}\n")
-    study = runs.load_plan(write_plan(tmp_path / "plan.yaml", runs_text=runs_text))
+    study = study_plan.load_plan(write_plan(tmp_path / "plan.yaml", runs_text=runs_text))
     collected = {run.name: {"curve": {4: 10.0, 8: 20.0}, "valid": {}} for run in study.students
                  if run.name != "student64_relu_lr2x_seed2"}  # planned, not collected yet
     drawn = []
@@ -429,7 +432,7 @@ def test_the_wrapper_script_keeps_its_commands():
 
 def test_the_cpu_part_shares_the_main_plans_settings():
     """The CPU part's seed-1 pair is trained with the same teacher, budget rule and settings as the main plan's."""
-    main, cpu = runs.load_plan(CONVERGED_PLAN), runs.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
+    main, cpu = study_plan.load_plan(CONVERGED_PLAN), study_plan.load_plan(REPO / "studies" / "multi30k_converged_cpu.yaml")
     assert cpu.budget == main.budget and cpu.corpus == main.corpus and cpu.labels == main.labels
     assert [(r.name, r.settings) for r in cpu.students] == [(r.name, r.settings) for r in main.students[:2]]
     assert [r.part for r in main.students if r.part != "main"] == ["a", "a", "b", "c", "d", "e", "a", "a", "a", "a"]
@@ -439,7 +442,7 @@ def test_the_cpu_part_shares_the_main_plans_settings():
 def test_rule_4_on_cpu_pairs_relu_at_twice_the_peak_with_relu_of_its_seed(tmp_path, monkeypatch):
     """READING's rule 4 on 2 CPU cores: seeds 2-3 of ReLU at twice the peak, each after ReLU of its seed, with
     the main plan's settings, budget rule and N (fixed_by its BUDGET.json, copied into the runs folder)."""
-    main, plan = runs.load_plan(CONVERGED_PLAN), runs.load_plan(REPO / "studies" / "multi30k_converged_cpu_lr2x.yaml")
+    main, plan = study_plan.load_plan(CONVERGED_PLAN), study_plan.load_plan(REPO / "studies" / "multi30k_converged_cpu_lr2x.yaml")
     assert [run.name for run in plan.students] == ["student64_relu_seed2", "student64_relu_lr2x_seed2",
                                                    "student64_relu_seed3", "student64_relu_lr2x_seed3"]
     by_name = {run.name: run for run in main.students}
@@ -450,17 +453,17 @@ def test_rule_4_on_cpu_pairs_relu_at_twice_the_peak_with_relu_of_its_seed(tmp_pa
     execution.runs.mkdir()
     monkeypatch.setattr(budgeted, "log", lambda message: None)
     budgeted.adopt_budget(plan, execution)
-    assert budgeted.read_budget(execution.runs)["N"] == json.loads(
+    assert budget.read_budget(execution.runs)["N"] == json.loads(
         (REPO / "results" / "multi30k_converged" / "BUDGET.json").read_text())["N"] == 2750
     (execution.runs / "BUDGET.json").write_text('{"N": 1000}')
     budgeted.adopt_budget(plan, execution)  # never replaces the runs folder's own
-    assert budgeted.read_budget(execution.runs) == {"N": 1000}
+    assert budget.read_budget(execution.runs) == {"N": 1000}
 
 
 def test_training_processes_run_the_studys_own_code(tmp_path, monkeypatch):
     """``python -m`` imports from its working folder first: a study started from a worktree must train with
     the worktree's code, whatever folder it was started in."""
-    study = runs.load_plan(CONVERGED_PLAN)
+    study = study_plan.load_plan(CONVERGED_PLAN)
     execution = budgeted.Execution((tmp_path / "multi30k").resolve(), (tmp_path / "study").resolve())
     seen = {}
     monkeypatch.setattr(budgeted, "record_commit", lambda run_dir: None)

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import train as train_cli
-from onmt_lma.distill import DistillationStatistics, distillation_loss
-from onmt_lma.seqkd import DistillDataError, distill_corpus
+from onmt_lma.training.distill import distillation_loss, DistillationStatistics
+from onmt_lma.training.seqkd import distill_corpus, DistillDataError
 
 from conftest import TINY_MODEL_ARGS
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma.activations import LMA
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.model.lma import LMA
 from onmt_lma.bin import train as train_cli
 from onmt_lma.bin import translate as translate_cli
 
@@ -82,7 +82,7 @@ def test_resume_starts_from_the_saved_statistics(vocab, lma_checkpoint, tmp_path
 
 
 def test_a_run_resumed_from_its_own_checkpoint_goes_on_as_if_never_stopped(vocab, tmp_path):
-    """Same batches and dropout as the uninterrupted run: equal weights at the end (onmt_lma.resume)."""
+    """Same batches and dropout as the uninterrupted run: equal weights at the end (onmt_lma.training.resume)."""
     common = ["-pos_ffn_activation_fn", "lma", "-lma_segments", "6", "-save_checkpoint_steps", "4",
               "-dropout", "0.3", "-batch_size", "128"]  # dropout: the random state matters
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from onmt_lma import plugin  # noqa: F401  (installs)
+from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.bin import train as train_cli
 
 from conftest import BIN, NO_DROPOUT, activation_state, load, record_losses, run, train_args

@@ -104,8 +104,9 @@ def test_an_onnx_evaluation_of_the_export_scores_what_the_checkpoint_scores(eval
 def test_a_checkpoints_onnx_export_is_made_once_and_again_when_the_checkpoint_changed(evaluated, tmp_path):
     import shutil
 
-    from onmt_lma.average import average, save
-    from onmt_lma.evaluate import onnx_export_of
+    from onmt_lma.base.checkpoint import save
+    from onmt_lma.training.average import average
+    from onmt_lma.bin.evaluate import onnx_export_of
 
     checkpoint, _, _ = evaluated
     copy = tmp_path / "model.pt"
@@ -177,7 +178,7 @@ def test_any_raw_test_set_gets_the_corpus_steps_and_several_checkpoints_a_table(
     # what the model read: the raw source as Moses tokenizer.perl -a -l de tokenizes it (sacremoses called directly)
     from sacremoses import MosesTokenizer
 
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import test_sets as evaluate
 
     test = evaluate.raw_test_set(raw_src, raw_ref, None, corpus_dir, tmp_path)
     moses = MosesTokenizer("de")
@@ -231,10 +232,11 @@ def test_a_kept_result_is_redone_when_its_checkpoint_changed(evaluated, corpus_d
     copy = tmp_path / "model.pt"
     shutil.copy(checkpoint, copy)
     shutil.copy(out, tmp_path / "model.pt.eval.json")
-    evaluate_cmd = [sys.executable, "-m", "onmt_lma.evaluate", "-model", str(copy), "-corpus", str(corpus_dir)]
+    evaluate_cmd = [sys.executable, "-m", "onmt_lma.bin.evaluate", "-model", str(copy), "-corpus", str(corpus_dir)]
     kept = subprocess.run(evaluate_cmd, capture_output=True, text=True)
     assert kept.returncode == 0 and "made from these inputs: kept" in kept.stderr
-    from onmt_lma.average import average, save
+    from onmt_lma.base.checkpoint import save
+    from onmt_lma.training.average import average
 
     save(average([checkpoint], float16=True), copy)  # another checkpoint under the same name
     redone = subprocess.run(evaluate_cmd, capture_output=True, text=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import export as exporter
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.deploy import export as exporter
 
 from conftest import run
 
@@ -53,7 +53,7 @@ def stepped_log_probs(encode, step, src, src_len, tgt, empty):
 
 @pytest.mark.parametrize("which", ["relu", "lma"])
 def test_the_restated_graphs_give_opennmt_py_s_log_probabilities(vocab, teacher, lma_checkpoint, which):
-    from onmt_lma import kernels
+    from onmt_lma.model import kernels
 
     checkpoint = teacher if which == "relu" else lma_checkpoint
     vocabs, model, _ = exporter.load_model(checkpoint)
@@ -70,8 +70,8 @@ def test_the_restated_graphs_give_opennmt_py_s_log_probabilities(vocab, teacher,
 
 @pytest.mark.parametrize("continuous", [False, True])
 def test_the_exported_lma_is_the_evaluation_lma_at_cut_points_and_outliers_too(continuous):
-    from onmt_lma import kernels
-    from onmt_lma.activations import LMA, lma
+    from onmt_lma.model import kernels
+    from onmt_lma.model.lma import LMA, lma
 
     torch.manual_seed(0)
     module = LMA(8, 0.9, continuous).train()
@@ -196,7 +196,7 @@ def test_the_engine_batches_lines_as_opennmt_py_does(batch_size, batch_type):
     from onmt.inputters.dynamic_iterator import DynamicDatasetIter
     from onmt.inputters.text_utils import text_sort_key
 
-    from onmt_lma.runtime import batches
+    from onmt_lma.base.batching import batches
 
     lengths = [5, 12, 3, 3, 9, 20, 1, 7, 7, 14, 2, 8, 11, 6, 4, 10, 3]
     lines = [" ".join(["w"] * n) for n in lengths]
@@ -211,7 +211,7 @@ def test_the_engine_batches_lines_as_opennmt_py_does(batch_size, batch_type):
 def test_the_onnx_engine_says_where_its_time_goes(vocab, exported):
     import time
 
-    from onmt_lma.runtime import OnnxTranslator
+    from onmt_lma.deploy.runtime import OnnxTranslator
 
     translator = OnnxTranslator(exported)
     lines = (vocab / "test.de").read_text().splitlines()[:6]
@@ -256,7 +256,7 @@ def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exporte
 def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(exported):
     from argparse import Namespace
 
-    from onmt_lma import runtime
+    from onmt_lma.deploy import runtime
 
     made = []
 
@@ -306,7 +306,7 @@ def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teach
     import importlib.util
 
     from conftest import REPO
-    from onmt_lma.activations import LMA, lma
+    from onmt_lma.model.lma import LMA, lma
 
     spec = importlib.util.spec_from_file_location("relu_to_lma", REPO / "scripts" / "relu_to_lma.py")
     module = importlib.util.module_from_spec(spec)

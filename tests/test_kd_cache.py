@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma import kd_cache
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.training import kd_cache
 from onmt_lma.bin import teacher_cache as cache_cli
 from onmt_lma.bin import train as train_cli
-from onmt_lma.distill import distillation_loss
+from onmt_lma.training.distill import distillation_loss
 
 from conftest import NO_DROPOUT, REPO, load, record_losses, run, train_args
 
@@ -267,7 +267,7 @@ def test_an_example_whose_tokens_changed_is_an_error_not_a_wrong_teacher(vocab, 
 @pytest.mark.integration
 def test_students_of_a_study_build_the_cache_once_and_share_it(corpus_dir, teacher, tmp_path):
     from conftest import TINY_SETTINGS
-    from onmt_lma.study import runs
+    from onmt_lma.study import sequential
 
     settings = list(TINY_SETTINGS.items()) + [("train_steps", 2), ("save_checkpoint_steps", 2), ("valid_steps", 2)]
     shared_teacher = tmp_path / "teacher" / teacher.name
@@ -275,7 +275,7 @@ def test_students_of_a_study_build_the_cache_once_and_share_it(corpus_dir, teach
     shared_teacher.write_bytes(teacher.read_bytes())
     made = []
     for activation in ("relu", "lma"):
-        final = runs.train_student("multi30k", 64, activation, 1, corpus_dir.parent, tmp_path / "runs",
+        final = sequential.train_student("multi30k", 64, activation, 1, corpus_dir.parent, tmp_path / "runs",
                                    kd_teacher=shared_teacher, settings=settings, kd_cache_topk=4)
         config = (final.parent / "config.yaml").read_text()
         assert f"kd_cache: {shared_teacher.with_suffix('')}.top4" in config and "kd_teacher" not in config

@@ -1,30 +1,148 @@
-"""The two floors: the plugin core (onmt_lma) never imports the study layer (onmt_lma.study)."""
+"""The house: layers that import downwards only, no import cycle, modules of at most 400 lines, a short README
+and few scripts (docs/architecture.md)."""
 
 import ast
 
+import pytest
+
 from conftest import REPO
 
+PACKAGE = REPO / "onmt_lma"
+#: the layers, bottom first; a module may import from its own layer and those below
+LAYERS = ["base", "model", "training", "deploy", "evaluation", "bin", "study"]
+MAX_MODULE_LINES = 400
 
-def imported_modules(path):
+
+def module_name(path):
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules():
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imported_modules(path, known):
+    """Every onmt_lma module ``path`` imports, at any depth of the file (a function's imports count too),
+    resolved to the module that defines the name; importing ``a.b.c`` imports ``a`` and ``a.b`` first."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.module
-            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    found = set()
+    for name in names:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name.startswith("onmt_lma"):
+            found.add(name)
+    own = module_name(path)
+    parts = own.split(".")
+    found |= {".".join(parts[:i]) for i in range(1, len(parts))}  # the parent packages
+    found.discard(own)
+    return found
+
+
+def graph():
+    known = modules()
+    return {name: imported_modules(path, known) for name, path in known.items()}
+
+
+def layer(name):
+    parts = name.split(".")
+    if len(parts) == 1:
+        return -1  # the package itself: imports nothing
+    if parts[1] == "api":
+        return LAYERS.index("bin")
+    return LAYERS.index(parts[1])
+
+
+def cycles(edges):
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in edges[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in edges:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_module_is_in_a_layer():
+    unplaced = [name for name in modules() if name.count(".") >= 1 and name.split(".")[1] not in LAYERS + ["api"]
+                and not name.split(".")[1].startswith("_")]
+    assert not unplaced, f"modules outside the layers {LAYERS}: {unplaced}"
+    assert len(modules()) > 40
+
+
+def test_no_import_cycle():
+    assert cycles(graph()) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_layers_import_downwards_only():
+    upward = [f"{name} ({LAYERS[layer(name)] if layer(name) >= 0 else 'package'}) imports {other} "
+              f"({LAYERS[layer(other)]})"
+              for name, imported in graph().items() for other in imported
+              if other != "onmt_lma" and layer(other) > layer(name)]
+    assert not upward, upward
 
 
 def test_the_core_never_imports_the_study_layer():
-    core = [p for p in (REPO / "onmt_lma").rglob("*.py") if "study" not in p.relative_to(REPO / "onmt_lma").parts]
-    assert len(core) > 10
-    offenders = [f"{p.relative_to(REPO)} imports {m}" for p in core for m in imported_modules(p)
-                 if m.startswith("onmt_lma.study")]
+    offenders = [f"{name} imports {other}" for name, imported in graph().items() if ".study" not in name
+                 for other in imported if other.startswith("onmt_lma.study")]
     assert not offenders, offenders
 
 
-def test_the_study_layer_builds_on_the_core():
-    study = list((REPO / "onmt_lma" / "study").glob("*.py"))
-    assert {p.name for p in study} >= {"recipes.py", "report.py", "plots.py", "benchmark.py"}
-    assert any(m.startswith("onmt_lma.") and not m.startswith("onmt_lma.study")
-               for p in study for m in imported_modules(p))
+def test_a_package_init_imports_nothing_of_its_own():
+    heavy = [name for name, imported in graph().items() if modules()[name].name == "__init__.py"
+             and any(other.startswith(name + ".") for other in imported)]
+    assert not heavy, heavy
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_are_at_most_400_lines(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path.relative_to(REPO)}: {lines} lines; split it where a concern ends"
+
+
+def test_scripts_are_few_and_the_readme_short():
+    scripts = sorted(p.name for p in (REPO / "scripts").iterdir() if p.is_file())
+    assert len(scripts) <= 10, scripts
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 300
+    architecture = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert len(architecture.splitlines()) <= 80
+    undocumented = [name for name in modules() if name.count(".") == 2 and f"`{name.split('.', 1)[1]}`" not in
+                    architecture and not name.endswith("__init__")]
+    assert not undocumented, f"docs/architecture.md lacks a line for {undocumented}"

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from onmt_lma import LMA, kernels
+from onmt_lma.model import kernels
+from onmt_lma.model.lma import LMA
 
 
 @pytest.fixture(autouse=True, params=["torch", "cpu"])
@@ -125,7 +126,7 @@ def test_gradcheck_in_evaluation_mode_float64():
 
     def f(x, alpha, beta):
         module.alpha.data, module.beta.data = alpha.data, beta.data
-        from onmt_lma.activations import lma
+        from onmt_lma.model.lma import lma
 
         return lma(x, alpha, beta, module.running_mean, module.running_std)
 
@@ -345,7 +346,8 @@ NO_COMPILER_SCRIPT = """
 import sys, warnings
 sys.modules["onmt_lma._lma_cpu"] = None  # as if installed without building the kernel
 import torch
-from onmt_lma import LMA, kernels
+from onmt_lma.model import kernels
+from onmt_lma.model.lma import LMA
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     y = LMA(8).train()(torch.linspace(-3, 3, 1000))

@@ -83,9 +83,9 @@ def test_above_in_every_seed_helps_and_a_missing_seed_decides_nothing(two_machin
 
 def test_the_pairs_are_the_plans_readings_rule_4_names():
     module = load_script()
-    from onmt_lma.study import runs
+    from onmt_lma.study import plan as study_plan
 
     for seed, plan_file, _ in module.PAIRS:
-        names = {run.name for run in runs.load_plan(plan_file).students}
+        names = {run.name for run in study_plan.load_plan(plan_file).students}
         assert {module.BASELINE.format(seed), module.VARIANT.format(seed)} <= names
     assert [seed for seed, _, _ in module.PAIRS] == [1, 2, 3]

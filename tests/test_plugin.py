@@ -5,11 +5,13 @@ import argparse
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma.activations import APLU, LMA, PReLU, Swish
+from onmt_lma.base import onmt_import
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.model.activations import APLU, PReLU, Swish
+from onmt_lma.model.lma import LMA
 from onmt_lma.bin import train as train_cli
 from onmt_lma.bin import translate as translate_cli
-from onmt_lma.checkpoint import CHECKPOINT_SAFE_GLOBALS, CheckpointError
+from onmt_lma.base.checkpoint import CHECKPOINT_SAFE_GLOBALS, CheckpointError
 
 import onmt.model_builder
 import onmt.models.model_saver
@@ -75,8 +77,8 @@ class ScaledLeakyReLU(torch.nn.Module):
 def test_an_activation_registered_after_install_trains_through_onmt_lma_train(vocab, tmp_path):
     """The registry is the only list: a name registered now is a -pos_ffn_activation_fn choice at once,
     built per feed-forward block, trained and saved."""
-    from onmt_lma import register_activation
-    from onmt_lma.activations import registered_activations
+    from onmt_lma.model.activations import register_activation
+    from onmt_lma.model.activations import registered_activations
 
     built = []
 
@@ -220,18 +222,18 @@ def test_a_deferred_module_imports_itself_on_first_use(monkeypatch):
     import sys
 
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
-    plugin.DeferredModule.install("colorsys")
+    onmt_import.DeferredModule.install("colorsys")
     deferred = sys.modules["colorsys"]
-    assert isinstance(deferred, plugin.DeferredModule) and not hasattr(deferred, "__file__")
+    assert isinstance(deferred, onmt_import.DeferredModule) and not hasattr(deferred, "__file__")
     inspect.getmodule(test_a_deferred_module_imports_itself_on_first_use)  # walks sys.modules
     assert sys.modules["colorsys"] is deferred
     assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)  # first use: the real function
     real = sys.modules["colorsys"]
-    assert not isinstance(real, plugin.DeferredModule) and deferred.__file__ == real.__file__
+    assert not isinstance(real, onmt_import.DeferredModule) and deferred.__file__ == real.__file__
     assert not hasattr(deferred, "no_such_name") and sys.modules["colorsys"] is real  # not imported a second time
-    plugin.DeferredModule.install("colorsys")  # already imported: left alone
+    onmt_import.DeferredModule.install("colorsys")  # already imported: left alone
     assert sys.modules["colorsys"] is real
-    plugin.DeferredModule.install("no_such_module_anywhere")
+    onmt_import.DeferredModule.install("no_such_module_anywhere")
     assert "no_such_module_anywhere" not in sys.modules
 
 
@@ -239,7 +241,7 @@ def test_spacy_is_imported_only_when_the_terminology_transform_needs_it():
     import subprocess
     import sys
 
-    code = ("import sys, onmt_lma.plugin, onmt.transforms.terminology as t; assert 'spacy.cli' not in sys.modules; "
+    code = ("import sys, onmt_lma.training.plugin, onmt.transforms.terminology as t; assert 'spacy.cli' not in sys.modules; "
             "assert callable(t.spacy.load) and 'spacy.cli' in sys.modules; import spacy; print(spacy.__version__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma.quantize import dequantize_rows, quantize_linears, quantize_rows
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.model.quantization import dequantize_rows, quantize_linears, quantize_rows
 
 from conftest import load, run, train_args
 
@@ -64,7 +64,7 @@ def test_an_int8_checkpoint_is_smaller_loads_its_exact_values_and_translates_as_
     assert any(".feed_forward.activation.alpha" in name for name in checkpoint["model"])  # LMA stays float
     assert load(int8_all)["model"]["encoder.embeddings.make_embedding.emb_luts.0.weight"].dtype == torch.int8
     # the position tables are left out and rebuilt exactly
-    from onmt_lma.quantize import dequantize_checkpoint
+    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
 
     original = load(lma_model)["model"]
     tables = info["position_tables"]
@@ -146,7 +146,7 @@ def reference_bucket_quantize(weight, bits, bucket):
 
 @pytest.mark.parametrize("bits, bucket", [(2, 256), (4, 16), (8, 7), (3, 5)])
 def test_bucket_quantization_matches_a_float64_reference(bits, bucket):
-    from onmt_lma.quantize import bucket_quantize
+    from onmt_lma.model.quantization import bucket_quantize
 
     torch.manual_seed(bits)
     weight = torch.randn(9, 13)
@@ -162,7 +162,7 @@ def test_bucket_quantization_matches_a_float64_reference(bits, bucket):
 
 
 def test_the_gradient_passes_straight_through_to_the_full_precision_weight():
-    from onmt_lma.quantize import fake_quantize
+    from onmt_lma.model.quantization import fake_quantize
 
     weight = torch.randn(6, 10, requires_grad=True)
     upstream = torch.randn(6, 10)
@@ -172,7 +172,7 @@ def test_the_gradient_passes_straight_through_to_the_full_precision_weight():
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_codes_pack_and_unpack(bits):
-    from onmt_lma.quantize import pack_codes, unpack_codes
+    from onmt_lma.model.quantization import pack_codes, unpack_codes
 
     codes = torch.randint(0, 2 ** bits, (37,), dtype=torch.uint8)
     packed = pack_codes(codes, bits)
@@ -182,7 +182,8 @@ def test_codes_pack_and_unpack(bits):
 
 @pytest.mark.integration
 def test_quantization_aware_training_translation_and_export(vocab, lma_model, tmp_path):
-    from onmt_lma.quantize import bucket_quantize, dequantize_checkpoint
+    from onmt_lma.model.quantization import bucket_quantize
+    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
 
     log = tmp_path / "qat.log"
     run("onmt_lma_train", *train_args(vocab, tmp_path / "qat", "-pos_ffn_activation_fn", "lma", "-train_from",
@@ -304,7 +305,7 @@ def test_the_quantization_study_fine_tunes_two_students_at_once(teacher, lma_stu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a lent GPU machine)")
 def test_on_cuda_bucket_quantization_and_its_gradient_are_the_cpu_ones():
     """Quantization-aware training on a GPU: the same levels as on CPU, the gradient straight through."""
-    from onmt_lma.quantize import bucket_codes, bucket_quantize, fake_quantize
+    from onmt_lma.model.quantization import bucket_codes, bucket_quantize, fake_quantize
 
     torch.manual_seed(0)
     weight = torch.randn(64, 2048)

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from conftest import load, run
-from onmt_lma.activations import LMA
-from onmt_lma.recalibrate import batch_statistics_mode
+from onmt_lma.model.lma import LMA
+from onmt_lma.model.statistics import batch_statistics_mode
 
 
 def _toy_model():

@@ -180,24 +180,24 @@ def test_study_commit_takes_the_results_folder_and_nothing_else(tmp_path):
 
 
 def test_a_study_is_a_short_plan_file(tmp_path):
-    from onmt_lma.study import runs
+    from onmt_lma.study import plan as study_plan
 
     plan = tmp_path / "plan.yaml"
     plan.write_text("corpus: multi30k\nresults: results/x\nruns:\n  - teacher\n"
                     "  - {size: 64, activations: [relu, lma], seeds: [1, 2]}\n"
                     "  - {size: 128, activations: [lma], seeds: [1], segments: [4, 8]}\n")
-    study = runs.load_plan(plan)
+    study = study_plan.load_plan(plan)
     assert [r.name for r in study.runs] == [
         "teacher", "student64_relu_seed1", "student64_lma_seed1", "student64_relu_seed2", "student64_lma_seed2",
         "student128_lma4_seed1", "student128_lma_seed1"]
     assert study.corpus == "multi30k" and study.label == "results/x"
-    assert runs.student_name(64, "aplu", 3, 12, distilled=False) == "student64_aplu12_seed3_nokd"
+    assert study_plan.student_name(64, "aplu", 3, 12, distilled=False) == "student64_aplu12_seed3_nokd"
     plan.write_text("corpus: multi30k\nresults: r\nruns:\n  - {size: 64, activations: [relu, relu], seeds: [1]}\n")
-    with pytest.raises(runs.StudyError, match=r"planned twice \(\['student64_relu_seed1'\]\)"):
-        runs.load_plan(plan)
+    with pytest.raises(study_plan.StudyError, match=r"planned twice \(\['student64_relu_seed1'\]\)"):
+        study_plan.load_plan(plan)
     plan.write_text("corpus: multi30k\nruns: [teacher]\n")
-    with pytest.raises(runs.StudyError, match="not a study plan"):
-        runs.load_plan(plan)
+    with pytest.raises(study_plan.StudyError, match="not a study plan"):
+        study_plan.load_plan(plan)
     # the shipped plan of the Multi30k study: 19 runs, seed 1 of every activation first
-    shipped = runs.load_plan(REPO / "studies" / "multi30k.yaml")
+    shipped = study_plan.load_plan(REPO / "studies" / "multi30k.yaml")
     assert len(shipped.runs) == 19 and shipped.runs[5].name == "student64_swish_seed1"

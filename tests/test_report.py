@@ -164,7 +164,7 @@ def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
 
 def test_validation_steps_are_exact_when_reports_do_not_divide_them(tmp_path):
     """Reports every 20 steps, validation every 250: the report before the step-250 validation is step 240."""
-    from onmt_lma.study.report import validation_curve
+    from onmt_lma.study.results import validation_curve
 
     lines = []
     for step in range(20, 521, 20):
@@ -178,7 +178,7 @@ def test_validation_steps_are_exact_when_reports_do_not_divide_them(tmp_path):
 
 
 def test_training_speed_is_read_from_the_step_reports_target_side(tmp_path):
-    from onmt_lma.study.report import target_tokens_per_second
+    from onmt_lma.study.results import target_tokens_per_second
 
     log = tmp_path / "train.log"
     log.write_text(

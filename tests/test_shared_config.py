@@ -7,8 +7,8 @@ import tomllib
 
 import pytest
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma.opts import COMMAND_PARSERS, command_parser, shared_config_keys
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.bin.parser import command_parser, COMMAND_PARSERS, shared_config_keys
 
 from conftest import REPO
 

@@ -7,9 +7,11 @@ import math
 import pytest
 import torch
 
-from onmt_lma import plugin  # noqa: F401  (installs)
-from onmt_lma.activations import LMA, build_activation, continuous_intercepts
-from onmt_lma.average import AverageError, average, checkpoint_steps, main as average_main
+from onmt_lma.training import plugin  # noqa: F401  (installs)
+from onmt_lma.model.activations import build_activation
+from onmt_lma.model.lma import continuous_intercepts, LMA
+from onmt_lma.bin.average_models import main as average_main
+from onmt_lma.training.average import average, AverageError, checkpoint_steps
 from onmt_lma.bin import train as train_cli
 
 import onmt.model_builder
@@ -246,7 +248,7 @@ def test_a_released_student_translates_as_its_collected_evaluation_did(name, tmp
 
     from conftest import shared_data
     from data_prep.text import moses_tokenize, normalize_whitespace
-    from onmt_lma.evaluate import postprocess
+    from onmt_lma.evaluation.scoring import postprocess
 
     lines = 8
     with gzip.open(shared_data() / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as source:

@@ -9,7 +9,7 @@ import os
 import onmt.bin.build_vocab
 import onmt.opts
 
-from onmt_lma.opts import CommandParser
+from onmt_lma.bin.parser import CommandParser
 
 
 def get_parser():

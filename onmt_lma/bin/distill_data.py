@@ -7,16 +7,17 @@ Translates ``-src`` with the teacher ``-model`` (beam 5 by default) into
 
 import os
 
-from onmt_lma.bin import user_errors_exit
+from onmt_lma.bin.parser import user_errors_exit
 
 import onmt.opts
 from onmt.inference_engine import InferenceEnginePY
 from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
-from onmt_lma.opts import CommandParser, int_type
-from onmt_lma.files import sha256_of
-from onmt_lma.seqkd import DistillDataError, distill_corpus
+from onmt_lma.base.opts import int_type
+from onmt_lma.bin.parser import CommandParser
+from onmt_lma.base.files import sha256_of
+from onmt_lma.training.seqkd import distill_corpus, DistillDataError
 
 #: options that change what the teacher writes, recorded with the output
 TRANSLATION_OPTIONS = ("beam_size", "max_length", "min_length", "length_penalty", "alpha", "beta",

@@ -11,10 +11,10 @@ top ``-topk`` token ids and log-probabilities of each target position into
 import onmt.opts
 from onmt.utils.logging import init_logger
 
-from onmt_lma.bin import user_errors_exit
-from onmt_lma.distill import add_kd_opts
-from onmt_lma.kd_cache import add_cache_opts, build_cache
-from onmt_lma.opts import CommandParser
+from onmt_lma.bin.parser import user_errors_exit
+from onmt_lma.training.distill import add_kd_opts
+from onmt_lma.training.kd_cache_build import add_cache_opts, build_cache
+from onmt_lma.bin.parser import CommandParser
 
 
 def get_parser():

@@ -8,10 +8,10 @@ the plugin's; unlike ``onmt_train``, an unknown option is an error (see
 import onmt.bin.train
 import onmt.opts
 
-from onmt_lma.bin import user_errors_exit
-from onmt_lma.distill import add_kd_opts
-from onmt_lma.opts import CommandParser
-from onmt_lma.quantize import refuse_quantized_training_start
+from onmt_lma.bin.parser import user_errors_exit
+from onmt_lma.training.distill import add_kd_opts
+from onmt_lma.bin.parser import CommandParser
+from onmt_lma.training.qat import refuse_quantized_training_start
 
 
 def get_parser():

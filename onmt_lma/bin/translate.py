@@ -24,10 +24,11 @@ import torch
 import onmt.bin.translate
 import onmt.opts
 
-from onmt_lma.bin import user_errors_exit
-from onmt_lma.checkpoint import checkpoint_loading
-from onmt_lma.opts import CommandParser, add_lma_opts
-from onmt_lma.seqkd import DistillDataError, read_lines
+from onmt_lma.bin.parser import user_errors_exit
+from onmt_lma.base.checkpoint import checkpoint_loading
+from onmt_lma.bin.parser import CommandParser
+from onmt_lma.model.options import add_lma_opts
+from onmt_lma.training.seqkd import DistillDataError, read_lines
 
 
 class TranslationInputError(DistillDataError):
@@ -93,7 +94,7 @@ def _translate(opt):
         if keep:
             _run(opt)
         elif opt.engine == "onnx":  # nothing to translate: still refuse a bad export folder
-            from onmt_lma import runtime
+            from onmt_lma.deploy import runtime
 
             runtime.check_options(opt)
             runtime.OnnxTranslator(opt.models[0], int8=opt.precision == "int8")
@@ -117,7 +118,7 @@ def _translate(opt):
 
 def _run(opt):
     if opt.engine == "onnx":
-        from onmt_lma import runtime
+        from onmt_lma.deploy import runtime
 
         runtime.translate_file(opt)
         return

@@ -80,9 +80,9 @@ def pytorch_translate(checkpoint, batch=1, transform=None):
     ``transform`` first, e.g. a quantization)."""
     from onmt.inference_engine import InferenceEnginePY
 
-    from onmt_lma.evaluate import _translate_opts
+    from onmt_lma.evaluation.measure import translation_opts
 
-    engine = InferenceEnginePY(_translate_opts(checkpoint, "/dev/null", "/dev/null", 5, -1, batch))
+    engine = InferenceEnginePY(translation_opts(checkpoint, "/dev/null", "/dev/null", 5, -1, batch))
     if transform is not None:
         transform(engine.translator.model)
     return lambda lines: [n_best[0] for n_best in engine.infer_list(lines)[1]]
@@ -91,7 +91,7 @@ def pytorch_translate(checkpoint, batch=1, transform=None):
 def onnx_translate(folder, batch=1, int8=False, threads=None):
     """onmt-lma's ONNX Runtime engine on an ``onmt_lma_export`` folder (``threads``: intra-op threads, None
     for ONNX Runtime's default, one per core); ``.profile``: where its time went."""
-    from onmt_lma.runtime import OnnxTranslator
+    from onmt_lma.deploy.runtime import OnnxTranslator
 
     translator = OnnxTranslator(folder, int8=int8, threads=threads)
 
@@ -122,7 +122,6 @@ def in_fresh_process(script, args, what):
     Runtime's) take no cycles from the next one and memory peaks do not mix.  ``what`` names it in an error."""
     import json
     import subprocess
-    import sys
 
     done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0:

@@ -20,14 +20,14 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from onmt_lma.activations import DEFAULT_SEGMENTS
+from onmt_lma.model.lma import DEFAULT_SEGMENTS
+from onmt_lma.study.budget import pilot_budget, read_budget
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 5  # how often the training processes are looked at
@@ -54,35 +54,9 @@ def log(message):
     print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def pilot_budget(curve, min_steps, max_steps, window, tolerance):
-    """The budget N from the pilot's validation curve ``{step: perplexity}``, or None (not yet).
-
-    N is the first step ``s >= min_steps`` with ``(ppl[s - window] - ppl[s]) / ppl[s - window] < tolerance``;
-    ``max_steps`` once the curve reaches it without that.
-    """
-    for step in sorted(curve):
-        if step > max_steps:
-            break
-        if step >= min_steps:
-            gain = window_gain(curve, step, window)
-            if gain is not None and gain < tolerance:
-                return step
-        if step == max_steps:
-            return step
-    return None
-
-
-def window_gain(curve, step, window):
-    """How much perplexity fell over the ``window`` steps up to ``step``, as a fraction of where it was
-    (the pilot's rule); None without both points."""
-    if step not in curve or step - window not in curve:
-        return None
-    return (curve[step - window] - curve[step]) / curve[step - window]
-
-
 def validation_curve(run_dir, valid_steps):
     """The run's ``{step: validation perplexity}`` from its training log (empty before the first)."""
-    from onmt_lma.study.report import validation_curve as from_log
+    from onmt_lma.study.results import validation_curve as from_log
 
     log_file = Path(run_dir) / "train.log"
     return dict(from_log(log_file, valid_steps)) if log_file.is_file() else {}
@@ -124,7 +98,7 @@ def train_teacher(study, execution):
 def student_settings(study, run, teacher, execution):
     """The run's settings, in the order its ``config.yaml`` was composed with (a resumed run must match)."""
     if execution.kd_cache_topk:  # the teacher's top-K cache, built once (onmt_lma_teacher_cache)
-        from onmt_lma.study.runs import teacher_cache
+        from onmt_lma.study.sequential import teacher_cache
 
         distil = ("kd_cache", str(teacher_cache(study.corpus, teacher, execution.data.parent, execution.kd_cache_topk)))
     else:
@@ -144,7 +118,7 @@ def process_env(execution):
 
 def record_commit(run_dir):
     """Append the code's commit to ``RUN/COMMITS`` at each (re)start, as :func:`.runs.run_study` does."""
-    from onmt_lma.study.runs import git_head
+    from onmt_lma.study.sequential import git_head
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "COMMITS", "a") as commits:
@@ -214,11 +188,6 @@ def adopt_budget(study, execution):
     log(f"budget from {fixed_by}: N = {budget['N']}")
 
 
-def read_budget(folder):
-    path = Path(folder) / "BUDGET.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def train_students(study, teacher, execution, finish, futures=()):
     """Start every student, fix N from the pilot, stop each at N and hand it to ``finish``; ``futures``: the
     finishes already under way (on CPU each holds a slot until done)."""
@@ -249,51 +218,6 @@ def train_students(study, teacher, execution, finish, futures=()):
                     log(f"{run.name}: FAILED (exit {process.returncode}); see {run_dir / 'stdout.log'}")
         time.sleep(POLL_SECONDS)
     return budget, futures
-
-
-def translate_bleu(path, corpus_dir, gpu, batch_size):
-    """sacreBLEU of a checkpoint's beam-5 translation of the test set (batched)."""
-    import sacrebleu
-
-    from onmt_lma.evaluate import _translate_opts, postprocess  # installs the plugin first
-    from onmt.inference_engine import InferenceEnginePY
-
-    hyp = Path(str(path) + ".curve.hyp")
-    opt = _translate_opts(path, corpus_dir / "test.de", hyp, 5, gpu, batch_size)
-    engine = InferenceEnginePY(opt)
-    engine.infer_file()
-    engine.terminate()
-    _, detok = postprocess(hyp.read_text(encoding="utf-8").splitlines(), corpus_dir)
-    refs = (corpus_dir / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()
-    return sacrebleu.corpus_bleu(detok, [refs]).score
-
-
-def averaged_checkpoint(run_dir, n, every, average_last):
-    """(the last ``average_last`` checkpoints up to N, the path of their average)."""
-    last = [checkpoint(run_dir, s) for s in range(n - every * (average_last - 1), n + 1, every)]
-    return last, Path(run_dir) / f"model_avg_{last[0].stem.split('_')[-1]}-{n}.pt"
-
-
-def finish_run(study, name, n, execution):
-    """BLEU curve, average and evaluations of one stopped run (called in a process of its own)."""
-    from onmt_lma import average, evaluate
-
-    run_dir, rule = execution.runs / name, study.budget
-    curve_file = run_dir / "curve.json"
-    curve = json.loads(curve_file.read_text()) if curve_file.exists() else {}
-    for step in range(rule["bleu_every"], n + 1, rule["bleu_every"]):
-        if str(step) not in curve:
-            curve[str(step)] = translate_bleu(checkpoint(run_dir, step), execution.data, execution.gpu,
-                                              execution.batch_size)
-            curve_file.write_text(json.dumps(curve, indent=1) + "\n")
-    last, averaged = averaged_checkpoint(run_dir, n, rule["every"], rule["average_last"])
-    if not averaged.exists():
-        average.save(average.average(last), averaged)
-    for path in (checkpoint(run_dir, n), averaged):
-        out = Path(f"{path}.eval.json")
-        if not out.exists():
-            evaluate.evaluate(path, execution.data, out, beam=5, gpu=execution.gpu, batch_size=execution.batch_size)
-    log(f"{name}: finished (curve {', '.join(f'{s}: {b:.1f}' for s, b in curve.items())})")
 
 
 def finisher(plan_file, execution, pool):
@@ -331,7 +255,7 @@ def run_logged(command, log_path, env, attempts=1):
 
 
 def run_study(study, plan_file, execution):
-    from onmt_lma import evaluate
+    from onmt_lma.evaluation import evaluate
 
     execution.runs.mkdir(parents=True, exist_ok=True)
     adopt_budget(study, execution)
@@ -374,73 +298,5 @@ def state(run, study, execution):
 # --------------------------------------------------------------------------- #
 # Collecting results and releasing models (paths relative, nothing of this machine)
 # --------------------------------------------------------------------------- #
-def relative_text(text, execution):
-    for root, name in ((execution.runs.resolve(), "runs"), (execution.data.resolve(), f"data/{execution.data.name}"),
-                       (REPO, ".")):
-        text = text.replace(str(root), name)
-    return text
 
 
-def copy_relative(source, target, execution):
-    target.write_text(relative_text(source.read_text(encoding="utf-8", errors="replace"), execution),
-                      encoding="utf-8")
-
-
-def collect(study, execution):
-    out = study.results / "runs"
-    out.mkdir(parents=True, exist_ok=True)
-    if (execution.runs / "BUDGET.json").exists():
-        shutil.copy(execution.runs / "BUDGET.json", study.results / "BUDGET.json")
-    for run in study.runs:
-        if run.teacher and (out / "teacher").is_dir():
-            continue  # collected on the machine that trained it (its paths made relative there)
-        run_dir = execution.runs / run.name
-        evals = sorted(run_dir.glob("*.eval.json"))
-        if not evals:
-            continue
-        target = out / run.name
-        target.mkdir(exist_ok=True)
-        for name in ("config.yaml", "train.log", "curve.json", "COMMITS"):
-            if (run_dir / name).exists():
-                copy_relative(run_dir / name, target / name, execution)
-        for path in evals:
-            copy_relative(path, target / path.name.replace(".pt.eval", ".eval"), execution)
-            hyp = path.with_name(path.name.replace(".json", ".hyp.detok.en"))
-            if hyp.exists():
-                shutil.copy(hyp, target / hyp.name.replace(".pt.eval", ".eval"))
-    log(f"collected into {study.results}")
-
-
-def averaged_result(run_dir):
-    """(averaged checkpoint, its evaluation) of a finished run, or (None, None)."""
-    for path in sorted(Path(run_dir).glob("model_avg_*.pt.eval.json")):
-        return path.with_name(path.name[: -len(".eval.json")]), json.loads(path.read_text())
-    return None, None
-
-
-def release(study, execution):
-    """Released models: the averaged main students, the best diagnostic's, and the teacher, float16."""
-    from onmt_lma import average
-    from onmt_lma.files import sha256_of
-
-    chosen = {}
-    for run in study.students:
-        path, result = averaged_result(execution.runs / run.name)
-        if path is not None:
-            chosen.setdefault("main" if run.part == "main" else "variant", []).append(
-                (result["bleu"]["score"], run, path))
-    picks = [(run.name, path) for _, run, path in chosen.get("main", [])]
-    if chosen.get("variant"):
-        _, best, path = max(chosen["variant"], key=lambda item: item[0])
-        picks.append((best.name, path))
-    teacher_dir = execution.runs / "teacher"
-    picks.append(("teacher", teacher_dir / (teacher_dir / "DONE").read_text().strip()))
-    out = study.results / "models"
-    out.mkdir(parents=True, exist_ok=True)
-    sums = []
-    for name, path in picks:
-        target = out / f"{name}.pt"
-        average.save(average.average([path], release=True), target)
-        sums.append(f"{sha256_of(target)}  {target.name}")
-        log(f"released {target.name} from {relative_text(str(path), execution)}")
-    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")

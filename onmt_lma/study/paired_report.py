@@ -10,7 +10,9 @@ import json
 import statistics
 from pathlib import Path
 
-from onmt_lma.study.report import training_reports, validation_curve
+from onmt_lma.study.budget import window_gain
+from onmt_lma.study.plots import lma_shape_plots
+from onmt_lma.study.results import training_reports, validation_curve
 
 
 def load_collected(results, valid_steps):
@@ -65,7 +67,6 @@ def mean_std_text(values):
 def last_window_gain(entry, n, window):
     """How much a run's validation perplexity fell over the last ``window`` steps up to N, as a fraction of
     where it was (the pilot's rule applied to the run); None without both points."""
-    from onmt_lma.study.budgeted import window_gain
 
     return window_gain(entry["valid"] if entry else {}, n, window)
 
@@ -279,7 +280,6 @@ def report_plots(study, runs, out):
 
 def write_report(study, command):
     """``report.md`` and the plots in the study's results folder; returns the report's text."""
-    from onmt_lma.study.plots import lma_shape_plots
 
     runs = load_collected(study.results, study.budget["every"])
     budget_file = study.results / "BUDGET.json"

@@ -5,8 +5,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from onmt_lma.study.report import (
-    _columns,
+from onmt_lma.study.results import (
+    activation_columns,
     activation_label,
     group,
     is_teacher,
@@ -44,7 +44,7 @@ def plots(results, out_dir):
         by_corpus[corpus][size] = cells
     for corpus, sizes in by_corpus.items():
         fig, ax = plt.subplots(figsize=(7, 4))
-        columns = _columns(groups)
+        columns = activation_columns(groups)
         for i, activation in enumerate(columns):
             xs = [size for size in sorted(sizes) if activation in sizes[size]]
             if not xs:
@@ -75,7 +75,7 @@ def plots(results, out_dir):
                     log = train_log(r)
                     curve = validation_curve(log) if log else []
                     if curve:
-                        ax.plot(*zip(*curve), marker=".", alpha=0.8, color=f"C{_columns(groups).index(activation)}",
+                        ax.plot(*zip(*curve), marker=".", alpha=0.8, color=f"C{activation_columns(groups).index(activation)}",
                                 linestyle=line_styles[seed(r)],
                                 label=activation if i == 0 else None)
                         drawn = True
@@ -118,7 +118,7 @@ def lma_curve(layer, xs):
     evaluation), computed by the package's own LMA in evaluation mode."""
     import torch
 
-    from onmt_lma.activations import LMA
+    from onmt_lma.model.lma import LMA
 
     module = LMA(len(layer["alpha"])).double().eval()
     with torch.no_grad():

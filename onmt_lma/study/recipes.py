@@ -105,7 +105,7 @@ def latest_readable_checkpoint(run_dir):
     import torch
     from onmt.utils.logging import logger
 
-    from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
+    from onmt_lma.base.checkpoint import checkpoint_loading, CheckpointError
 
     for path in reversed(checkpoints(run_dir)):
         try:

@@ -24,301 +24,24 @@ thin wrappers.
 """
 
 import argparse
-import dataclasses
-import datetime
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
 
-from onmt_lma.activations import DEFAULT_SEGMENTS
+from onmt_lma.model.lma import DEFAULT_SEGMENTS
 from onmt_lma.study import recipes
-
-REPO = Path(__file__).resolve().parents[2]
-#: local copies of raw corpora (tests, demos), else the corpus is downloaded
-SHARED_DATA = Path(os.environ.get("LMA_DATA", REPO.parent / "shared" / "data"))
-
-
-class StudyError(ValueError):
-    """A plan or run that cannot be carried out (the message says which and why)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One run of a study: the teacher, or a student of ``size`` with ``activation``, ``seed``, ``segments``;
-    a diagnostic's ``variant`` names it apart and adds its ``settings`` ((key, value) on top of the recipe)."""
-
-    size: int = 0
-    activation: str = "relu"
-    seed: int = 1
-    segments: int = DEFAULT_SEGMENTS
-    teacher: bool = False
-    variant: str = ""
-    settings: tuple = ()
-    part: str = "main"  # "main", or the diagnostic's letter
-    what: str = ""  # what the variant changes, for reports
-
-    @property
-    def name(self):
-        return "teacher" if self.teacher else student_name(self.size, self.activation, self.seed, self.segments,
-                                                           variant=self.variant)
-
-
-def student_name(size, activation, seed, segments=DEFAULT_SEGMENTS, distilled=True, variant=""):
-    """``student64_lma_seed1``; other segment counts are named (``student64_lma12_seed1``), variants
-    (``student64_lma_continuous_seed1``) and undistilled runs too (``..._nokd``)."""
-    name = f"student{size}_{activation}" + ("" if segments == DEFAULT_SEGMENTS else str(segments))
-    name += f"_{variant}" if variant else ""
-    return f"{name}_seed{seed}" + ("" if distilled else "_nokd")
-
-
-def log(message):
-    print(f"[study] {message}", flush=True)
+from onmt_lma.study.plan import REPO, StudyError, load_plan
+from onmt_lma.study.sequential import log, prepare_corpus, run_study, state, train_student, train_teacher, write_report
 
 
 # --------------------------------------------------------------------------- #
 # Training
 # --------------------------------------------------------------------------- #
-def prepare_corpus(corpus, data_root):
-    """``python -m data_prep`` into DATA_ROOT/CORPUS unless done; Multi30k from ``../shared/data`` when there."""
-    from data_prep.__main__ import main as data_prep_main
-
-    source = ["--source", str(SHARED_DATA / corpus)] if corpus == "multi30k" and (SHARED_DATA / corpus).is_dir() else []
-    data_prep_main([corpus, "--out", str(Path(data_root) / corpus), *source])
-
-
-def finished_checkpoint(run_dir):
-    done = Path(run_dir) / "DONE"
-    return Path(run_dir) / done.read_text().strip() if done.is_file() else None
-
-
-def train_teacher(corpus, data_root, runs_root, settings=()):
-    return recipes.train(corpus, "teacher", Path(data_root) / corpus, Path(runs_root) / corpus / "teacher",
-                         [("seed", 1), *settings])
-
-
-def teacher_cache(corpus, kd_teacher, data_root, topk):
-    """The top-``topk`` cache of ``kd_teacher`` for the corpus's training data, built once beside the teacher
-    (``TEACHER.top32/``) and reused by every student; an interrupted build resumes."""
-    from onmt_lma.bin import teacher_cache as cache_cli
-
-    out = Path(f"{Path(kd_teacher).with_suffix('')}.top{topk}")
-    manifest = out / "manifest.json"
-    if manifest.is_file() and '"complete": true' in manifest.read_text():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    with recipes.exclusive_lock(out / ".lock", f"{out} is being built by another process"):
-        # the students' data options (corpora, vocabularies, transforms): the same in every student recipe
-        config = recipes.compose(corpus, "student64", Path(data_root) / corpus, out)
-        recipes.write_config(config, out / "config.yaml")
-        log(f"building the teacher cache {out}")
-        cache_cli.main(["-config", str(out / "config.yaml"), "-model", str(kd_teacher), "-out", str(out),
-                        "-topk", str(topk)])
-    return out
-
-
-def train_student(corpus, size, activation, seed, data_root, runs_root, segments=DEFAULT_SEGMENTS,
-                  kd_teacher=None, settings=(), kd_cache_topk=None, variant=""):
-    """Distilled from ``kd_teacher`` (default: the corpus's finished teacher; ``"none"``: no distillation),
-    through its top-``kd_cache_topk`` cache when given (:func:`teacher_cache`); ``variant`` names a run
-    whose ``settings`` differ from the recipe (:func:`student_name`)."""
-    if kd_teacher is None:
-        kd_teacher = finished_checkpoint(Path(runs_root) / corpus / "teacher")
-        if kd_teacher is None:
-            raise StudyError(f"no finished teacher at {Path(runs_root) / corpus / 'teacher'}: run "
-                             f"scripts/train_teacher.sh {corpus} first, or set KD_TEACHER=none")
-    distilled = str(kd_teacher) != "none"
-    name = student_name(size, activation, seed, segments, distilled, variant)
-    run_settings = [("pos_ffn_activation_fn", activation), ("lma_segments", segments), ("seed", seed)]
-    if distilled and kd_cache_topk:
-        run_settings.append(("kd_cache", str(teacher_cache(corpus, kd_teacher, data_root, kd_cache_topk))))
-    elif distilled:
-        run_settings.append(("kd_teacher", str(kd_teacher)))
-    return recipes.train(corpus, f"student{size}", Path(data_root) / corpus, Path(runs_root) / corpus / name,
-                         run_settings + list(settings))
 
 
 # --------------------------------------------------------------------------- #
 # Studies: plan files, state, collection, commits
 # --------------------------------------------------------------------------- #
-@dataclasses.dataclass
-class Study:
-    corpus: str
-    results: Path
-    runs: list
-    label: str  # the plan's results folder, as commit messages name it
-    kd_cache_topk: int = None  # students distil through the teacher's top-K cache (built once)
-    runs_folder: str = None  # RUNS_ROOT/<this>/<run> (default: the corpus)
-    budget: dict = None  # a budgeted study (onmt_lma.study.budgeted): the pilot's rule, checkpoints, averaging
-    title: str = ""
-    labels: dict = dataclasses.field(default_factory=dict)  # activation -> its name in reports
-
-    @property
-    def students(self):
-        return [run for run in self.runs if not run.teacher]
-
-    def runs_dir(self, runs_root):
-        return Path(runs_root) / (self.runs_folder or self.corpus)
-
-    def activation_label(self, activation):
-        return self.labels.get(activation, activation)
-
-    def run_label(self, run):
-        """``ReLU``, ``LMA-8, continuous``: the activation's label and what the variant changes."""
-        return self.activation_label(run.activation) + (f", {run.what}" if run.what else "")
-
-
-BUDGET_KEYS = ("pilot", "min_steps", "max_steps", "window", "tolerance", "every", "bleu_every", "average_last")
-PLAN_FORMAT = ("corpus, results, runs (each 'teacher' or a group {size, activations, seeds; optional segments, "
-               "part, variant, what, settings}); optional kd_cache, runs_folder, title, labels, budget")
-
-
-def load_plan(path):
-    """A plan file: ``corpus``, ``results`` and ``runs`` in training order, each ``teacher`` or a group
-    ``{size, activations, seeds, segments}`` (segments default to the paper's 8; a diagnostic group adds
-    ``part``, ``variant``, ``what`` and ``settings``); optional ``kd_cache: K`` (students distil from the
-    teacher's top-K cache), ``runs_folder``, ``title``, ``labels`` and ``budget`` (the pilot's rule
-    of :mod:`onmt_lma.study.budgeted`, with all of :data:`BUDGET_KEYS`; ``fixed_by``: the repository path of
-    another plan's ``BUDGET.json`` whose N this plan's runs take, its pilot being that plan's run)."""
-    plan = yaml.safe_load(Path(path).read_text())
-    try:
-        runs = []
-        for entry in plan["runs"]:
-            if entry == "teacher":
-                runs.append(Run(teacher=True))
-                continue
-            unknown = set(entry) - {"size", "activations", "seeds", "segments", "part", "variant", "what", "settings"}
-            if unknown:
-                raise KeyError(f"unknown keys {sorted(unknown)}")
-            extra = dict(variant=str(entry.get("variant", "")), settings=tuple((entry.get("settings") or {}).items()),
-                         part=str(entry.get("part", "main")), what=str(entry.get("what", "")))
-            for seed in entry["seeds"]:
-                for segments in entry.get("segments", [DEFAULT_SEGMENTS]):
-                    runs.extend(Run(entry["size"], activation, seed, segments, **extra)
-                                for activation in entry["activations"])
-        budget = plan.get("budget")
-        if budget is not None and set(budget) - {"fixed_by"} != set(BUDGET_KEYS):
-            raise KeyError(f"budget needs exactly {', '.join(BUDGET_KEYS)} (and optionally fixed_by)")
-        study = Study(plan["corpus"], Path(os.environ.get("RESULTS") or REPO / plan["results"]), runs,
-                      plan["results"], plan.get("kd_cache"), plan.get("runs_folder"), budget,
-                      plan.get("title", plan["results"]), dict(plan.get("labels") or {}))
-    except (KeyError, TypeError, AttributeError) as error:
-        raise StudyError(f"{path}: not a study plan ({PLAN_FORMAT}): {error!r}") from None
-    names = [run.name for run in runs]
-    if len(set(names)) != len(names):
-        raise StudyError(f"{path}: a run is planned twice ({sorted({n for n in names if names.count(n) > 1})})")
-    if study.runs_folder and len(Path(study.runs_folder).parts) != 1:
-        raise StudyError(f"{path}: runs_folder {study.runs_folder!r}: expected one folder name (RUNS_ROOT/<it>)")
-    if study.runs_folder and budget is None:
-        raise StudyError(f"{path}: runs_folder is for a budgeted study (with budget); a study without one trains "
-                         f"in RUNS_ROOT/{study.corpus} as scripts/train_student.sh does")
-    if budget is not None and budget.get("fixed_by"):
-        if not (REPO / budget["fixed_by"]).is_file():
-            raise StudyError(f"{path}: budget fixed_by {budget['fixed_by']!r}: no such file in the repository "
-                             "(expected another plan's BUDGET.json)")
-    elif budget is not None and budget["pilot"] not in names:
-        raise StudyError(f"{path}: the budget's pilot {budget['pilot']!r} is not one of the runs (or give fixed_by: "
-                         "the BUDGET.json of the plan whose pilot fixed N)")
-    return study
-
-
-def state(run, study, runs_root):
-    """``collected`` (its results are in the results folder), ``trained``, ``started`` or ``todo``."""
-    run_dir = Path(runs_root) / study.corpus / run.name
-    if (study.results / "runs" / run.name / f"{run.name}.eval.json").is_file():
-        return "collected"
-    if (run_dir / "DONE").is_file():
-        return "trained"
-    return "started" if run_dir.is_dir() else "todo"
-
-
-def collect(run, study, data_root, runs_root):
-    """Evaluate the run's final checkpoint and copy what the results need, whole or not at all."""
-    from onmt_lma import evaluate
-
-    run_dir = Path(runs_root) / study.corpus / run.name
-    checkpoint = finished_checkpoint(run_dir)
-    out = Path(f"{checkpoint}.eval.json")
-    test = evaluate.prepared_test_set(Path(data_root) / study.corpus)
-    if not (out.is_file() and evaluate.kept_result(out, checkpoint, test)):
-        evaluate.evaluate(checkpoint, Path(data_root) / study.corpus, out)
-    partial = study.results / "runs" / f"{run.name}.tmp"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name in ("config.yaml", "train.log", "COMMITS"):
-        if (run_dir / name).is_file():
-            shutil.copy(run_dir / name, partial / name)
-    shutil.copy(f"{checkpoint}.eval.hyp.detok.en", partial / "test.hyp.detok.en")
-    shutil.copy(out, partial / f"{run.name}.eval.json")
-    final = study.results / "runs" / run.name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-
-
-def write_report(study):
-    from onmt_lma.study.report import write_report as report
-
-    reading = study.results / "READING.md"
-    report([study.results / "runs"], study.results, reading=reading if reading.is_file() else None)
-    log(f"wrote {study.results / 'report.md'}")
-
-
-def commit_results(study, message):
-    """The report, plots and collected runs, nothing else (other staged changes stay staged); a failure
-    is a warning: the next commit takes these files too."""
-    write_report(study)
-    paths = [".", ":(exclude)READING.md", ":(exclude)REPRODUCE.md"]
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=study.results, capture_output=True, text=True)
-
-    added = git("add", "-A", "--", *paths)
-    if added.returncode == 0 and git("diff", "--cached", "--quiet", "--", *paths).returncode == 0:
-        return
-    if added.returncode == 0 and git("commit", "-q", "-m", message, "--", *paths).returncode == 0:
-        log(f"committed {study.results}: {message}")
-    else:
-        print(f"[study] warning: could not commit {study.results} (the next run's commit will include it)",
-              file=sys.stderr)
-
-
-def study_lock(study, runs_root):
-    folder = Path(runs_root) / study.corpus
-    folder.mkdir(parents=True, exist_ok=True)
-    return recipes.exclusive_lock(folder / ".study.lock", f"another study is running (lock {folder / '.study.lock'})")
-
-
-def run_study(study, data_root, runs_root, commit=False):
-    with study_lock(study, runs_root):
-        for run in study.runs:
-            if state(run, study, runs_root) == "collected":
-                continue
-            log(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {run.name}")
-            run_dir = Path(runs_root) / study.corpus / run.name
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "COMMITS", "a") as commits:  # the code each (re)start trains with
-                commits.write(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {git_head()}\n")
-            prepare_corpus(study.corpus, data_root)
-            if run.teacher:
-                train_teacher(study.corpus, data_root, runs_root)
-            else:
-                train_student(study.corpus, run.size, run.activation, run.seed, data_root, runs_root, run.segments,
-                              settings=run.settings, kd_cache_topk=study.kd_cache_topk, variant=run.variant)
-            collect(run, study, data_root, runs_root)
-            log(f"{run.name} collected")
-            if commit:
-                commit_results(study, f"{study.label}: {run.name} collected")
-    log("all runs collected")
-    if commit:
-        commit_results(study, f"{study.label}: every run collected")
-
-
-def git_head():
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return head.stdout.strip() or "unknown"
 
 
 # --------------------------------------------------------------------------- #
@@ -346,7 +69,7 @@ def study_command(args):
         else:
             run_study(plan, args.data_root, args.runs_root, commit=args.commit)
         return
-    from onmt_lma.study import budgeted, paired_report
+    from onmt_lma.study import budgeted, finish, paired_report
 
     if args.commit:
         raise StudyError(f"{args.plan_file}: --commit is for a study without budget; a budgeted study is "
@@ -368,11 +91,11 @@ def study_command(args):
             print(f"{run.name:34s} {'-' if run.teacher else run.part:5s} {budgeted.state(run, plan, execution):9s} "
                   f"{'teacher' if run.teacher else plan.run_label(run)}  {settings}")
     elif args.finish:
-        budgeted.finish_run(plan, args.finish, args.steps, execution)
+        finish.finish_run(plan, args.finish, args.steps, execution)
     elif args.collect:
-        budgeted.collect(plan, execution)
+        finish.collect(plan, execution)
     elif args.release:
-        budgeted.release(plan, execution)
+        finish.release(plan, execution)
     elif args.report:
         shown = Path(args.plan_file).resolve()
         shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown

@@ -37,18 +37,19 @@ the checkpoint's sha256, the special token ids and the options a runtime needs;
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from onmt_lma.base.errors import UserError
 
 FORMAT = 3  # 2: the decoder step's top-k outputs; 3: per-layer caches, (n, dim) rows, memory_bias
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A model or folder that cannot be exported or used as asked."""
 
 
@@ -234,7 +235,7 @@ def graph_activations(model):
     """Every LMA of ``model``'s feed-forward blocks replaced by its :class:`LMAGraph` (the model is changed)."""
     from onmt.modules.position_ffn import PositionwiseFeedForward
 
-    from onmt_lma.activations import LMA
+    from onmt_lma.model.lma import LMA
 
     for block in model.modules():
         if isinstance(block, PositionwiseFeedForward) and isinstance(block.activation, LMA):
@@ -256,7 +257,7 @@ def empty_cache(model, rows):
 def load_model(checkpoint):
     import onmt.model_builder
 
-    from onmt_lma import plugin  # noqa: F401  (installs: safe loading, the activations)
+    from onmt_lma.training import plugin  # noqa: F401  (installs: safe loading, the activations)
 
     opt = argparse.Namespace(models=[str(checkpoint)], gpu=-1, gpu_ranks=[], world_size=1,
                              parallel_mode="data_parallel", precision="fp32", quant_type="", quant_layers=[])
@@ -267,8 +268,8 @@ def load_model(checkpoint):
 
 def export(checkpoint, out_dir, int8=False):
     """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir``."""
-    from onmt_lma import kernels
-    from onmt_lma.files import sha256_of
+    from onmt_lma.model import kernels
+    from onmt_lma.base.files import sha256_of
 
     vocabs, model, model_opt = load_model(checkpoint)
     if getattr(model_opt, "lma_int8", False):
@@ -356,35 +357,3 @@ def _onnx_export(module, inputs, path, input_names, output_names, dynamic_axes):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
         torch.onnx.export(module, inputs, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
-
-
-# --------------------------------------------------------------------------- #
-# The command
-# --------------------------------------------------------------------------- #
-def get_parser():
-    import onmt.opts
-
-    from onmt_lma.opts import CommandParser
-
-    parser = CommandParser(prog="onmt_lma_export", description="onmt_lma_export: ONNX graphs of a checkpoint")
-    onmt.opts.config_opts(parser)
-    parser.add("--model", "-model", required=True, help="checkpoint to export (any activation)")
-    parser.add("--output", "-output", "-o", required=True, help="folder for the graphs, vocabularies, manifest")
-    parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
-    return parser
-
-
-def main(argv=None):
-    from onmt_lma.bin import user_errors_exit
-
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    with user_errors_exit(parser):
-        if not os.path.isfile(args.model):
-            raise ExportError(f"-model {args.model}: no such checkpoint")
-        manifest = export(args.model, args.output, args.int8)
-    print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
-
-
-if __name__ == "__main__":
-    main()

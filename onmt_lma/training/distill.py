@@ -7,11 +7,13 @@ temperature ``T`` shrinks the KL gradient by ``1 / T^2`` (Hinton et al. 2015);
 the ``T^2`` factor restores it, so ``A`` keeps its meaning at any temperature.
 OpenNMT-py's LM-prior loss (``onmt/utils/loss.py``) uses the same scaling.
 
-The math is :func:`distillation_loss`; :class:`Teacher` runs the frozen teacher
-(or :class:`onmt_lma.kd_cache.CachedTeacher` looks its top-K up, ``-kd_cache``),
+The math is :func:`distillation_loss`; :class:`onmt_lma.training.teacher.Teacher` runs the frozen teacher
+(or :class:`onmt_lma.training.kd_cache.CachedTeacher` looks its top-K up, ``-kd_cache``),
 :class:`DistillationLossCompute` plugs both into OpenNMT-py's training loop and
 :func:`attach_teacher` checks and loads the teacher before training starts.
 """
+
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 
 import argparse
 import os
@@ -19,23 +21,24 @@ import os
 import torch
 import torch.nn.functional as F
 
-import onmt.model_builder
 from onmt.modules.sparse_losses import SparsemaxLoss
 from onmt.utils.logging import logger
 from onmt.utils.loss import LossCompute
 from onmt.utils.statistics import Statistics
 
-from onmt_lma.opts import float_type
+from onmt_lma.base.errors import UserError
+from onmt_lma.base.opts import float_type
+from onmt_lma.training.kd_cache import CachedTeacher, TeacherCache, reading_stride
+from onmt_lma.training.teacher import DistillationError, Teacher
+
 
 DEFAULT_ALPHA = 0.7
+
+
 DEFAULT_TEMPERATURE = 1.0
 
 
-class DistillationError(ValueError):
-    """A distillation setting that cannot work (reported before training starts)."""
-
-
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(UserError, RuntimeError):
     """Training produced a non-finite loss or weights: stopped, nothing saved."""
 
 
@@ -48,9 +51,6 @@ def check_finite_loss(loss, step, parts):
             "saving it: lower -learning_rate or -kd_temperature, or set -max_grad_norm")
 
 
-# --------------------------------------------------------------------------- #
-# The math
-# --------------------------------------------------------------------------- #
 def distillation_loss(
     student_logits, teacher_scores, target, padding_idx, alpha, temperature, label_smoothing=0.0,
     teacher_ids=None,
@@ -98,12 +98,13 @@ def distillation_loss(
     return loss, nll, kl
 
 
-# --------------------------------------------------------------------------- #
-# Options
-# --------------------------------------------------------------------------- #
 alpha_type = float_type("a number in [0, 1]", lambda a: 0.0 <= a <= 1.0)
+
+
 #: at most MAX_TEMPERATURE, so that T^2 times a float32 KL stays finite and meaningful
 MAX_TEMPERATURE = 1000.0
+
+
 temperature_type = float_type(f"a number in (0, {MAX_TEMPERATURE:g}]", lambda t: 0.0 < t <= MAX_TEMPERATURE)
 
 
@@ -151,61 +152,6 @@ def add_kd_opts(parser):
     return group
 
 
-# --------------------------------------------------------------------------- #
-# Teacher
-# --------------------------------------------------------------------------- #
-class Teacher:
-    """A frozen teacher model in evaluation mode (dropout off, LMA running statistics)."""
-
-    def __init__(self, model):
-        self.model = model.eval().requires_grad_(False)
-
-    @classmethod
-    def load(cls, path, student_vocabs, device):
-        """Load ``path`` and check that its vocabularies are the student's."""
-        opt = argparse.Namespace(
-            models=[path], gpu=-1, gpu_ranks=[], world_size=1, parallel_mode="data_parallel",
-            precision="fp32", quant_type="", quant_layers=[],
-        )
-        vocabs, model, model_opt = onmt.model_builder.load_test_model(opt, model_path=path)
-        if model_opt.model_task != "seq2seq":
-            raise DistillationError(f"-kd_teacher {path}: a {model_opt.model_task} model, not seq2seq")
-        for side, name in (("src", "source"), ("tgt", "target")):
-            teacher_tokens = vocabs[side].ids_to_tokens
-            student_tokens = student_vocabs[side].ids_to_tokens
-            if teacher_tokens != student_tokens:
-                first = next(
-                    (i for i, (a, b) in enumerate(zip(teacher_tokens, student_tokens)) if a != b),
-                    min(len(teacher_tokens), len(student_tokens)),
-                )
-                raise DistillationError(
-                    f"-kd_teacher {path}: its {name} vocabulary ({len(teacher_tokens)} tokens) "
-                    f"differs from the student's ({len(student_tokens)} tokens), first at id "
-                    f"{first}; train the student with the teacher's vocabulary files"
-                )
-        logger.info(
-            "Distilling from teacher %s (%s, %d parameters)",
-            path,
-            model_opt.pos_ffn_activation_fn,
-            sum(p.numel() for p in model.parameters()),
-        )
-        return cls(model.to(device))
-
-    def logits(self, batch):
-        """Teacher scores ``(batch, tgt_len - 1, vocab)`` for teacher-forced ``batch``."""
-        with torch.no_grad():  # inference tensors could not be saved for the student's backward
-            dec_out, _ = self.model(batch["src"], batch["tgt"], batch["srclen"], with_align=False)
-            return self.model.generator(dec_out)
-
-    def scores(self, batch, start, end):
-        """``(logits, None)`` of target positions ``start:end``, ``(batch * positions, vocab)``: every id."""
-        logits = self.logits(batch)[:, start:end, :]
-        return logits.reshape(-1, logits.size(-1)), None
-
-
-# --------------------------------------------------------------------------- #
-# OpenNMT-py glue
-# --------------------------------------------------------------------------- #
 class DistillationStatistics(Statistics):
     """OpenNMT-py statistics that also sum the KL part and report it per token."""
 
@@ -309,8 +255,6 @@ def attach_teacher(trainer, opt, vocabs):
     if teacher_path:
         teacher = Teacher.load(teacher_path, vocabs, device)
     else:
-        from onmt_lma.kd_cache import CachedTeacher, TeacherCache, reading_stride
-
         cache = TeacherCache(cache_path)
         cache.check(vocabs, opt)
         teacher = CachedTeacher(cache, trainer.train_loss.padding_idx, reading_stride(opt), device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from onmt_lma.export import ExportError
+from onmt_lma.deploy.export import ExportError
 
 #: what CTranslate2's converter (4.x) accepts as -pos_ffn_activation_fn
 CT2_ACTIVATIONS = ("relu", "gelu", "fast_gelu", "silu")
@@ -26,8 +26,8 @@ def convert(checkpoint, output, quantization=None, force=False):
     """Convert ``checkpoint`` into the CTranslate2 model folder ``output``."""
     from ctranslate2.converters import OpenNMTPyConverter
 
-    from onmt_lma.checkpoint import checkpoint_loading
-    from onmt_lma.quantize import dequantize_checkpoint
+    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
 
     with checkpoint_loading(str(checkpoint)):
         model = torch.load(checkpoint, map_location="cpu")
@@ -47,35 +47,3 @@ def convert(checkpoint, output, quantization=None, force=False):
         torch.save(model, plain)
         with checkpoint_loading(str(plain)):
             return OpenNMTPyConverter(str(plain)).convert(str(output), quantization=quantization, force=force)
-
-
-def get_parser():
-    import onmt.opts
-
-    from onmt_lma.opts import CommandParser
-
-    parser = CommandParser(prog="onmt_lma_convert_ct2", description="onmt_lma_convert_ct2: a CTranslate2 model")
-    onmt.opts.config_opts(parser)
-    parser.add("--model", "-model", required=True, help="checkpoint (relu, gelu, fast_gelu or silu)")
-    parser.add("--output", "-output", required=True, help="CTranslate2 model folder")
-    parser.add("--quantization", "-quantization", choices=("int8", "int8_float32", "int16", "float16"),
-               default=None, help="CTranslate2 weight type (default: as the checkpoint, float32)")
-    parser.add("--force", "-force", action="store_true", help="replace an existing -output folder")
-    return parser
-
-
-def main(argv=None):
-    from onmt_lma.bin import user_errors_exit
-
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    with user_errors_exit(parser):
-        if not Path(args.model).is_file():
-            raise ExportError(f"-model {args.model}: no such checkpoint")
-        if Path(args.output).exists() and not args.force:
-            raise ExportError(f"-output {args.output} exists; give -force to replace it")
-        print(convert(args.model, args.output, args.quantization, args.force))
-
-
-if __name__ == "__main__":
-    main()

@@ -19,23 +19,16 @@ OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
 """
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-from onmt_lma.checkpoint import CheckpointError, checkpoint_loading
-from onmt_lma.opts import CommandParser
+from onmt_lma.base.checkpoint import load
+from onmt_lma.base.errors import UserError
 
 
-class AverageError(ValueError):
+class AverageError(UserError, ValueError):
     """Checkpoints that cannot be averaged together."""
-
-
-def load(path):
-    with checkpoint_loading(str(path)):
-        return torch.load(path, map_location="cpu")
 
 
 def _same_architecture(first, other, path):
@@ -107,46 +100,3 @@ def average(paths, float16=False, release=False):
     result["onmt_lma"] = {"averaged": [Path(p).name for p in paths], "steps": steps,
                           "float16": bool(float16)}
     return result
-
-
-def save(checkpoint, output):
-    """Write under a temporary name, then rename: never a half-written file."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, output)
-
-
-def get_parser():
-    import onmt.opts
-
-    parser = CommandParser(prog="onmt_lma_average_models", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    onmt.opts.config_opts(parser)
-    parser.add("--models", "-models", "-m", nargs="+", required=True, help="checkpoints to average")
-    parser.add("--output", "-output", "-o", required=True, help="where the averaged checkpoint goes")
-    parser.add("--float16", "-float16", action="store_true", help="store tensors in half precision")
-    parser.add("--release", "-release", action="store_true",
-               help="-float16, and the options' absolute paths cut to their last two parts")
-    return parser
-
-
-def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if os.path.abspath(args.output) in map(os.path.abspath, args.models):
-        parser.exit(2, f"{parser.prog}: error: -output {args.output} is one of the -models\n")
-    try:
-        save(average(args.models, args.float16, args.release), args.output)
-    except (CheckpointError, AverageError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    from onmt.utils.logging import init_logger, logger
-
-    init_logger()
-    logger.info("%s: mean of %d checkpoint(s)%s%s", args.output, len(args.models),
-                ", float16" if args.float16 or args.release else "", ", for release" if args.release else "")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ import os
 import warnings
 from pathlib import Path
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "lma_cpu.cpp"
+_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "lma_cpu.cpp"
 #: compiler and linker flags, shared with setup.py's build (one source: csrc/compile_flags.json)
 FLAGS = json.loads((_SOURCE.parent / "compile_flags.json").read_text())
 _state = {"cpu": None, "tried": False, "origin": None}

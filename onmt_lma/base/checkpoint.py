@@ -4,6 +4,9 @@ OpenNMT-py 3.5.1 pickles its options (an ``argparse.Namespace``) next to the
 weights, which torch >= 2.6 refuses by default.  Rather than turning the safe
 unpickler off, the few classes such a checkpoint really holds are allowed, and
 anything else is refused with a message naming the file.
+
+
+:func:`load` and :func:`save` read and write one checkpoint (saving atomically).
 """
 
 import argparse
@@ -11,15 +14,19 @@ import contextlib
 import os
 import pickle
 import re
+from pathlib import Path
 
 import torch
+
+from onmt_lma.base.errors import UserError
+
 
 #: Everything an OpenNMT-py 3.5.1 or onmt-lma checkpoint holds besides tensors,
 #: dicts, lists, tuples, sets, strings and numbers (which torch always allows).
 CHECKPOINT_SAFE_GLOBALS = [argparse.Namespace]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or holds disallowed objects."""
 
 
@@ -52,3 +59,18 @@ def checkpoint_loading(path):
         raise CheckpointError(
             f"{path!r} is not a readable OpenNMT-py checkpoint: {type(error).__name__}: {error}"
         ) from None
+
+
+def load(path):
+    """The checkpoint at ``path`` (on the CPU), loaded safely (:func:`checkpoint_loading`)."""
+    with checkpoint_loading(str(path)):
+        return torch.load(path, map_location="cpu")
+
+
+def save(checkpoint, output):
+    """Write under a temporary name, then rename: never a half-written file."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, output)

@@ -20,10 +20,11 @@ import os
 
 from tqdm import tqdm
 
-from onmt_lma.files import sha256_of
+from onmt_lma.base.errors import UserError
+from onmt_lma.base.files import sha256_of
 
 
-class DistillDataError(RuntimeError):
+class DistillDataError(UserError, RuntimeError):
     """Inputs or outputs of sequence-level distillation that cannot be used."""
 
 

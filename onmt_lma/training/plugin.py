@@ -7,12 +7,12 @@ module first.
 
 What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 
-* activations -- every activation of :func:`onmt_lma.register_activation`
+* activations -- every activation of :func:`onmt_lma.model.activations.register_activation`
   that OpenNMT-py does not have itself (``lma``, ``prelu``, ``swish``,
   ``aplu``, and any registered later) becomes a valid
   ``-pos_ffn_activation_fn`` choice; after OpenNMT-py builds a model, every
   ``PositionwiseFeedForward`` gets its own module from
-  :func:`onmt_lma.build_activation` (``ACTIVATION_FUNCTIONS`` holds one shared
+  :func:`onmt_lma.model.activations.build_activation` (``ACTIVATION_FUNCTIONS`` holds one shared
   stateless function, unfit for a layer with parameters and statistics);
 * options -- ``-lma_segments``, ``-lma_momentum``, ``-lma_continuous`` and
   ``-lma_lr_scale`` join OpenNMT-py's model options, so they are saved in every
@@ -20,15 +20,15 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * quantization-aware training -- ``-quant_bits``/``-quant_bucket`` join the
   model options; with them every linear layer of the built model computes with
   its weight quantized per bucket (straight-through gradients), and a model
-  loaded for translation gets those quantized weights (:mod:`onmt_lma.quantize`);
+  loaded for translation gets those quantized weights (:mod:`onmt_lma.training.qat`);
 * optimizer -- with ``-lma_lr_scale`` other than 1 the activations' parameters
   form their own parameter group, whose learning rate is the schedule's times
   the scale (0: frozen, left out of the optimizer);
 * initialization -- OpenNMT-py's ``-param_init`` draws *every* parameter
   uniformly; the activations are put back to their documented start values;
 * checkpoints -- loaded by torch's ``weights_only`` unpickler with the
-  allow-list of :mod:`onmt_lma.checkpoint`; an int8 checkpoint
-  (:mod:`onmt_lma.quantize`) is dequantized for OpenNMT-py to build;
+  allow-list of :mod:`onmt_lma.base.checkpoint`; an int8 checkpoint
+  (:mod:`onmt_lma.training.qat`) is dequantized for OpenNMT-py to build;
 * int8 translation -- a model loaded for translation from an int8 checkpoint,
   or with ``-precision int8`` (which OpenNMT-py 3.5.1 silently ignores), gets
   dynamically quantized int8 linear layers;
@@ -40,16 +40,12 @@ What :func:`install` does, each patched where OpenNMT-py *uses* the name:
 * exact resumption -- checkpoints also keep the random state and how many
   steps' batches the run has drawn (in the optimizer's state), and a run
   resumed from its own checkpoint skips those batches and restores that state,
-  so it goes on as if never interrupted (:mod:`onmt_lma.resume`; OpenNMT-py
+  so it goes on as if never interrupted (:mod:`onmt_lma.training.resume`; OpenNMT-py
   would start the data again at its first batch);
 * distillation -- the trainer's training loss gets the teacher of
-  ``-kd_teacher`` (:mod:`onmt_lma.distill`), and the statistics it logs
+  ``-kd_teacher`` (:mod:`onmt_lma.training.distill`), and the statistics it logs
   report the KD part next to the NLL part;
-* start-up -- OpenNMT-py imports every transform when it starts, and the
-  terminology transform imports spaCy (about a third of a command's start-up)
-  to call ``spacy.load`` only when it is used; importing this module puts a
-  deferred ``spacy`` in ``sys.modules`` (:class:`DeferredModule`) that imports
-  the real one on first use.
+* start-up -- spaCy is imported only when used (:mod:`onmt_lma.base.onmt_import`).
 
 Nothing else patches OpenNMT-py, except :class:`onmt_lma.study.benchmark.StepTimer`,
 which wraps ``Trainer._gradient_accumulation`` only inside its ``with`` block
@@ -57,166 +53,56 @@ to time training steps (benchmarks only).
 
 Private OpenNMT-py names the package relies on, checked against 3.5.1 (the
 version ``make venv`` installs): ``ModelSaver._save`` (here);
-``Trainer._accum_batches``, ``Trainer._accum_count`` (:mod:`onmt_lma.resume`);
-``LossCompute._bottle``, ``LossCompute._stats`` (the KD loss, :mod:`onmt_lma.distill`);
+``Trainer._accum_batches``, ``Trainer._accum_count`` (:mod:`onmt_lma.training.resume`);
+``LossCompute._bottle``, ``LossCompute._stats`` (the KD loss, :mod:`onmt_lma.training.distill`);
 ``Translator._run_encoder``, ``Translator._score_target``,
-``Translator._tgt_pad_idx`` (test perplexity in :mod:`onmt_lma.evaluate`);
+``Translator._tgt_pad_idx`` (test perplexity in :mod:`onmt_lma.evaluation.measure`);
 ``ArgumentParser._get_all_transform_translate`` and
 ``ArgumentParser._validate_transforms_opts`` (translation options built in
-:mod:`onmt_lma.evaluate` and ``onmt_lma_distill_data``, as
+:mod:`onmt_lma.evaluation.measure` and ``onmt_lma_distill_data``, as
 ``onmt_translate`` builds them); configargparse's ``_open_config_files``,
 ``_config_file_parser`` and ``_ignore_unknown_config_file_keys`` (shared YAML
-configs, :class:`onmt_lma.opts.CommandParser`).
+configs, :class:`onmt_lma.bin.parser.CommandParser`).
 """
 
-import copy
-import importlib.util
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
+
 import logging
 import os
-import sys
-import types
-import warnings
-import weakref
 
+import torch
 
-class DeferredModule(types.ModuleType):
-    """A module that imports itself on the first use of one of its attributes.
+import onmt.bin.train
+import onmt.inference_engine
+import onmt.inputters.dynamic_iterator
+import onmt.model_builder
+import onmt.models.model_saver
+import onmt.opts
+import onmt.train_single
+import onmt.trainer
+import onmt.utils
+import onmt.utils.loss
+import onmt.utils.optimizers
+from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS
 
-    Until then it has no ``__file__``, so that ``inspect.getmodule`` (which torch
-    calls on every module in ``sys.modules``) passes it by instead of importing it.
-    Once imported, ``sys.modules`` holds the real module and this one shares its
-    attributes (a name bound to this object keeps working).
-    """
+from onmt_lma.base.checkpoint import checkpoint_loading
+from onmt_lma.model.activations import on_register
+from onmt_lma.model.options import add_lma_opts
+from onmt_lma.model.quantization import QuantizeError, quantize_linears
+from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
+from onmt_lma.training.distill import DistillationLossCompute, DistillationStatistics, NonFiniteTrainingError, attach_teacher
+from onmt_lma.training.ffn_blocks import ONMT_ACTIVATIONS, START_STATES, _BuiltPerBlock, activation_modules, activation_parameters, attach_activations, check_translation_opts
+from onmt_lma.training.qat import add_quant_opts, quantization_aware, quantize_weights_in_place
+from onmt_lma.training.resume import KEY as RESUME_KEY, exact_accumulation, resume_state, resumes_own_run
 
-    def __getattr__(self, name):
-        if name == "__file__":
-            raise AttributeError(name)
-        if sys.modules.get(self.__name__) is self:  # not imported yet (never twice)
-            del sys.modules[self.__name__]
-            self.__dict__.update(importlib.import_module(self.__name__).__dict__)
-        return getattr(sys.modules[self.__name__], name)
-
-    @classmethod
-    def install(cls, name):
-        if name not in sys.modules and importlib.util.find_spec(name) is not None:
-            sys.modules[name] = cls(name)
-
-
-DeferredModule.install("spacy")  # before onmt: only its terminology transform uses spaCy
-
-# OpenNMT-py 3.5.1 uses torch.cuda.amp decorators that today's torch deprecates;
-# the warnings are raised while onmt imports, so the filter comes first.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"onmt(\.|$)")
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-import onmt.bin.train  # noqa: E402
-import onmt.inference_engine  # noqa: E402
-import onmt.inputters.dynamic_iterator  # noqa: E402
-import onmt.model_builder  # noqa: E402
-import onmt.models.model_saver  # noqa: E402
-import onmt.opts  # noqa: E402
-import onmt.train_single  # noqa: E402
-import onmt.trainer  # noqa: E402
-import onmt.utils  # noqa: E402
-import onmt.utils.loss  # noqa: E402
-import onmt.utils.optimizers  # noqa: E402
-from onmt.modules.position_ffn import ACTIVATION_FUNCTIONS, PositionwiseFeedForward  # noqa: E402
-
-from onmt_lma.activations import build_activation, on_register  # noqa: E402
-from onmt_lma.checkpoint import checkpoint_loading  # noqa: E402
-from onmt_lma.distill import (  # noqa: E402
-    DistillationLossCompute,
-    DistillationStatistics,
-    NonFiniteTrainingError,
-    attach_teacher,
-)
-from onmt_lma.opts import MODEL_CHECKED_AT_TRANSLATION, OptionMismatchError, add_lma_opts  # noqa: E402
-from onmt_lma.quantize import (  # noqa: E402
-    QuantizeError,
-    add_quant_opts,
-    dequantize_checkpoint,
-    quantization_aware,
-    quantize_linears,
-    quantize_weights_in_place,
-)
-from onmt_lma.resume import KEY as RESUME_KEY, exact_accumulation, resume_state, resumes_own_run  # noqa: E402
 
 _ORIGINAL = {}
-#: OpenNMT-py's own activations (functions it applies itself); every other registered one is built per block
-ONMT_ACTIVATIONS = frozenset(ACTIVATION_FUNCTIONS)
-
-
-class _BuiltPerBlock:
-    """Placeholder in ``ACTIVATION_FUNCTIONS``: the real module is attached per block."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __call__(self, x):
-        raise RuntimeError(
-            f"activation {self.name!r} was not attached to this feed-forward block: "
-            "build models with onmt_lma installed (import onmt_lma.plugin)"
-        )
-
-    def __repr__(self):
-        return f"<{self.name}: built per feed-forward block by onmt_lma>"
-
-
-def activation_modules(model):
-    """The plugin's activation modules of ``model``, one per feed-forward block."""
-    return [
-        block.activation
-        for block in model.modules()
-        if isinstance(block, PositionwiseFeedForward) and isinstance(block.activation, nn.Module)
-    ]
-
-
-#: each attached activation's state as its factory made it (restored after OpenNMT-py's -param_init)
-START_STATES = weakref.WeakKeyDictionary()
-
-
-def attach_activations(model, model_opt):
-    """Give every feed-forward block of ``model`` its own activation module."""
-    name = model_opt.pos_ffn_activation_fn
-    if name in ONMT_ACTIVATIONS:
-        return model
-    for block in model.modules():
-        if isinstance(block, PositionwiseFeedForward):
-            block.activation = build_activation(
-                name,
-                units=block.w_1.out_features,
-                segments=model_opt.lma_segments,
-                momentum=model_opt.lma_momentum,
-                continuous=getattr(model_opt, "lma_continuous", False),
-            )
-            START_STATES[block.activation] = copy.deepcopy(block.activation.state_dict())
-    return model
-
-
-def activation_parameters(model):
-    """The parameters of the plugin's activation modules (LMA's alpha/beta, ...)."""
-    return [p for activation in activation_modules(model) for p in activation.parameters()]
 
 
 def _scale_group_learning_rates(optimizer, args, kwargs):
     """Step pre-hook: OpenNMT-py sets every group's ``lr`` to the schedule's just before the step."""
     for group in optimizer.param_groups:
         group["lr"] *= group.get("lr_scale", 1.0)
-
-
-def check_translation_opts(opt, model_opt, model_path):
-    """Refuse model options given at translation that differ from the checkpoint's."""
-    for name in MODEL_CHECKED_AT_TRANSLATION:
-        requested = getattr(opt, name, None)
-        trained = getattr(model_opt, name, None)
-        if requested is not None and requested != trained:
-            raise OptionMismatchError(
-                f"-{name} {requested} does not match checkpoint {model_path}, trained with "
-                f"-{name} {trained}; the model is rebuilt from the checkpoint's options, "
-                f"so drop -{name} or give the trained value"
-            )
 
 
 # --------------------------------------------------------------------------- #

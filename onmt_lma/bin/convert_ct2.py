@@ -1,0 +1,49 @@
+"""CTranslate2 conversion of a ReLU, GELU or SiLU checkpoint, safely, for comparison with onmt-lma's engine.
+
+    onmt_lma_convert_ct2 -model CK.pt -output DIR [-quantization int8]
+
+CTranslate2's OpenNMT-py converter refuses OpenNMT-py 3.5's default ``-self_attn_type
+scaled-dot-flash`` (the same attention, computed by PyTorch's fused kernel) and, under
+today's torch, reads the checkpoint only with its unsafe-deserialization flag.  Here the
+checkpoint is loaded with :mod:`onmt_lma.checkpoint`'s allow-list, given
+``self_attn_type: scaled-dot`` (onmt-lma's int8 checkpoints dequantized first), written as a
+plain checkpoint, and converted under the same allow-list.  Its runtime has no LMA, PReLU,
+Swish or APLU: for those, ``onmt_lma_export`` and ``onmt_lma_translate -engine onnx``.
+"""
+
+from pathlib import Path
+
+import onmt.opts
+
+from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.deploy.ct2 import convert
+from onmt_lma.deploy.export import ExportError
+
+
+def get_parser():
+
+
+    parser = CommandParser(prog="onmt_lma_convert_ct2", description="onmt_lma_convert_ct2: a CTranslate2 model")
+    onmt.opts.config_opts(parser)
+    parser.add("--model", "-model", required=True, help="checkpoint (relu, gelu, fast_gelu or silu)")
+    parser.add("--output", "-output", required=True, help="CTranslate2 model folder")
+    parser.add("--quantization", "-quantization", choices=("int8", "int8_float32", "int16", "float16"),
+               default=None, help="CTranslate2 weight type (default: as the checkpoint, float32)")
+    parser.add("--force", "-force", action="store_true", help="replace an existing -output folder")
+    return parser
+
+
+def main(argv=None):
+
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        if not Path(args.model).is_file():
+            raise ExportError(f"-model {args.model}: no such checkpoint")
+        if Path(args.output).exists() and not args.force:
+            raise ExportError(f"-output {args.output} exists; give -force to replace it")
+        print(convert(args.model, args.output, args.quantization, args.force))
+
+
+if __name__ == "__main__":
+    main()

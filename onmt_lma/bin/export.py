@@ -1,0 +1,37 @@
+"""ONNX export of a translation model: the encoder, and one decoder step with its key/value cache.
+
+(The graphs: :mod:`onmt_lma.deploy.export`.)
+"""
+
+import os
+
+import onmt.opts
+
+from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.deploy.export import ExportError, export
+
+
+def get_parser():
+
+
+    parser = CommandParser(prog="onmt_lma_export", description="onmt_lma_export: ONNX graphs of a checkpoint")
+    onmt.opts.config_opts(parser)
+    parser.add("--model", "-model", required=True, help="checkpoint to export (any activation)")
+    parser.add("--output", "-output", "-o", required=True, help="folder for the graphs, vocabularies, manifest")
+    parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
+    return parser
+
+
+def main(argv=None):
+
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    with user_errors_exit(parser):
+        if not os.path.isfile(args.model):
+            raise ExportError(f"-model {args.model}: no such checkpoint")
+        manifest = export(args.model, args.output, args.int8)
+    print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
+
+
+if __name__ == "__main__":
+    main()

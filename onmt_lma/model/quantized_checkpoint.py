@@ -1,0 +1,78 @@
+"""Where a quantized checkpoint keeps its weights, and how it becomes a float one again.
+
+``onmt_lma_quantize`` writes int8 checkpoints (``checkpoint["onmt_lma"]["int8"]``: int8 rows and their scales)
+and, for a quantization-aware student, its packed B-bit codes (``checkpoint["onmt_lma"]["low_bit"]``); the
+sinusoidal position tables are left out and rebuilt.  :func:`dequantize_checkpoint` gives OpenNMT-py float
+weights to build the model from.
+"""
+
+import torch.nn as nn
+
+from onmt_lma.model.quantization import FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes
+
+
+def checkpoint_key(module_name):
+    """``(part, name)`` under which an OpenNMT-py checkpoint keeps the weight of module ``module_name``."""
+    if module_name == "generator":
+        return "generator", "weight"
+    if module_name.startswith("generator."):
+        return "generator", module_name[len("generator."):] + ".weight"
+    return "model", module_name + ".weight"
+
+
+def linear_weight_names(model):
+    """``(part, name)`` of every ``nn.Linear`` weight of a built OpenNMT-py model."""
+    return [checkpoint_key(name) for name, module in model.named_modules() if type(module) is nn.Linear]
+
+
+def embedding_names(checkpoint):
+    return [name for name in checkpoint["model"] if ".emb_luts." in name and name.endswith(".weight")]
+
+
+def drop_position_tables(checkpoint):
+    """Take the sinusoidal position tables (a third of a 64-dim student's file) out of ``checkpoint``:
+    they are a formula, rebuilt when loaded (:func:`restore_position_tables`).  Returns their shapes."""
+    return {name: list(checkpoint["model"].pop(name).shape) for name in list(checkpoint["model"])
+            if name.endswith(".pe.pe")}
+
+
+def restore_position_tables(checkpoint, shapes):
+    encoding_type = getattr(checkpoint["opt"], "position_encoding_type", "SinusoidalInterleaved")
+    for name, shape in shapes.items():
+        checkpoint["model"][name] = position_table(shape, encoding_type)
+
+
+def position_table(shape, encoding_type):
+    """OpenNMT-py's sinusoidal position buffer of ``shape`` (max_len, 1, dim)."""
+    from onmt.modules.embeddings import PositionalEncoding
+
+    return PositionalEncoding(shape[2], encoding_type, max_len=shape[0]).pe
+
+
+def dequantize_checkpoint(checkpoint):
+    """Float weights in place of an int8 checkpoint's (OpenNMT-py then builds the model as usual), and
+    ``opt.lma_int8`` set so that translation quantizes the built model again; no-op for a float one."""
+    low_bit = (checkpoint.get("onmt_lma") or {}).get("low_bit")
+    if low_bit is not None:  # the codes of a quantization-aware checkpoint: its exact weights, nothing to redo
+        for key, entry in low_bit["weights"].items():
+            part, name = key.split("/", 1)
+            count = 1
+            for size in entry["shape"]:
+                count *= size
+            codes = unpack_codes(checkpoint[part][name], low_bit["bits"], count)
+            checkpoint[part][name] = values_of_codes(codes, entry["low"], entry["span"], low_bit["bits"],
+                                                     low_bit["bucket"], entry["shape"])
+        restore_position_tables(checkpoint, low_bit.get("position_tables", {}))
+        checkpoint["opt"].quant_bits = None
+        return checkpoint
+    info = (checkpoint.get("onmt_lma") or {}).get("int8")
+    if info is None:
+        return checkpoint
+    if info.get("format") != FORMAT:
+        raise QuantizeError(f"int8 checkpoint format {info.get('format')!r}; this onmt-lma reads {FORMAT}")
+    for key, scales in info["scales"].items():
+        part, name = key.split("/", 1)
+        checkpoint[part][name] = dequantize_rows(checkpoint[part][name], scales)
+    restore_position_tables(checkpoint, info.get("position_tables", {}))
+    checkpoint["opt"].lma_int8 = True
+    return checkpoint
