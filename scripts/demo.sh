@@ -41,11 +41,11 @@ for run in teacher student64_relu_seed1 student64_lma_seed1; do
   checkpoint=$RUNS_ROOT/multi30k/$run/$(cat "$RUNS_ROOT/multi30k/$run/DONE")
   step "4/5 evaluating $run (beam 5, one sentence at a time)" "$REPO/scripts/evaluate.sh" "$checkpoint" multi30k
 done
-"$REPO/scripts/report.sh" "$RUNS_ROOT/report" "$RUNS_ROOT/multi30k" 2>>"$log" | sed -n '/^## Teachers/,/^sacreBLEU signature/p'
+"$PYTHON" -m onmt_lma.study.report --out "$RUNS_ROOT/report" "$RUNS_ROOT/multi30k" 2>>"$log" | sed -n '/^## Teachers/,/^sacreBLEU signature/p'
 echo "(above: demo-sized training, $teacher_steps + $student_steps steps: a check of the pipeline, not of quality)"
 # the released models of the converged study: what trained models score (sha256 checked first)
 released=$REPO/results/multi30k_converged/models
 step "5/5 released models ($released): evaluating" \
-  "$PYTHON" "$REPO/scripts/released_models.py" --models "$released" --data "$DATA_ROOT/multi30k" --out "$RUNS_ROOT/released"
-"$PYTHON" "$REPO/scripts/released_models.py" --models "$released" --data "$DATA_ROOT/multi30k" --out "$RUNS_ROOT/released" 2>>"$log"
+  "$PYTHON" -m onmt_lma.study.probes.released_models --models "$released" --data "$DATA_ROOT/multi30k" --out "$RUNS_ROOT/released"
+"$PYTHON" -m onmt_lma.study.probes.released_models --models "$released" --data "$DATA_ROOT/multi30k" --out "$RUNS_ROOT/released" 2>>"$log"
 echo "demo: done in $(( (SECONDS - start) / 60 )) min; report and plots in $RUNS_ROOT/report, logs in $log"

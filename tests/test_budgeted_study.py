@@ -2,7 +2,6 @@
 training loop (with stand-in training processes), the paired report, and the thin wrapper script."""
 
 import concurrent.futures
-import importlib.util
 import json
 import subprocess
 import sys
@@ -407,28 +406,41 @@ def test_the_curves_name_every_run_and_give_each_diagnostic_a_colour_of_its_own(
     assert len(late) == len(whole)  # step 8 of 8 is in the second half
 
 
-def test_the_wrapper_script_keeps_its_commands():
-    spec = importlib.util.spec_from_file_location("multi30k_converged", REPO / "scripts" / "multi30k_converged.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    command, results = module.runs_arguments(["run", "--parallel", "2", "--kd-cache", "8", "--runs",
-                                              "somewhere/multi30k_converged", "--data", "d/multi30k"])
-    assert command == ["--data-root", "d", "--runs-root", "somewhere", "study", str(CONVERGED_PLAN),
-                       "--parallel", "2", "--kd-cache", "8"] and results is None
-    assert module.runs_arguments(["report"])[0][-1] == "--report"
-    with pytest.raises(SystemExit):
-        module.runs_arguments(["run", "--runs", "runs/elsewhere"])
-    plan = subprocess.run([sys.executable, str(REPO / "scripts" / "multi30k_converged.py"), "plan", "--runs",
-                           str(REPO / "tmp_no_runs" / "multi30k_converged")], capture_output=True, text=True)
-    assert plan.returncode == 0, plan.stderr
-    assert plan.stdout.split("\n")[7].split()[:2] == ["student64_relu_lr2x_seed1", "a"]
-    cpu = module.runs_arguments(["run", "--plan", str(REPO / "studies" / "multi30k_converged_cpu.yaml")])[0]
-    assert cpu[3:6] == [str(REPO / "runs"), "study", str(REPO / "studies" / "multi30k_converged_cpu.yaml")]
-    with pytest.raises(SystemExit):  # the CPU plan's runs are not the main plan's
-        module.runs_arguments(["run", "--plan", "studies/multi30k_converged_cpu.yaml", "--runs", "r/multi30k_converged"])
-    with pytest.raises(SystemExit):
-        module.runs_arguments(["run", "--plan", "studies/other.yaml"])
+def test_a_plan_lists_its_steps_and_runs_one_with_its_arguments(tmp_path, capsys):
+    """A study's own scripts are steps of its plan: ``--plan`` lists them, ``--step NAME -- ARGS`` runs one
+    from the repository root with the plan's arguments and those after ``--``; its exit status is the command's."""
+    plan = write_plan(tmp_path / "plan.yaml", extra="steps:\n  rescore:\n    module: rescore_results\n"
+                      "    args: [--data, nowhere]\n    what: chrF added\n")
+    study = study_plan.load_plan(plan)
+    assert study.steps["rescore"].command(["x"])[1:] == ["-m", "onmt_lma.study.probes.rescore_results", "--data",
+                                                         "nowhere", "x"]
+    assert runs.main(["study", str(plan), "--plan"]) == 0
+    assert "step rescore" in capsys.readouterr().out
+    # rescore_results refuses a missing folder: exit 2 comes back from the step
+    assert runs.main(["study", str(plan), "--step", "rescore", "--", str(tmp_path / "no_runs")]) == 2
+    with pytest.raises(SystemExit):  # a step the plan does not have
+        runs.main(["study", str(plan), "--step", "nothing"])
+    assert "has the steps rescore" in capsys.readouterr().err
 
+
+def test_a_step_of_a_module_that_is_not_a_probe_is_refused(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", extra="steps:\n  x:\n    module: no_such_probe\n")
+    with pytest.raises(study_plan.StudyError, match="no module onmt_lma.study.probes.no_such_probe"):
+        study_plan.load_plan(plan)
+    plan = write_plan(tmp_path / "plan.yaml", extra="steps:\n  x:\n    script: lr2x_rule4\n")
+    with pytest.raises(study_plan.StudyError, match="step 'x': expected"):
+        study_plan.load_plan(plan)
+
+
+def test_every_committed_plan_loads_with_its_steps():
+    plans = sorted((REPO / "studies").glob("*.yaml"))
+    steps = {p.name: set(study_plan.load_plan(p).steps) for p in plans}
+    assert steps["multi30k_converged.yaml"] >= {"rule4_lr2x", "recalibration", "released"}
+    assert steps["multi30k_converged_cpu.yaml"] == {"jump_probe", "jump_probe_report"}
+    assert steps["quant.yaml"] == {"run", "report"} and "threads" in steps["bench.yaml"]
+    probes = {p.stem for p in (REPO / "onmt_lma" / "study" / "probes").glob("*.py")} - {"__init__"}
+    used = {step.module for p in plans for step in study_plan.load_plan(p).steps.values()}
+    assert used == probes, f"probes that no plan runs: {probes - used}"
 
 def test_the_cpu_part_shares_the_main_plans_settings():
     """The CPU part's seed-1 pair is trained with the same teacher, budget rule and settings as the main plan's."""

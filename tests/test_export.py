@@ -302,15 +302,12 @@ def test_a_relu_student_converts_to_ctranslate2_safely_and_an_lma_one_is_told_wh
 
 
 def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teacher, tmp_path):
-    """scripts/relu_to_lma.py, which gives the deployment benchmark LMA models of sizes not trained yet."""
-    import importlib.util
+    """onmt_lma/study/probes/relu_to_lma.py, which gives the deployment benchmark LMA models of sizes not trained yet."""
+    import importlib
 
-    from conftest import REPO
     from onmt_lma.model.lma import LMA, lma
 
-    spec = importlib.util.spec_from_file_location("relu_to_lma", REPO / "scripts" / "relu_to_lma.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("onmt_lma.study.probes.relu_to_lma")
     mean, std = 0.1, 1.0
     slopes, intercepts = module.chord_lines(mean, std, 8)
     x = torch.linspace(-6, 6, 2401)

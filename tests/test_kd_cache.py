@@ -14,7 +14,7 @@ from onmt_lma.bin import teacher_cache as cache_cli
 from onmt_lma.bin import train as train_cli
 from onmt_lma.training.distill import distillation_loss
 
-from conftest import NO_DROPOUT, REPO, load, record_losses, run, train_args
+from conftest import NO_DROPOUT, load, record_losses, run, train_args
 
 PAD = 1
 
@@ -285,11 +285,9 @@ def test_students_of_a_study_build_the_cache_once_and_share_it(corpus_dir, teach
 
 
 def test_the_equivalence_report_says_where_and_how_each_run_was_resumed(tmp_path):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("kd_cache_equivalence", REPO / "scripts" / "kd_cache_equivalence.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("onmt_lma.study.probes.kd_cache_equivalence")
     log = tmp_path / "train.log"
     log.write_text("[x INFO] runs/a: training multi30k student64, 800 steps\n"
                    "[x INFO] runs/a: resuming from model_step_400.pt\n[x INFO] Step 420/ 800\n"

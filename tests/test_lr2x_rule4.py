@@ -1,21 +1,19 @@
-"""scripts/lr2x_rule4.py: READING's rule 4 for ReLU at twice the peak, each seed paired on its own machine."""
+"""onmt_lma/study/probes/lr2x_rule4.py: READING's rule 4 for ReLU at twice the peak, each seed paired on its own machine."""
 
-import importlib.util
+import importlib
 import json
 import statistics
 
 import pytest
 
-from conftest import REPO, synthetic_result
+from conftest import synthetic_result
 
 RULE = {"pilot": "student64_relu_seed1", "min_steps": 4, "max_steps": 12, "window": 2, "tolerance": 0.02,
         "every": 2, "bleu_every": 4, "average_last": 2}
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("lr2x_rule4", REPO / "scripts" / "lr2x_rule4.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("onmt_lma.study.probes.lr2x_rule4")
     return module
 
 

@@ -217,12 +217,12 @@ def test_quantization_aware_training_translation_and_export(vocab, lma_model, tm
 
 @pytest.mark.integration
 def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, lma_student, corpus_dir, tmp_path):
-    """scripts/quant_study.py on a tiny LMA student: every configuration evaluated, the 4-bit row from its export."""
+    """onmt_lma/study/probes/quant_study.py on a tiny LMA student: every configuration evaluated, the 4-bit row from its export."""
     import json
     import subprocess
     import sys
 
-    from conftest import REPO, TINY_SETTINGS
+    from conftest import TINY_SETTINGS
 
     import shutil
 
@@ -231,7 +231,7 @@ def test_the_quantization_study_trains_exports_evaluates_and_tabulates(teacher, 
     for name in ("test.de", "test.en", "test.ref.tok.en", "test.ref.detok.en"):
         lines = (corpus_dir / name).read_text().splitlines(keepends=True)
         (corpus_dir / name).write_text("".join(lines[:12]))
-    script = [sys.executable, str(REPO / "scripts" / "quant_study.py")]
+    script = [sys.executable, "-m", "onmt_lma.study.probes.quant_study"]
     common = ["--runs", tmp_path / "runs", "--out", tmp_path / "out", "--steps", "4", "--bits", "4"]
     settings = [a for key, value in TINY_SETTINGS.items() for a in ("--set", f"{key}={value}")]
     done = subprocess.run([*script, "run", "--student", f"lma={lma_student}", "--teacher", teacher,
@@ -280,13 +280,11 @@ def test_the_quantization_study_fine_tunes_two_students_at_once(teacher, lma_stu
     student's seed (here none, -1: then 1), where OpenNMT-py's default seed -1 seeds nothing and every process
     drew other batches and dropout."""
     import argparse
-    import importlib.util
+    import importlib
 
-    from conftest import REPO, TINY_SETTINGS
+    from conftest import TINY_SETTINGS
 
-    spec = importlib.util.spec_from_file_location("quant_study", REPO / "scripts" / "quant_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = importlib.import_module("onmt_lma.study.probes.quant_study")
     args = argparse.Namespace(data=corpus_dir, runs=tmp_path, teacher=teacher, kd_cache=None, steps=2,
                               extra=list(TINY_SETTINGS.items()))
     students = [("lma", lma_student), ("twin", lma_student)]

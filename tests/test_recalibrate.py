@@ -130,14 +130,10 @@ def test_bad_recalibration_input_is_one_line(case, message, lma_student, teacher
 
 
 def _script(name):
-    import importlib.util
+    import importlib
 
-    from conftest import REPO
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"onmt_lma.study.probes.{name}")
 
 
 def test_the_recalibration_study_applies_rule_6_and_measures_cut_point_shifts():

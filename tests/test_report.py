@@ -132,14 +132,13 @@ def test_a_studys_run_labels_name_the_learned_shapes(tmp_path, monkeypatch):
 
 
 def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
-    """scripts/rescore_results.py: BLEU recomputed from the stored hypotheses must equal the stored one;
+    """onmt_lma/study/probes/rescore_results.py: BLEU recomputed from the stored hypotheses must equal the stored one;
     chrF is then added (sacreBLEU called directly as the check)."""
     import subprocess
     import sys
 
     import sacrebleu
 
-    from conftest import REPO
 
     refs = ["A dog runs on the grass .", "Two men are talking .", "A child plays in the water ."]
     hyps = ["A dog runs on grass .", "Two men talk .", "A kid plays in water ."]
@@ -150,7 +149,7 @@ def test_old_results_get_chrf_from_their_own_hypotheses(tmp_path):
     (run / "test.hyp.detok.en").write_text("\n".join(hyps) + "\n")
     bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
     (run / "r1.eval.json").write_text(json.dumps({"bleu": {"score": bleu}, "ppl": 3.0}))
-    command = [sys.executable, str(REPO / "scripts" / "rescore_results.py"), str(tmp_path / "runs"), "--data", str(data)]
+    command = [sys.executable, "-m", "onmt_lma.study.probes.rescore_results", str(tmp_path / "runs"), "--data", str(data)]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     result = json.loads((run / "r1.eval.json").read_text())

@@ -1,7 +1,7 @@
 """The converged study's options and tools: continuous LMA, -lma_lr_scale, averaging, the pilot's rule."""
 
 import hashlib
-import importlib.util
+import importlib
 import math
 
 import pytest
@@ -220,10 +220,8 @@ def test_release_drops_absolute_paths_from_the_options(lma_checkpoints, tmp_path
 
 
 def released_module():
-    """scripts/released_models.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("released_models", REPO / "scripts" / "released_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """onmt_lma/study/probes/released_models.py imported as a module."""
+    module = importlib.import_module("onmt_lma.study.probes.released_models")
     return module
 
 

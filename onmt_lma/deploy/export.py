@@ -24,7 +24,7 @@ section), so no custom operator is needed.
 
 The decoder step works on (n, dim) rows, one position per hypothesis, with one matrix product for the
 self-attention's query, key and value projections and constant reshapes: ONNX Runtime's time per step on
-a small model is mostly per operator, not arithmetic (scripts/profile_onnx_step.py), so the graph keeps them
+a small model is mostly per operator, not arithmetic (onmt_lma/study/probes/profile_onnx_step.py), so the graph keeps them
 few (format 3; format 2 stacked the layers' caches and kept OpenNMT-py's
 (n, 1, dim) shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 86 now).
 

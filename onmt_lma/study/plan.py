@@ -51,6 +51,40 @@ def student_name(size, activation, seed, segments=DEFAULT_SEGMENTS, distilled=Tr
     return f"{name}_seed{seed}" + ("" if distilled else "_nokd")
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One of a study's own scripts (a probe, a rule's check, a table): ``python -m onmt_lma.study.probes.<module>
+    ARGS``, run from the repository root."""
+
+    name: str
+    module: str
+    args: tuple = ()
+    what: str = ""
+
+    def command(self, extra=()):
+        import sys
+
+        return [sys.executable, "-m", f"onmt_lma.study.probes.{self.module}", *self.args, *extra]
+
+
+#: what a plan's ``steps`` entry holds
+STEP_KEYS = ("module", "args", "what")
+
+
+def load_steps(path, entries):
+    """``{name: Step}`` of a plan's ``steps`` section, each module checked to be one of onmt_lma.study.probes."""
+    import importlib.util
+
+    steps = {}
+    for name, entry in (entries or {}).items():
+        if not isinstance(entry, dict) or set(entry) - set(STEP_KEYS) or "module" not in entry:
+            raise StudyError(f"{path}: step {name!r}: expected {{module, args, what}} (module required), got {entry!r}")
+        if importlib.util.find_spec(f"onmt_lma.study.probes.{entry['module']}") is None:
+            raise StudyError(f"{path}: step {name!r}: no module onmt_lma.study.probes.{entry['module']}")
+        steps[name] = Step(name, entry["module"], tuple(str(a) for a in entry.get("args") or ()), entry.get("what", ""))
+    return steps
+
+
 @dataclasses.dataclass
 class Study:
     corpus: str
@@ -62,6 +96,7 @@ class Study:
     budget: dict = None  # a budgeted study (onmt_lma.study.budgeted): the pilot's rule, checkpoints, averaging
     title: str = ""
     labels: dict = dataclasses.field(default_factory=dict)  # activation -> its name in reports
+    steps: dict = dataclasses.field(default_factory=dict)  # name -> Step: the study's own scripts
 
     @property
     def students(self):
@@ -82,7 +117,7 @@ BUDGET_KEYS = ("pilot", "min_steps", "max_steps", "window", "tolerance", "every"
 
 
 PLAN_FORMAT = ("corpus, results, runs (each 'teacher' or a group {size, activations, seeds; optional segments, "
-               "part, variant, what, settings}); optional kd_cache, runs_folder, title, labels, budget")
+               "part, variant, what, settings}); optional kd_cache, runs_folder, title, labels, budget, steps")
 
 
 def load_plan(path):
@@ -113,7 +148,7 @@ def load_plan(path):
             raise KeyError(f"budget needs exactly {', '.join(BUDGET_KEYS)} (and optionally fixed_by)")
         study = Study(plan["corpus"], Path(os.environ.get("RESULTS") or REPO / plan["results"]), runs,
                       plan["results"], plan.get("kd_cache"), plan.get("runs_folder"), budget,
-                      plan.get("title", plan["results"]), dict(plan.get("labels") or {}))
+                      plan.get("title", plan["results"]), dict(plan.get("labels") or {}), load_steps(path, plan.get("steps")))
     except (KeyError, TypeError, AttributeError) as error:
         raise StudyError(f"{path}: not a study plan ({PLAN_FORMAT}): {error!r}") from None
     names = [run.name for run in runs]

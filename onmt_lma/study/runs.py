@@ -7,9 +7,11 @@ of results, study plans with their state, and committing collected results.
                                   [--kd-cache K] [--set ...]
     python -m onmt_lma.study.runs study PLAN.yaml [--commit | --plan | --report | --collect | --release]
                                   [--kd-cache K] [--parallel N] [--gpu G] [--only RUN ...] [--deadline-min M]
+    python -m onmt_lma.study.runs study PLAN.yaml --step NAME [-- ARGS ...]
 
-A study is a short plan file (``studies/multi30k.yaml``): the corpus, the results folder and the runs in
-training order.  ``study`` trains every run not collected yet (an interrupted one resumes from its latest
+A study is a short plan file (``studies/multi30k.yaml``): the corpus, the results folder, the runs in
+training order, and the study's own steps (probes, rule checks, tables: ``--step NAME`` runs one,
+``--plan`` lists them).  ``study`` trains every run not collected yet (an interrupted one resumes from its latest
 checkpoint), evaluates it on the corpus's test set and collects it into ``RESULTS/runs/<run>/`` (evaluation
 JSON, hypotheses, config, training log, the commits it trained with) before the next; ``--commit``
 rebuilds the report and commits the results folder after each run (not its hand-written READING.md and
@@ -19,12 +21,14 @@ A plan with a ``budget`` section (``studies/multi30k_converged.yaml``) is a budg
 (:mod:`onmt_lma.study.budgeted`): a pilot fixes the step count N, students train ``--parallel`` at once
 and stop at N, each is evaluated every few checkpoints and averaged; ``--collect``, ``--release`` and
 ``--report`` (:mod:`onmt_lma.study.paired_report`) make its results.
-``scripts/train_teacher.sh``, ``train_student.sh``, ``multi30k_study.sh`` and ``multi30k_converged.py`` are
+``scripts/train_teacher.sh`` and ``train_student.sh`` are
 thin wrappers.
 """
 
 import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -47,10 +51,31 @@ from onmt_lma.study.sequential import log, prepare_corpus, run_study, state, tra
 # --------------------------------------------------------------------------- #
 # The command
 # --------------------------------------------------------------------------- #
+def run_step(plan, plan_file, name, extra=()):
+    """``--step NAME [-- ARGS]``: one of the plan's steps, from the repository root; its exit status."""
+    if name not in plan.steps:
+        raise StudyError(f"--step {name}: {plan_file} has " + (f"the steps {', '.join(plan.steps)}" if plan.steps
+                                                                  else "no steps"))
+    step = plan.steps[name]
+    command = step.command(extra)
+    log(f"step {name}: python -m onmt_lma.study.probes.{step.module} {' '.join(command[3:])}")
+    return subprocess.run(command, cwd=REPO).returncode
+
+
+def list_steps(plan):
+    for step in plan.steps.values():
+        print(f"step {step.name:<29} python -m onmt_lma.study.probes.{step.module} {' '.join(step.args)}"
+              + (f"  # {step.what}" if step.what else ""))
+
+
 def study_command(args):
     """``study PLAN``: a plan without ``budget`` trains in order (:func:`run_study`), one with it through
     :mod:`onmt_lma.study.budgeted`."""
     plan = load_plan(args.plan_file)
+    if args.step:
+        return run_step(plan, args.plan_file, args.step, args.step_args)
+    if args.step_args:
+        raise StudyError(f"arguments after --: {' '.join(args.step_args)}; they are for a --step")
     if args.kd_cache:
         plan.kd_cache_topk = args.kd_cache
     if plan.budget is None:
@@ -64,6 +89,7 @@ def study_command(args):
         if args.plan:
             for run in plan.runs:
                 print(f"{run.name:<28} {state(run, plan, args.runs_root)}")
+            list_steps(plan)
         elif args.report:
             write_report(plan)
         else:
@@ -90,6 +116,7 @@ def study_command(args):
             settings = " ".join(f"{k}={v}" for k, v in run.settings)
             print(f"{run.name:34s} {'-' if run.teacher else run.part:5s} {budgeted.state(run, plan, execution):9s} "
                   f"{'teacher' if run.teacher else plan.run_label(run)}  {settings}")
+        list_steps(plan)
     elif args.finish:
         finish.finish_run(plan, args.finish, args.steps, execution)
     elif args.collect:
@@ -138,6 +165,8 @@ def main(argv=None):
                        ("--collect", "budgeted study: copy finished runs into the results folder"),
                        ("--release", "budgeted study: write the released models (float16, sha256)")):
         mode.add_argument(flag, action="store_true", help=what)
+    mode.add_argument("--step", metavar="NAME", help="run one of the plan's steps (its own scripts: probes, rule checks, "
+                      "tables); arguments after -- go to it")
     mode.add_argument("--finish", metavar="RUN", help=argparse.SUPPRESS)  # a budgeted run's evaluations
     study.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     study.add_argument("--kd-cache", type=int, metavar="K", help="students distil through the teacher's top-K "
@@ -153,10 +182,14 @@ def main(argv=None):
                                   help="a setting for the teacher and every student")
     budgeted_options.add_argument("--teacher-set", dest="teacher_extra", action="append", default=[],
                                   metavar="KEY=VALUE", help="a setting for the teacher")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    step_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(step_args) - (1 if "--" in argv else 0)])
+    args.step_args = step_args
+    status = 0
     try:
         if args.command == "study":
-            study_command(args)
+            status = study_command(args) or 0
         elif args.command == "prepare":
             prepare_corpus(args.corpus, args.data_root)
         elif args.command == "teacher":
@@ -169,7 +202,8 @@ def main(argv=None):
                                 args.kd_cache))
     except (StudyError, recipes.RecipeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@ folder (beam 5, ``--batch`` sentences at a time) while ONNX Runtime's profiler r
 the decoder-step graph, then prints microseconds per decoding step by operator type and the slowest
 nodes.  The profiler adds its own overhead: compare shares, not totals, with bench_deploy.py.
 
-    python scripts/profile_onnx_step.py EXPORT_DIR [--data data/multi30k] [--sentences 30] [--batch 1]
+    python -m onmt_lma.study.probes.profile_onnx_step EXPORT_DIR [--data data/multi30k] [--sentences 30] [--batch 1]
 """
 
 import argparse
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def main(argv=None):

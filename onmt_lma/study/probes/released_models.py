@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The released models of a study on the test set: a table and example translations.
 
-    python scripts/released_models.py [--models results/multi30k_converged/models]
+    python -m onmt_lma.study.probes.released_models [--models results/multi30k_converged/models]
         [--data data/multi30k] [--out runs/demo/released] [--examples 3] [--batch-size 32]
 
 Checks every ``*.pt`` in MODELS against ``SHA256SUMS`` (a missing or changed
@@ -15,11 +15,9 @@ model's translation.  ``make demo`` runs it after its own short pipeline.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[3]
 from onmt_lma.base.files import sha256_of  # noqa: E402
 
 

@@ -10,9 +10,9 @@ Decision rule, fixed before the runs: a K is recommended when, for both activati
 validation perplexity at step 800 is within 2% of the online run's and its test BLEU within 0.5 (below
 the seed-to-seed spread of results/multi30k, 0.3-1.0 BLEU).
 
-    python scripts/kd_cache_equivalence.py run --teacher T.pt [--data data/multi30k] [--runs runs/kd_cache_equivalence]
+    python -m onmt_lma.study.probes.kd_cache_equivalence run --teacher T.pt [--data data/multi30k] [--runs runs/kd_cache_equivalence]
                                              [--only student64_relu_online,student64_lma_online]
-    python scripts/kd_cache_equivalence.py report [--runs ...] [--out results/bench]
+    python -m onmt_lma.study.probes.kd_cache_equivalence report [--runs ...] [--out results/bench]
 
 ``run`` is resumable (each run, cache and evaluation is skipped once finished).  On 2 CPU cores two
 ``run --only ...`` processes with ``OMP_NUM_THREADS=1`` each train 1.4x more tokens per second together
@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 STEPS, VALID_EVERY = 800, 200
 ACTIVATIONS = ("relu", "lma")
 TOPK = (8, 32)
@@ -189,7 +189,7 @@ def report(args):
              for label, ok in verdict.items()]
     (args.out / "kd_cache_equivalence.md").write_text(
         "# Distillation from a top-K teacher cache against the online teacher\n\n"
-        f"`python scripts/kd_cache_equivalence.py`: 64-dim students of recipes/multi30k/student64.yaml, seed 1, "
+        f"`python -m onmt_lma.study.probes.kd_cache_equivalence`: 64-dim students of recipes/multi30k/student64.yaml, seed 1, "
         f"{STEPS} steps, Multi30k, one teacher used online (`-kd_teacher`) and through its top-K caches "
         "(`-kd_cache`); test_2016, beam 5, sacreBLEU. Training speed is measured in kd_teacher_cost.md, not "
         "here (these runs may train two at a time, one thread each). Rule, fixed before the runs: a K is recommended when for "

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Probe of the converged study (READING.md rule 7): is it the jump or the shifted kink that costs frozen LMA-8?
 
-    python scripts/lma_jump_probe.py run [--runs runs/lma_jump_probe] [--data data/multi30k] [--steps 1000]
-    python scripts/lma_jump_probe.py report [--runs ...] [--out results/multi30k_converged/cpu/jump_probe]
+    python -m onmt_lma.study.probes.lma_jump_probe run [--runs runs/lma_jump_probe] [--data data/multi30k] [--steps 1000]
+    python -m onmt_lma.study.probes.lma_jump_probe report [--runs ...] [--out results/multi30k_converged/cpu/jump_probe]
 
 With alpha/beta frozen at their start (diagnostic (d), ``-lma_lr_scale 0``) LMA-8 computes ``x`` above the
 batch mean and 0 below it: ReLU with its kink moved to the batch mean *and* a jump of the mean's size there.
@@ -24,8 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[3]
 
 PAIR = REPO / "results" / "multi30k_converged" / "cpu" / "runs"
 TEACHER = REPO / "results" / "multi30k_converged" / "models" / "teacher.pt"
@@ -122,7 +121,7 @@ def report(args):
         results[name] = {"what": what, **facts}
     steps = sorted(step for step in results["student64_relu_seed1"]["valid"] if step <= args.steps)
     lines = ["# Probe: the jump or the shifted kink? (READING.md rule 7)", "",
-             f"Made by `python scripts/lma_jump_probe.py report`; seed 1, 2 CPU cores, the first {args.steps:,} "
+             f"Made by `python -m onmt_lma.study.probes.lma_jump_probe report`; seed 1, 2 CPU cores, the first {args.steps:,} "
              "steps, paired with the CPU seed-1 pair (the same teacher, batches and initial weights; the pairing "
              f"check retrained ReLU for {CHECK_STEPS} steps with identical step reports).  Training fit: the step "
              f"reports of steps {args.steps - window + 1:,}–{args.steps:,}; BLEU: test_2016, beam 5, the step-"

@@ -1,10 +1,10 @@
 #!/bin/bash
 # The converged Multi30k study's students on one lent GPU machine (results/multi30k_converged/REPRODUCE.md).
 #
-#   bash scripts/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
-#   bash scripts/multi30k_converged_gpu.sh run SECONDS OUT [RUN ...]   # there, in the repository root
-#   bash scripts/multi30k_converged_gpu.sh cuda-tests                 # there: the tests that need a GPU
-#   bash scripts/multi30k_converged_gpu.sh park | unpark              # here, before and after a call
+#   bash studies/multi30k_converged_gpu.sh bundle            # here: .gpu/ = what the GPU machine lacks
+#   bash studies/multi30k_converged_gpu.sh run SECONDS OUT [RUN ...]   # there, in the repository root
+#   bash studies/multi30k_converged_gpu.sh cuda-tests                 # there: the tests that need a GPU
+#   bash studies/multi30k_converged_gpu.sh park | unpark              # here, before and after a call
 #
 # A call carries the working tree, at most 64 MiB: `park` moves the released students (73 MB; `run` needs
 # only the teacher) out of the repository to ../.parked_models, `unpark` puts them back and checks their
@@ -26,6 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=.gpu
+PLAN=studies/multi30k_converged.yaml
 
 bundle() {
     rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/wheels"
@@ -52,7 +53,7 @@ stand_ins() {  # empty modules for imports of transforms the study never uses
     local site=$1
     mkdir -p "$site/spacy" "$site/rapidfuzz"
     for module in spacy/__init__ ahocorasick fasttext rapidfuzz/__init__ rapidfuzz/fuzz rapidfuzz/process; do
-        echo '"""Stand-in (scripts/multi30k_converged_gpu.sh): no transform of this study uses it."""' \
+        echo '"""Stand-in (studies/multi30k_converged_gpu.sh): no transform of this study uses it."""' \
             > "$site/$module.py"
     done
 }
@@ -107,15 +108,15 @@ run() {
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     python3 -c "import torch, onmt, onmt_lma; print('torch', torch.__version__, torch.cuda.is_available())"
     progress & local monitor=$!
-    timeout "$seconds" python3 scripts/multi30k_converged.py run --gpu 0 --parallel "${#only[@]}" \
-        --only "${only[@]}" --runs "$runs" --data data/multi30k 2>&1 | tee "$runs/study.log" || echo "study stopped after $seconds s"
+    timeout "$seconds" python3 -m onmt_lma.study.runs --data-root data --runs-root "$(dirname "$runs")" study "$PLAN" \
+        --gpu 0 --parallel "${#only[@]}" --only "${only[@]}" 2>&1 | tee "$runs/study.log" || echo "study stopped after $seconds s"
     kill "$monitor" || true
     pkill -f onmt_lma || true
     sleep 2
     local stage=/tmp/stage/multi30k_converged
     mkdir -p "$stage"
-    python3 scripts/multi30k_converged.py collect --runs "$runs" --data data/multi30k --results "$stage"
-    python3 scripts/multi30k_converged.py release --runs "$runs" --data data/multi30k --results "$stage" || true
+    RESULTS=$stage python3 -m onmt_lma.study.runs --data-root data --runs-root "$(dirname "$runs")" study "$PLAN" --collect
+    RESULTS=$stage python3 -m onmt_lma.study.runs --data-root data --runs-root "$(dirname "$runs")" study "$PLAN" --release || true
     rm -f "$stage/models/teacher.pt"
     local cut=(-e "s#$PWD/##g" -e "s#$site/#site-packages/#g" -e "s#/usr/lib/\(python3[.0-9]*\)/#\1/#g")
     sed "${cut[@]}" "$runs/study.log" > "$stage/study_gpu.log"

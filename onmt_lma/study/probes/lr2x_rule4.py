@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """READING's rule 4 for ReLU at twice the peak learning rate: rule 3's verdict over seeds 1-3.
 
-    python scripts/lr2x_rule4.py [--out results/multi30k_converged]
+    python -m onmt_lma.study.probes.lr2x_rule4 [--out results/multi30k_converged]
 
 ReLU at twice the authors' peak (diagnostic (a)) was above ReLU in seed 1, so rule 4 gave it seeds 2
 and 3.  Each seed is paired with ReLU at the authors' peak trained on the same machine (the same seed on
@@ -18,8 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[3]
 
 from onmt_lma.study import plan as study_plan  # noqa: E402
 from onmt_lma.study.paired_report import (fmt, last_window_gain, load_collected, paired_lines, score,  # noqa: E402
@@ -65,7 +64,7 @@ def rule4(rows, seeds=(1, 2, 3), tolerance=0.02):
 def report_lines(rows, outcome, reason):
     percent = lambda gain: "–" if gain is None else f"{100 * gain:.1f} %"  # noqa: E731
     lines = ["# ReLU at twice the peak learning rate over seeds 1–3 (READING rule 4)", "",
-             "Made by `python scripts/lr2x_rule4.py` from the collected runs. Each seed pairs ReLU at twice the "
+             "Made by `python -m onmt_lma.study.probes.lr2x_rule4` from the collected runs. Each seed pairs ReLU at twice the "
              "authors' peak (learning rate 0.447) with ReLU at the authors' peak (0.224), both trained on the same "
              "machine with the same teacher, data order and initial weights, stopped at N and averaged over their "
              "last four checkpoints; test_2016, beam 5, sacreBLEU (signatures in the runs' JSON).", "",
@@ -99,7 +98,7 @@ def main(argv=None):
     rows = seed_rows()
     if not rows:
         sys.exit("lr2x_rule4: no seed has both ReLU and ReLU at twice the peak collected (run the plans of "
-                 "scripts/lr2x_rule4.py's PAIRS and collect them first)")
+                 "onmt_lma/study/probes/lr2x_rule4.py's PAIRS and collect them first)")
     outcome, reason = rule4(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rule4_lr2x.md").write_text("\n".join(report_lines(rows, outcome, reason)))

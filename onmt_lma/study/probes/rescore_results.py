@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Add chrF to collected results made before onmt_lma_evaluate had it, from their committed hypotheses.
 
-    python scripts/rescore_results.py results/multi30k/runs [more folders ...] --data data/multi30k
+    python -m onmt_lma.study.probes.rescore_results results/multi30k/runs [more folders ...] --data data/multi30k
 
 For every ``<run>/<run>.eval.json`` with its hypotheses beside it: sacreBLEU is computed again
 from the hypotheses and must equal the stored BLEU (the hypotheses are those the result was made from),
@@ -50,6 +50,11 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="the prepared corpus (its test.ref.detok.en)")
     args = parser.parse_args(argv)
+    if not (args.data / "test.ref.detok.en").is_file():
+        parser.error(f"--data {args.data}: no test.ref.detok.en (a corpus prepared by python -m data_prep)")
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"{folder}: no such folder of collected runs")
     refs = (args.data / "test.ref.detok.en").read_text(encoding="utf-8").splitlines()
     for folder in args.folders:
         for result_file in sorted(folder.glob("*/*.eval.json")):

@@ -9,16 +9,15 @@ mean and standard deviation of the block's inputs to the activation over ``--sen
 student of that size, and translates nearly as the ReLU model does; it is not one (its lines were never
 trained): use it for speed and engine agreement, not for what LMA learns.
 
-    python scripts/relu_to_lma.py RELU.pt OUT.pt [--data data/multi30k] [--sentences 500] [--segments 8]
+    python -m onmt_lma.study.probes.relu_to_lma RELU.pt OUT.pt [--data data/multi30k] [--sentences 500] [--segments 8]
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def chord_lines(mean, std, segments):
@@ -117,5 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -25,9 +25,9 @@ gap to ReLU in each configuration (the paper's claim: it holds or grows under qu
 Goals (stated before the runs): int8 post-training within 0.3 BLEU of fp32, at least 1.5x faster and
 3.5x smaller; 4-bit quantization-aware within 1.5 BLEU of fp32.
 
-    python scripts/quant_study.py run --student relu=CK --student lma=CK --teacher T [--kd-cache K]
+    python -m onmt_lma.study.probes.quant_study run --student relu=CK --student lma=CK --teacher T [--kd-cache K]
            [--data data/multi30k] [--runs runs/quant] [--steps 300] [--bits 8 4 2] [--out results/quant]
-    python scripts/quant_study.py report [--runs runs/quant] [--out results/quant]
+    python -m onmt_lma.study.probes.quant_study report [--runs runs/quant] [--out results/quant]
 
 The students' fine-tunings of a configuration train at once (one process each; ``--one-at-a-time`` not),
 their evaluations one after another.  Resumable: every fine-tuning, export and evaluation is skipped once finished.  Writes
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 BITS = (8, 4, 2)
 STEPS = 300
 GOALS = {"int8_bleu": 0.3, "int8_speedup": 1.5, "int8_smaller": 3.5, "4bit_bleu": 1.5}
@@ -293,7 +293,7 @@ def report(args):
     (args.out / "qat.json").write_text(json.dumps({"steps": args.steps, "bits": list(args.bits), "goals": GOALS,
                                                    "rows": table, "checkpoints": sources}, indent=1) + "\n")
     text = ("# Quantization of trained students: int8 post-training and quantization-aware distillation\n\n"
-            f"`python scripts/quant_study.py`: each student as trained (fp32), int8 post-training "
+            f"`python -m onmt_lma.study.probes.quant_study`: each student as trained (fp32), int8 post-training "
             f"(`onmt_lma_quantize -embeddings`), its ONNX graphs float32 and int8 on ONNX Runtime "
             f"(`onmt_lma_evaluate -engine onnx [-int8]`), {args.steps} more steps of distillation without (fp32 fine-tuned, "
             "the control) and with quantization-aware training at each bit width (buckets of 256, exported as packed "

@@ -9,7 +9,7 @@ configuration's sent/s and, within the repeat, its ratio to CTranslate2 on the R
 thread count and at CTranslate2's best count.  Ratios taken within a repeat cancel the slow swings of a
 shared machine that move every configuration of that repeat alike; their median is the reading.  Writes ``results/bench/threads.{json,md}``.
 
-    python scripts/bench_threads.py RELU_CHECKPOINT LMA_CHECKPOINT [--sentences 60] [--repeats 7]
+    python -m onmt_lma.study.probes.bench_threads RELU_CHECKPOINT LMA_CHECKPOINT [--sentences 60] [--repeats 7]
 """
 
 import argparse
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 THREADS = (1, 2)
 
 
@@ -102,7 +102,7 @@ def main(argv=None):
               "ct2_best_threads": best_ct2, "rows": rows, "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "threads.json").write_text(json.dumps(result, indent=1) + "\n")
-    command = f"python scripts/bench_threads.py {relu} {lma} --sentences {len(lines)} " \
+    command = f"python -m onmt_lma.study.probes.bench_threads {relu} {lma} --sentences {len(lines)} " \
               f"--repeats {args.repeats}"
     md = ["# One sentence at a time: the ONNX engine against CTranslate2 float32, by thread count\n",
           f"`{command}`: the first {len(lines)} test sentences, beam 5, batch 1; every configuration in turn, "
@@ -121,5 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Are LMA's test-time statistics why the converged LMA-8 students fall behind ReLU?
 
-    python scripts/lma_recalibration.py [--models results/multi30k_converged/models]
+    python -m onmt_lma.study.probes.lma_recalibration [--models results/multi30k_converged/models]
         [--data data/multi30k] [--runs runs/lma_recalibration]
         [--out results/multi30k_converged/recalibration]
 
@@ -27,13 +27,10 @@ are not why LMA-8 is behind.  Reruns reuse what ``--runs`` holds.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-from released_models import ReleaseError, verified_models  # noqa: E402
+REPO = Path(__file__).resolve().parents[3]
+from onmt_lma.study.probes.released_models import ReleaseError, verified_models
 
 from onmt_lma.study.paired_report import paired_lines  # noqa: E402
 
@@ -95,7 +92,7 @@ def verdict(released, recalibrated, relu):
 
 def report(results, shifts, command):
     lines = ["# LMA's test-time statistics: recalibrated released students", "",
-             f"Made by `{command}` ([scripts/lma_recalibration.py](../../../scripts/lma_recalibration.py));",
+             f"Made by `{command}` ([onmt_lma/study/probes/lma_recalibration.py](../../../onmt_lma/study/probes/lma_recalibration.py));",
              "every number on this machine's CPU, test_2016, beam 5, 32 sentences at a time, from the released",
              "float16 models (averaged checkpoints of the H200 runs).  Decision rule: READING.md rule 6.", "",
              "| seed | " + " | ".join(label for _, label, _ in VERSIONS) + " |",
@@ -157,7 +154,7 @@ def main(argv=None):
                         for key, _, options in VERSIONS if options is not None}
         results[seed]["statistics"] = {"released": released, **{key: stored_statistics(paths[key])
                                                                  for key in shifts[seed]}}
-    command = "python scripts/lma_recalibration.py"
+    command = "python -m onmt_lma.study.probes.lma_recalibration"
     args.out.mkdir(parents=True, exist_ok=True)
     text = report(results, shifts, command)
     (args.out / "report.md").write_text(text)

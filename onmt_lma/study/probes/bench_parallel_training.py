@@ -4,13 +4,13 @@
 The 64-dim student of recipes/multi30k/student64.yaml (no teacher) trains on
 prepared Multi30k (``python -m data_prep multi30k``) for a few steps, as one
 process with ``OMP_NUM_THREADS`` = all cores, and as ``cores`` processes at
-once with one thread each (what ``multi30k_converged.py run --parallel`` does
+once with one thread each (what ``python -m onmt_lma.study.runs study PLAN --parallel N`` does
 on CPU).  The speed of each process is the median target tokens/s of its log's
 step reports after the first (warm-up); the processes' speeds add up.  The two
 layouts alternate, ``--repeats`` times each.  Writes
 ``results/bench/parallel_training.{json,md}``.
 
-    python scripts/bench_parallel_training.py [--data data/multi30k] [--steps 40] [--repeats 2]
+    python -m onmt_lma.study.probes.bench_parallel_training [--data data/multi30k] [--steps 40] [--repeats 2]
 """
 
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from onmt_lma.study.results import target_tokens_per_second
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 REPORT_EVERY = 10
 
 
@@ -86,9 +86,9 @@ def main(argv=None):
                      for name, values in measured.items())
     (args.out / "parallel_training.md").write_text(
         "# Students trained at once on CPU: threads or processes\n\n"
-        "`python scripts/bench_parallel_training.py`: recipes/multi30k/student64.yaml without a teacher, "
+        "`python -m onmt_lma.study.probes.bench_parallel_training`: recipes/multi30k/student64.yaml without a teacher, "
         f"{args.steps} steps, step reports after the first, {cores} cores, the layouts alternating "
-        f"{args.repeats} times. `multi30k_converged.py run --parallel {cores}` uses the second layout.\n\n"
+        f"{args.repeats} times. `python -m onmt_lma.study.runs study PLAN --parallel {cores}` uses the second layout.\n\n"
         + table)
     print(table)
 
