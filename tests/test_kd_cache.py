@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from onmt_lma.training import plugin  # noqa: F401  (installs)
-from onmt_lma.training import kd_cache
+from onmt_lma.training import kd_cache, kd_cache_build
 from onmt_lma.bin import teacher_cache as cache_cli
 from onmt_lma.bin import train as train_cli
 from onmt_lma.training.distill import distillation_loss
@@ -166,7 +166,7 @@ def test_an_interrupted_build_resumes_at_its_first_missing_shard(vocab, teacher,
     size = target_vocab_size(teacher)
     args = ["-topk", size, "-cache_dtype", "float32", "-shard_lines", 300]
     written = []
-    write_shard = kd_cache.write_shard
+    write_shard = kd_cache_build.write_shard
 
     def interrupted(folder, stem, *rest):
         if len(written) == 2:
@@ -174,13 +174,13 @@ def test_an_interrupted_build_resumes_at_its_first_missing_shard(vocab, teacher,
         written.append(stem)
         return write_shard(folder, stem, *rest)
 
-    monkeypatch.setattr(kd_cache, "write_shard", interrupted)
+    monkeypatch.setattr(kd_cache_build, "write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build(vocab, teacher, tmp_path / "cache", *args)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert not manifest["complete"] and sorted(manifest["shards"]["corpus_1"]) == ["0", "1"]
     written.clear()
-    monkeypatch.setattr(kd_cache, "write_shard", lambda *a: (written.append(a[1]), write_shard(*a))[1])
+    monkeypatch.setattr(kd_cache_build, "write_shard", lambda *a: (written.append(a[1]), write_shard(*a))[1])
     build(vocab, teacher, tmp_path / "cache", *args)
     assert written == ["corpus_1.000002"]  # 800 lines in shards of 300: only the third was left
     for name in sorted(os.listdir(full_cache)):

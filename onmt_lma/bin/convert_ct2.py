@@ -1,14 +1,6 @@
-"""CTranslate2 conversion of a ReLU, GELU or SiLU checkpoint, safely, for comparison with onmt-lma's engine.
+"""``onmt_lma_convert_ct2``: a ReLU, GELU or SiLU checkpoint as a CTranslate2 model (:mod:`onmt_lma.deploy.ct2`).
 
     onmt_lma_convert_ct2 -model CK.pt -output DIR [-quantization int8]
-
-CTranslate2's OpenNMT-py converter refuses OpenNMT-py 3.5's default ``-self_attn_type
-scaled-dot-flash`` (the same attention, computed by PyTorch's fused kernel) and, under
-today's torch, reads the checkpoint only with its unsafe-deserialization flag.  Here the
-checkpoint is loaded with :mod:`onmt_lma.checkpoint`'s allow-list, given
-``self_attn_type: scaled-dot`` (onmt-lma's int8 checkpoints dequantized first), written as a
-plain checkpoint, and converted under the same allow-list.  Its runtime has no LMA, PReLU,
-Swish or APLU: for those, ``onmt_lma_export`` and ``onmt_lma_translate -engine onnx``.
 """
 
 from pathlib import Path

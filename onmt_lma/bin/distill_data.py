@@ -2,7 +2,7 @@
 
 Translates ``-src`` with the teacher ``-model`` (beam 5 by default) into
 ``-output``, with a progress bar; an interrupted run picks up where it stopped
-(see :mod:`onmt_lma.seqkd`).  Accepts every ``onmt_translate`` option.
+(see :mod:`onmt_lma.training.seqkd`).  Accepts every ``onmt_translate`` option.
 """
 
 import os

@@ -1,6 +1,6 @@
-"""ONNX export of a translation model: the encoder, and one decoder step with its key/value cache.
+"""``onmt_lma_export``: ONNX graphs of a checkpoint, any activation (:mod:`onmt_lma.deploy.export`).
 
-(The graphs: :mod:`onmt_lma.deploy.export`.)
+    onmt_lma_export -model CK.pt -output DIR [-int8]
 """
 
 import os

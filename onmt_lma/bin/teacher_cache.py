@@ -4,7 +4,7 @@ Reads the training corpora, vocabularies and transforms from the student's own
 ``-config`` (every ``onmt_lma_train`` option is accepted), runs the teacher
 ``-model`` once over every training pair with teacher forcing, and writes the
 top ``-topk`` token ids and log-probabilities of each target position into
-``-out`` (see :mod:`onmt_lma.kd_cache`); the student then trains with
+``-out`` (see :mod:`onmt_lma.training.kd_cache`); the student then trains with
 ``-kd_cache OUT`` instead of ``-kd_teacher``.  An interrupted build resumes.
 """
 

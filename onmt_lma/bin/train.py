@@ -2,7 +2,7 @@
 
 Accepts every ``onmt_train`` option (command line or ``-config`` YAML) plus
 the plugin's; unlike ``onmt_train``, an unknown option is an error (see
-:class:`onmt_lma.opts.CommandParser`).
+:class:`onmt_lma.bin.parser.CommandParser`).
 """
 
 import onmt.bin.train

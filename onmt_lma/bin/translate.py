@@ -12,7 +12,7 @@ complete, so a failed run leaves an existing ``-output`` as it was; ``-output``
 equal to ``-src`` (or ``-tgt``) is refused before anything runs.
 
 ``-engine onnx -model DIR`` translates with the graphs of an ``onmt_lma_export``
-folder on ONNX Runtime (:mod:`onmt_lma.runtime`), with the same options and output.
+folder on ONNX Runtime (:mod:`onmt_lma.deploy.runtime`), with the same options and output.
 """
 
 import os

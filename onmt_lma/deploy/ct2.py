@@ -5,7 +5,7 @@
 CTranslate2's OpenNMT-py converter refuses OpenNMT-py 3.5's default ``-self_attn_type
 scaled-dot-flash`` (the same attention, computed by PyTorch's fused kernel) and, under
 today's torch, reads the checkpoint only with its unsafe-deserialization flag.  Here the
-checkpoint is loaded with :mod:`onmt_lma.checkpoint`'s allow-list, given
+checkpoint is loaded with :mod:`onmt_lma.base.checkpoint`'s allow-list, given
 ``self_attn_type: scaled-dot`` (onmt-lma's int8 checkpoints dequantized first), written as a
 plain checkpoint, and converted under the same allow-list.  Its runtime has no LMA, PReLU,
 Swish or APLU: for those, ``onmt_lma_export`` and ``onmt_lma_translate -engine onnx``.

@@ -154,7 +154,7 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     """Perplexity of the references under the model (teacher forcing), per target token.
 
     Uses the translator's private ``_run_encoder``, ``_score_target`` and
-    ``_tgt_pad_idx`` (OpenNMT-py 3.5.1; the list is in :mod:`onmt_lma.plugin`).
+    ``_tgt_pad_idx`` (OpenNMT-py 3.5.1; the list is in :mod:`onmt_lma.training.plugin`).
     """
     import torch
     from tqdm import tqdm

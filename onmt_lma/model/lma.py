@@ -72,7 +72,7 @@ class _LMAFunction(torch.autograd.Function):
     Keeps only the input for backward (the segment ids are recomputed from it
     and the two statistics), so training stores one tensor of the input's size,
     as ReLU does.  ``mean`` and ``std`` are constants for the gradient.  On CPU
-    the fused kernel of :mod:`onmt_lma.kernels` runs when available; otherwise
+    the fused kernel of :mod:`onmt_lma.model.kernels` runs when available; otherwise
     (and on other devices) the same math in PyTorch operations.
     """
 

@@ -12,7 +12,7 @@ perplexity improved by less than ``tolerance`` over the last ``window`` steps, a
 slot: on 2 cores two one-thread students train 1.4x the tokens per second of one two-thread student,
 results/bench/parallel_training.md), stops each at N, then per run (:func:`finish_run`): BLEU on the test
 set every ``bleu_every`` steps, the average of the last ``average_last`` checkpoints, and a full evaluation
-(onmt_lma.evaluate) of the final and the averaged checkpoint.  :func:`collect` copies what the results need
+(onmt_lma.evaluation.evaluate) of the final and the averaged checkpoint.  :func:`collect` copies what the results need
 out of the runs folder (paths relative), :func:`release` writes the released models.
 """
 

@@ -1,21 +1,5 @@
-"""Average checkpoints, and strip a checkpoint for release.
-
-    onmt_lma_average_models -models A.pt B.pt ... -output OUT.pt [-float16]
-
-The mean of every floating-point tensor of the model and generator, LMA's
-running statistics (``running_mean``, ``running_std``) included, so that the
-averaged model computes with the averaged cut points (the paper's cut points with the
-buffers of step 4).  Means are taken in float64.  The result holds the model,
-generator, vocabularies and options of the last checkpoint, and no optimizer
-state: it translates, it does not resume training.  With ``-float16`` the
-tensors are stored in half precision (half the size; OpenNMT-py loads them into
-a float32 model).  ``-release`` is ``-float16`` and also drops this machine's
-absolute paths from the saved options (each becomes its last two parts:
-``runs/teacher/model`` -> ``teacher/model``); one checkpoint with ``-release``
-is a model ready to publish.
-
-OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
-``torch.load`` (it has no allow-list for the options it pickles).
+"""The mean of checkpoints (LMA's running statistics too, in float64), or one checkpoint stripped for
+release (float16, no optimizer state, no absolute paths): ``onmt_lma_average_models``, :mod:`onmt_lma.bin.average_models`.
 """
 
 import argparse

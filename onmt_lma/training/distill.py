@@ -61,7 +61,7 @@ def distillation_loss(
         student_logits: ``(tokens, vocab)`` unnormalized scores.
         teacher_scores: the teacher's logits or log-probabilities, ``(tokens, vocab)``,
             or ``(tokens, K)`` over the support ``teacher_ids`` (a top-K cache,
-            :mod:`onmt_lma.kd_cache`): the teacher distribution is then
+            :mod:`onmt_lma.training.kd_cache`): the teacher distribution is then
             renormalized over the K ids, the student's is not (its full
             log-probabilities at those ids), so with K = vocab both agree.
         target: ``(tokens,)`` gold ids; ``padding_idx`` marks tokens to ignore.

@@ -27,7 +27,7 @@ class _BuiltPerBlock:
     def __call__(self, x):
         raise RuntimeError(
             f"activation {self.name!r} was not attached to this feed-forward block: "
-            "build models with onmt_lma installed (import onmt_lma.plugin)"
+            "build models with onmt_lma installed (import onmt_lma.training.plugin)"
         )
 
     def __repr__(self):

@@ -189,7 +189,7 @@ def load_checkpoint(ckpt_path):
 def unseeded_warning(opt):
     """The warning for a run that nothing makes repeatable (None when it is): OpenNMT-py seeds torch, random and
     numpy only for ``-seed`` > 0, and its default is -1; a run resuming its own checkpoint restores the saved
-    random state instead (:mod:`onmt_lma.resume`)."""
+    random state instead (:mod:`onmt_lma.training.resume`)."""
     if getattr(opt, "seed", -1) > 0 or resumes_own_run(opt):
         return None
     return (f"-seed {getattr(opt, 'seed', -1)} seeds nothing: this run draws its own initial weights, batch order "
@@ -206,7 +206,7 @@ def build_trainer(opt, device_id, model, vocabs, optim, model_saver=None):
 
 
 def optimizer_state_dict(optim):
-    """``Optimizer.state_dict`` with what an exact resumption needs (:mod:`onmt_lma.resume`)."""
+    """``Optimizer.state_dict`` with what an exact resumption needs (:mod:`onmt_lma.training.resume`)."""
     return {**_ORIGINAL["state_dict"](optim), RESUME_KEY: resume_state(optim)}
 
 

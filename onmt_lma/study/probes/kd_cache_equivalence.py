@@ -197,7 +197,7 @@ def report(args):
         f"{100 * PPL_TOLERANCE:.0f}% of the online run's and its BLEU within {BLEU_TOLERANCE}.\n\n"
         + table + "\n![validation perplexity](kd_cache_equivalence.png)\n\n" + "\n".join(lines) + "\n\n"
         "Resumed at: the steps a run was interrupted and resumed at; * marks OpenNMT-py's own resumption "
-        "(before onmt_lma.resume), whose data starts again at the corpus's first batch, so that after it the "
+        "(before onmt_lma.training.resume), whose data starts again at the corpus's first batch, so that after it the "
         "run trained on other batches than an uninterrupted one: its differences include that.\n")
     print(table)
     print("\n".join(lines))

@@ -16,7 +16,7 @@ For each trained student (``--student relu=CK --student lma=CK``, training check
   as in training (Polino et al. 2018, buckets of 256), exported by ``onmt_lma_quantize`` as packed
   B-bit codes, and evaluated from that export (its size on disk is the real low-bit storage).
 
-Each configuration is evaluated by ``onmt_lma.evaluate`` on the corpus's test set (beam 5, one
+Each configuration is evaluated by ``onmt_lma.evaluation.evaluate`` on the corpus's test set (beam 5, one
 sentence at a time: sacreBLEU, tokenized BLEU, chrF, perplexity, size, speed, peak memory), one after
 another in this run, configuration by configuration (both students before the next one; the cheap ones
 first, then 4-bit, the control, the other bit widths), so that a stopped run has paired rows.  The table gives every student's rows and, with both ``relu`` and ``lma``, LMA's
@@ -298,7 +298,7 @@ def report(args):
             f"(`onmt_lma_evaluate -engine onnx [-int8]`), {args.steps} more steps of distillation without (fp32 fine-tuned, "
             "the control) and with quantization-aware training at each bit width (buckets of 256, exported as packed "
             "codes); test set, beam 5, one sentence at a time, evaluated one after another in one run "
-            "(`onmt_lma.evaluate`; memory: the translating process's peak resident memory above what it held before "
+            "(`onmt_lma.evaluation.evaluate`; memory: the translating process's peak resident memory above what it held before "
             "loading the model).\n\n" + "\n".join(lines + gaps) + "\n\n" + "\n".join(goals) + "\n")
     (args.out / "qat.md").write_text(text)
     print(text)
