@@ -26,6 +26,7 @@ COMMAND_PARSERS = {
     "onmt_lma_evaluate": "onmt_lma.bin.evaluate:get_parser",
     "onmt_lma_average_models": "onmt_lma.bin.average_models:get_parser",
     "onmt_lma_recalibrate": "onmt_lma.bin.recalibrate:get_parser",
+    "onmt_lma_server": "onmt_lma.bin.server:get_parser",
 }
 
 

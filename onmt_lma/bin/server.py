@@ -1,0 +1,100 @@
+"""``onmt_lma_server``: translation over HTTP, in OpenNMT-py's ``onmt_server`` request and response shape.
+
+    onmt_lma_server -model MODEL [-corpus DIR] [-port 5000] [-beam_size 5] ...
+    onmt_lma_server -config conf.json [-port 5000] ...
+
+MODEL is a checkpoint (any activation, int8 too), an ``onmt_lma_export`` folder (this package's ONNX
+Runtime engine) or a CTranslate2 model folder; ``-config`` takes OpenNMT-py's ``conf.json`` model list
+(:mod:`onmt_lma.serve.config`).  Requests carry raw text: the prepared corpus's tokenization and
+subwords are applied and undone (``-corpus``, default: the corpus the checkpoint was trained with).
+Concurrent requests are batched for the engine (``-max_batch_size``, ``-batch_wait_ms``); every request
+has a timeout and size caps; Ctrl-C or SIGTERM finishes the requests in flight, then exits.
+
+    curl -s localhost:5000/translator/translate -d '[{"src": "Ein Mann fährt Fahrrad."}]'
+"""
+
+import logging
+
+from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.base.opts import float_type, int_type
+from onmt_lma.serve.config import ModelSpec, ServerConfigError, load_conf
+from onmt_lma.serve.engines import ENGINES, Decoding
+
+positive = int_type("an integer >= 1", lambda n: n >= 1)
+
+
+def get_parser():
+    parser = CommandParser(prog="onmt_lma_server", description=__doc__.split("\n\n")[0])
+    models = parser.add_argument_group("Models (onmt-lma)")
+    models.add("--model", "-model", help="one model: a checkpoint, an onmt_lma_export folder or a CTranslate2 folder")
+    models.add("--config", "-config", help="OpenNMT-py's conf.json: the models to serve (instead of -model)")
+    models.add("--corpus", "-corpus", help="prepared corpus whose steps apply to the text (default: the checkpoint's)")
+    models.add("--engine", "-engine", choices=ENGINES, help="default: from what -model holds")
+    models.add("--int8", "-int8", action="store_true", help="int8: an export's int8 graphs, int8 linear layers "
+               "of a checkpoint, CTranslate2's int8 compute type")
+    decoding = parser.add_argument_group("Decoding (defaults of every model; conf.json's opt overrides them)")
+    decoding.add("--beam_size", "-beam_size", type=positive, default=5)
+    decoding.add("--n_best", "-n_best", type=positive, default=1)
+    decoding.add("--max_length", "-max_length", type=positive, default=250)
+    decoding.add("--min_length", "-min_length", type=int_type("an integer >= 0", lambda n: n >= 0), default=0)
+    decoding.add("--length_penalty", "-length_penalty", choices=("avg", "wu", "none"), default="avg")
+    decoding.add("--alpha", "-alpha", type=float, default=1.0)
+    decoding.add("--threads", "-threads", type=int_type("an integer >= 0", lambda n: n >= 0), default=0,
+                 help="the engine's intra-op threads (0: its default)")
+    serving = parser.add_argument_group("Serving")
+    serving.add("--ip", "-ip", default="0.0.0.0")
+    serving.add("--port", "-port", type=int_type("a port from 1 to 65535", lambda n: 0 < n < 65536), default=5000)
+    serving.add("--url_root", "-url_root", default="/translator")
+    serving.add("--max_batch_size", "-max_batch_size", type=positive, default=32,
+                help="sentences of concurrent requests translated in one engine batch")
+    serving.add("--batch_wait_ms", "-batch_wait_ms", type=float_type("a number >= 0", lambda n: n >= 0), default=5.0,
+                help="how long a short batch waits for more sentences")
+    serving.add("--request_timeout", "-request_timeout", type=float_type("a number > 0", lambda n: n > 0),
+                default=60.0, help="seconds a request may wait for its translations (then 504)")
+    serving.add("--max_src_tokens", "-max_src_tokens", type=positive, default=200,
+                help="tokens a sentence may have after the corpus's steps (more: 413)")
+    serving.add("--max_request_bytes", "-max_request_bytes", type=positive, default=1 << 20)
+    serving.add("--max_request_sentences", "-max_request_sentences", type=positive, default=256)
+    serving.add("--log_file", "-log_file", default="", help="also log to this file")
+    return parser
+
+
+def model_specs(opt):
+    defaults = Decoding(opt.beam_size, opt.n_best, opt.max_length, opt.min_length, opt.length_penalty, opt.alpha,
+                        opt.threads)
+    if bool(opt.model) == bool(opt.config):
+        raise ServerConfigError("give -model (one model) or -config conf.json (a model list), one of them")
+    if opt.config:
+        if opt.corpus or opt.engine:
+            raise ServerConfigError("-corpus and -engine go with -model; in conf.json give each model's own")
+        return load_conf(opt.config, defaults)
+    from pathlib import Path
+
+    return [ModelSpec(1, Path(opt.model), defaults, Path(opt.corpus) if opt.corpus else None, opt.engine, opt.int8)]
+
+
+def main(argv=None):
+    import uvicorn
+    from onmt.utils.logging import init_logger
+
+    from onmt_lma.serve.app import Limits, load_models, make_app
+
+    parser = get_parser()
+    opt = parser.parse_args(argv)
+    init_logger(opt.log_file)
+    server_log = logging.getLogger("onmt_lma.server")
+    server_log.setLevel(logging.INFO)
+    for handler in logging.getLogger("onmt").handlers:
+        server_log.addHandler(handler)
+    limits = Limits(opt.max_batch_size, opt.batch_wait_ms / 1000, opt.request_timeout, opt.max_src_tokens,
+                    opt.max_request_bytes, opt.max_request_sentences)
+    with user_errors_exit(parser):
+        served = load_models(model_specs(opt), limits)
+    config = uvicorn.Config(make_app(served, limits, opt.url_root), host=opt.ip, port=opt.port, log_level="warning",
+                            timeout_graceful_shutdown=max(5, int(opt.request_timeout)), access_log=False)
+    server_log.info("serving on http://%s:%d%s", opt.ip, opt.port, "/" + opt.url_root.strip("/"))
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
