@@ -192,3 +192,40 @@ def test_a_model_without_a_corpus_is_refused_naming_the_option(lma_student):
     result = subprocess.run([sys.executable, "-m", "onmt_lma.bin.server", "-model", str(lma_student)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "give -corpus DIR" in result.stderr
+
+
+def test_config_json_is_the_model_list_and_config_yaml_the_shared_options(tmp_path):
+    from onmt_lma.bin.server import conf_json_as_models_conf, get_parser
+
+    (tmp_path / "student.yaml").write_text("beam_size: 3\nport: 6001\nhidden_size: 64\n")
+    parse = get_parser().parse_args
+    opt = parse(conf_json_as_models_conf(["-config", str(tmp_path / "student.yaml"), "-model", "m.pt"]))
+    assert (opt.beam_size, opt.port, opt.models_conf, opt.model) == (3, 6001, None, "m.pt")
+    opt = parse(conf_json_as_models_conf(["-config", str(tmp_path / "conf.json")]))
+    assert opt.models_conf == str(tmp_path / "conf.json") and opt.model is None
+
+
+def test_the_readme_s_server_line_and_curl_call_answer_as_written(tmp_path):
+    """The README's block (marked ``run by tests/test_server.py``): the released student, the prepared Multi30k
+    corpus, the curl body; the answer is the one the README shows."""
+    import re
+    import shlex
+
+    from data_prep.__main__ import main as data_prep_main
+    from conftest import REPO, shared_data
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- run by tests/test_server.py -->\n```bash\n(.*?)```", readme, re.S)[1].splitlines()
+    start, curl, shown = block
+    data_prep_main(["multi30k", "--out", str(tmp_path / "multi30k"), "--source", str(shared_data() / "multi30k")])
+    args = [str(tmp_path / "multi30k") if a == "data/multi30k" else str(REPO / a) if a.startswith("results/")
+            else a for a in shlex.split(start)[1:]]
+    body = json.loads(shlex.split(curl)[-1])
+    answer = json.loads(shown.removeprefix("# "))
+    server = Server(*args)
+    try:
+        status, payload = request(server.port, "POST", "/translator/translate", body)
+    finally:
+        server.stop()
+    assert status == 200 and payload[0][0]["tgt"] == answer[0][0]["tgt"]
+    assert payload[0][0]["src"] == body[0]["src"] and round(payload[0][0]["pred_score"], 2) == answer[0][0]["pred_score"]

@@ -25,6 +25,7 @@ REQUIRED = {
     "onmt_lma_quantize": ["-model", "m.pt", "-output", "q.pt"],
     "onmt_lma_export": ["-model", "m.pt", "-output", "onnx"],
     "onmt_lma_convert_ct2": ["-model", "m.pt", "-output", "ct2"],
+    "onmt_lma_server": ["-model", "m.pt"],
 }
 #: an own option of each command, misspelled, and what it should have been
 MISSPELLED = {
@@ -39,6 +40,7 @@ MISSPELLED = {
     "onmt_lma_quantize": ("-embedings", "-embeddings"),
     "onmt_lma_export": ("-int9", "-int8"),
     "onmt_lma_convert_ct2": ("-quantisation", "-quantization"),
+    "onmt_lma_server": ("-max_batch_sise", "-max_batch_size"),
 }
 
 

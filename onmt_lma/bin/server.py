@@ -5,7 +5,7 @@
 
 MODEL is a checkpoint (any activation, int8 too), an ``onmt_lma_export`` folder (this package's ONNX
 Runtime engine) or a CTranslate2 model folder; ``-config`` takes OpenNMT-py's ``conf.json`` model list
-(:mod:`onmt_lma.serve.config`).  Requests carry raw text: the prepared corpus's tokenization and
+(:mod:`onmt_lma.serve.config`); any other ``-config`` is the YAML every ``onmt_lma_*`` command reads.  Requests carry raw text: the prepared corpus's tokenization and
 subwords are applied and undone (``-corpus``, default: the corpus the checkpoint was trained with).
 Concurrent requests are batched for the engine (``-max_batch_size``, ``-batch_wait_ms``); every request
 has a timeout and size caps; Ctrl-C or SIGTERM finishes the requests in flight, then exits.
@@ -14,6 +14,7 @@ has a timeout and size caps; Ctrl-C or SIGTERM finishes the requests in flight, 
 """
 
 import logging
+import sys
 
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.base.opts import float_type, int_type
@@ -24,10 +25,14 @@ positive = int_type("an integer >= 1", lambda n: n >= 1)
 
 
 def get_parser():
+    import onmt.opts
+
     parser = CommandParser(prog="onmt_lma_server", description=__doc__.split("\n\n")[0])
+    onmt.opts.config_opts(parser)
     models = parser.add_argument_group("Models (onmt-lma)")
     models.add("--model", "-model", help="one model: a checkpoint, an onmt_lma_export folder or a CTranslate2 folder")
-    models.add("--config", "-config", help="OpenNMT-py's conf.json: the models to serve (instead of -model)")
+    models.add("--models_conf", "-models_conf", help="OpenNMT-py's conf.json: the models to serve (instead of "
+               "-model); -config FILE.json means this, as in onmt_server")
     models.add("--corpus", "-corpus", help="prepared corpus whose steps apply to the text (default: the checkpoint's)")
     models.add("--engine", "-engine", choices=ENGINES, help="default: from what -model holds")
     models.add("--int8", "-int8", action="store_true", help="int8: an export's int8 graphs, int8 linear layers "
@@ -59,15 +64,24 @@ def get_parser():
     return parser
 
 
+def conf_json_as_models_conf(args):
+    """``-config conf.json`` is onmt_server's model list (``-models_conf``); ``-config`` YAML stays the YAML."""
+    args = list(args)
+    for i, arg in enumerate(args[:-1]):
+        if arg in ("-config", "--config") and args[i + 1].lower().endswith(".json"):
+            args[i] = "-models_conf"
+    return args
+
+
 def model_specs(opt):
     defaults = Decoding(opt.beam_size, opt.n_best, opt.max_length, opt.min_length, opt.length_penalty, opt.alpha,
                         opt.threads)
-    if bool(opt.model) == bool(opt.config):
+    if bool(opt.model) == bool(opt.models_conf):
         raise ServerConfigError("give -model (one model) or -config conf.json (a model list), one of them")
-    if opt.config:
+    if opt.models_conf:
         if opt.corpus or opt.engine:
             raise ServerConfigError("-corpus and -engine go with -model; in conf.json give each model's own")
-        return load_conf(opt.config, defaults)
+        return load_conf(opt.models_conf, defaults)
     from pathlib import Path
 
     return [ModelSpec(1, Path(opt.model), defaults, Path(opt.corpus) if opt.corpus else None, opt.engine, opt.int8)]
@@ -80,7 +94,7 @@ def main(argv=None):
     from onmt_lma.serve.app import Limits, load_models, make_app
 
     parser = get_parser()
-    opt = parser.parse_args(argv)
+    opt = parser.parse_args(conf_json_as_models_conf(sys.argv[1:] if argv is None else argv))
     init_logger(opt.log_file)
     server_log = logging.getLogger("onmt_lma.server")
     server_log.setLevel(logging.INFO)
