@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -36,11 +37,15 @@ def request(port, method, path, body=None, timeout=120):
 
 
 class Server:
+    """``onmt_lma_server ARGS`` on a free port, in an empty working directory that it must leave empty."""
+
     def __init__(self, *args, log=None):
         self.port = free_port()
         self.log = log
+        self.cwd = tempfile.TemporaryDirectory()
         self.process = subprocess.Popen([str(BIN / "onmt_lma_server"), "-ip", "127.0.0.1", "-port", str(self.port),
-                                         *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                         *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        cwd=self.cwd.name)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -55,6 +60,9 @@ class Server:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=60)
+        left = os.listdir(self.cwd.name)
+        self.cwd.cleanup()
+        assert not left, f"the server wrote {left} in its working directory"
         return self.process.returncode, output
 
 

@@ -69,7 +69,7 @@ class PyTorchEngine:
 
         from onmt_lma.evaluation.measure import translation_parser
 
-        args = ["-model", str(path), "-src", os.devnull, "-beam_size", str(decoding.beam_size),
+        args = ["-model", str(path), "-src", os.devnull, "-output", os.devnull, "-beam_size", str(decoding.beam_size),
                 "-n_best", str(decoding.n_best), "-max_length", str(decoding.max_length),
                 "-min_length", str(decoding.min_length), "-length_penalty", decoding.length_penalty,
                 "-alpha", str(decoding.alpha), "-batch_size", str(max_batch), "-gpu", "-1"]
