@@ -1,12 +1,14 @@
 """``onmt_lma_export``: ONNX graphs of a checkpoint, any activation (:mod:`onmt_lma.deploy.export`).
 
     onmt_lma_export -model CK.pt -output DIR [-int8]
+    onmt_lma_export -model CK.q4.pt -output DIR [-bits 4]   # a low-bit checkpoint: packed 4-bit graphs
 """
 
 import os
 
 import onmt.opts
 
+from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.deploy.export import ExportError, export
 
@@ -19,6 +21,9 @@ def get_parser():
     parser.add("--model", "-model", required=True, help="checkpoint to export (any activation)")
     parser.add("--output", "-output", "-o", required=True, help="folder for the graphs, vocabularies, manifest")
     parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
+    parser.add("--bits", "-bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
+               help="low-bit graphs, checked: the checkpoint must hold B-bit codes (onmt_lma_quantize -bits B, "
+                    "or of a -quant_bits B student); a low-bit checkpoint gives low-bit graphs without it too")
     return parser
 
 
@@ -29,7 +34,7 @@ def main(argv=None):
     with user_errors_exit(parser):
         if not os.path.isfile(args.model):
             raise ExportError(f"-model {args.model}: no such checkpoint")
-        manifest = export(args.model, args.output, args.int8)
+        manifest = export(args.model, args.output, args.int8, args.bits)
     print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
 
 

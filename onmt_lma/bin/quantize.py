@@ -1,6 +1,8 @@
-"""``onmt_lma_quantize``: int8 weights for CPU translation (:mod:`onmt_lma.deploy.quantize`).
+"""``onmt_lma_quantize``: int8 or low-bit weights for CPU translation (:mod:`onmt_lma.deploy.quantize`).
 
     onmt_lma_quantize -model CK.pt -output CK.int8.pt [-embeddings]
+    onmt_lma_quantize -model CK.pt -output CK.q4.pt -bits 4 [-bucket 64] [-embeddings]   # post-training
+    onmt_lma_quantize -model QAT.pt -output QAT.q4.pt [-embeddings]   # a -quant_bits student: its own codes
 """
 
 from pathlib import Path
@@ -9,19 +11,26 @@ import onmt.opts
 
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.base.checkpoint import load, save
-from onmt_lma.deploy.quantize import build_float_model, quantize_checkpoint
+from onmt_lma.base.opts import int_type
+from onmt_lma.deploy.quantize import POST_TRAINING_BUCKET, build_float_model, quantize_checkpoint
 from onmt_lma.model.quantization import QuantizeError
 
 
 def get_parser():
 
 
-    parser = CommandParser(prog="onmt_lma_quantize", description="onmt_lma_quantize: int8 weights for CPU translation")
+    parser = CommandParser(prog="onmt_lma_quantize", description="onmt_lma_quantize: int8 or low-bit weights for CPU translation")
     onmt.opts.config_opts(parser)
     parser.add("--model", "-model", required=True, help="checkpoint to quantize (float32 or float16)")
     parser.add("--output", "-output", required=True, help="the int8 checkpoint to write")
     parser.add("--embeddings", "-embeddings", action="store_true",
-               help="embedding tables in int8 too (smaller on disk; dequantized when loaded)")
+               help="embedding tables quantized too: int8 rows, or with -bits (and for QAT) 4-bit blocks of 32")
+    parser.add("--bits", "-bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
+               help="post-training B-bit buckets (weight-only, round to nearest, no calibration data) instead "
+                    "of int8; a -quant_bits checkpoint is written in its own bits")
+    parser.add("--bucket", "-bucket", type=int_type("an integer >= 2", lambda n: n >= 2),
+               help=f"values per bucket with -bits (default {POST_TRAINING_BUCKET}: ONNX Runtime's 4-bit "
+                    "blocks need a power of 2 >= 16 that divides each layer's input size, or a multiple of it)")
     return parser
 
 
@@ -35,9 +44,12 @@ def main(argv=None):
             raise QuantizeError(f"-output {args.output} is the input checkpoint; give another file")
         checkpoint = load(args.model)
         model = build_float_model(args.model)
-        save(quantize_checkpoint(checkpoint, model, args.embeddings), args.output)
+        quantized = quantize_checkpoint(checkpoint, model, args.embeddings, args.bits, args.bucket)
+        save(quantized, args.output)
+    low_bit = quantized["onmt_lma"].get("low_bit")
+    what = f"{low_bit['bits']}-bit {low_bit['source']}" if low_bit else "int8"
     size_in, size_out = Path(args.model).stat().st_size, Path(args.output).stat().st_size
-    print(f"{args.output}: int8 ({size_out / 1e6:.1f} MB, {size_in / size_out:.2f}x smaller than {args.model})")
+    print(f"{args.output}: {what} ({size_out / 1e6:.1f} MB, {size_in / size_out:.2f}x smaller than {args.model})")
 
 
 if __name__ == "__main__":

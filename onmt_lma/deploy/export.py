@@ -29,7 +29,9 @@ few (format 3; format 2 stacked the layers' caches and kept OpenNMT-py's
 (n, 1, dim) shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 86 now).
 
 With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
-dynamic quantization (``*.int8.onnx``).  ``manifest.json`` records the format,
+dynamic quantization (``*.int8.onnx``).  A low-bit checkpoint (``onmt_lma_quantize -bits B``, or of a
+``-quant_bits`` student) gives low-bit graphs, its packed codes on ONNX Runtime's kernels
+(:mod:`onmt_lma.deploy.low_bit`).  ``manifest.json`` records the format,
 the checkpoint's sha256, the special token ids and the options a runtime needs;
 ``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies.
 """
@@ -47,6 +49,7 @@ from onmt_lma.base.errors import UserError
 FORMAT = 3  # 2: the decoder step's top-k outputs; 3: per-layer caches, (n, dim) rows, memory_bias
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
+LOW_BIT_POSITIONS = 1024  # positions a low-bit export's sinusoidal tables keep (longer sources are refused)
 
 
 class ExportError(UserError, ValueError):
@@ -266,15 +269,23 @@ def load_model(checkpoint):
     return vocabs, model.eval(), model_opt
 
 
-def export(checkpoint, out_dir, int8=False):
-    """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir``."""
+def export(checkpoint, out_dir, int8=False, bits=None):
+    """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir`` (low-bit graphs for a
+    low-bit checkpoint; ``bits``: the width asked for, checked against it)."""
     from onmt_lma.model import kernels
     from onmt_lma.base.files import sha256_of
 
+    from onmt_lma.deploy.low_bit import low_bit_weights
+
+    low_bit = low_bit_weights(checkpoint, int8, bits)
     vocabs, model, model_opt = load_model(checkpoint)
     if getattr(model_opt, "lma_int8", False):
         raise ExportError(f"{checkpoint} is an onmt_lma_quantize int8 checkpoint; export the float checkpoint "
                           "(with -int8 for int8 graphs)")
+    if low_bit is not None:  # the float position tables would be half of the folder: keep LOW_BIT_POSITIONS
+        for embeddings in (model.encoder.embeddings, model.decoder.embeddings):
+            table = embeddings.make_embedding.pe
+            table.pe = table.pe[:LOW_BIT_POSITIONS]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 1, 1]])
@@ -301,6 +312,13 @@ def export(checkpoint, out_dir, int8=False):
                       "log_probs": {0: "n"}, **{name: {0: "n", 2: "step_plus_1"} for name in grown_names}})
     add_top_k(out / "decoder_step.onnx")
     graphs = ["encoder.onnx", "decoder_step.onnx"]
+    lowered = {}
+    if low_bit is not None:
+        from onmt_lma.deploy.low_bit import lower_graph
+
+        lowered = {name: lower_graph(out / name, low_bit) for name in graphs}
+        if any(counts["float_matmuls"] for counts in lowered.values()):
+            raise ExportError(f"{checkpoint}: matrix products left in float after lowering to low bits: {lowered}")
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -321,6 +339,9 @@ def export(checkpoint, out_dir, int8=False):
         "layers": len(model.decoder.transformer_layers), "heads": attention.head_count,
         "head_dim": attention.dim_per_head, "max_positions": int(model.decoder.embeddings.make_embedding.pe.pe.shape[0]),
         "int8": bool(int8), "opset": OPSET, "torch": torch.__version__,
+        "low_bit": None if low_bit is None else {
+            "bits": low_bit.bits, "bucket": low_bit.bucket, "source": low_bit.info.get("source", "quantization-aware"),
+            "embeddings": bool(low_bit.tables), "graphs": lowered},
         "special": {"pad": tgt_vocab.lookup_token(DefaultTokens.PAD),
                     "bos": tgt_vocab.lookup_token(vocabs.get("decoder_start_token", DefaultTokens.BOS)),
                     "eos": tgt_vocab.lookup_token(DefaultTokens.EOS), "unk": tgt_vocab.lookup_token(DefaultTokens.UNK),

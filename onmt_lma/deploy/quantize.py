@@ -1,6 +1,8 @@
-"""Post-training int8 quantization of a trained model (any activation), for CPU translation.
+"""Post-training quantization of a trained model (any activation), for CPU translation: int8 rows, or
+B-bit buckets (``-bits``; :func:`low_bit_checkpoint`, which also writes a quantization-aware student's codes).
 
     onmt_lma_quantize -model CK.pt -output CK.int8.pt [-embeddings]
+    onmt_lma_quantize -model CK.pt -output CK.q4.pt -bits 4 [-bucket 64] [-embeddings]
 
 Every ``nn.Linear`` weight of the encoder, decoder and generator is stored as
 int8 with one float32 scale per output row (symmetric: ``scale = max|w| / 127``,
@@ -27,40 +29,68 @@ The weights' formats are :mod:`onmt_lma.model.quantization` and :mod:`onmt_lma.m
 
 import argparse
 
-from onmt_lma.model.quantization import FORMAT, QuantizeError, bucket_codes, pack_codes, quantize_rows
+from onmt_lma.model.quantization import (FORMAT, QuantizeError, bucket_codes, pack_codes, quantize_rows,
+                                        symmetric_block_codes)
 from onmt_lma.model.quantized_checkpoint import drop_position_tables, embedding_names, linear_weight_names
 
 
-def export_quantization_aware(checkpoint, model):
-    """A quantization-aware checkpoint (``-quant_bits``) with its linear weights stored as packed B-bit codes
-    plus each bucket's minimum and range (float32): exactly the weights it computes with."""
-    opt = checkpoint["opt"]
-    bits, bucket = opt.quant_bits, opt.quant_bucket
+#: embedding tables of a low-bit checkpoint (``-embeddings``): symmetric 4-bit blocks of 32 values
+EMBEDDING_BITS, EMBEDDING_BLOCK = 4, 32
+#: ``onmt_lma_quantize -bits B``'s default bucket for post-training quantization (one per 64 values)
+POST_TRAINING_BUCKET = 64
+
+
+def low_bit_checkpoint(checkpoint, model, bits, bucket, embeddings=False):
+    """``checkpoint`` with its linear weights as packed ``bits``-bit codes plus each bucket's minimum and range
+    (float32; Polino et al. 2018, section 2.1) and, with ``embeddings``, its embedding tables as symmetric
+    4-bit blocks.  For a quantization-aware checkpoint (``-quant_bits``) these are exactly the weights it
+    computes with; for any other, round-to-nearest post-training quantization (no calibration data)."""
     result = {**checkpoint, "model": dict(checkpoint["model"]), "generator": dict(checkpoint["generator"]),
               "optim": None}
     stored = {}
     for part, name in linear_weight_names(model):
-        weight = checkpoint[part][name]
+        weight = checkpoint[part].get(name)
+        if weight is None:
+            raise QuantizeError(f"the checkpoint has no {part} tensor {name!r} that the model has")
         codes, low, span = bucket_codes(weight, bits, bucket)
         result[part][name] = pack_codes(codes, bits)
         stored[f"{part}/{name}"] = {"shape": list(weight.shape), "low": low, "span": span}
+    for name in embedding_names(checkpoint) if embeddings else []:
+        codes, scales = symmetric_block_codes(checkpoint["model"][name], EMBEDDING_BITS, EMBEDDING_BLOCK)
+        result["model"][name] = pack_codes(codes.reshape(-1), EMBEDDING_BITS)
+        stored[f"model/{name}"] = {"shape": list(codes.shape), "scheme": "symmetric", "bits": EMBEDDING_BITS,
+                                   "block": EMBEDDING_BLOCK, "scales": scales}
+    for part in ("model", "generator"):  # what stays float is stored as float32
+        for name, tensor in result[part].items():
+            if tensor.is_floating_point():
+                result[part][name] = tensor.float()
+    quantization_aware = bool(getattr(checkpoint["opt"], "quant_bits", None))
     result["onmt_lma"] = {**(checkpoint.get("onmt_lma") or {}),
                           "low_bit": {"format": FORMAT, "bits": bits, "bucket": bucket, "weights": stored,
+                                      "source": "quantization-aware" if quantization_aware else "post-training",
+                                      "embeddings": bool(embeddings),
                                       "position_tables": drop_position_tables(result)}}
     return result
 
 
-def quantize_checkpoint(checkpoint, model, embeddings=False):
-    """The int8 checkpoint of ``checkpoint`` (whose built model is ``model``); a quantization-aware one
-    (``-quant_bits``) is exported in its own B-bit codes instead (:func:`export_quantization_aware`)."""
+def quantize_checkpoint(checkpoint, model, embeddings=False, bits=None, bucket=None):
+    """The quantized checkpoint of ``checkpoint`` (whose built model is ``model``): int8 rows (``bits`` None),
+    or ``bits``-bit buckets (:func:`low_bit_checkpoint`).  A quantization-aware checkpoint (``-quant_bits``)
+    is always written in its own codes."""
     info = checkpoint.get("onmt_lma") or {}
     if "int8" in info or "low_bit" in info:
         raise QuantizeError("the checkpoint is quantized already")
-    if getattr(checkpoint["opt"], "quant_bits", None):
-        if embeddings:
-            raise QuantizeError("-embeddings: a quantization-aware checkpoint is exported in its own "
-                                f"{checkpoint['opt'].quant_bits}-bit codes, linear layers only")
-        return export_quantization_aware(checkpoint, model)
+    trained_bits = getattr(checkpoint["opt"], "quant_bits", None)
+    if trained_bits:
+        if bits not in (None, trained_bits) or bucket not in (None, checkpoint["opt"].quant_bucket):
+            raise QuantizeError(f"the checkpoint was trained with -quant_bits {trained_bits} -quant_bucket "
+                                f"{checkpoint['opt'].quant_bucket}: it is written in those codes (leave out "
+                                "-bits and -bucket, or give those)")
+        return low_bit_checkpoint(checkpoint, model, trained_bits, checkpoint["opt"].quant_bucket, embeddings)
+    if bits is not None:
+        return low_bit_checkpoint(checkpoint, model, bits, bucket or POST_TRAINING_BUCKET, embeddings)
+    if bucket is not None:
+        raise QuantizeError("-bucket goes with -bits (int8 has one scale per row)")
     result = {**checkpoint, "model": dict(checkpoint["model"]), "generator": dict(checkpoint["generator"]),
               "optim": None}
     scales = {}

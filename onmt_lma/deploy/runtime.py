@@ -106,12 +106,17 @@ class OnnxTranslator:
         ``min(max_length, longest source x max_length_ratio + 5)`` tokens (OpenNMT-py's cap; a ratio of 0:
         ``max_length`` only).
         """
+        positions = self.manifest["max_positions"]
+        for number, line in enumerate(lines, 1):
+            if len(line.split()) > positions:
+                raise ExportError(f"line {number}: {len(line.split())} tokens; this export's position table holds "
+                                  f"{positions}")
         results = [None] * len(lines)
         for batch in batches(lines, batch_size, batch_type):
             sources = [lines[index] for index in batch]
-            cap = max_length
+            cap = min(max_length, positions - 1)
             if max_length_ratio > 0:
-                cap = int(min(max_length, max(len(line.split()) for line in sources) * max_length_ratio + 5))
+                cap = int(min(cap, max(len(line.split()) for line in sources) * max_length_ratio + 5))
             found = self._search(sources, beam_size, cap, min_length, n_best, length_penalty_kind, alpha,
                                  ban_unk_token)
             for index, hypotheses in zip(batch, found):

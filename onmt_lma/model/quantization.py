@@ -82,6 +82,28 @@ def values_of_codes(codes, low, span, bits, bucket, shape):
     return values.reshape(-1)[:count].reshape(shape)
 
 
+def symmetric_block_codes(table, bits, block):
+    """``(codes uint8, scales float32)`` of a 2-D table, each row cut in blocks of ``block`` values, each block
+    symmetric about 0: ``value = (code - 2**(bits-1)) * scale`` with ``scale = max|w| / (2**(bits-1) - 1)``
+    (codes ``1 .. 2**bits - 1``; the layout of ONNX Runtime's ``GatherBlockQuantized`` without zero points).
+    A block of zeros gets scale 1.  ``table``'s row length must be a multiple of ``block``."""
+    rows, width = table.shape
+    if width % block:
+        raise QuantizeError(f"a table of rows of {width} values cannot be cut in blocks of {block}")
+    blocks = table.detach().float().reshape(rows, width // block, block)
+    middle, peak = 2 ** (bits - 1), blocks.abs().amax(dim=2)
+    scales = torch.where(peak > 0, peak / (middle - 1), torch.ones_like(peak))
+    codes = (torch.round(blocks / scales[..., None]) + middle).clamp_(1, 2 ** bits - 1).to(torch.uint8)
+    return codes.reshape(rows, width), scales.reshape(-1)
+
+
+def values_of_symmetric_blocks(codes, scales, bits, block):
+    """The table :func:`symmetric_block_codes` encoded."""
+    rows, width = codes.shape
+    blocks = codes.reshape(rows, width // block, block).float() - 2 ** (bits - 1)
+    return (blocks * scales.reshape(rows, width // block, 1)).reshape(rows, width)
+
+
 def pack_codes(codes, bits):
     """Codes of ``bits`` in {1, 2, 4} packed ``8 // bits`` to a byte (little end first); others one per byte."""
     if bits not in (1, 2, 4):

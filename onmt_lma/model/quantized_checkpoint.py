@@ -8,7 +8,8 @@ weights to build the model from.
 
 import torch.nn as nn
 
-from onmt_lma.model.quantization import FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes
+from onmt_lma.model.quantization import (FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes,
+                                        values_of_symmetric_blocks)
 
 
 def checkpoint_key(module_name):
@@ -49,6 +50,19 @@ def position_table(shape, encoding_type):
     return PositionalEncoding(shape[2], encoding_type, max_len=shape[0]).pe
 
 
+def low_bit_values(packed, entry, low_bit):
+    """The float weight of one ``low_bit["weights"]`` entry: bucketed codes (linear layers; ``low``, ``span``)
+    or, with ``"scheme": "symmetric"``, symmetric blocks (embedding tables; ``scales``, ``block``, ``bits``)."""
+    count = 1
+    for size in entry["shape"]:
+        count *= size
+    bits = entry.get("bits", low_bit["bits"])
+    codes = unpack_codes(packed, bits, count)
+    if entry.get("scheme") == "symmetric":
+        return values_of_symmetric_blocks(codes.reshape(entry["shape"]), entry["scales"], bits, entry["block"])
+    return values_of_codes(codes, entry["low"], entry["span"], bits, low_bit["bucket"], entry["shape"])
+
+
 def dequantize_checkpoint(checkpoint):
     """Float weights in place of an int8 checkpoint's (OpenNMT-py then builds the model as usual), and
     ``opt.lma_int8`` set so that translation quantizes the built model again; no-op for a float one."""
@@ -56,12 +70,7 @@ def dequantize_checkpoint(checkpoint):
     if low_bit is not None:  # the codes of a quantization-aware checkpoint: its exact weights, nothing to redo
         for key, entry in low_bit["weights"].items():
             part, name = key.split("/", 1)
-            count = 1
-            for size in entry["shape"]:
-                count *= size
-            codes = unpack_codes(checkpoint[part][name], low_bit["bits"], count)
-            checkpoint[part][name] = values_of_codes(codes, entry["low"], entry["span"], low_bit["bits"],
-                                                     low_bit["bucket"], entry["shape"])
+            checkpoint[part][name] = low_bit_values(checkpoint[part][name], entry, low_bit)
         restore_position_tables(checkpoint, low_bit.get("position_tables", {}))
         checkpoint["opt"].quant_bits = None
         return checkpoint
