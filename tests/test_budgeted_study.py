@@ -437,7 +437,7 @@ def test_every_committed_plan_loads_with_its_steps():
     steps = {p.name: set(study_plan.load_plan(p).steps) for p in plans}
     assert steps["multi30k_converged.yaml"] >= {"rule4_lr2x", "recalibration", "released"}
     assert steps["multi30k_converged_cpu.yaml"] == {"jump_probe", "jump_probe_report"}
-    assert steps["quant.yaml"] == {"run", "report"} and "threads" in steps["bench.yaml"]
+    assert steps["quant.yaml"] == {"run", "report", "deploy", "deploy_report", "matmul_nbits_kernels"} and "threads" in steps["bench.yaml"]
     probes = {p.stem for p in (REPO / "onmt_lma" / "study" / "probes").glob("*.py")} - {"__init__"}
     used = {step.module for p in plans for step in study_plan.load_plan(p).steps.values()}
     assert used == probes, f"probes that no plan runs: {probes - used}"
