@@ -13,8 +13,9 @@ fused) needs no naming.  ONNX Runtime runs 2 and 4 bits this way (:data:`DEPLOYA
 """
 
 import numpy as np
+import torch
 
-from onmt_lma.model.quantization import QuantizeError, unpack_codes
+from onmt_lma.model.quantization import QuantizeError, pack_codes, unpack_codes
 from onmt_lma.model.quantized_checkpoint import low_bit_values
 
 #: bit widths ONNX Runtime's CPU ``MatMulNBits`` runs with floating-point zero points
@@ -34,10 +35,9 @@ def block_size(inputs, bucket):
 
 
 def _pack(codes, bits):
-    """uint8 codes (..., n) packed ``8 // bits`` to a byte along the last axis, the first value lowest."""
-    per_byte = 8 // bits
-    grouped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per_byte, per_byte).astype(np.uint16)
-    return sum(grouped[..., i] << (bits * i) for i in range(per_byte)).astype(np.uint8)
+    """uint8 codes (..., n) packed ``8 // bits`` to a byte along the last axis: :func:`pack_codes` row by row."""
+    flat = pack_codes(torch.from_numpy(np.ascontiguousarray(codes)).reshape(-1), bits)
+    return flat.numpy().reshape(*codes.shape[:-1], codes.shape[-1] * bits // 8)
 
 
 class LowBitWeights:

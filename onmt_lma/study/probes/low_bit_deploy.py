@@ -24,7 +24,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from onmt_lma.study.probes.bench_server import portable
+from onmt_lma.evaluation.facts import portable
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "results" / "multi30k_converged" / "models"
@@ -100,7 +100,7 @@ def report(args):
                    "chrf": first["chrf"]["score"], "signature": first["bleu"]["signature"], "size_mb": size / 1e6, "size_vs_fp32": size / fp32_size,
                    "sent_per_s_1": first["speed"]["sentences_per_s"],
                    "sent_per_s_32": second["speed"]["sentences_per_s"],
-                   "memory_mb": first["memory"]["peak_mb"], "folder": portable(folder)}
+                   "memory_mb": first["memory"]["peak_mb"], "folder": portable(folder, REPO)}
             pytorch = args.runs / f"{label}.{slug}.pytorch.json"
             if pytorch.is_file():
                 own = json.loads(pytorch.read_text())
