@@ -1,4 +1,5 @@
-"""Builds the fused LMA CPU kernel (onmt_lma/csrc/lma_cpu.cpp) as onmt_lma._lma_cpu.
+"""Builds the fused LMA CPU kernel (onmt_lma/csrc/lma_cpu.cpp) as onmt_lma._lma_cpu and the native
+translation engine (onmt_lma/csrc/engine_cpu.cpp) as onmt_lma._engine_cpu.
 
 Everything else about the package is in pyproject.toml.  The kernel is compiled
 against the torch of the build environment, so install with
@@ -17,7 +18,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-SOURCE = "onmt_lma/csrc/lma_cpu.cpp"
+SOURCES = {"onmt_lma._lma_cpu": "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma._engine_cpu": "onmt_lma/csrc/engine_cpu.cpp"}
 # the flags onmt_lma.model.kernels also compiles with on first use (one source)
 FLAGS = json.loads((Path(__file__).parent / "onmt_lma" / "csrc" / "compile_flags.json").read_text())
 
@@ -40,11 +41,13 @@ def kernel_extension():
                 print(f"onmt-lma: the CPU kernel was not built ({error}); LMA will build it on "
                       "first use or use the PyTorch path", file=sys.stderr)
 
-    # the source's hash goes into the module: onmt_lma.model.kernels ignores a build of another source
-    digest = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
-    extension = CppExtension("onmt_lma._lma_cpu", [SOURCE], extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""],
-                             extra_link_args=FLAGS["ldflags"])
-    return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+    # each source's hash goes into its module: onmt_lma.model.kernels ignores a build of another source
+    extensions = []
+    for name, source in SOURCES.items():
+        digest = hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
+        extensions.append(CppExtension(name, [source], extra_link_args=FLAGS["ldflags"],
+                                       extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""]))
+    return extensions, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 
 
 extensions, commands = kernel_extension()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from onmt_lma.base.batching import batches
-from onmt_lma.deploy.export import FORMAT, ExportError, cache_names
+from onmt_lma.deploy.graphs import FORMAT, ExportError, cache_names
 
 BANNED = -65504.0  # OpenNMT-py's score for a forbidden token and a closed beam
 
@@ -39,12 +39,12 @@ def length_penalty(kind, length, alpha):
     return 1.0
 
 
-class OnnxTranslator:
-    """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
+class ExportTranslator:
+    """What every engine on an ``onmt_lma_export`` folder shares: the manifest's checks, the vocabularies,
+    OpenNMT-py's batches and length cap, and the output text.  A subclass gives ``_search``."""
 
-    def __init__(self, folder, int8=False, threads=None):
-        import onnxruntime
-
+    def __init__(self, folder, checked):
+        """``checked(name)``: whether the engine loads the file ``name`` (its sha256 is then verified)."""
         from onmt_lma.base.files import sha256_of
 
         self.folder = Path(folder)
@@ -55,46 +55,28 @@ class OnnxTranslator:
         if manifest.get("format") != FORMAT:
             raise ExportError(f"{folder}: export format {manifest.get('format')!r}, this onmt-lma reads {FORMAT}; "
                               "export the checkpoint again with this version")
-        suffix = ".int8.onnx" if int8 else ".onnx"
-        if int8 and not manifest.get("int8"):
-            raise ExportError(f"{folder}: exported without int8 graphs; export again with -int8")
         for name, digest in manifest["files"].items():
             path = self.folder / name
             if not path.is_file():
                 raise ExportError(f"{folder}: {name} is missing; export the checkpoint again")
-            if name.endswith(suffix) or name.endswith(".json"):
-                if sha256_of(path) != digest:
-                    raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
-        # Each session has its own intra-op thread pool, whose workers spin for a while after a call.  The
-        # encoder's, spinning on while the decoder steps, took the core the decoder's pool needed: one sentence
-        # at a time on 2 cores, 2 threads then translated 2x slower than 1, now 1.15-1.24x faster (bench_threads).
-        # The encoder runs once per batch, so its workers sleep as soon as it returns.
-        encoder_options, decoder_options = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
-        encoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            encoder_options.intra_op_num_threads = decoder_options.intra_op_num_threads = threads
-        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), encoder_options,
-                                                    providers=["CPUExecutionProvider"])
-        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), decoder_options,
-                                                    providers=["CPUExecutionProvider"])
+            if (checked(name) or name.endswith(".json")) and sha256_of(path) != digest:
+                raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
         self.manifest = manifest
-        self.cross_names, self.self_names, self.grown_names = cache_names(manifest["layers"])
         self.special = manifest["special"]
         self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
         self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
-        log_probs_shape = {o.name: o.shape for o in self.decoder.get_outputs()}["log_probs"]
-        self.vocab_size = log_probs_shape[1] if isinstance(log_probs_shape[1], int) else len(self.tgt_tokens)
-        #: where the time goes (seconds, summed over every call): the encoder, the decoder step's graph, and the
-        #: beam search around it (NumPy: scores, top-k, reordering the caches); ``steps``: decoder calls
+        #: where the time goes (seconds, summed over every call): the encoder, the decoder steps, and the
+        #: beam search around them (scores, top-k, reordering the caches); ``steps``: decoder calls
         self.profile = {"encoder_s": 0.0, "decoder_s": 0.0, "search_s": 0.0, "steps": 0, "sentences": 0}
 
-    def _encode(self, lines):
-        ids = [[self.src_vocab.get(token, self.special["src_unk"]) for token in line.split()] for line in lines]
-        lengths = np.array([len(i) for i in ids], dtype=np.int64)
-        src = np.full((len(ids), int(lengths.max())), self.special["src_pad"], dtype=np.int64)
-        for row, sentence in enumerate(ids):
-            src[row, : len(sentence)] = sentence
-        return self.encoder.run(None, {"src": src, "src_len": lengths})
+    def source_ids(self, line):
+        return [self.src_vocab.get(token, self.special["src_unk"]) for token in line.split()]
+
+    def target_ids(self, line):
+        """A reference line's ids, then the end token."""
+        if not hasattr(self, "_tgt_vocab"):
+            self._tgt_vocab = {token: i for i, token in enumerate(self.tgt_tokens)}
+        return [self._tgt_vocab.get(token, self.special["unk"]) for token in line.split()] + [self.special["eos"]]
 
     def translate(self, lines, beam_size=5, batch_size=1, max_length=250, min_length=0, n_best=1,
                   length_penalty_kind="avg", alpha=1.0, ban_unk_token=False, batch_type="sents",
@@ -122,6 +104,47 @@ class OnnxTranslator:
             for index, hypotheses in zip(batch, found):
                 results[index] = hypotheses
         return results
+
+    def _text(self, ids):
+        tokens = [self.tgt_tokens[i] for i in ids]
+        if tokens and tokens[-1] == self.tgt_tokens[self.special["eos"]]:
+            tokens = tokens[:-1]
+        return " ".join(tokens)
+
+
+class OnnxTranslator(ExportTranslator):
+    """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
+
+    def __init__(self, folder, int8=False, threads=None):
+        import onnxruntime
+
+        suffix = ".int8.onnx" if int8 else ".onnx"
+        super().__init__(folder, lambda name: name.endswith(suffix))
+        if int8 and not self.manifest.get("int8"):
+            raise ExportError(f"{folder}: exported without int8 graphs; export again with -int8")
+        # Each session has its own intra-op thread pool, whose workers spin for a while after a call.  The
+        # encoder's, spinning on while the decoder steps, took the core the decoder's pool needed: one sentence
+        # at a time on 2 cores, 2 threads then translated 2x slower than 1, now 1.15-1.24x faster (bench_threads).
+        # The encoder runs once per batch, so its workers sleep as soon as it returns.
+        encoder_options, decoder_options = onnxruntime.SessionOptions(), onnxruntime.SessionOptions()
+        encoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            encoder_options.intra_op_num_threads = decoder_options.intra_op_num_threads = threads
+        self.encoder = onnxruntime.InferenceSession(str(self.folder / f"encoder{suffix}"), encoder_options,
+                                                    providers=["CPUExecutionProvider"])
+        self.decoder = onnxruntime.InferenceSession(str(self.folder / f"decoder_step{suffix}"), decoder_options,
+                                                    providers=["CPUExecutionProvider"])
+        self.cross_names, self.self_names, self.grown_names = cache_names(self.manifest["layers"])
+        log_probs_shape = {o.name: o.shape for o in self.decoder.get_outputs()}["log_probs"]
+        self.vocab_size = log_probs_shape[1] if isinstance(log_probs_shape[1], int) else len(self.tgt_tokens)
+
+    def _encode(self, lines):
+        ids = [self.source_ids(line) for line in lines]
+        lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        src = np.full((len(ids), int(lengths.max())), self.special["src_pad"], dtype=np.int64)
+        for row, sentence in enumerate(ids):
+            src[row, : len(sentence)] = sentence
+        return self.encoder.run(None, {"src": src, "src_len": lengths})
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
         started = time.perf_counter()
@@ -208,12 +231,10 @@ class OnnxTranslator:
         OpenNMT-py's translator scores with ``-tgt`` (its ``_score_target``), here from the decoder step's
         ``log_probs``, one gold token a step."""
         special, m = self.special, self.manifest
-        tgt_ids = {token: i for i, token in enumerate(self.tgt_tokens)}
         total, count = 0.0, 0
         for batch in batches(sources, batch_size):
             memory_bias, *cross = self._encode([sources[i] for i in batch])
-            gold = [[tgt_ids.get(token, special["unk"]) for token in targets[i].split()] + [special["eos"]]
-                    for i in batch]
+            gold = [self.target_ids(targets[i]) for i in batch]
             lengths = np.array([len(ids) for ids in gold])
             padded = np.full((len(batch), lengths.max()), special["pad"], dtype=np.int64)
             for row, ids in enumerate(gold):
@@ -231,13 +252,6 @@ class OnnxTranslator:
                 total += float(log_probs[rows, padded[:, step]][counted].sum(dtype=np.float64))
                 count += int(counted.sum())
         return total, count
-
-    def _text(self, ids):
-        tokens = [self.tgt_tokens[i] for i in ids]
-        if tokens and tokens[-1] == self.tgt_tokens[self.special["eos"]]:
-            tokens = tokens[:-1]
-        return " ".join(tokens)
-
 
 #: onmt_translate options the ONNX engine does not implement, with the values that mean "not used"
 UNSUPPORTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio": (0.0,), "replace_unk": (False,),

@@ -9,6 +9,9 @@ is needed (about a minute; cached in ``TORCH_EXTENSIONS_DIR``, by default
 ``ONMT_LMA_KERNEL=torch``, LMA runs on the pure-PyTorch path, which gives the
 same results.  On processors with AVX2 and FMA the kernel takes vector paths
 for float32 inputs and up to 16 segments (``cpu_kernel().vectorized(k)``).
+
+The native translation engine (``csrc/engine_cpu.cpp``, :func:`engine_module`, used by
+``onmt_lma.deploy.native``) is built and found the same way, as ``onmt_lma._engine_cpu``.
 """
 
 import contextlib
@@ -19,9 +22,11 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "lma_cpu.cpp"
+_ENGINE_SOURCE = _SOURCE.parent / "engine_cpu.cpp"
 #: compiler and linker flags, shared with setup.py's build (one source: csrc/compile_flags.json)
 FLAGS = json.loads((_SOURCE.parent / "compile_flags.json").read_text())
 _state = {"cpu": None, "tried": False, "origin": None}
+_engine = {}
 
 
 def kernel_choice():
@@ -51,20 +56,36 @@ def cpu_kernel():
     return _state["cpu"]
 
 
-def _installed_kernel():
+def engine_module():
+    """The compiled native engine (``onmt_lma._engine_cpu``, or compiled now); raises RuntimeError, saying
+    why, where it cannot be built."""
+    if "module" not in _engine:
+        try:
+            _engine["module"] = _installed_kernel("_engine_cpu", _ENGINE_SOURCE)
+        except ImportError:
+            try:
+                _engine["module"] = _compiled_now("onmt_lma_engine_cpu", _ENGINE_SOURCE)
+            except Exception as error:  # no compiler, no headers, ...
+                raise RuntimeError(f"the native engine ({_ENGINE_SOURCE.name}) cannot be built here: {error}; "
+                                   "use -engine onnx") from error
+    return _engine["module"]
+
+
+def _installed_kernel(name="_lma_cpu", source=_SOURCE):
+    import importlib
+
     import torch  # noqa: F401  (loads the libraries the extension links to)
 
-    from onmt_lma import _lma_cpu
+    module = importlib.import_module(f"onmt_lma.{name}")
+    if getattr(module, "source_sha256", None) != hashlib.sha256(source.read_bytes()).hexdigest():
+        raise ImportError(f"{module.__file__} was built from another {source.name}: reinstall to rebuild it")
+    return module
 
-    if getattr(_lma_cpu, "source_sha256", None) != hashlib.sha256(_SOURCE.read_bytes()).hexdigest():
-        raise ImportError(f"{_lma_cpu.__file__} was built from another {_SOURCE.name}: reinstall to rebuild it")
-    return _lma_cpu
 
-
-def _compiled_now():
+def _compiled_now(name="onmt_lma_cpu", source=_SOURCE):
     from torch.utils.cpp_extension import load
 
-    return load(name="onmt_lma_cpu", sources=[str(_SOURCE)], extra_cflags=FLAGS["cflags"], extra_ldflags=FLAGS["ldflags"])
+    return load(name=name, sources=[str(source)], extra_cflags=FLAGS["cflags"], extra_ldflags=FLAGS["ldflags"])
 
 
 def kernel_origin():

@@ -1,0 +1,620 @@
+// onmt-lma's native CPU engine: OpenNMT-py 3.5.1's pre-norm Transformer and its beam search in one
+// compiled loop (onmt_lma/deploy/native.py loads it and documents the weights it takes).
+//
+// A small student spends a decoding step in per-operation costs, not arithmetic: the engine keeps the
+// matrix products on ATen (MKL, as PyTorch) and writes everything between them (layer norms, attention
+// over the key/value caches, activations, top-k, the search's bookkeeping) as plain loops over
+// preallocated buffers.  The arithmetic follows deploy/export.py's graphs, operation for operation:
+// embeddings x sqrt(dim) + the sinusoid, queries divided by sqrt(head_dim), softmax in float32,
+// log-probabilities from at::log_softmax, LMA's segment from (x - mean) * inv + k / 2 (Xu et al. 2020).
+#include <torch/extension.h>
+#include <pybind11/stl.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr float kBanned = -65504.0f;  // OpenNMT-py's score of a forbidden token and of a closed beam
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+double seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+
+struct Linear {
+  at::Tensor weight_t, bias;  // weight_t: (in, out), a view of the (out, in) weight; bias may be undefined
+  void operator()(const at::Tensor& x, at::Tensor out) const {
+    if (bias.defined()) at::addmm_out(out, bias, x, weight_t);
+    else at::mm_out(out, x, weight_t);
+  }
+};
+
+struct Norm {
+  at::Tensor weight, bias;
+  float eps = 1e-6f;
+  // rows of x (n, dim) into y, mean and variance in double, the rest as torch's float kernel
+  void operator()(const float* x, float* y, int64_t rows, int64_t dim) const {
+    const float* w = weight.data_ptr<float>();
+    const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* in = x + r * dim;
+      float* out = y + r * dim;
+      double sum = 0, squares = 0;
+      for (int64_t i = 0; i < dim; ++i) sum += in[i];
+      const double mean = sum / dim;
+      for (int64_t i = 0; i < dim; ++i) squares += (in[i] - mean) * (in[i] - mean);
+      const float m = static_cast<float>(mean);
+      const float rstd = static_cast<float>(1.0 / std::sqrt(squares / dim + eps));
+      for (int64_t i = 0; i < dim; ++i) out[i] = (in[i] - m) * rstd * w[i] + (b ? b[i] : 0.0f);
+    }
+  }
+};
+
+enum class Kind { ReLU, GELU, SiLU, LMA, PReLU, Swish, APLU };
+const std::map<std::string, Kind> kKinds = {{"relu", Kind::ReLU}, {"gelu", Kind::GELU}, {"silu", Kind::SiLU},
+                                            {"lma", Kind::LMA},   {"prelu", Kind::PReLU}, {"swish", Kind::Swish},
+                                            {"aplu", Kind::APLU}};
+
+// LMA-k with k <= 8 reads its slopes and intercepts from one AVX2 register
+__attribute__((target("avx2"))) void lma_avx2(float* x, int64_t n, const float* slopes, const float* intercepts,
+                                              int64_t k, float mean, float inv) {
+  float s[8] = {0}, c[8] = {0};
+  for (int64_t j = 0; j < k; ++j) s[j] = slopes[j], c[j] = intercepts[j];
+  const __m256 vs = _mm256_loadu_ps(s), vc = _mm256_loadu_ps(c), vmean = _mm256_set1_ps(mean),
+               vinv = _mm256_set1_ps(inv), vhalf = _mm256_set1_ps(static_cast<float>(k) / 2.0f),
+               vzero = _mm256_setzero_ps(), vtop = _mm256_set1_ps(static_cast<float>(k - 1));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    __m256 position = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, vmean), vinv), vhalf);
+    position = _mm256_min_ps(_mm256_max_ps(position, vzero), vtop);
+    const __m256i j = _mm256_cvttps_epi32(position);
+    const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_permutevar8x32_ps(vs, j), v), _mm256_permutevar8x32_ps(vc, j));
+    _mm256_storeu_ps(x + i, y);
+  }
+  for (; i < n; ++i) {
+    const float position = std::min(std::max((x[i] - mean) * inv + static_cast<float>(k) / 2.0f, 0.0f),
+                                    static_cast<float>(k - 1));
+    const int64_t j = static_cast<int64_t>(position);
+    x[i] = slopes[j] * x[i] + intercepts[j];
+  }
+}
+
+struct Activation {
+  Kind kind = Kind::ReLU;
+  at::Tensor a, b;  // LMA: slopes, intercepts (k,); PReLU: weight (units,); Swish: beta (units,); APLU: (hinges, units) x 2
+  float mean = 0, inv = 0;
+
+  void operator()(at::Tensor h) const {  // (rows, units), in place
+    const int64_t rows = h.size(0), units = h.size(1);
+    float* x = h.data_ptr<float>();
+    switch (kind) {
+      case Kind::ReLU: at::relu_(h); return;
+      case Kind::GELU: h.copy_(at::gelu(h)); return;
+      case Kind::SiLU: at::silu_(h); return;
+      case Kind::Swish: { at::Tensor gate = at::sigmoid(h * a); h.mul_(gate); return; }
+      default: break;
+    }
+    const int64_t grain = std::max<int64_t>(1, 32768 / units);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      float* chunk = x + begin * units;
+      const int64_t n = (end - begin) * units;
+      if (kind == Kind::LMA) {
+        const float* s = a.data_ptr<float>();
+        const float* c = b.data_ptr<float>();
+        const int64_t k = a.numel();
+        if (k <= 8 && __builtin_cpu_supports("avx2")) {
+          lma_avx2(chunk, n, s, c, k, mean, inv);
+          return;
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const float position = std::min(std::max((chunk[i] - mean) * inv + static_cast<float>(k) / 2.0f, 0.0f),
+                                          static_cast<float>(k - 1));
+          const int64_t j = static_cast<int64_t>(position);
+          chunk[i] = s[j] * chunk[i] + c[j];
+        }
+      } else if (kind == Kind::PReLU) {
+        const float* w = a.data_ptr<float>();
+        for (int64_t i = 0; i < n; ++i) chunk[i] = chunk[i] >= 0 ? chunk[i] : w[i % units] * chunk[i];
+      } else {  // APLU: relu(x) + sum_s slope_s * relu(point_s - x), hinge after hinge as the module adds them
+        const int64_t hinges = a.size(0);
+        const float* slope = a.data_ptr<float>();
+        const float* point = b.data_ptr<float>();
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t u = i % units;
+          const float v = chunk[i];
+          float out = std::max(v, 0.0f);
+          for (int64_t s = 0; s < hinges; ++s) out = out + slope[s * units + u] * std::max(point[s * units + u] - v, 0.0f);
+          chunk[i] = out;
+        }
+      }
+    });
+  }
+};
+
+struct FeedForward {
+  Norm norm;
+  Linear w1, w2;
+  Activation activation;
+};
+
+struct EncoderLayer {
+  Norm norm;
+  Linear qkv, out;
+  FeedForward ffn;
+};
+
+struct DecoderLayer {
+  Norm norm1, norm2;
+  Linear qkv, out, context_query, context_keys, context_values, context_out;
+  FeedForward ffn;
+};
+
+// top-k of a row by (value desc, index asc): a scan in index order keeps the first of equal values
+struct TopK {
+  int64_t k;
+  std::vector<float> values;
+  std::vector<int64_t> ids;
+  void reset() { values.assign(k, kMinusInf); ids.assign(k, std::numeric_limits<int64_t>::max()); }
+  void offer(float v, int64_t id) {
+    if (!(v > values[k - 1])) return;
+    int64_t at = k - 1;
+    while (at > 0 && v > values[at - 1]) { values[at] = values[at - 1]; ids[at] = ids[at - 1]; --at; }
+    values[at] = v, ids[at] = id;
+  }
+};
+
+void top_k_scalar(const float* row, int64_t n, TopK& top) {
+  for (int64_t i = 0; i < n; ++i) top.offer(row[i], i);
+}
+
+__attribute__((target("avx2"))) void top_k_avx2(const float* row, int64_t n, TopK& top) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(row + i);
+    int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(top.values[top.k - 1]), _CMP_GT_OQ));
+    while (mask) {
+      const int lane = __builtin_ctz(mask);
+      top.offer(row[i + lane], i + lane);
+      mask &= mask - 1;
+    }
+  }
+  for (; i < n; ++i) top.offer(row[i], i);
+}
+
+class Engine {
+ public:
+  Engine(const std::map<std::string, at::Tensor>& weights, const std::map<std::string, double>& config,
+         const std::string& activation)
+      : weights_(weights) {
+    dim_ = static_cast<int64_t>(config.at("dim"));
+    heads_ = static_cast<int64_t>(config.at("heads"));
+    head_dim_ = dim_ / heads_;
+    vocab_ = static_cast<int64_t>(config.at("vocab"));
+    bos_ = static_cast<int64_t>(config.at("bos"));
+    eos_ = static_cast<int64_t>(config.at("eos"));
+    unk_ = static_cast<int64_t>(config.at("unk"));
+    source_pad_ = static_cast<int64_t>(config.at("src_pad"));
+    eps_ = static_cast<float>(config.at("eps"));
+    TORCH_CHECK(kKinds.count(activation), "native engine: no kernel for activation ", activation);
+    kind_ = kKinds.at(activation);
+    src_embeddings_ = get("src_embeddings");
+    tgt_embeddings_ = get("tgt_embeddings");
+    positions_ = get("positions");
+    for (int64_t i = 0; has("encoder." + std::to_string(i) + ".norm.weight"); ++i) {
+      const std::string p = "encoder." + std::to_string(i) + ".";
+      encoder_.push_back({norm(p + "norm"), linear(p + "qkv"), linear(p + "out"), feed_forward(p + "ffn")});
+    }
+    encoder_norm_ = norm("encoder.norm");
+    for (int64_t i = 0; has("decoder." + std::to_string(i) + ".norm1.weight"); ++i) {
+      const std::string p = "decoder." + std::to_string(i) + ".";
+      decoder_.push_back({norm(p + "norm1"), norm(p + "norm2"), linear(p + "qkv"), linear(p + "out"),
+                          linear(p + "context_query"), linear(p + "context_keys"), linear(p + "context_values"),
+                          linear(p + "context_out"), feed_forward(p + "ffn")});
+    }
+    decoder_norm_ = norm("decoder.norm");
+    generator_ = linear("generator");
+  }
+
+  // n_best (score, target ids) per source line, best first: OpenNMT-py's BeamSearch (runtime.py's docstring)
+  std::vector<std::vector<std::pair<float, std::vector<int64_t>>>> translate(
+      const std::vector<std::vector<int64_t>>& sources, int64_t beam, int64_t max_length, int64_t min_length,
+      int64_t n_best, int64_t penalty, double alpha, bool ban_unk) {
+    const auto started = Clock::now();
+    const int64_t count = static_cast<int64_t>(sources.size());
+    encode(sources);
+    profile_["encoder_s"] += seconds(started);
+    const auto searching = Clock::now();
+    double decoder_s = 0;
+    int64_t rows = count * beam;
+    allocate(rows, max_length + 1);
+    std::vector<int64_t> sentence_of_row(rows), tokens(rows, bos_), select(rows);
+    for (int64_t r = 0; r < rows; ++r) sentence_of_row[r] = r / beam;
+    std::vector<std::vector<int64_t>> alive(rows, std::vector<int64_t>{bos_});
+    std::vector<float> beam_scores(rows, kMinusInf);
+    for (int64_t i = 0; i < count; ++i) beam_scores[i * beam] = 0.0f;
+    std::vector<int64_t> offsets(count);
+    for (int64_t i = 0; i < count; ++i) offsets[i] = i;
+    std::vector<std::vector<std::pair<float, std::vector<int64_t>>>> hypotheses(count), results(count);
+    std::vector<TopK> tops(rows, TopK{beam, {}, {}});
+    const bool avx2 = __builtin_cpu_supports("avx2");
+    struct Candidate { float score; int64_t id; };
+    std::vector<Candidate> candidates(beam * beam);
+    std::vector<float> top_scores(rows);
+    std::vector<int64_t> best(rows);
+    for (int64_t step = 0; step < max_length; ++step) {
+      const int64_t length = step + 1;
+      const auto before = Clock::now();
+      decoder_step(rows, step, tokens.data(), sentence_of_row.data());
+      decoder_s += seconds(before);
+      profile_["steps"] += 1;
+      float* log_probs = log_probs_.data_ptr<float>();
+      at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / vocab_), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          float* row = log_probs + r * vocab_;
+          if (length <= min_length) row[eos_] = kBanned;
+          if (ban_unk) row[unk_] = kBanned;
+          tops[r].reset();
+          avx2 ? top_k_avx2(row, vocab_, tops[r]) : top_k_scalar(row, vocab_, tops[r]);
+        }
+      });
+      const float lp = static_cast<float>(penalty == 1 ? std::pow(length + 1.0, alpha)
+                                          : penalty == 2 ? std::pow((5.0 + length + 1.0) / 6.0, alpha) : 1.0);
+      const int64_t groups = rows / beam;
+      for (int64_t i = 0; i < groups; ++i) {
+        for (int64_t b = 0; b < beam; ++b) {
+          const TopK& top = tops[i * beam + b];
+          for (int64_t j = 0; j < beam; ++j) {
+            const float candidate = top.values[j] + beam_scores[i * beam + b];
+            candidates[b * beam + j] = {lp != 1.0f ? candidate / lp : candidate, b * vocab_ + top.ids[j]};
+          }
+        }
+        std::partial_sort(candidates.begin(), candidates.begin() + beam, candidates.end(),
+                          [](const Candidate& x, const Candidate& y) {
+                            return x.score > y.score || (x.score == y.score && x.id < y.id);
+                          });
+        for (int64_t j = 0; j < beam; ++j) {
+          top_scores[i * beam + j] = candidates[j].score;
+          best[i * beam + j] = candidates[j].id;
+        }
+      }
+      std::vector<std::vector<int64_t>> grown(rows);
+      std::vector<char> finished(rows);
+      bool any = false;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t parent = best[r] / vocab_ + (r / beam) * beam, token = best[r] % vocab_;
+        beam_scores[r] = top_scores[r] * lp;
+        select[r] = parent, tokens[r] = token;
+        grown[r] = alive[parent];
+        grown[r].push_back(token);
+        finished[r] = token == eos_ || static_cast<int64_t>(grown[r].size()) == max_length + 1;
+        any = any || finished[r];
+      }
+      alive.swap(grown);
+      std::vector<int64_t> going;
+      if (any) {
+        for (int64_t i = 0; i < groups; ++i) {
+          auto& found = hypotheses[offsets[i]];
+          for (int64_t j = 0; j < beam; ++j) {
+            const int64_t r = i * beam + j;
+            if (!finished[r]) continue;
+            beam_scores[r] = kBanned;
+            found.emplace_back(top_scores[r], std::vector<int64_t>(alive[r].begin() + 1, alive[r].end()));
+          }
+          if (finished[i * beam] && static_cast<int64_t>(found.size()) >= n_best) {
+            auto ranked = found;
+            std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+            ranked.resize(n_best);
+            results[offsets[i]] = std::move(ranked);
+          } else {
+            going.push_back(i);
+          }
+        }
+        if (going.empty()) break;
+      } else {
+        for (int64_t i = 0; i < groups; ++i) going.push_back(i);
+      }
+      // the kept rows, each from its parent: one copy of every self-attention cache
+      const int64_t kept_rows = static_cast<int64_t>(going.size()) * beam;
+      std::vector<int64_t> from(kept_rows), kept_tokens(kept_rows), kept_sentences(kept_rows), kept_offsets;
+      std::vector<float> kept_scores(kept_rows);
+      std::vector<std::vector<int64_t>> kept_alive(kept_rows);
+      for (size_t g = 0; g < going.size(); ++g) {
+        kept_offsets.push_back(offsets[going[g]]);
+        for (int64_t j = 0; j < beam; ++j) {
+          const int64_t r = going[g] * beam + j, k = static_cast<int64_t>(g) * beam + j;
+          from[k] = select[r], kept_tokens[k] = tokens[r], kept_scores[k] = beam_scores[r];
+          kept_sentences[k] = sentence_of_row[r];
+          kept_alive[k] = std::move(alive[r]);
+        }
+      }
+      reorder_caches(from, step + 1);
+      rows = kept_rows;
+      tokens.swap(kept_tokens), beam_scores.swap(kept_scores), sentence_of_row.swap(kept_sentences);
+      alive.swap(kept_alive), offsets.swap(kept_offsets);
+    }
+    profile_["decoder_s"] += decoder_s;
+    profile_["search_s"] += seconds(searching) - decoder_s;
+    profile_["sentences"] += count;
+    return results;
+  }
+
+  // teacher forcing: (sum of the log-probabilities of each target's ids, which end with the end token, their count)
+  std::pair<double, int64_t> score(const std::vector<std::vector<int64_t>>& sources,
+                                   const std::vector<std::vector<int64_t>>& targets) {
+    const int64_t count = static_cast<int64_t>(sources.size());
+    TORCH_CHECK(static_cast<int64_t>(targets.size()) == count, "native engine: as many targets as sources");
+    encode(sources);
+    int64_t longest = 1;
+    for (const auto& t : targets) longest = std::max<int64_t>(longest, static_cast<int64_t>(t.size()));
+    allocate(count, longest);
+    std::vector<int64_t> sentence_of_row(count), tokens(count, bos_);
+    for (int64_t r = 0; r < count; ++r) sentence_of_row[r] = r;
+    double total = 0;
+    int64_t counted = 0;
+    for (int64_t step = 0; step < longest; ++step) {  // a finished line's later steps are computed, not counted
+      decoder_step(count, step, tokens.data(), sentence_of_row.data());
+      const float* log_probs = log_probs_.data_ptr<float>();
+      for (int64_t r = 0; r < count; ++r) {
+        const auto& gold = targets[r];
+        if (step >= static_cast<int64_t>(gold.size())) continue;
+        TORCH_CHECK(gold[step] >= 0 && gold[step] < vocab_, "native engine: target id ", gold[step], " out of the vocabulary");
+        total += log_probs[r * vocab_ + gold[step]], ++counted;
+        tokens[r] = gold[step];
+      }
+    }
+    return {total, counted};
+  }
+
+  std::map<std::string, double> profile() const { return profile_; }
+
+ private:
+  bool has(const std::string& name) const { return weights_.count(name) > 0; }
+  at::Tensor get(const std::string& name) const {
+    auto found = weights_.find(name);
+    TORCH_CHECK(found != weights_.end(), "native engine: weight ", name, " is missing");
+    TORCH_CHECK(found->second.scalar_type() == at::kFloat && found->second.is_contiguous(),
+                "native engine: weight ", name, " must be contiguous float32");
+    return found->second;
+  }
+  at::Tensor maybe(const std::string& name) const { return has(name) ? get(name) : at::Tensor(); }
+  Linear linear(const std::string& name) const { return {get(name + ".weight").t(), maybe(name + ".bias")}; }
+  Norm norm(const std::string& name) const { return {get(name + ".weight"), maybe(name + ".bias"), eps_}; }
+  FeedForward feed_forward(const std::string& p) const {
+    Activation act;
+    act.kind = kind_;
+    if (kind_ == Kind::LMA) {
+      act.a = get(p + ".slopes"), act.b = get(p + ".intercepts");
+      act.mean = get(p + ".mean").item<float>(), act.inv = get(p + ".inv").item<float>();
+    } else if (kind_ == Kind::PReLU) {
+      act.a = get(p + ".weight");
+    } else if (kind_ == Kind::Swish) {
+      act.a = get(p + ".beta");
+    } else if (kind_ == Kind::APLU) {
+      act.a = get(p + ".hinge_slope"), act.b = get(p + ".hinge_point");
+    }
+    return {norm(p + ".norm"), linear(p + ".w1"), linear(p + ".w2"), act};
+  }
+
+  void ffn(const FeedForward& f, float* x, int64_t rows) {
+    f.norm(x, normed_.data_ptr<float>(), rows, dim_);
+    at::Tensor hidden = hidden_.narrow(0, 0, rows);
+    f.w1(normed_.narrow(0, 0, rows), hidden);
+    f.activation(hidden);
+    project_add(f.w2, hidden, x, rows);
+  }
+
+  // x += projection(input): torch's order, (input W^T + b) + x
+  void project_add(const Linear& projection, const at::Tensor& input, float* x, int64_t rows) {
+    at::Tensor out = projected_.narrow(0, 0, rows);
+    projection(input, out);
+    const float* p = out.data_ptr<float>();
+    for (int64_t i = 0, n = rows * dim_; i < n; ++i) x[i] = p[i] + x[i];
+  }
+
+  // softmax(q . keys / sqrt(head_dim)) values for one query row of every head; keys/values rows of `stride`
+  void attend(const float* q, const float* keys, const float* values, int64_t length, int64_t stride, float* out,
+              std::vector<float>& scores) const {
+    const float scale = std::sqrt(static_cast<float>(head_dim_));
+    scores.resize(length);
+    for (int64_t h = 0; h < heads_; ++h) {
+      const int64_t o = h * head_dim_;
+      float qh[64];
+      for (int64_t e = 0; e < head_dim_; ++e) qh[e] = q[o + e] / scale;
+      float top = kMinusInf;
+      for (int64_t j = 0; j < length; ++j) {
+        const float* key = keys + j * stride + o;
+        float s = 0;
+        for (int64_t e = 0; e < head_dim_; ++e) s += qh[e] * key[e];
+        scores[j] = s;
+        top = std::max(top, s);
+      }
+      float sum = 0;
+      for (int64_t j = 0; j < length; ++j) sum += (scores[j] = std::exp(scores[j] - top));
+      for (int64_t e = 0; e < head_dim_; ++e) out[o + e] = 0;
+      for (int64_t j = 0; j < length; ++j) {
+        const float p = scores[j] / sum;
+        const float* value = values + j * stride + o;
+        for (int64_t e = 0; e < head_dim_; ++e) out[o + e] += p * value[e];
+      }
+    }
+  }
+
+  void encode(const std::vector<std::vector<int64_t>>& sources) {
+    const int64_t count = static_cast<int64_t>(sources.size());
+    int64_t longest = 1;
+    for (const auto& s : sources) longest = std::max<int64_t>(longest, static_cast<int64_t>(s.size()));
+    TORCH_CHECK(longest <= positions_.size(0), "native engine: a source of ", longest, " tokens; the position table holds ",
+                positions_.size(0));
+    const int64_t n = count * longest;
+    source_lengths_.assign(count, 0);
+    source_length_ = longest;
+    at::Tensor x = at::zeros({n, dim_}), normed = at::empty({n, dim_}), qkv = at::empty({n, 3 * dim_}),
+               context = at::zeros({n, dim_});
+    normed_ = normed, projected_ = at::empty({n, dim_}), hidden_ = at::empty({n, feed_forward_units()});
+    float* xs = x.data_ptr<float>();
+    const float root = std::sqrt(static_cast<float>(dim_));
+    const float* table = src_embeddings_.data_ptr<float>();
+    const float* position = positions_.data_ptr<float>();
+    for (int64_t s = 0; s < count; ++s) {
+      source_lengths_[s] = static_cast<int64_t>(sources[s].size());
+      for (int64_t t = 0; t < longest; ++t) {
+        const int64_t id = t < source_lengths_[s] ? sources[s][t] : source_pad_;
+        TORCH_CHECK(id >= 0 && id < src_embeddings_.size(0), "native engine: source id ", id, " out of the vocabulary");
+        float* row = xs + (s * longest + t) * dim_;
+        for (int64_t e = 0; e < dim_; ++e) row[e] = table[id * dim_ + e] * root + position[t * dim_ + e];
+      }
+    }
+    for (const EncoderLayer& layer : encoder_) {
+      layer.norm(xs, normed.data_ptr<float>(), n, dim_);
+      layer.qkv(normed, qkv);
+      const float* q = qkv.data_ptr<float>();
+      float* ctx = context.data_ptr<float>();
+      at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+        std::vector<float> scores;
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t s = row / longest, base = s * longest * 3 * dim_;
+          if (row % longest >= source_lengths_[s]) continue;  // a padding position: never a key, never read
+          attend(q + row * 3 * dim_, q + base + dim_, q + base + 2 * dim_, source_lengths_[s], 3 * dim_,
+                 ctx + row * dim_, scores);
+        }
+      });
+      project_add(layer.out, context, xs, n);
+      ffn(layer.ffn, xs, n);
+    }
+    encoder_norm_(xs, normed.data_ptr<float>(), n, dim_);
+    memory_keys_.clear(), memory_values_.clear();
+    for (const DecoderLayer& layer : decoder_) {
+      at::Tensor keys = at::empty({n, dim_}), values = at::empty({n, dim_});
+      layer.context_keys(normed, keys);
+      layer.context_values(normed, values);
+      memory_keys_.push_back(keys), memory_values_.push_back(values);
+    }
+  }
+
+  int64_t feed_forward_units() const {
+    return encoder_.empty() ? decoder_[0].ffn.w1.weight_t.size(1) : encoder_[0].ffn.w1.weight_t.size(1);
+  }
+
+  void allocate(int64_t rows, int64_t capacity) {
+    rows = std::max<int64_t>(rows, 1);
+    x_ = at::empty({rows, dim_}), normed_ = at::empty({rows, dim_}), qkv_ = at::empty({rows, 3 * dim_});
+    context_ = at::empty({rows, dim_}), projected_ = at::empty({rows, dim_}), queries_ = at::empty({rows, dim_});
+    hidden_ = at::empty({rows, feed_forward_units()}), log_probs_ = at::empty({rows, vocab_});
+    logits_ = at::empty({rows, vocab_});
+    capacity_ = capacity;
+    keys_.clear(), values_.clear(), spare_keys_.clear(), spare_values_.clear();
+    for (size_t l = 0; l < decoder_.size(); ++l) {
+      for (auto* caches : {&keys_, &values_, &spare_keys_, &spare_values_}) caches->push_back(at::empty({rows, capacity, dim_}));
+    }
+  }
+
+  void reorder_caches(const std::vector<int64_t>& from, int64_t length) {
+    const int64_t rows = static_cast<int64_t>(from.size()), span = length * dim_;
+    for (size_t l = 0; l < decoder_.size(); ++l) {
+      for (auto [caches, spares] : {std::pair{&keys_, &spare_keys_}, std::pair{&values_, &spare_values_}}) {
+        const float* old = (*caches)[l].data_ptr<float>();
+        float* now = (*spares)[l].data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r) std::copy(old + from[r] * capacity_ * dim_, old + from[r] * capacity_ * dim_ + span, now + r * capacity_ * dim_);
+        std::swap((*caches)[l], (*spares)[l]);
+      }
+    }
+  }
+
+  // one position of `rows` hypotheses: their self-attention caches grow by it, log_probs_ is filled
+  void decoder_step(int64_t rows, int64_t step, const int64_t* tokens, const int64_t* sentence_of_row) {
+    TORCH_CHECK(step < positions_.size(0), "native engine: step ", step, " past the position table");
+    float* x = x_.data_ptr<float>();
+    const float root = std::sqrt(static_cast<float>(dim_));
+    const float* table = tgt_embeddings_.data_ptr<float>();
+    const float* position = positions_.data_ptr<float>() + step * dim_;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = 0; e < dim_; ++e) x[r * dim_ + e] = table[tokens[r] * dim_ + e] * root + position[e];
+    at::Tensor normed = normed_.narrow(0, 0, rows), qkv = qkv_.narrow(0, 0, rows), context = context_.narrow(0, 0, rows);
+    const int64_t grain = std::max<int64_t>(1, 2048 / ((step + source_length_) * dim_ / 8 + 1));
+    for (size_t l = 0; l < decoder_.size(); ++l) {
+      const DecoderLayer& layer = decoder_[l];
+      layer.norm1(x, normed.data_ptr<float>(), rows, dim_);
+      layer.qkv(normed, qkv);
+      const float* q = qkv.data_ptr<float>();
+      float* keys = keys_[l].data_ptr<float>();
+      float* values = values_[l].data_ptr<float>();
+      float* ctx = context.data_ptr<float>();
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        std::vector<float> scores;
+        for (int64_t r = begin; r < end; ++r) {
+          float* key_row = keys + r * capacity_ * dim_;
+          float* value_row = values + r * capacity_ * dim_;
+          std::copy(q + r * 3 * dim_ + dim_, q + r * 3 * dim_ + 2 * dim_, key_row + step * dim_);
+          std::copy(q + r * 3 * dim_ + 2 * dim_, q + r * 3 * dim_ + 3 * dim_, value_row + step * dim_);
+          attend(q + r * 3 * dim_, key_row, value_row, step + 1, dim_, ctx + r * dim_, scores);
+        }
+      });
+      project_add(layer.out, context, x, rows);
+      layer.norm2(x, normed.data_ptr<float>(), rows, dim_);
+      at::Tensor queries = queries_.narrow(0, 0, rows);
+      layer.context_query(normed, queries);
+      const float* cq = queries.data_ptr<float>();
+      const float* memory_keys = memory_keys_[l].data_ptr<float>();
+      const float* memory_values = memory_values_[l].data_ptr<float>();
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+        std::vector<float> scores;
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t s = sentence_of_row[r], base = s * source_length_ * dim_;
+          attend(cq + r * dim_, memory_keys + base, memory_values + base, source_lengths_[s], dim_, ctx + r * dim_, scores);
+        }
+      });
+      project_add(layer.context_out, context, x, rows);
+      ffn(layer.ffn, x, rows);
+    }
+    decoder_norm_(x, normed.data_ptr<float>(), rows, dim_);
+    at::Tensor logits = logits_.narrow(0, 0, rows);
+    generator_(normed, logits);
+    at::Tensor log_probs = log_probs_.narrow(0, 0, rows);
+    at::_log_softmax_out(log_probs, logits, 1, false);
+  }
+
+  std::map<std::string, at::Tensor> weights_;
+  int64_t dim_ = 0, heads_ = 0, head_dim_ = 0, vocab_ = 0, bos_ = 0, eos_ = 0, unk_ = 0, source_pad_ = 1;
+  float eps_ = 1e-6f;
+  Kind kind_ = Kind::ReLU;
+  at::Tensor src_embeddings_, tgt_embeddings_, positions_;
+  std::vector<EncoderLayer> encoder_;
+  std::vector<DecoderLayer> decoder_;
+  Norm encoder_norm_, decoder_norm_;
+  Linear generator_;
+  // per batch: the sources' lengths, the memory's keys and values per decoder layer, and the step's buffers
+  std::vector<int64_t> source_lengths_;
+  int64_t source_length_ = 1, capacity_ = 0;
+  std::vector<at::Tensor> memory_keys_, memory_values_, keys_, values_, spare_keys_, spare_values_;
+  at::Tensor x_, normed_, qkv_, context_, projected_, queries_, hidden_, logits_, log_probs_;
+  std::map<std::string, double> profile_ = {{"encoder_s", 0}, {"decoder_s", 0}, {"search_s", 0}, {"steps", 0}, {"sentences", 0}};
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Engine>(m, "Engine")
+      .def(pybind11::init<const std::map<std::string, at::Tensor>&, const std::map<std::string, double>&,
+                          const std::string&>())
+      .def("translate", &Engine::translate, pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("score", &Engine::score, pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("profile", &Engine::profile);
+  m.def("activations", [] {
+    std::vector<std::string> names;
+    for (const auto& entry : kKinds) names.push_back(entry.first);
+    return names;
+  });
+#ifdef LMA_SOURCE_SHA256
+  m.attr("source_sha256") = LMA_SOURCE_SHA256;  // set by setup.py
+#endif
+}

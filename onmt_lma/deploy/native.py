@@ -1,0 +1,171 @@
+"""The native engine: an ``onmt_lma_export`` folder's float32 weights in one compiled decoding loop.
+
+    onmt_lma_translate -engine native -model EXPORT_DIR -src SRC -output OUT [-beam_size 5] [-threads N] ...
+
+or from Python::
+
+    translator = NativeTranslator("export_dir")
+    translator.translate(["ein Mann .", ...], beam_size=5)   # -> [[(score, "a man ."), ...], ...]
+
+A small student spends a decoding step in per-operation costs (ONNX Runtime: ~900 us for the
+136 operators of a 64-dim ReLU student's step, NumPy's beam search around it another 200 us), not in
+arithmetic.  ``csrc/engine_cpu.cpp`` therefore runs the encoder, the decoder steps and OpenNMT-py's beam
+search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++: the matrix products on
+ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
+segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one AVX2 register.  It reads
+``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``):
+
+* ``config``: dim, heads, vocab, special ids, the layer norms' eps; ``activation``: one of
+  :data:`NATIVE_ACTIVATIONS`;
+* ``weights``: ``src_embeddings``, ``tgt_embeddings``, ``positions`` (the sinusoid table), per encoder
+  layer ``encoder.{i}.norm``, ``.qkv`` (query, key and value projections stacked), ``.out``, ``.ffn.norm``,
+  ``.ffn.w1``, ``.ffn.w2`` and the activation's tensors, ``encoder.norm``; per decoder layer ``norm1``,
+  ``norm2``, ``qkv``, ``out``, ``context_query``, ``context_keys``, ``context_values``, ``context_out``,
+  ``ffn.*``; ``decoder.norm``; ``generator`` (each ``.weight`` and, where the model has one, ``.bias``).
+"""
+
+import torch
+
+from onmt_lma.deploy.graphs import ExportError
+from onmt_lma.deploy.runtime import ExportTranslator
+
+WEIGHTS_FILE = "native.pt"
+#: the activations csrc/engine_cpu.cpp has kernels for (a test checks the compiled module's own list)
+NATIVE_ACTIVATIONS = ("aplu", "gelu", "lma", "prelu", "relu", "silu", "swish")
+PENALTIES = {"none": 0, "avg": 1, "wu": 2}
+
+
+def native_weights(model, model_opt):
+    """``native.pt``'s content for an OpenNMT-py model (LMA as :class:`~onmt_lma.deploy.graphs.LMAGraph`
+    or as trained); raises :class:`ExportError` naming what the native engine does not run."""
+    from onmt_lma.deploy.graphs import LMAGraph
+    from onmt_lma.model.lma import LMA
+
+    activation = model_opt.pos_ffn_activation_fn
+    if activation not in NATIVE_ACTIVATIONS:
+        raise ExportError(f"-pos_ffn_activation_fn {activation}: the native engine has no kernel for it "
+                          f"({', '.join(NATIVE_ACTIVATIONS)}); use -engine onnx")
+    weights, eps = {}, set()
+
+    def tensor(name, value):
+        weights[name] = value.detach().float().contiguous().clone()
+
+    def linear(name, *modules):
+        tensor(f"{name}.weight", torch.cat([m.weight for m in modules]))
+        if all(m.bias is not None for m in modules):
+            tensor(f"{name}.bias", torch.cat([m.bias for m in modules]))
+        elif any(m.bias is not None for m in modules):
+            raise ExportError(f"{name}: some of its projections have a bias and some not")
+
+    def norm(name, module):
+        if not isinstance(module, torch.nn.LayerNorm):
+            raise ExportError(f"{name}: {type(module).__name__}; the native engine runs LayerNorm "
+                              "(-layer_norm standard); use -engine onnx")
+        eps.add(module.eps)
+        tensor(f"{name}.weight", module.weight)
+        if module.bias is not None:
+            tensor(f"{name}.bias", module.bias)
+
+    def feed_forward(name, block):
+        if block.w_3 is not None:
+            raise ExportError(f"{name}: a gated feed-forward block; use -engine onnx")
+        norm(f"{name}.norm", block.layer_norm)
+        linear(f"{name}.w1", block.w_1)
+        linear(f"{name}.w2", block.w_2)
+        act = block.activation
+        if isinstance(act, LMA):
+            act = LMAGraph(act, block.w_1.out_features)
+        if isinstance(act, LMAGraph):  # the exported graph's numbers: mean, 1 / (6 std / k), (k,) tables
+            for key in ("mean", "inv"):
+                tensor(f"{name}.{key}", getattr(act, key).reshape(()))
+            tensor(f"{name}.slopes", act.slopes[:, 0])
+            tensor(f"{name}.intercepts", act.intercepts[:, 0])
+        for key in ("weight", "beta", "hinge_slope", "hinge_point"):  # PReLU, Swish, APLU
+            if isinstance(getattr(act, key, None), torch.Tensor):
+                tensor(f"{name}.{key}", getattr(act, key))
+
+    encoder, decoder = model.encoder, model.decoder
+    tables = [side.embeddings.make_embedding for side in (encoder, decoder)]
+    if not torch.equal(tables[0].pe.pe, tables[1].pe.pe):
+        raise ExportError("the encoder's and decoder's position tables differ; use -engine onnx")
+    tensor("src_embeddings", tables[0].emb_luts[0].weight)
+    tensor("tgt_embeddings", tables[1].emb_luts[0].weight)
+    tensor("positions", tables[0].pe.pe[:, 0, :])
+    for i, layer in enumerate(encoder.transformer):
+        attention = layer.self_attn
+        norm(f"encoder.{i}.norm", layer.layer_norm)
+        linear(f"encoder.{i}.qkv", attention.linear_query, attention.linear_keys, attention.linear_values)
+        linear(f"encoder.{i}.out", attention.final_linear)
+        feed_forward(f"encoder.{i}.ffn", layer.feed_forward)
+    norm("encoder.norm", encoder.layer_norm)
+    for i, layer in enumerate(decoder.transformer_layers):
+        own, context = layer.self_attn, layer.context_attn
+        norm(f"decoder.{i}.norm1", layer.layer_norm_1)
+        norm(f"decoder.{i}.norm2", layer.layer_norm_2)
+        linear(f"decoder.{i}.qkv", own.linear_query, own.linear_keys, own.linear_values)
+        linear(f"decoder.{i}.out", own.final_linear)
+        for part, module in (("query", context.linear_query), ("keys", context.linear_keys),
+                             ("values", context.linear_values), ("out", context.final_linear)):
+            linear(f"decoder.{i}.context_{part}", module)
+        feed_forward(f"decoder.{i}.ffn", layer.feed_forward)
+    norm("decoder.norm", decoder.layer_norm)
+    linear("generator", model.generator)
+    if len(eps) != 1:
+        raise ExportError(f"layer norms with different eps {sorted(eps)}; use -engine onnx")
+    attention = decoder.transformer_layers[0].self_attn
+    config = {"dim": float(model_opt.hidden_size), "heads": float(attention.head_count),
+              "vocab": float(weights["generator.weight"].shape[0]), "eps": float(eps.pop())}
+    if attention.dim_per_head > 64 or attention.dim_per_head * attention.head_count != model_opt.hidden_size:
+        raise ExportError(f"heads of {attention.dim_per_head} dimensions; the native engine takes at most 64 "
+                          "and heads x head dimension = -hidden_size; use -engine onnx")
+    return {"activation": activation, "config": config, "weights": weights}
+
+
+class NativeTranslator(ExportTranslator):
+    """An ``onmt_lma_export`` folder's ``native.pt`` on the compiled engine (``threads``: its intra-op
+    threads, as ``torch.set_num_threads``; default: PyTorch's, one per core)."""
+
+    def __init__(self, folder, threads=None):
+        from onmt_lma.model import kernels
+
+        super().__init__(folder, lambda name: name == WEIGHTS_FILE)
+        manifest = self.manifest
+        if WEIGHTS_FILE not in manifest["files"]:
+            why = manifest.get("native_refused") or "exported by an onmt-lma without the native engine"
+            raise ExportError(f"{folder}: no {WEIGHTS_FILE} ({why}); run it with -engine onnx"
+                              + (" or export it again" if "native_refused" not in manifest else ""))
+        saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        weights, config = saved["weights"], dict(saved["config"])
+        for side, vocab, rows in (("src", self.src_vocab, weights["src_embeddings"].shape[0]),
+                                  ("tgt", self.tgt_tokens, int(config["vocab"]))):
+            if len(vocab) != rows:
+                raise ExportError(f"{folder}: {side}.vocab.json holds {len(vocab)} tokens, the model's {side} "
+                                  f"vocabulary {rows}; export the checkpoint again")
+        for key in ("bos", "eos", "unk", "src_pad"):
+            config[key] = float(self.special[key])
+        if threads:
+            torch.set_num_threads(threads)
+        self.engine = kernels.engine_module().Engine(weights, config, saved["activation"])
+
+    def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
+        before = self.engine.profile()
+        found = self.engine.translate([self.source_ids(line) for line in lines], beam, max_length, min_length,
+                                      n_best, PENALTIES[penalty], alpha, bool(ban_unk))
+        self._count(before)
+        return [[(score, self._text(ids)) for score, ids in hypotheses] for hypotheses in found]
+
+    def _count(self, before):
+        for key, value in self.engine.profile().items():
+            self.profile[key] += type(self.profile[key])(value - before[key])
+
+    def score(self, sources, targets, batch_size=32):
+        """:meth:`OnnxTranslator.score <onmt_lma.deploy.runtime.OnnxTranslator.score>` on this engine."""
+        from onmt_lma.base.batching import batches
+
+        total, count = 0.0, 0
+        for batch in batches(sources, batch_size):
+            found, counted = self.engine.score([self.source_ids(sources[i]) for i in batch],
+                                               [self.target_ids(targets[i]) for i in batch])
+            total, count = total + found, count + counted
+        return total, count
+
