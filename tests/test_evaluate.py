@@ -71,10 +71,11 @@ def test_an_int8_evaluation_quantizes_beside_the_checkpoint_and_says_so(evaluate
 
 
 @pytest.mark.integration
-def test_an_onnx_evaluation_of_the_export_scores_what_the_checkpoint_scores(evaluated, corpus_dir):
+def test_an_export_evaluation_scores_what_the_checkpoint_scores(evaluated, corpus_dir):
     """-engine onnx exports the checkpoint once beside it (CK.onnx/) and evaluates its graphs on ONNX Runtime:
     the same beam-5 translations and, from the decoder step's log-probabilities of the gold tokens, the same
-    perplexity as OpenNMT-py's teacher-forced scoring; -int8 evaluates the int8 graphs of that folder."""
+    perplexity as OpenNMT-py's teacher-forced scoring; -int8 evaluates the int8 graphs of that folder;
+    -engine native the same folder's weights on the compiled engine, with the same scores."""
     checkpoint, result, out = evaluated
     run("onmt_lma_evaluate", "-model", checkpoint, "-corpus", corpus_dir, "-engine", "onnx")
     folder = checkpoint.parent / f"{checkpoint.name}.onnx"
@@ -99,6 +100,17 @@ def test_an_onnx_evaluation_of_the_export_scores_what_the_checkpoint_scores(eval
     assert int8["size_mb"] < onnx["size_mb"] and int8["ppl_tokens"] == onnx["ppl_tokens"]
     assert int8["ppl"] != onnx["ppl"] and int8["ppl"] == pytest.approx(onnx["ppl"], rel=0.1)
 
+    run("onmt_lma_evaluate", "-model", folder, "-corpus", corpus_dir, "-engine", "native")
+    native = json.loads((folder.parent / f"{folder.name}.native.eval.json").read_text())
+    assert native["engine"] == "native" and native["model"]["engine"] == "native"
+    assert native["bleu"] == result["bleu"] and native["chrf"] == result["chrf"]
+    assert native["ppl_tokens"] == result["ppl_tokens"] and native["ppl"] == pytest.approx(result["ppl"], rel=1e-4)
+    loaded = ["native.pt", "src.vocab.json", "tgt.vocab.json", "manifest.json"]
+    assert native["size_mb"] == pytest.approx(sum((folder / n).stat().st_size for n in loaded) / 2**20)
+    refused = run("onmt_lma_evaluate", "-model", folder, "-corpus", corpus_dir, "-engine", "native", "-int8",
+                  expect_ok=False)
+    assert refused.returncode == 2 and "-engine onnx -precision int8" in refused.stderr, refused.stderr[-2000:]
+
 
 @pytest.mark.integration
 def test_a_checkpoints_onnx_export_is_made_once_and_again_when_the_checkpoint_changed(evaluated, tmp_path):
@@ -106,17 +118,17 @@ def test_a_checkpoints_onnx_export_is_made_once_and_again_when_the_checkpoint_ch
 
     from onmt_lma.base.checkpoint import save
     from onmt_lma.training.average import average
-    from onmt_lma.bin.evaluate import onnx_export_of
+    from onmt_lma.bin.evaluate import export_of
 
     checkpoint, _, _ = evaluated
     copy = tmp_path / "model.pt"
     shutil.copy(checkpoint, copy)
-    folder = onnx_export_of(copy)
+    folder = export_of(copy, "onnx")
     assert folder == tmp_path / "model.pt.onnx" and not (tmp_path / "model.pt.onnx.partial").exists()
     made = (folder / "manifest.json").stat().st_mtime_ns
-    assert onnx_export_of(copy) == folder and (folder / "manifest.json").stat().st_mtime_ns == made  # kept
+    assert export_of(copy, "onnx") == folder and (folder / "manifest.json").stat().st_mtime_ns == made  # kept
     save(average([checkpoint], float16=True), copy)  # another checkpoint under the same name
-    assert onnx_export_of(copy) == folder
+    assert export_of(copy, "onnx") == folder
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["checkpoint_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
 
@@ -125,7 +137,7 @@ def test_a_checkpoints_onnx_export_is_made_once_and_again_when_the_checkpoint_ch
 @pytest.mark.parametrize("case, message", [
     ("gpu", "-gpu 0: -engine onnx runs on the CPU"),
     ("no manifest", "a folder without manifest.json; make an export folder with onmt_lma_export"),
-    ("folder for pytorch", "is a folder: an onmt_lma_export folder needs -engine onnx"),
+    ("folder for pytorch", "is a folder: an onmt_lma_export folder needs -engine native or onnx"),
 ])
 def test_bad_onnx_evaluation_input_is_one_line(evaluated, corpus_dir, tmp_path, case, message):
     checkpoint, _, _ = evaluated

@@ -247,16 +247,15 @@ def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exporte
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "format": 0}))
     assert "export format 0" in fails(old)
-    assert "-onnx_threads -1: expected 0" in fails(exported, "-onnx_threads", "-1")
+    assert "-threads -1: expected 0" in fails(exported, "-threads", "-1")
+    assert "-threads -1: expected 0" in fails(exported, "-onnx_threads", "-1")  # its name before -threads
     result = run("onmt_lma_translate", "-model", exported, "-src", vocab / "test.de", "-output", tmp_path / "o.en",
-                 "-onnx_threads", "2", expect_ok=False)
-    assert result.returncode == 2 and "only -engine onnx takes it" in result.stderr, result.stderr[-2000:]
+                 "-threads", "2", expect_ok=False)
+    assert result.returncode == 2 and "only -engine onnx and native take it" in result.stderr, result.stderr[-2000:]
 
 
 def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(exported):
-    from argparse import Namespace
-
-    from onmt_lma.deploy import runtime
+    from onmt_lma.deploy import native, runtime
 
     made = []
 
@@ -267,18 +266,11 @@ def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(expo
             made.append([o.intra_op_num_threads for o in options]
                         + [o.get_session_config_entry("session.intra_op.allow_spinning") for o in options[:1]])
 
-        def translate(self, lines, *args):
-            return [[(0.0, "x")] for _ in lines]
-
     original = runtime.OnnxTranslator
     runtime.OnnxTranslator = Recording
     try:
-        for asked in (0, 2):
-            opt = Namespace(models=[str(exported)], src=str(exported / "manifest.json"), output=str(exported / "o"),
-                            precision="fp32", beam_size=5, batch_size=1, batch_type="sents", max_length=20,
-                            min_length=0, n_best=1, length_penalty="avg", alpha=1.0, ban_unk_token=False,
-                            max_length_ratio=1.25, onnx_threads=asked)
-            runtime.translate_file(opt)
+        for asked in (0, 2):  # as onmt_lma_translate -engine onnx -threads N opens it
+            native.open_export("onnx", exported, "fp32", asked)
     finally:
         runtime.OnnxTranslator = original
     # 0: ONNX Runtime's default (one per core); the encoder's pool sleeps after each call, so that it never

@@ -86,6 +86,7 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     run("onmt_lma_export", "-model", lma_student, "-output", float_folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["low_bit"]["bits"] == bits and manifest["max_positions"] == 1024
+    assert "native.pt" not in manifest["files"] and "low-bit" in manifest["native_refused"]
     ops = graph_ops(folder)
     assert "MatMulNBits" in ops["encoder"] and "MatMulNBits" in ops["decoder_step"]
     assert "float weights" not in ops["encoder"] + ops["decoder_step"]
@@ -95,6 +96,9 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     assert size < float_size * (0.3 if embeddings else 0.6)  # a tiny model: float embeddings are most of it
     pytorch = translations(vocab, tmp_path, quantized, "pytorch")
     assert len(pytorch) == 24 and pytorch == translations(vocab, tmp_path, folder, "onnx", "-engine", "onnx")
+    refused = run("onmt_lma_translate", "-model", folder, "-src", vocab / "test.de", "-output", tmp_path / "n.en",
+                  "-engine", "native", expect_ok=False)
+    assert refused.returncode == 2 and "no native.pt" in refused.stderr and "-engine onnx" in refused.stderr
 
 
 @pytest.mark.integration

@@ -162,18 +162,24 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(lma_student, corpus_
     assert output.count("POST /translator/translate 200") == 4  # each request logged with its time
 
 
-def test_onnx_exports_are_served_with_the_same_translations(lma_student, corpus_dir, sources, tmp_path):
-    run("onmt_lma_export", "-model", lma_student, "-output", tmp_path / "onnx")
+def test_exports_are_served_with_the_same_translations(lma_student, corpus_dir, sources, tmp_path):
+    """An export folder is served on the native engine unless "engine" says onnx; both translate as
+    onmt_lma_translate on that engine."""
+    run("onmt_lma_export", "-model", lma_student, "-output", tmp_path / "export")
     conf = tmp_path / "conf.json"
+    options = {"corpus": str(corpus_dir), "opt": {"beam_size": 3, "max_length": 20}}
     conf.write_text(json.dumps({"models_root": str(tmp_path), "models": [
-        {"id": 7, "model": "onnx", "corpus": str(corpus_dir), "opt": {"beam_size": 3, "max_length": 20}}]}))
+        {"id": 7, "model": "export", **options}, {"id": 8, "model": "export", "engine": "onnx", **options}]}))
     server = Server("-config", conf)
     try:
-        status, answer = request(server.port, "POST", "/translator/translate", [{"src": s, "id": 7} for s in sources])
-        expected = expected_translations(tmp_path / "onnx", corpus_dir, sources, tmp_path, "-engine", "onnx",
-                                         "-batch_size", "32")
-        assert status == 200 and [item["tgt"] for item in answer[0]] == expected
-        assert request(server.port, "GET", "/translator/models")[1][0]["engine"] == "onnx"
+        models = {m["model_id"]: m["engine"] for m in request(server.port, "GET", "/translator/models")[1]}
+        assert models == {7: "native", 8: "onnx"}
+        for model_id, engine in models.items():
+            status, answer = request(server.port, "POST", "/translator/translate",
+                                     [{"src": s, "id": model_id} for s in sources])
+            expected = expected_translations(tmp_path / "export", corpus_dir, sources, tmp_path, "-engine", engine,
+                                             "-batch_size", "32")
+            assert status == 200 and [item["tgt"] for item in answer[0]] == expected, engine
     finally:
         server.stop()
 

@@ -21,7 +21,7 @@ Fields (Xu et al. 2020, translation experiments):
   * ``ppl``: test perplexity of the gold references (teacher-forced), per
     target token of the model's vocabulary, end of sentence included;
   * ``params``, ``size_mb`` (checkpoint on disk; with ``-engine onnx`` the
-    graphs used, vocabularies and manifest);
+    graphs used, with ``-engine native`` its weights, and the vocabularies and manifest);
   * ``speed``: beam-5 translation of the test set one sentence at a time
     (sentences/s, target tokens/s);
   * ``memory``: while translating one sentence at a time, in a fresh process:
@@ -31,37 +31,36 @@ Fields (Xu et al. 2020, translation experiments):
     memory before loading, i.e. model + decoding memory without the
     Python/PyTorch runtime.
 
-``-engine onnx`` evaluates the ONNX graphs on ONNX Runtime (:mod:`onmt_lma.deploy.runtime`,
-CPU): ``-model`` takes ``onmt_lma_export`` folders, or checkpoints, exported once
-beside them as ``CK.onnx/`` (float32 and int8 graphs); with ``-int8`` the int8
-graphs (ONNX Runtime's dynamic quantization) are evaluated, written
-``CK.onnx.int8.eval.json``.  Perplexity then comes from the decoder step's
-log-probabilities of the gold tokens (:meth:`OnnxTranslator.score`).
+``-engine native`` and ``-engine onnx`` evaluate an export: the compiled engine
+(:mod:`onmt_lma.deploy.native`) or the ONNX graphs on ONNX Runtime
+(:mod:`onmt_lma.deploy.runtime`), on the CPU.  ``-model`` takes ``onmt_lma_export``
+folders, or checkpoints, exported once beside them as ``CK.onnx/`` (the native
+engine's weights, float32 and int8 graphs); results are written ``CK.onnx.eval.json``
+(onnx), ``CK.onnx.native.eval.json`` (native); with ``-int8`` (onnx) the int8 graphs
+(ONNX Runtime's dynamic quantization), ``CK.onnx.int8.eval.json``.  Perplexity then
+comes from the engine's log-probabilities of the gold tokens (``score``).
 """
 
 import argparse
+import json
+import tempfile
 from pathlib import Path
 
 import onmt.opts
-
-from onmt_lma.bin.parser import CommandParser
-import json
-import tempfile
-
 from onmt.utils.logging import logger
 
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.files import sha256_of
 from onmt_lma.base.opts import int_type
+from onmt_lma.bin.parser import CommandParser
 from onmt_lma.deploy.export import ExportError
+from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
 from onmt_lma.evaluation.evaluate import evaluate
 from onmt_lma.evaluation.facts import kept_result
 from onmt_lma.evaluation.test_sets import CorpusMismatchError, EvaluationInputError, check_vocabulary, checkpoint_corpus, prepared_test_set, raw_test_set
 
 
 def get_parser():
-
-
     parser = CommandParser(prog="onmt_lma_evaluate", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     onmt.opts.config_opts(parser)
@@ -79,9 +78,9 @@ def get_parser():
     group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),
               default=1, help="sentences translated at a time (default 1: the paper's speed measure)")
-    group.add("--engine", "-engine", choices=("pytorch", "onnx"), default="pytorch",
-              help="pytorch: OpenNMT-py's translator; onnx: ONNX Runtime on onmt_lma_export folders (-model a folder, "
-              "or a checkpoint, exported once beside it as CK.onnx/ with float32 and int8 graphs)")
+    group.add("--engine", "-engine", choices=("pytorch",) + EXPORT_ENGINES, default="pytorch",
+              help="pytorch: OpenNMT-py's translator; native: the compiled engine, onnx: ONNX Runtime, on "
+              "onmt_lma_export folders (-model a folder, or a checkpoint, exported once beside it as CK.onnx/)")
     group.add("--int8", "-int8", action="store_true",
               help="evaluate each model's int8 version: -engine pytorch, onmt_lma_quantize -embeddings (written "
               "beside the checkpoint as CK.int8.pt and kept); -engine onnx, the export's int8 graphs")
@@ -130,7 +129,7 @@ def int8_version(model, force=False):
     return str(out)
 
 
-def onnx_export_of(model, force=False):
+def export_of(model, engine, force=False):
     """An export folder as it is; for a checkpoint ``CK``, ``CK.onnx/`` beside it (onmt_lma_export with int8
     graphs), made again when missing, incomplete or exported from another version of ``CK``."""
     import shutil
@@ -148,7 +147,7 @@ def onnx_export_of(model, force=False):
     try:
         export.export(model, partial, int8=True)
     except export.ExportError as error:
-        raise EvaluationInputError(f"-engine onnx: {error}") from None
+        raise EvaluationInputError(f"-engine {engine}: {error}") from None
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
@@ -162,24 +161,26 @@ def run_command(opt):
         raise EvaluationInputError("give -corpus DIR (its test split) or -src FILE -ref FILE (any raw test set)")
     if opt.ref_tok and opt.src is None:
         raise EvaluationInputError("-ref_tok goes with -src/-ref (a prepared corpus has its own)")
-    onnx = opt.engine == "onnx"
+    onnx = opt.engine in EXPORT_ENGINES  # export folders
     if onnx and opt.gpu >= 0:
-        raise EvaluationInputError(f"-gpu {opt.gpu}: -engine onnx runs on the CPU")
+        raise EvaluationInputError(f"-gpu {opt.gpu}: -engine {opt.engine} runs on the CPU")
     for model in opt.models:
         if onnx and Path(model).is_dir():
             if not (Path(model) / "manifest.json").is_file():
                 raise EvaluationInputError(f"-model {model}: a folder without manifest.json; make an export folder "
                                            "with onmt_lma_export")
         elif Path(model).is_dir():
-            raise EvaluationInputError(f"-model {model} is a folder: an onmt_lma_export folder needs -engine onnx")
+            raise EvaluationInputError(f"-model {model} is a folder: an onmt_lma_export folder needs -engine native "
+                                       "or onnx")
         elif not Path(model).is_file():
             raise EvaluationInputError(f"-model {model}: no such checkpoint")
     if onnx:
-        opt.models = [str(onnx_export_of(model, opt.force)) for model in opt.models]
+        opt.models = [str(export_of(model, opt.engine, opt.force)) for model in opt.models]
     elif opt.int8:
         opt.models = [int8_version(model, opt.force) for model in opt.models]
-    # an export's float32 and int8 evaluations: DIR.eval.json and DIR.int8.eval.json
-    names = [f"{model}.int8" if onnx and opt.int8 else model for model in opt.models]
+    # an export's evaluations: DIR.eval.json (onnx), DIR.int8.eval.json (onnx, int8), DIR.native.eval.json
+    suffix = (".int8" if onnx and opt.int8 else "") + (".native" if opt.engine == "native" else "")
+    names = [model + suffix for model in opt.models]
     paths = result_paths(names, None if opt.src is None else Path(opt.src).name, opt.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,10 @@ reference.  The output is written under a temporary name and renamed when
 complete, so a failed run leaves an existing ``-output`` as it was; ``-output``
 equal to ``-src`` (or ``-tgt``) is refused before anything runs.
 
-``-engine onnx -model DIR`` translates with the graphs of an ``onmt_lma_export``
-folder on ONNX Runtime (:mod:`onmt_lma.deploy.runtime`), with the same options and output.
+``-engine native -model DIR`` translates an ``onmt_lma_export`` folder on the
+compiled engine (:mod:`onmt_lma.deploy.native`), ``-engine onnx -model DIR`` with
+its graphs on ONNX Runtime (:mod:`onmt_lma.deploy.runtime`); both with the same
+options and output, ``-threads N`` their intra-op threads.
 """
 
 import os
@@ -28,6 +30,7 @@ from onmt_lma.bin.parser import user_errors_exit
 from onmt_lma.base.checkpoint import checkpoint_loading
 from onmt_lma.bin.parser import CommandParser
 from onmt_lma.model.options import add_lma_opts
+from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
 from onmt_lma.training.seqkd import DistillDataError, read_lines
 
 
@@ -39,11 +42,12 @@ def get_parser():
     parser = CommandParser(description="onmt_lma_translate: onmt_translate for LMA models")
     onmt.opts.translate_opts(parser)
     add_lma_opts(parser, for_translation=True)
-    parser.add("--engine", "-engine", choices=("pytorch", "onnx"), default="pytorch",
-               help="pytorch: OpenNMT-py's translator on the checkpoint; onnx: ONNX Runtime on an onmt_lma_export "
-               "folder given as -model (-precision int8: its int8 graphs)")
-    parser.add("--onnx_threads", "-onnx_threads", type=int, default=0,
-               help="-engine onnx: ONNX Runtime's intra-op threads (0: its default, one per core)")
+    parser.add("--engine", "-engine", choices=("pytorch",) + EXPORT_ENGINES, default="pytorch",
+               help="pytorch: OpenNMT-py's translator on the checkpoint; native: the compiled engine on an "
+               "onmt_lma_export folder given as -model (the fastest); onnx: ONNX Runtime on its graphs "
+               "(-precision int8: its int8 graphs)")
+    parser.add("--threads", "-threads", "--onnx_threads", "-onnx_threads", dest="threads", type=int, default=0,
+               help="-engine native or onnx: the intra-op threads (0: the engine's default, one per core)")
     return parser
 
 
@@ -57,8 +61,8 @@ def main(argv=None):
 def check_files(opt):
     """Refuse, before the model loads, a missing -src or -tgt, an -output that would destroy an input,
     and a beam or n-best that cannot work."""
-    if opt.engine != "onnx" and opt.onnx_threads:
-        raise TranslationInputError(f"-onnx_threads {opt.onnx_threads}: only -engine onnx takes it")
+    if opt.engine not in EXPORT_ENGINES and opt.threads:
+        raise TranslationInputError(f"-threads {opt.threads}: only -engine {' and '.join(EXPORT_ENGINES)} take it")
     if opt.beam_size < 1:
         raise TranslationInputError(f"-beam_size {opt.beam_size}: expected an integer >= 1")
     if not 1 <= opt.n_best <= opt.beam_size:
@@ -93,11 +97,8 @@ def _translate(opt):
             Path(opt.tgt).write_text("".join(targets[i] + "\n" for i in keep), encoding="utf-8")
         if keep:
             _run(opt)
-        elif opt.engine == "onnx":  # nothing to translate: still refuse a bad export folder
-            from onmt_lma.deploy import runtime
-
-            runtime.check_options(opt)
-            runtime.OnnxTranslator(opt.models[0], int8=opt.precision == "int8")
+        elif opt.engine in EXPORT_ENGINES:  # nothing to translate: still refuse a bad export folder
+            _export_translator(opt)
         else:  # nothing to translate (OpenNMT-py fails on an empty input): still refuse a bad model
             for model in opt.models:
                 with checkpoint_loading(model):
@@ -116,11 +117,18 @@ def _translate(opt):
         os.replace(complete, output)
 
 
+def _export_translator(opt):
+    from onmt_lma.deploy import native, runtime
+
+    runtime.check_options(opt)
+    return native.open_export(opt.engine, opt.models[0], opt.precision, opt.threads)
+
+
 def _run(opt):
-    if opt.engine == "onnx":
+    if opt.engine in EXPORT_ENGINES:
         from onmt_lma.deploy import runtime
 
-        runtime.translate_file(opt)
+        runtime.translate_file(opt, _export_translator(opt))
         return
     if not opt.profile:
         onmt.bin.translate.translate(opt)

@@ -169,3 +169,20 @@ class NativeTranslator(ExportTranslator):
             total, count = total + found, count + counted
         return total, count
 
+
+
+ENGINES = ("onnx", "native")  #: the engines that run an onmt_lma_export folder
+
+
+def open_export(engine, folder, precision="", threads=0):
+    """The translator of ``-engine onnx|native`` on an export ``folder`` (``precision`` "int8": the int8
+    graphs; ``threads`` 0: the engine's default), after :class:`ExportError`'s checks."""
+    from onmt_lma.deploy.runtime import OnnxTranslator
+
+    if engine not in ENGINES:
+        raise ExportError(f"-engine {engine}: an export folder runs on {' or '.join(ENGINES)}")
+    if engine == "onnx":
+        return OnnxTranslator(folder, int8=precision == "int8", threads=threads or None)
+    if precision == "int8":
+        raise ExportError("-engine native runs the float32 weights; for int8 use -engine onnx -precision int8")
+    return NativeTranslator(folder, threads=threads or None)

@@ -260,22 +260,21 @@ UNSUPPORTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio
 
 
 def check_options(opt):
-    """Refuse, naming them, the options that the ONNX engine would silently ignore."""
-    if getattr(opt, "onnx_threads", 0) < 0:
-        raise ExportError(f"-onnx_threads {opt.onnx_threads}: expected 0 (automatic) or a number of threads")
+    """Refuse, naming them, the options that an export engine (``opt.engine``) would silently ignore."""
+    engine = getattr(opt, "engine", "onnx")
+    if getattr(opt, "threads", 0) < 0:
+        raise ExportError(f"-threads {opt.threads}: expected 0 (automatic) or a number of threads")
     used = [f"-{name} {getattr(opt, name)!r}" for name, unused in UNSUPPORTED.items()
             if getattr(opt, name, unused[0]) not in unused]
     if len(opt.models) != 1 or not os.path.isdir(opt.models[0]):
-        used.append(f"-model {' '.join(opt.models)} (the ONNX engine takes one onmt_lma_export folder)")
+        used.append(f"-model {' '.join(opt.models)} (-engine {engine} takes one onmt_lma_export folder)")
     if used:
-        raise ExportError("-engine onnx does not implement " + ", ".join(used))
+        raise ExportError(f"-engine {engine} does not implement " + ", ".join(used))
 
 
-def translate_file(opt):
-    """``onmt_lma_translate -engine onnx``: ``opt.src`` (non-empty lines) into ``opt.output``, n_best lines each."""
-    check_options(opt)
-    translator = OnnxTranslator(opt.models[0], int8=getattr(opt, "precision", "") == "int8",
-                                threads=getattr(opt, "onnx_threads", 0) or None)
+def translate_file(opt, translator):
+    """``onmt_lma_translate -engine onnx|native``: ``opt.src`` (non-empty lines) into ``opt.output``, n_best
+    lines each, on ``translator`` (an :class:`ExportTranslator`)."""
     lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
     results = translator.translate(lines, opt.beam_size, opt.batch_size, opt.max_length, opt.min_length, opt.n_best,
                                    opt.length_penalty, opt.alpha, opt.ban_unk_token, opt.batch_type,

@@ -16,7 +16,7 @@ from pathlib import Path
 from onmt.utils.logging import logger
 
 from onmt_lma.evaluation.facts import _git_commit, evaluation_inputs, export_facts, export_size_mb, model_facts, portable
-from onmt_lma.evaluation.measure import gold_perplexity, onnx_gold_perplexity
+from onmt_lma.evaluation.measure import export_gold_perplexity, gold_perplexity
 from onmt_lma.evaluation.scoring import postprocess, text_scores
 from onmt_lma.evaluation.test_sets import EvaluationInputError, check_vocabulary, prepared_test_set
 
@@ -24,18 +24,22 @@ from onmt_lma.evaluation.test_sets import EvaluationInputError, check_vocabulary
 def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=None, engine="pytorch", int8=False):
     """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``); write ``out``.
 
-    ``engine`` "onnx": ``checkpoint`` is an onmt_lma_export folder, evaluated on ONNX Runtime (its int8 graphs
-    with ``int8``)."""
+    ``engine`` "native" or "onnx": ``checkpoint`` is an onmt_lma_export folder, evaluated on that engine (with
+    ``int8``: the ONNX engine's int8 graphs)."""
+    from onmt_lma.deploy.native import open_export
+
     checkpoint, out = Path(checkpoint), Path(out)
     test = test or prepared_test_set(corpus_dir)
-    onnx = engine == "onnx"
+    onnx = engine != "pytorch"  # an export folder
     if onnx and gpu >= 0:
-        raise EvaluationInputError(f"-gpu {gpu}: -engine onnx runs on the CPU")
+        raise EvaluationInputError(f"-gpu {gpu}: -engine {engine} runs on the CPU")
     if not (checkpoint.is_dir() and (checkpoint / "manifest.json").is_file() if onnx else checkpoint.is_file()):
         raise EvaluationInputError(f"{'export folder' if onnx else 'checkpoint'} {checkpoint} does not exist"
                                    + (" or has no manifest.json (make it with onmt_lma_export)" if onnx else ""))
     manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
     check_vocabulary(checkpoint, test)
+    if onnx:  # the folder's checks (files, vocabularies, the engine's refusals) as one line, before the worker
+        open_export(engine, checkpoint, "int8" if int8 else "")
     started = time.time()
     sources = test.src.read_text(encoding="utf-8").splitlines()
     if len(test.ref_detok) != len(sources):
@@ -60,8 +64,8 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
     hyp_tok, hyp_detok = postprocess(hyps, test.corpus_dir)
     scores = text_scores(hyp_tok, hyp_detok, test.ref_tok, test.ref_detok)
     if onnx:
-        ppl, ppl_tokens = onnx_gold_perplexity(checkpoint, test.src, test.tgt, int8)
-        (model, params), size_mb = export_facts(checkpoint, int8), export_size_mb(checkpoint, int8)
+        ppl, ppl_tokens = export_gold_perplexity(engine, checkpoint, test.src, test.tgt, int8)
+        (model, params), size_mb = export_facts(checkpoint, engine, int8), export_size_mb(checkpoint, engine, int8)
     else:
         ppl, ppl_tokens = gold_perplexity(checkpoint, test.src, test.tgt, gpu)
         (model, params), size_mb = model_facts(checkpoint), checkpoint.stat().st_size / 2**20

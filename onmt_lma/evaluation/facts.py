@@ -60,7 +60,7 @@ def model_facts(checkpoint):
     }, params
 
 
-def export_facts(folder, int8):
+def export_facts(folder, engine, int8):
     """:func:`model_facts` of an onmt_lma_export folder: its checkpoint's where the folder's manifest names one
     beside it (by name and sha256), else what the manifest records (``params`` then None)."""
     from onmt_lma.base.files import sha256_of
@@ -73,15 +73,19 @@ def export_facts(folder, int8):
         model = {"activation": manifest["activation"], "hidden_size": manifest["hidden_size"],
                  "dec_layers": manifest["layers"], "kd_teacher": None, "quantized": None}
         params = None
-    model.update(engine="onnx", exported_from=manifest["checkpoint"],
+    model.update(engine=engine, exported_from=manifest["checkpoint"],
                  quantized="int8 (ONNX Runtime dynamic)" if int8 else model["quantized"])
     return model, params
 
 
-def export_size_mb(folder, int8):
-    """What an ONNX deployment of ``folder`` ships: the graphs used, the vocabularies and the manifest."""
+def export_size_mb(folder, engine, int8):
+    """What a deployment of ``folder`` on ``engine`` ships: the graphs (onnx) or the weights (native) it
+    loads, the vocabularies and the manifest."""
+    from onmt_lma.deploy.native import WEIGHTS_FILE
+
     suffix = ".int8.onnx" if int8 else ".onnx"
-    names = [f"encoder{suffix}", f"decoder_step{suffix}", "src.vocab.json", "tgt.vocab.json", "manifest.json"]
+    loaded = [WEIGHTS_FILE] if engine == "native" else [f"encoder{suffix}", f"decoder_step{suffix}"]
+    names = loaded + ["src.vocab.json", "tgt.vocab.json", "manifest.json"]
     return sum((Path(folder) / name).stat().st_size for name in names) / 2**20
 
 

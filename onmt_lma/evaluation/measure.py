@@ -63,13 +63,13 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def _onnx_translate(folder, src, beam, batch_size, int8):
-    """The ONNX engine on ``folder`` and a function translating a list of lines (best hypothesis each) with
-    onmt_lma_translate's defaults, as the PyTorch engine is run here (``-max_length 250``)."""
-    from onmt_lma.deploy.runtime import OnnxTranslator
+def _export_translate(engine, folder, src, beam, batch_size, int8):
+    """``engine`` (onnx, native) on the export ``folder`` and a function translating a list of lines (best
+    hypothesis each) with onmt_lma_translate's defaults, as the PyTorch engine is run here (``-max_length 250``)."""
+    from onmt_lma.deploy.native import open_export
 
     opt = translation_parser().parse_args(["-model", str(folder), "-src", str(src), "-max_length", "250"])
-    translator = OnnxTranslator(folder, int8=int8)
+    translator = open_export(engine, folder, "int8" if int8 else "")
 
     def translate(lines):
         found = translator.translate(lines, beam, batch_size, opt.max_length, opt.min_length, 1, opt.length_penalty,
@@ -89,9 +89,9 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
     from tqdm import tqdm
 
     lines = Path(src).read_text(encoding="utf-8").splitlines()
-    if engine == "onnx":
+    if engine != "pytorch":
         if gpu >= 0 or fixed_length:
-            raise EvaluationInputError("-engine onnx runs on the CPU, without a fixed output length")
+            raise EvaluationInputError(f"-engine {engine} runs on the CPU, without a fixed output length")
         import onnxruntime  # noqa: F401  (imported before the memory baseline, as torch is)
     else:
         from onmt.inference_engine import InferenceEnginePY
@@ -101,8 +101,8 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
     _reset_peak_rss()
     if gpu >= 0:
         torch.cuda.reset_peak_memory_stats()
-    if engine == "onnx":
-        translate, finish = _onnx_translate(checkpoint, src, beam, batch_size, int8), (lambda: None)
+    if engine != "pytorch":
+        translate, finish = _export_translate(engine, checkpoint, src, beam, batch_size, int8), (lambda: None)
     else:
         pytorch = InferenceEnginePY(opt)
         translate = lambda chunk: [n_best[0] for n_best in pytorch.infer_list(chunk)[1]]  # noqa: E731
@@ -174,13 +174,14 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     return math.exp(-total_log_prob / tokens), tokens
 
 
-def onnx_gold_perplexity(folder, src, tgt, int8, batch_size=32):
-    """:func:`gold_perplexity` of an export folder's graphs on ONNX Runtime."""
-    from onmt_lma.deploy.runtime import OnnxTranslator
+def export_gold_perplexity(engine, folder, src, tgt, int8, batch_size=32):
+    """:func:`gold_perplexity` of an export folder on ``engine`` (onnx, native)."""
+    from onmt_lma.deploy.native import open_export
 
     sources = Path(src).read_text(encoding="utf-8").splitlines()
     targets = Path(tgt).read_text(encoding="utf-8").splitlines()
-    total_log_prob, tokens = OnnxTranslator(folder, int8=int8).score(sources, targets, batch_size)
+    translator = open_export(engine, folder, "int8" if int8 else "")
+    total_log_prob, tokens = translator.score(sources, targets, batch_size)
     return math.exp(-total_log_prob / tokens), tokens
 
 
@@ -195,7 +196,7 @@ def main(argv=None):
     worker.add_argument("--gpu", type=int, default=-1)
     worker.add_argument("--batch-size", type=int, default=1)
     worker.add_argument("--fixed-length", type=int)
-    worker.add_argument("--engine", choices=("pytorch", "onnx"), default="pytorch")
+    worker.add_argument("--engine", choices=("pytorch", "onnx", "native"), default="pytorch")
     worker.add_argument("--int8", action="store_true")
     args = worker.parse_args(argv)
     print(json.dumps(translate_worker(args.checkpoint, args.src, args.out_hyp, args.beam, args.gpu,

@@ -70,7 +70,7 @@ def load_models(specs, limits):
     served = {}
     for spec in specs:
         found = engine_of(spec.path)  # a missing or unknown model is refused first
-        corpus = spec.corpus or (checkpoint_corpus(spec.path) if found in ("pytorch", "onnx") else None)
+        corpus = spec.corpus or (checkpoint_corpus(spec.path) if found != "ct2" else None)
         if corpus is None:
             raise ModelLoadError(f"model {spec.path}: which prepared corpus's steps apply to its text? give -corpus DIR "
                                  "(or \"corpus\" in conf.json)")

@@ -10,7 +10,7 @@
 ``opt`` holds decoding options (:class:`onmt_lma.serve.engines.Decoding`: ``beam_size``, ``n_best``,
 ``max_length``, ``min_length``, ``length_penalty``, ``alpha``, ``threads``; ``gpu`` only -1); ``corpus``
 is the prepared corpus whose steps turn raw text into the model's tokens (default: the corpus the
-checkpoint was trained with); ``engine`` (``pytorch``, ``onnx``, ``ct2``) and ``int8`` are optional.
+checkpoint was trained with); ``engine`` (``pytorch``, ``native``, ``onnx``, ``ct2``) and ``int8`` are optional.
 OpenNMT-py's ``timeout``, ``on_timeout`` and ``load`` are accepted and have no effect (every model is
 loaded at start and stays loaded); ``tokenizer`` and ensembles are refused with the reason.
 """

@@ -2,8 +2,10 @@
 
 * ``pytorch``: an OpenNMT-py or onmt-lma checkpoint (any activation, int8 too), OpenNMT-py's translator
   (the plugin installed, as ``onmt_lma_translate``);
+* ``native``: an ``onmt_lma_export`` folder on this package's compiled engine
+  (:class:`onmt_lma.deploy.native.NativeTranslator`), the default for an export that has its weights;
 * ``onnx``: an ``onmt_lma_export`` folder on this package's ONNX Runtime engine
-  (:class:`onmt_lma.deploy.runtime.OnnxTranslator`; ``int8``: its int8 graphs);
+  (:class:`onmt_lma.deploy.runtime.OnnxTranslator`; ``int8``: its int8 graphs, the default with ``int8``);
 * ``ct2``: a CTranslate2 model folder (``onmt_lma_convert_ct2``).
 
 An engine is called from one thread at a time (the batcher's); it is given whole batches.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from onmt_lma.base.errors import UserError
 
-ENGINES = ("pytorch", "onnx", "ct2")
+ENGINES = ("pytorch", "native", "onnx", "ct2")
 
 
 class ModelLoadError(UserError, ValueError):
@@ -46,14 +48,17 @@ class Decoding:
             raise ModelLoadError(f"{where}: length_penalty {self.length_penalty!r}: expected avg, wu or none")
 
 
-def engine_of(path):
-    """The engine a model path needs: a checkpoint file, an export folder (manifest.json) or a CTranslate2
-    folder (model.bin)."""
+def engine_of(path, int8=False):
+    """The engine a model path needs: a checkpoint file (pytorch), an export folder (manifest.json; native where
+    it holds the native engine's weights and ``int8`` is not asked, else onnx) or a CTranslate2 folder
+    (model.bin)."""
+    from onmt_lma.deploy.native import WEIGHTS_FILE
+
     path = Path(path)
     if path.is_file():
         return "pytorch"
     if (path / "manifest.json").is_file():
-        return "onnx"
+        return "native" if (path / WEIGHTS_FILE).is_file() and not int8 else "onnx"
     if (path / "model.bin").is_file():
         return "ct2"
     raise ModelLoadError(f"model {path}: expected a checkpoint file, an onmt_lma_export folder (manifest.json) or a "
@@ -95,13 +100,14 @@ class PyTorchEngine:
         self.engine.terminate()
 
 
-class OnnxEngine:
-    kind = "onnx"
+class ExportEngine:
+    """An ``onmt_lma_export`` folder on ``kind`` (native, onnx)."""
 
-    def __init__(self, path, decoding, int8=False, max_batch=32):
-        from onmt_lma.deploy.runtime import OnnxTranslator
+    def __init__(self, path, decoding, kind, int8=False, max_batch=32):
+        from onmt_lma.deploy.native import open_export
 
-        self.translator = OnnxTranslator(path, int8=int8, threads=decoding.threads or None)
+        self.kind = kind
+        self.translator = open_export(kind, path, "int8" if int8 else "", decoding.threads)
         self.decoding, self.max_batch = decoding, max_batch
 
     def translate(self, lines):
@@ -138,9 +144,15 @@ class CTranslate2Engine:
 
 def load_engine(path, decoding, engine=None, int8=False, max_batch=32):
     """The engine for ``path`` (``engine``: one of :data:`ENGINES`, default: from what the path holds)."""
-    found = engine_of(path)
+    from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
+
+    found = engine_of(path, int8)
+    if found in EXPORT_ENGINES and engine in EXPORT_ENGINES:  # an export folder: either engine, as asked
+        found = engine
     if engine and engine != found:
         raise ModelLoadError(f"model {path}: engine {engine} asked, but it is a {found} model")
     decoding.check(f"model {path}")
-    classes = {"pytorch": PyTorchEngine, "onnx": OnnxEngine, "ct2": CTranslate2Engine}
+    if found in EXPORT_ENGINES:
+        return ExportEngine(path, decoding, found, int8=int8, max_batch=max_batch)
+    classes = {"pytorch": PyTorchEngine, "ct2": CTranslate2Engine}
     return classes[found](path, decoding, int8=int8, max_batch=max_batch)

@@ -162,14 +162,14 @@ def exported(checkpoint, bits):
 def model_for(label, checkpoint, setting, args):
     """The checkpoint (or export folder) evaluated for one configuration (trained, quantized or exported on
     the way)."""
-    from onmt_lma.bin.evaluate import int8_version, onnx_export_of
+    from onmt_lma.bin.evaluate import export_of, int8_version
 
     if setting is None:  # in the runs folder, so that the evaluation's files go there
         return model_only(checkpoint, args.runs / label / checkpoint.name)
     if setting == "int8":
         return Path(int8_version(model_for(label, checkpoint, None, args)))
     if setting in ("onnx", "onnx int8"):  # LABEL/model_step_N.pt.onnx/, float32 and int8 graphs
-        return onnx_export_of(model_for(label, checkpoint, None, args))
+        return export_of(model_for(label, checkpoint, None, args), "onnx")
     tuned = fine_tune(label, checkpoint, setting, args)
     return exported(tuned, setting) if setting else model_only(tuned, tuned.with_suffix(".float32.pt"))
 
