@@ -107,9 +107,6 @@ def test_an_export_evaluation_scores_what_the_checkpoint_scores(evaluated, corpu
     assert native["ppl_tokens"] == result["ppl_tokens"] and native["ppl"] == pytest.approx(result["ppl"], rel=1e-4)
     loaded = ["native.pt", "src.vocab.json", "tgt.vocab.json", "manifest.json"]
     assert native["size_mb"] == pytest.approx(sum((folder / n).stat().st_size for n in loaded) / 2**20)
-    refused = run("onmt_lma_evaluate", "-model", folder, "-corpus", corpus_dir, "-engine", "native", "-int8",
-                  expect_ok=False)
-    assert refused.returncode == 2 and "-engine onnx -precision int8" in refused.stderr, refused.stderr[-2000:]
 
 
 @pytest.mark.integration

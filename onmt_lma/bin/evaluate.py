@@ -36,8 +36,9 @@ Fields (Xu et al. 2020, translation experiments):
 (:mod:`onmt_lma.deploy.runtime`), on the CPU.  ``-model`` takes ``onmt_lma_export``
 folders, or checkpoints, exported once beside them as ``CK.onnx/`` (the native
 engine's weights, float32 and int8 graphs); results are written ``CK.onnx.eval.json``
-(onnx), ``CK.onnx.native.eval.json`` (native); with ``-int8`` (onnx) the int8 graphs
-(ONNX Runtime's dynamic quantization), ``CK.onnx.int8.eval.json``.  Perplexity then
+(onnx), ``CK.onnx.native.eval.json`` (native); with ``-int8`` the int8 graphs (ONNX
+Runtime's dynamic quantization), ``CK.onnx.int8.eval.json``, or the native engine's
+linear layers as PyTorch's dynamic int8, ``CK.onnx.int8.native.eval.json``.  Perplexity then
 comes from the engine's log-probabilities of the gold tokens (``score``).
 """
 
@@ -83,7 +84,8 @@ def get_parser():
               "onmt_lma_export folders (-model a folder, or a checkpoint, exported once beside it as CK.onnx/)")
     group.add("--int8", "-int8", action="store_true",
               help="evaluate each model's int8 version: -engine pytorch, onmt_lma_quantize -embeddings (written "
-              "beside the checkpoint as CK.int8.pt and kept); -engine onnx, the export's int8 graphs")
+              "beside the checkpoint as CK.int8.pt and kept); -engine onnx, the export's int8 graphs; -engine native, "
+              "its linear layers as PyTorch's dynamic int8")
     group.add("--force", "-force", action="store_true", help="replace existing results")
     group.add("--log_file", "-log_file", default="", help="also log to this file")
     return parser

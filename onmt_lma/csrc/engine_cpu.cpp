@@ -4,13 +4,15 @@
 // A small student spends a decoding step in per-operation costs, not arithmetic: the engine keeps the
 // matrix products on ATen (MKL, as PyTorch) and writes everything between them (layer norms, attention
 // over the key/value caches, activations, top-k, the search's bookkeeping) as plain loops over
-// preallocated buffers.  The arithmetic follows deploy/export.py's graphs, operation for operation:
+// preallocated buffers.  The arithmetic follows deploy/graphs.py's graphs, operation for operation:
 // embeddings x sqrt(dim) + the sinusoid, queries divided by sqrt(head_dim), softmax in float32,
 // log-probabilities from at::log_softmax, LMA's segment from (x - mean) * inv + k / 2 (Xu et al. 2020).
 #include <torch/extension.h>
 #include <pybind11/stl.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/native/quantized/PackedParams.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -32,8 +34,13 @@ double seconds(Clock::time_point since) { return std::chrono::duration<double>(C
 
 struct Linear {
   at::Tensor weight_t, bias;  // weight_t: (in, out), a view of the (out, in) weight; bias may be undefined
+  // int8: PyTorch's dynamically quantized Linear (fbgemm; int8 weight rows, each batch's activations
+  // quantized on the fly, reduce_range as torch.ao.nn.quantized.dynamic.Linear)
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;
+  int64_t outputs = 0;
   void operator()(const at::Tensor& x, at::Tensor out) const {
-    if (bias.defined()) at::addmm_out(out, bias, x, weight_t);
+    if (packed) out.copy_(packed->apply_dynamic(x, /*reduce_range=*/true));
+    else if (bias.defined()) at::addmm_out(out, bias, x, weight_t);
     else at::mm_out(out, x, weight_t);
   }
 };
@@ -387,7 +394,22 @@ class Engine {
     return found->second;
   }
   at::Tensor maybe(const std::string& name) const { return has(name) ? get(name) : at::Tensor(); }
-  Linear linear(const std::string& name) const { return {get(name + ".weight").t(), maybe(name + ".bias")}; }
+  Linear linear(const std::string& name) const {
+    auto found = weights_.find(name + ".weight");
+    Linear made;
+    if (found != weights_.end() && found->second.is_quantized()) {  // a per-row qint8 weight
+      static auto prepack = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("quantized::linear_prepack", "")
+                                .typed<c10::intrusive_ptr<LinearPackedParamsBase>(at::Tensor, std::optional<at::Tensor>)>();
+      at::Tensor bias = maybe(name + ".bias");
+      made.packed = prepack.call(found->second, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+      made.outputs = found->second.size(0);
+      return made;
+    }
+    made.weight_t = get(name + ".weight").t(), made.bias = maybe(name + ".bias");
+    made.outputs = made.weight_t.size(1);
+    return made;
+  }
   Norm norm(const std::string& name) const { return {get(name + ".weight"), maybe(name + ".bias"), eps_}; }
   FeedForward feed_forward(const std::string& p) const {
     Activation act;
@@ -502,7 +524,7 @@ class Engine {
   }
 
   int64_t feed_forward_units() const {
-    return encoder_.empty() ? decoder_[0].ffn.w1.weight_t.size(1) : encoder_[0].ffn.w1.weight_t.size(1);
+    return encoder_.empty() ? decoder_[0].ffn.w1.outputs : encoder_[0].ffn.w1.outputs;
   }
 
   void allocate(int64_t rows, int64_t capacity) {

@@ -33,6 +33,29 @@ WEIGHTS_FILE = "native.pt"
 #: the activations csrc/engine_cpu.cpp has kernels for (a test checks the compiled module's own list)
 NATIVE_ACTIVATIONS = ("aplu", "gelu", "lma", "prelu", "relu", "silu", "swish")
 PENALTIES = {"none": 0, "avg": 1, "wu": 2}
+#: the weights that are matrix products (``-precision int8`` runs them as int8)
+LINEAR_PARTS = ("qkv", "out", "context_query", "context_keys", "context_values", "context_out", "w1", "w2",
+                "generator")
+
+
+def int8_linears(weights):
+    """``weights`` with every linear weight as per-row symmetric qint8 (:func:`~onmt_lma.model.quantization.
+    quantize_rows`, as ``onmt_lma_quantize`` and ``-precision int8`` of the PyTorch engine store them; stacking
+    the query, key and value rows changes no row's scale), for PyTorch's dynamically quantized Linear."""
+    import warnings
+
+    from onmt_lma.model.quantization import dequantize_rows, quantize_rows
+
+    result = dict(weights)
+    for name, weight in weights.items():
+        parts = name.split(".")
+        if parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_PARTS:
+            values, scales = quantize_rows(weight)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+                result[name] = torch.quantize_per_channel(dequantize_rows(values, scales), scales.double(),
+                                                          torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+    return result
 
 
 def native_weights(model, model_opt):
@@ -123,9 +146,10 @@ def native_weights(model, model_opt):
 
 class NativeTranslator(ExportTranslator):
     """An ``onmt_lma_export`` folder's ``native.pt`` on the compiled engine (``threads``: its intra-op
-    threads, as ``torch.set_num_threads``; default: PyTorch's, one per core)."""
+    threads, as ``torch.set_num_threads``; default: PyTorch's, one per core; ``int8``: the linear layers as
+    PyTorch's dynamically quantized int8 ``Linear``, as ``onmt_lma_translate -precision int8`` runs them)."""
 
-    def __init__(self, folder, threads=None):
+    def __init__(self, folder, threads=None, int8=False):
         from onmt_lma.model import kernels
 
         super().__init__(folder, lambda name: name == WEIGHTS_FILE)
@@ -145,7 +169,8 @@ class NativeTranslator(ExportTranslator):
             config[key] = float(self.special[key])
         if threads:
             torch.set_num_threads(threads)
-        self.engine = kernels.engine_module().Engine(weights, config, saved["activation"])
+        self.engine = kernels.engine_module().Engine(int8_linears(weights) if int8 else weights, config,
+                                                     saved["activation"])
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
         before = self.engine.profile()
@@ -155,8 +180,8 @@ class NativeTranslator(ExportTranslator):
         return [[(score, self._text(ids)) for score, ids in hypotheses] for hypotheses in found]
 
     def _count(self, before):
-        for key, value in self.engine.profile().items():
-            self.profile[key] += type(self.profile[key])(value - before[key])
+        for key, value in self.engine.profile().items():  # seconds, and counts of steps and sentences
+            self.profile[key] += (value - before[key]) if key.endswith("_s") else int(value - before[key])
 
     def score(self, sources, targets, batch_size=32):
         """:meth:`OnnxTranslator.score <onmt_lma.deploy.runtime.OnnxTranslator.score>` on this engine."""
@@ -176,13 +201,12 @@ ENGINES = ("onnx", "native")  #: the engines that run an onmt_lma_export folder
 
 def open_export(engine, folder, precision="", threads=0):
     """The translator of ``-engine onnx|native`` on an export ``folder`` (``precision`` "int8": the int8
-    graphs; ``threads`` 0: the engine's default), after :class:`ExportError`'s checks."""
+    graphs, or the native engine's int8 linear layers; ``threads`` 0: the engine's default), after
+    :class:`ExportError`'s checks."""
     from onmt_lma.deploy.runtime import OnnxTranslator
 
     if engine not in ENGINES:
         raise ExportError(f"-engine {engine}: an export folder runs on {' or '.join(ENGINES)}")
     if engine == "onnx":
         return OnnxTranslator(folder, int8=precision == "int8", threads=threads or None)
-    if precision == "int8":
-        raise ExportError("-engine native runs the float32 weights; for int8 use -engine onnx -precision int8")
-    return NativeTranslator(folder, threads=threads or None)
+    return NativeTranslator(folder, threads=threads or None, int8=precision == "int8")

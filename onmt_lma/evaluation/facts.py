@@ -60,6 +60,9 @@ def model_facts(checkpoint):
     }, params
 
 
+INT8_KINDS = {"onnx": "ONNX Runtime", "native": "PyTorch"}  # whose dynamically quantized int8 an engine runs
+
+
 def export_facts(folder, engine, int8):
     """:func:`model_facts` of an onmt_lma_export folder: its checkpoint's where the folder's manifest names one
     beside it (by name and sha256), else what the manifest records (``params`` then None)."""
@@ -74,7 +77,7 @@ def export_facts(folder, engine, int8):
                  "dec_layers": manifest["layers"], "kd_teacher": None, "quantized": None}
         params = None
     model.update(engine=engine, exported_from=manifest["checkpoint"],
-                 quantized="int8 (ONNX Runtime dynamic)" if int8 else model["quantized"])
+                 quantized=(f"int8 ({INT8_KINDS[engine]} dynamic)" if int8 else model["quantized"]))
     return model, params
 
 

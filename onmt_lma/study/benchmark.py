@@ -101,6 +101,19 @@ def onnx_translate(folder, batch=1, int8=False, threads=None):
     return translate
 
 
+def native_translate(folder, batch=1, int8=False, threads=None):
+    """onmt-lma's native engine on an ``onmt_lma_export`` folder (``threads``: intra-op threads, None for
+    PyTorch's default, one per core); ``.profile``: where its time went."""
+    from onmt_lma.deploy.native import NativeTranslator
+
+    translator = NativeTranslator(folder, threads=threads, int8=int8)
+
+    def translate(lines):
+        return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
+    translate.profile = translator.profile  # summed over every call
+    return translate
+
+
 def ctranslate2_translate(folder, batch=1, threads=None):
     """CTranslate2 on a converted folder (``onmt_lma_convert_ct2``), ``threads`` intra-op threads (default:
     torch's); beam 5, at most 250 tokens."""
