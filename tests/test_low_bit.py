@@ -86,7 +86,7 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     run("onmt_lma_export", "-model", lma_student, "-output", float_folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["low_bit"]["bits"] == bits and manifest["max_positions"] == 1024
-    assert "native.pt" not in manifest["files"] and "low-bit" in manifest["native_refused"]
+    assert "native.pt" not in manifest["files"] and "native.low_bit.pt" in manifest["files"]
     ops = graph_ops(folder)
     assert "MatMulNBits" in ops["encoder"] and "MatMulNBits" in ops["decoder_step"]
     assert "float weights" not in ops["encoder"] + ops["decoder_step"]
@@ -96,9 +96,12 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     assert size < float_size * (0.3 if embeddings else 0.6)  # a tiny model: float embeddings are most of it
     pytorch = translations(vocab, tmp_path, quantized, "pytorch")
     assert len(pytorch) == 24 and pytorch == translations(vocab, tmp_path, folder, "onnx", "-engine", "onnx")
+    assert pytorch == translations(vocab, tmp_path, folder, "native", "-engine", "native")  # codes unpacked at load
+    native_size = (folder / "native.low_bit.pt").stat().st_size
+    assert native_size < (float_folder / "native.pt").stat().st_size * (0.3 if embeddings else 0.6)
     refused = run("onmt_lma_translate", "-model", folder, "-src", vocab / "test.de", "-output", tmp_path / "n.en",
-                  "-engine", "native", expect_ok=False)
-    assert refused.returncode == 2 and "no native.pt" in refused.stderr and "-engine onnx" in refused.stderr
+                  "-engine", "native", "-precision", "int8", expect_ok=False)
+    assert refused.returncode == 2 and f"a {bits}-bit export; -precision int8 does not apply" in refused.stderr
 
 
 @pytest.mark.integration
@@ -114,6 +117,7 @@ def test_a_quantization_aware_student_deploys_in_its_own_4_bit_codes(vocab, lma_
     run("onmt_lma_export", "-model", codes, "-output", folder, "-bits", "4")
     fake_quantized = translations(vocab, tmp_path, trained, "fake_quantized")  # PyTorch, as it trained
     assert fake_quantized == translations(vocab, tmp_path, folder, "onnx", "-engine", "onnx")
+    assert fake_quantized == translations(vocab, tmp_path, folder, "native", "-engine", "native")
 
 
 @pytest.mark.integration

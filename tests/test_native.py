@@ -103,7 +103,14 @@ def test_the_native_engine_translates_as_opennmt_py_does(vocab, exports, which, 
     assert len(outputs["nativenbest"]) == 39 and outputs["nativenbest"][15:18] == ["", "", ""]
 
 
-def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports):
+@pytest.mark.parametrize("reordered", [False, True])
+def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, reordered, monkeypatch):
+    """With every linear weight on oneDNN (reordered as it loads) too: the tiny model's are below the size
+    where the engine reorders them."""
+    from onmt_lma.deploy import native as module
+
+    if reordered:
+        monkeypatch.setattr(module, "REORDERED_MIN_VALUES", 0)
     from onmt_lma.deploy.runtime import OnnxTranslator
 
     _, folder = exports["lma"]

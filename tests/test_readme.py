@@ -50,7 +50,7 @@ def test_the_marked_blocks_hold_every_step_of_the_pipeline():
     commands = " ".join(executed_commands(readme()))
     for step in ("python -m data_prep", "onmt_lma_build_vocab", "-train_from", "onmt_lma_translate",
                  "onmt_lma_average_models", "onmt_lma_evaluate", "-kd_teacher", "onmt_lma_distill_data",
-                 "onmt_lma_teacher_cache", "-kd_cache", "onmt_lma_quantize", "onmt_lma_export", "-engine onnx"):
+                 "onmt_lma_teacher_cache", "-kd_cache", "onmt_lma_quantize", "onmt_lma_export", "-engine native"):
         assert step in commands, step
     for text in REPLACEMENTS:
         assert text in commands, f"{text!r} is no longer in the README's examples: update REPLACEMENTS"
@@ -90,7 +90,7 @@ def test_the_readme_examples_run_as_written(tmp_path):
     run = tmp_path / "run" / "multi30k"
     assert len((tmp_path / "hyp.en").read_text().splitlines()) == LINES["test"]
     assert len((tmp_path / "hyp.int8.en").read_text().splitlines()) == LINES["test"]
-    assert (tmp_path / "hyp.onnx.en").read_text() == (tmp_path / "hyp.en").read_text()  # the same translations
+    assert (tmp_path / "hyp.native.en").read_text() == (tmp_path / "hyp.en").read_text()  # the same translations
     for name in ("student64_lma_step_6.pt", "student64_lma_avg.pt", "teacher_step_6.pt", "student64_lma_kd_step_6.pt",
                  "student64_lma_cached_step_6.pt", "teacher_top32/manifest.json", "student64_lma.int8.pt"):
         assert (run / name).is_file(), name

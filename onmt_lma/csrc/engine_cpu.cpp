@@ -12,6 +12,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <immintrin.h>
 
@@ -37,11 +38,26 @@ struct Linear {
   // int8: PyTorch's dynamically quantized Linear (fbgemm; int8 weight rows, each batch's activations
   // quantized on the fly, reduce_range as torch.ao.nn.quantized.dynamic.Linear)
   c10::intrusive_ptr<LinearPackedParamsBase> packed;
+  // large float32 weights: oneDNN's linear on a weight reordered once at load (mkldnn::_linear_pointwise);
+  // MKL's sgemm repacks the weight at every call, which a small batch pays in full (3.6x on a 256-dim
+  // student's generator, one sentence at a time)
+  at::Tensor reordered;
   int64_t outputs = 0;
   void operator()(const at::Tensor& x, at::Tensor out) const {
-    if (packed) out.copy_(packed->apply_dynamic(x, /*reduce_range=*/true));
-    else if (bias.defined()) at::addmm_out(out, bias, x, weight_t);
-    else at::mm_out(out, x, weight_t);
+    if (packed) {
+      out.copy_(packed->apply_dynamic(x, /*reduce_range=*/true));
+    } else if (reordered.defined()) {
+      static const c10::OperatorHandle op =
+          c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+      torch::jit::Stack stack{x, reordered, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
+                              c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+      op.callBoxed(&stack);
+      out.copy_(stack[0].toTensor());
+    } else if (bias.defined()) {
+      at::addmm_out(out, bias, x, weight_t);
+    } else {
+      at::mm_out(out, x, weight_t);
+    }
   }
 };
 
@@ -408,6 +424,8 @@ class Engine {
     }
     made.weight_t = get(name + ".weight").t(), made.bias = maybe(name + ".bias");
     made.outputs = made.weight_t.size(1);
+    auto reordered = weights_.find(name + ".reordered");
+    if (reordered != weights_.end()) made.reordered = reordered->second;
     return made;
   }
   Norm norm(const std::string& name) const { return {get(name + ".weight"), maybe(name + ".bias"), eps_}; }
@@ -501,7 +519,7 @@ class Engine {
       layer.qkv(normed, qkv);
       const float* q = qkv.data_ptr<float>();
       float* ctx = context.data_ptr<float>();
-      at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, n, std::max<int64_t>(1, 65536 / (longest * dim_ + 1)), [&](int64_t begin, int64_t end) {
         std::vector<float> scores;
         for (int64_t row = begin; row < end; ++row) {
           const int64_t s = row / longest, base = s * longest * 3 * dim_;
@@ -562,7 +580,8 @@ class Engine {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t e = 0; e < dim_; ++e) x[r * dim_ + e] = table[tokens[r] * dim_ + e] * root + position[e];
     at::Tensor normed = normed_.narrow(0, 0, rows), qkv = qkv_.narrow(0, 0, rows), context = context_.narrow(0, 0, rows);
-    const int64_t grain = std::max<int64_t>(1, 2048 / ((step + source_length_) * dim_ / 8 + 1));
+    // rows of attention in one task: ~64k multiply-adds (a parallel region costs more than a few rows)
+    const int64_t grain = std::max<int64_t>(1, 65536 / ((step + source_length_) * dim_ + 1));
     for (size_t l = 0; l < decoder_.size(); ++l) {
       const DecoderLayer& layer = decoder_[l];
       layer.norm1(x, normed.data_ptr<float>(), rows, dim_);

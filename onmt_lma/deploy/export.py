@@ -9,34 +9,23 @@ dynamic quantization (``*.int8.onnx``).  A low-bit checkpoint (``onmt_lma_quanti
 (:mod:`onmt_lma.deploy.low_bit`).  ``manifest.json`` records the format,
 the checkpoint's sha256, the special token ids and the options a runtime needs;
 ``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies; ``native.pt`` the float32 weights of
-``-engine native`` (or ``native_refused``: why there are none).
+``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint itself, its codes
+dequantized when the engine loads them; or ``native_refused``: why there are none).
 """
 
-import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from onmt_lma.deploy.graphs import (  # noqa: F401  (FORMAT, ExportError, ...: also read as export.X)
     FORMAT, LOW_BIT_POSITIONS, OPSET, SUPPORTED, DecoderStepGraph, EncoderGraph, ExportError, LMAGraph,
-    cache_names, check_exportable, empty_cache, graph_activations)
+    cache_names, check_exportable, empty_cache, graph_activations, load_model)
 
 # --------------------------------------------------------------------------- #
 # Export
 # --------------------------------------------------------------------------- #
-def load_model(checkpoint):
-    import onmt.model_builder
-
-    from onmt_lma.training import plugin  # noqa: F401  (installs: safe loading, the activations)
-
-    opt = argparse.Namespace(models=[str(checkpoint)], gpu=-1, gpu_ranks=[], world_size=1,
-                             parallel_mode="data_parallel", precision="fp32", quant_type="", quant_layers=[])
-    vocabs, model, model_opt = onmt.model_builder.load_test_model(opt, model_path=str(checkpoint))
-    check_exportable(model_opt)
-    return vocabs, model.eval(), model_opt
-
-
 def export(checkpoint, out_dir, int8=False, bits=None):
     """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir`` (low-bit graphs for a
     low-bit checkpoint; ``bits``: the width asked for, checked against it)."""
@@ -94,9 +83,8 @@ def export(checkpoint, out_dir, int8=False, bits=None):
             target = name.replace(".onnx", ".int8.onnx")
             quantize_dynamic(str(out / name), str(out / target), weight_type=QuantType.QInt8)
             graphs.append(target)
-    native_refused = _write_native(model, model_opt, out, low_bit)
-    if native_refused is None:
-        graphs.append("native.pt")
+    native_file, native_refused = _write_native(checkpoint, model, model_opt, out, low_bit)
+    graphs += [native_file] if native_file else []
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
@@ -126,18 +114,23 @@ def export(checkpoint, out_dir, int8=False, bits=None):
     return manifest
 
 
-def _write_native(model, model_opt, out, low_bit):
-    """``native.pt`` for ``-engine native`` (:mod:`onmt_lma.deploy.native`), or why there is none."""
-    from onmt_lma.deploy.native import WEIGHTS_FILE, native_weights
+def _write_native(checkpoint, model, model_opt, out, low_bit):
+    """``(file, None)``: the weights of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written, ``native.pt``
+    (float32) or, for a low-bit checkpoint, the checkpoint itself (its packed codes, dequantized when the
+    engine loads them); ``(None, why)`` where the engine cannot run the model."""
+    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights
 
-    (out / WEIGHTS_FILE).unlink(missing_ok=True)
-    if low_bit is not None:
-        return f"a {low_bit.bits}-bit export runs on ONNX Runtime's low-bit kernels"
+    for name in (WEIGHTS_FILE, LOW_BIT_FILE):
+        (out / name).unlink(missing_ok=True)
     try:
-        torch.save(native_weights(model, model_opt), out / WEIGHTS_FILE)
+        weights = native_weights(model, model_opt)
     except ExportError as error:
-        return str(error)
-    return None
+        return None, str(error)
+    if low_bit is not None:
+        shutil.copyfile(checkpoint, out / LOW_BIT_FILE)
+        return LOW_BIT_FILE, None
+    torch.save(weights, out / WEIGHTS_FILE)
+    return WEIGHTS_FILE, None
 
 
 def add_top_k(path):

@@ -25,6 +25,7 @@ graph keeps them few (format 3; format 2 stacked the layers' caches and kept Ope
 shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 86 now).
 """
 
+import argparse
 import math
 
 import torch
@@ -238,3 +239,18 @@ def empty_cache(model, rows):
     attention = model.decoder.transformer_layers[0].self_attn
     shape = (rows, attention.head_count, 0, attention.dim_per_head)
     return [torch.zeros(shape) for _ in range(2 * len(model.decoder.transformer_layers))]
+
+
+def load_model(checkpoint):
+    """``(vocabs, model in evaluation mode, options)`` of a checkpoint, as OpenNMT-py's translator builds it
+    (a quantized checkpoint's codes dequantized: exactly the weights it computes with); refused by
+    :func:`check_exportable` where the graphs could not restate it."""
+    import onmt.model_builder
+
+    from onmt_lma.training import plugin  # noqa: F401  (installs: safe loading, the activations)
+
+    opt = argparse.Namespace(models=[str(checkpoint)], gpu=-1, gpu_ranks=[], world_size=1,
+                             parallel_mode="data_parallel", precision="fp32", quant_type="", quant_layers=[])
+    vocabs, model, model_opt = onmt.model_builder.load_test_model(opt, model_path=str(checkpoint))
+    check_exportable(model_opt)
+    return vocabs, model.eval(), model_opt

@@ -13,7 +13,11 @@ arithmetic.  ``csrc/engine_cpu.cpp`` therefore runs the encoder, the decoder ste
 search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++: the matrix products on
 ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
 segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one AVX2 register.  It reads
-``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``):
+``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``; for a
+low-bit checkpoint ``native.low_bit.pt``, the checkpoint itself, whose packed codes are dequantized as it
+loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
+PyTorch's dynamically quantized int8 ``Linear`` (fbgemm), quantized per row as the weights load, as
+``onmt_lma_translate -precision int8`` runs a checkpoint: the same translations.  The file holds:
 
 * ``config``: dim, heads, vocab, special ids, the layer norms' eps; ``activation``: one of
   :data:`NATIVE_ACTIVATIONS`;
@@ -30,12 +34,38 @@ from onmt_lma.deploy.graphs import ExportError
 from onmt_lma.deploy.runtime import ExportTranslator
 
 WEIGHTS_FILE = "native.pt"
+#: a low-bit export's weights: the low-bit checkpoint itself, its packed codes dequantized as the engine loads them
+LOW_BIT_FILE = "native.low_bit.pt"
 #: the activations csrc/engine_cpu.cpp has kernels for (a test checks the compiled module's own list)
 NATIVE_ACTIVATIONS = ("aplu", "gelu", "lma", "prelu", "relu", "silu", "swish")
 PENALTIES = {"none": 0, "avg": 1, "wu": 2}
 #: the weights that are matrix products (``-precision int8`` runs them as int8)
 LINEAR_PARTS = ("qkv", "out", "context_query", "context_keys", "context_values", "context_out", "w1", "w2",
                 "generator")
+
+
+#: float32 linear weights of at least this many values run on oneDNN, reordered once as they load (measured:
+#: a 64-dim student's generator 1.8x faster one sentence at a time, a 256-dim one's 3.6x; below ~2**19 values
+#: oneDNN's fixed ~30 us a call loses to MKL's sgemm)
+REORDERED_MIN_VALUES = 2 ** 19
+
+
+def linear_names(weights):
+    """The names of ``weights``' matrix-product weights (:data:`LINEAR_PARTS`)."""
+    return [name for name in weights if name.endswith(".weight") and name.count(".") >= 1
+            and name.split(".")[-2] in LINEAR_PARTS]
+
+
+def reordered_linears(weights):
+    """``weights`` with, for each large float32 linear weight, its oneDNN layout (``NAME.reordered``, from
+    ``torch.ops.mkldnn._reorder_linear_weight``) beside it; unchanged where oneDNN is not built in."""
+    if not torch.backends.mkldnn.is_available():
+        return weights
+    result = dict(weights)
+    for name in linear_names(weights):
+        if weights[name].numel() >= REORDERED_MIN_VALUES:
+            result[name[: -len("weight")] + "reordered"] = torch.ops.mkldnn._reorder_linear_weight(weights[name], None)
+    return result
 
 
 def int8_linears(weights):
@@ -47,14 +77,12 @@ def int8_linears(weights):
     from onmt_lma.model.quantization import dequantize_rows, quantize_rows
 
     result = dict(weights)
-    for name, weight in weights.items():
-        parts = name.split(".")
-        if parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_PARTS:
-            values, scales = quantize_rows(weight)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.ao's deprecation notice
-                result[name] = torch.quantize_per_channel(dequantize_rows(values, scales), scales.double(),
-                                                          torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+    for name in linear_names(weights):
+        values, scales = quantize_rows(weights[name])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            result[name] = torch.quantize_per_channel(dequantize_rows(values, scales), scales.double(),
+                                                      torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
     return result
 
 
@@ -144,6 +172,15 @@ def native_weights(model, model_opt):
     return {"activation": activation, "config": config, "weights": weights}
 
 
+def low_bit_native_weights(checkpoint):
+    """:func:`native_weights` of a low-bit checkpoint: its codes dequantized (the float weights it computes
+    with, as OpenNMT-py builds it); the engine then runs them in float32."""
+    from onmt_lma.deploy.graphs import load_model
+
+    _, model, model_opt = load_model(checkpoint)
+    return native_weights(model, model_opt)
+
+
 class NativeTranslator(ExportTranslator):
     """An ``onmt_lma_export`` folder's ``native.pt`` on the compiled engine (``threads``: its intra-op
     threads, as ``torch.set_num_threads``; default: PyTorch's, one per core; ``int8``: the linear layers as
@@ -152,13 +189,19 @@ class NativeTranslator(ExportTranslator):
     def __init__(self, folder, threads=None, int8=False):
         from onmt_lma.model import kernels
 
-        super().__init__(folder, lambda name: name == WEIGHTS_FILE)
+        super().__init__(folder, lambda name: name in (WEIGHTS_FILE, LOW_BIT_FILE))
         manifest = self.manifest
-        if WEIGHTS_FILE not in manifest["files"]:
+        if WEIGHTS_FILE in manifest["files"]:
+            saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        elif LOW_BIT_FILE in manifest["files"]:
+            if int8:
+                raise ExportError(f"{folder}: a {manifest['low_bit']['bits']}-bit export; -precision int8 does "
+                                  "not apply to it")
+            saved = low_bit_native_weights(self.folder / LOW_BIT_FILE)
+        else:
             why = manifest.get("native_refused") or "exported by an onmt-lma without the native engine"
             raise ExportError(f"{folder}: no {WEIGHTS_FILE} ({why}); run it with -engine onnx"
                               + (" or export it again" if "native_refused" not in manifest else ""))
-        saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         weights, config = saved["weights"], dict(saved["config"])
         for side, vocab, rows in (("src", self.src_vocab, weights["src_embeddings"].shape[0]),
                                   ("tgt", self.tgt_tokens, int(config["vocab"]))):
@@ -169,8 +212,8 @@ class NativeTranslator(ExportTranslator):
             config[key] = float(self.special[key])
         if threads:
             torch.set_num_threads(threads)
-        self.engine = kernels.engine_module().Engine(int8_linears(weights) if int8 else weights, config,
-                                                     saved["activation"])
+        self.engine = kernels.engine_module().Engine(int8_linears(weights) if int8 else reordered_linears(weights),
+                                                     config, saved["activation"])
 
     def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
         before = self.engine.profile()
@@ -193,7 +236,6 @@ class NativeTranslator(ExportTranslator):
                                                [self.target_ids(targets[i]) for i in batch])
             total, count = total + found, count + counted
         return total, count
-
 
 
 ENGINES = ("onnx", "native")  #: the engines that run an onmt_lma_export folder

@@ -84,10 +84,11 @@ def export_facts(folder, engine, int8):
 def export_size_mb(folder, engine, int8):
     """What a deployment of ``folder`` on ``engine`` ships: the graphs (onnx) or the weights (native) it
     loads, the vocabularies and the manifest."""
-    from onmt_lma.deploy.native import WEIGHTS_FILE
+    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
 
     suffix = ".int8.onnx" if int8 else ".onnx"
-    loaded = [WEIGHTS_FILE] if engine == "native" else [f"encoder{suffix}", f"decoder_step{suffix}"]
+    native = [name for name in (WEIGHTS_FILE, LOW_BIT_FILE) if (Path(folder) / name).is_file()]
+    loaded = native if engine == "native" else [f"encoder{suffix}", f"decoder_step{suffix}"]
     names = loaded + ["src.vocab.json", "tgt.vocab.json", "manifest.json"]
     return sum((Path(folder) / name).stat().st_size for name in names) / 2**20
 

@@ -52,13 +52,14 @@ def engine_of(path, int8=False):
     """The engine a model path needs: a checkpoint file (pytorch), an export folder (manifest.json; native where
     it holds the native engine's weights and ``int8`` is not asked, else onnx) or a CTranslate2 folder
     (model.bin)."""
-    from onmt_lma.deploy.native import WEIGHTS_FILE
+    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
 
     path = Path(path)
     if path.is_file():
         return "pytorch"
     if (path / "manifest.json").is_file():
-        return "native" if (path / WEIGHTS_FILE).is_file() and not int8 else "onnx"
+        native = (path / WEIGHTS_FILE).is_file() and not int8 or (path / LOW_BIT_FILE).is_file()
+        return "native" if native else "onnx"
     if (path / "model.bin").is_file():
         return "ct2"
     raise ModelLoadError(f"model {path}: expected a checkpoint file, an onmt_lma_export folder (manifest.json) or a "

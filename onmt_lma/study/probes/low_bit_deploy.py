@@ -1,4 +1,4 @@
-"""Low-bit students deployed: fp32, int8 and post-training 4- and 2-bit graphs on the ONNX engine, side by side.
+"""Low-bit students deployed: fp32, int8 and post-training 4- and 2-bit weights on the ONNX and native engines.
 
     python -m onmt_lma.study.probes.low_bit_deploy run [--student relu=CK --student lma=CK] [--data data/multi30k]
            [--runs runs/quant_deploy]
@@ -11,11 +11,13 @@ For each student (default: the converged study's released 64-dim ReLU at twice t
   embeddings in symmetric 4-bit blocks of 32), then ``onmt_lma_export``: MatMulNBits and GatherBlockQuantized;
 * ``2-bit PTQ`` -- the same at 2 bits (embeddings still 4-bit).
 
-Each is evaluated by ``onmt_lma_evaluate -engine onnx`` on the whole test set, beam 5, one sentence at a time
-and in batches of 32 (sacreBLEU, chrF; sent/s; peak memory), and a low-bit one also as its PyTorch self (the
-quantized checkpoint, ``-engine pytorch``, batches of 32): identical lines and the BLEU difference.  Size: every
-file the engine loads (the graphs it runs, vocabularies, manifest).  Goals, from the issue, before the runs:
-4-bit deployed size <= 0.2x the fp32 export, speed >= the int8 graphs', BLEU within 0.3 of its PyTorch self.
+Each is evaluated by ``onmt_lma_evaluate -engine onnx`` and ``-engine native`` (its int8: PyTorch's dynamic int8
+Linear; a low-bit export: the checkpoint's codes, dequantized as it loads, run in float32) on the whole test
+set, beam 5, one sentence at a time and in batches of 32 (sacreBLEU, chrF; sent/s; peak memory), and a low-bit
+one also as its PyTorch self (the quantized checkpoint, ``-engine pytorch``, batches of 32): identical lines and
+the BLEU difference.  Size: every file the engine loads (the graphs or weights it runs, vocabularies,
+manifest).  Goals, from the issue, before the runs: 4-bit deployed size <= 0.2x the same engine's fp32
+export, speed >= the int8 graphs' (ONNX Runtime), BLEU within 0.3 of its PyTorch self.
 Resumable: every export and evaluation is skipped once it exists.
 """
 
@@ -30,6 +32,8 @@ REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "results" / "multi30k_converged" / "models"
 STUDENTS = {"relu": MODELS / "student64_relu_lr2x_seed1.pt", "lma": MODELS / "student64_lma_seed1.pt"}
 CONFIGURATIONS = ("fp32", "int8", "4-bit PTQ", "2-bit PTQ")
+ENGINES = ("onnx", "native")
+ENGINE_SLUG = {"onnx": "", "native": ".native"}  # result files: LABEL.CONFIG[.native].bB.json
 GOALS = {"size_vs_fp32": 0.2, "bleu_vs_pytorch": 0.3}
 
 
@@ -61,9 +65,12 @@ def evaluate(model, out, data, batch, *extra):
     return json.loads(out.read_text())
 
 
-def loaded_bytes(folder, int8):
+def loaded_bytes(folder, int8, engine):
     manifest = json.loads((folder / "manifest.json").read_text())
-    graphs = [name for name in manifest["files"] if name.endswith(".onnx") and name.endswith(".int8.onnx") == int8]
+    if engine == "native":  # native.pt (its int8 quantized as it loads) or a low-bit export's codes
+        graphs = [name for name in manifest["files"] if name.startswith("native.")]
+    else:
+        graphs = [name for name in manifest["files"] if name.endswith(".onnx") and name.endswith(".int8.onnx") == int8]
     return sum((folder / name).stat().st_size for name in graphs + ["src.vocab.json", "tgt.vocab.json",
                                                                      "manifest.json"])
 
@@ -72,9 +79,10 @@ def run(args):
     for label, checkpoint in args.student:
         for name, (folder, int8) in prepare(label, checkpoint, args.runs).items():
             slug = name.replace(" ", "_").replace("-", "")
-            extra = ["-engine", "onnx"] + ["-int8"] * int8
-            for batch in (1, 32):
-                evaluate(folder, args.runs / f"{label}.{slug}.b{batch}.json", args.data, batch, *extra)
+            for engine in ENGINES:
+                for batch in (1, 32):
+                    evaluate(folder, args.runs / f"{label}.{slug}{ENGINE_SLUG[engine]}.b{batch}.json", args.data,
+                             batch, "-engine", engine, *["-int8"] * int8)
             if name.endswith("PTQ"):
                 evaluate(args.runs / f"{label}.q{name[0]}.pt", args.runs / f"{label}.{slug}.pytorch.json", args.data,
                          32, "-engine", "pytorch")
@@ -84,65 +92,71 @@ def hyps(result_json):
     return (result_json.parent / (result_json.stem + ".hyp.detok.en")).read_text(encoding="utf-8").splitlines()
 
 
+def report_row(args, label, engine, name):
+    """One configuration's row (None until both of its evaluations exist)."""
+    slug = name.replace(" ", "_").replace("-", "")
+    stem = f"{label}.{slug}{ENGINE_SLUG[engine]}"
+    one, batched = args.runs / f"{stem}.b1.json", args.runs / f"{stem}.b32.json"
+    if not (one.is_file() and batched.is_file()):
+        return None
+    first, second = json.loads(one.read_text()), json.loads(batched.read_text())
+    folder = args.runs / (f"{label}_onnx" if name in ("fp32", "int8") else f"{label}_q{name[0]}_onnx")
+    size, fp32_size = loaded_bytes(folder, name == "int8", engine), loaded_bytes(args.runs / f"{label}_onnx", False, engine)
+    row = {"student": label, "engine": engine, "configuration": name, "bleu": first["bleu"]["score"],
+           "chrf": first["chrf"]["score"], "signature": first["bleu"]["signature"], "size_mb": size / 1e6,
+           "size_vs_fp32": size / fp32_size, "sent_per_s_1": first["speed"]["sentences_per_s"],
+           "sent_per_s_32": second["speed"]["sentences_per_s"], "memory_mb": first["memory"]["peak_mb"],
+           "folder": portable(folder, REPO)}
+    pytorch = args.runs / f"{label}.{slug}.pytorch.json"
+    if pytorch.is_file():
+        own = json.loads(pytorch.read_text())
+        same = sum(a == b for a, b in zip(hyps(batched), hyps(pytorch)))
+        row.update({"pytorch_bleu": own["bleu"]["score"], "bleu_vs_pytorch": second["bleu"]["score"] - own["bleu"]["score"],
+                    "identical_lines": same, "lines": len(hyps(pytorch))})
+    return row
+
+
 def report(args):
-    rows = []
-    for label in sorted({p.name.split(".")[0] for p in args.runs.glob("*.b1.json")}):
-        fp32_size = loaded_bytes(args.runs / f"{label}_onnx", False)
-        for name in CONFIGURATIONS:
-            slug = name.replace(" ", "_").replace("-", "")
-            one, batched = args.runs / f"{label}.{slug}.b1.json", args.runs / f"{label}.{slug}.b32.json"
-            if not (one.is_file() and batched.is_file()):
-                continue
-            first, second = json.loads(one.read_text()), json.loads(batched.read_text())
-            folder = args.runs / (f"{label}_onnx" if name in ("fp32", "int8") else f"{label}_q{name[0]}_onnx")
-            size = loaded_bytes(folder, name == "int8")
-            row = {"student": label, "configuration": name, "bleu": first["bleu"]["score"],
-                   "chrf": first["chrf"]["score"], "signature": first["bleu"]["signature"], "size_mb": size / 1e6, "size_vs_fp32": size / fp32_size,
-                   "sent_per_s_1": first["speed"]["sentences_per_s"],
-                   "sent_per_s_32": second["speed"]["sentences_per_s"],
-                   "memory_mb": first["memory"]["peak_mb"], "folder": portable(folder, REPO)}
-            pytorch = args.runs / f"{label}.{slug}.pytorch.json"
-            if pytorch.is_file():
-                own = json.loads(pytorch.read_text())
-                same = sum(a == b for a, b in zip(hyps(batched), hyps(pytorch)))
-                row.update({"pytorch_bleu": own["bleu"]["score"],
-                            "bleu_vs_pytorch": second["bleu"]["score"] - own["bleu"]["score"],
-                            "identical_lines": same, "lines": len(hyps(pytorch))})
-            rows.append(row)
+    labels = sorted({p.name.split(".")[0] for p in args.runs.glob("*.b1.json")})
+    rows = [row for label in labels for engine in ENGINES for name in CONFIGURATIONS
+            if (row := report_row(args, label, engine, name)) is not None]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "deploy.json").write_text(json.dumps({"goals": GOALS, "rows": rows}, indent=1) + "\n")
-    lines = ["# Low-bit students deployed on the ONNX engine", "",
+    lines = ["# Low-bit students deployed on the ONNX and native engines", "",
              "`python -m onmt_lma.study.runs study studies/quant.yaml --step deploy` then `--step deploy_report` "
              "(onmt_lma/study/probes/low_bit_deploy.py): the converged study's released 64-dim students, Multi30k "
              "test_2016 (1000 sentences), beam 5, post-training quantization (no calibration data). Size: every "
-             "file the engine loads. Identical lines and BLEU vs PyTorch: the batch-32 translations against the "
-             "quantized checkpoint's own (PyTorch, batches of 32).", "",
+             "file the engine loads (vs fp32: the same engine's float32 export). The native engine runs int8 as "
+             "PyTorch's dynamic int8 Linear (quantized as native.pt loads) and a low-bit export's codes "
+             "dequantized as they load, in float32. Identical lines and BLEU vs PyTorch: the batch-32 "
+             "translations against the quantized checkpoint's own (PyTorch, batches of 32).", "",
              f"sacreBLEU signature: `{rows[0]['signature'] if rows else ''}`", "",
-             "| student | configuration | BLEU | chrF | size MB | vs fp32 | sent/s, 1 | sent/s, 32 | memory MB | "
-             "identical lines vs PyTorch | BLEU vs PyTorch |", "| --- |" * 1 + " --- |" * 10]
+             "| student | engine | configuration | BLEU | chrF | size MB | vs fp32 | sent/s, 1 | sent/s, 32 | memory MB | "
+             "identical lines vs PyTorch | BLEU vs PyTorch |", "| --- |" * 1 + " --- |" * 11]
     for r in rows:
         same = f"{r['identical_lines']}/{r['lines']}" if "lines" in r else ""
         delta = f"{r['bleu_vs_pytorch']:+.2f}" if "lines" in r else ""
-        lines.append(f"| {r['student']} | {r['configuration']} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
+        lines.append(f"| {r['student']} | {r['engine']} | {r['configuration']} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
                      f"{r['size_mb']:.1f} | {r['size_vs_fp32']:.2f}x | {r['sent_per_s_1']:.1f} | "
                      f"{r['sent_per_s_32']:.1f} | {r['memory_mb']:.0f} | {same} | {delta} |")
-    lines += ["", "Goals (4-bit): " + "; ".join(goal_lines(rows))]
+    lines += ["", "Goals (4-bit):", ""] + [f"- {line}" for line in goal_lines(rows)]
     (args.out / "deploy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def goal_lines(rows):
-    found = {(r["student"], r["configuration"]): r for r in rows}
+    """Per student and engine, its 4-bit row against the goals; speed against the ONNX engine's int8 graphs."""
+    found = {(r["student"], r["engine"], r["configuration"]): r for r in rows}
     out = []
-    for (student, name), r in found.items():
-        if name != "4-bit PTQ" or (student, "int8") not in found:
+    for (student, engine, name), r in found.items():
+        if name != "4-bit PTQ" or (student, "onnx", "int8") not in found:
             continue
-        int8 = found[(student, "int8")]
+        int8 = found[(student, "onnx", "int8")]
         speed = min(r["sent_per_s_1"] / int8["sent_per_s_1"], r["sent_per_s_32"] / int8["sent_per_s_32"])
-        out.append(f"{student}: size {r['size_vs_fp32']:.2f}x fp32 (goal <= {GOALS['size_vs_fp32']}: "
+        out.append(f"{student}, {engine}: size {r['size_vs_fp32']:.2f}x fp32 (goal <= {GOALS['size_vs_fp32']}: "
                    f"{'met' if r['size_vs_fp32'] <= GOALS['size_vs_fp32'] else 'missed'}), speed "
-                   f"{speed:.2f}x int8 at worst of 1 and 32 (goal >= 1: {'met' if speed >= 1 else 'missed'}), BLEU "
-                   f"{r.get('bleu_vs_pytorch', float('nan')):+.2f} vs PyTorch (goal within 0.3: "
+                   f"{speed:.2f}x the int8 graphs at worst of 1 and 32 (goal >= 1: {'met' if speed >= 1 else 'missed'}), "
+                   f"BLEU {r.get('bleu_vs_pytorch', float('nan')):+.2f} vs PyTorch (goal within 0.3: "
                    f"{'met' if abs(r.get('bleu_vs_pytorch', 9)) <= GOALS['bleu_vs_pytorch'] else 'missed'})")
     return out
 
