@@ -38,8 +38,8 @@ def kernel_extension():
             try:
                 super().run()
             except Exception as error:  # no compiler, no headers, ...
-                print(f"onmt-lma: the CPU kernel was not built ({error}); LMA will build it on "
-                      "first use or use the PyTorch path", file=sys.stderr)
+                print(f"onmt-lma: the CPU kernel was not built ({error}); LMA and the native engine will "
+                      "build it on first use (LMA: or use the PyTorch path)", file=sys.stderr)
 
     # each source's hash goes into its module: onmt_lma.model.kernels ignores a build of another source
     extensions = []

@@ -383,7 +383,8 @@ def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation)
 
     from conftest import REPO
 
-    for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma/csrc/compile_flags.json"):
+    for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma/csrc/engine_cpu.cpp",
+                 "onmt_lma/csrc/compile_flags.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "onmt_lma" / "__init__.py").touch()
@@ -392,7 +393,7 @@ def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation)
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the CPU kernel was not built" in result.stderr
-    assert not list((tmp_path / "onmt_lma").glob("_lma_cpu*"))
+    assert not list((tmp_path / "onmt_lma").glob("_lma_cpu*")) and not list((tmp_path / "onmt_lma").glob("_engine_cpu*"))
 
 
 def test_an_installed_kernel_of_another_source_is_not_used(monkeypatch, tmp_path):

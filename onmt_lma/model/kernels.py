@@ -71,9 +71,10 @@ def engine_module():
     return _engine["module"]
 
 
-def _installed_kernel(name="_lma_cpu", source=_SOURCE):
+def _installed_kernel(name="_lma_cpu", source=None):
     import importlib
 
+    source = source or _SOURCE
     import torch  # noqa: F401  (loads the libraries the extension links to)
 
     module = importlib.import_module(f"onmt_lma.{name}")
@@ -82,9 +83,10 @@ def _installed_kernel(name="_lma_cpu", source=_SOURCE):
     return module
 
 
-def _compiled_now(name="onmt_lma_cpu", source=_SOURCE):
+def _compiled_now(name="onmt_lma_cpu", source=None):
     from torch.utils.cpp_extension import load
 
+    source = source or _SOURCE
     return load(name=name, sources=[str(source)], extra_cflags=FLAGS["cflags"], extra_ldflags=FLAGS["ldflags"])
 
 
