@@ -288,7 +288,7 @@ def test_a_relu_student_converts_to_ctranslate2_safely_and_an_lma_one_is_told_wh
     translated = ctranslate2.Translator(str(tmp_path / "ct2")).translate_batch(lines, beam_size=5, max_decoding_length=30)
     assert len(translated) == len(lines) == 12 and all(t.hypotheses for t in translated)
     result = run("onmt_lma_convert_ct2", "-model", lma_checkpoint, "-output", tmp_path / "ct2_lma", expect_ok=False)
-    assert result.returncode == 2 and "CTranslate2 runs only relu" in result.stderr and "-engine onnx" in result.stderr
+    assert result.returncode == 2 and "CTranslate2 runs only relu" in result.stderr and "-engine native" in result.stderr
     result = run("onmt_lma_convert_ct2", "-model", teacher, "-output", tmp_path / "ct2", expect_ok=False)
     assert result.returncode == 2 and "exists; give -force" in result.stderr
 

@@ -8,7 +8,7 @@ today's torch, reads the checkpoint only with its unsafe-deserialization flag.  
 checkpoint is loaded with :mod:`onmt_lma.base.checkpoint`'s allow-list, given
 ``self_attn_type: scaled-dot`` (onmt-lma's int8 checkpoints dequantized first), written as a
 plain checkpoint, and converted under the same allow-list.  Its runtime has no LMA, PReLU,
-Swish or APLU: for those, ``onmt_lma_export`` and ``onmt_lma_translate -engine onnx``.
+Swish or APLU: for those, ``onmt_lma_export`` and ``onmt_lma_translate -engine native``.
 """
 
 import tempfile
@@ -35,7 +35,7 @@ def convert(checkpoint, output, quantization=None, force=False):
     if activation not in CT2_ACTIVATIONS:
         raise ExportError(f"{checkpoint}: -pos_ffn_activation_fn {activation}; CTranslate2 runs only "
                           f"{', '.join(CT2_ACTIVATIONS)} (for {activation}: onmt_lma_export, then "
-                          "onmt_lma_translate -engine onnx)")
+                          "onmt_lma_translate -engine native)")
     dequantize_checkpoint(model)
     model["opt"].self_attn_type = "scaled-dot"  # the same attention; the converter knows only this name
     model["optim"] = None
