@@ -163,11 +163,11 @@ def run_command(opt):
         raise EvaluationInputError("give -corpus DIR (its test split) or -src FILE -ref FILE (any raw test set)")
     if opt.ref_tok and opt.src is None:
         raise EvaluationInputError("-ref_tok goes with -src/-ref (a prepared corpus has its own)")
-    onnx = opt.engine in EXPORT_ENGINES  # export folders
-    if onnx and opt.gpu >= 0:
+    exported = opt.engine in EXPORT_ENGINES  # export folders
+    if exported and opt.gpu >= 0:
         raise EvaluationInputError(f"-gpu {opt.gpu}: -engine {opt.engine} runs on the CPU")
     for model in opt.models:
-        if onnx and Path(model).is_dir():
+        if exported and Path(model).is_dir():
             if not (Path(model) / "manifest.json").is_file():
                 raise EvaluationInputError(f"-model {model}: a folder without manifest.json; make an export folder "
                                            "with onmt_lma_export")
@@ -176,12 +176,12 @@ def run_command(opt):
                                        "or onnx")
         elif not Path(model).is_file():
             raise EvaluationInputError(f"-model {model}: no such checkpoint")
-    if onnx:
+    if exported:
         opt.models = [str(export_of(model, opt.engine, opt.force)) for model in opt.models]
     elif opt.int8:
         opt.models = [int8_version(model, opt.force) for model in opt.models]
     # an export's evaluations: DIR.eval.json (onnx), DIR.int8.eval.json (onnx, int8), DIR.native.eval.json
-    suffix = (".int8" if onnx and opt.int8 else "") + (".native" if opt.engine == "native" else "")
+    suffix = (".int8" if exported and opt.int8 else "") + (".native" if opt.engine == "native" else "")
     names = [model + suffix for model in opt.models]
     paths = result_paths(names, None if opt.src is None else Path(opt.src).name, opt.out)
     rows = []

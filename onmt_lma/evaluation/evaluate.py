@@ -30,16 +30,17 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
 
     checkpoint, out = Path(checkpoint), Path(out)
     test = test or prepared_test_set(corpus_dir)
-    onnx = engine != "pytorch"  # an export folder
-    if onnx and gpu >= 0:
+    exported = engine != "pytorch"  # an export folder
+    if exported and gpu >= 0:
         raise EvaluationInputError(f"-gpu {gpu}: -engine {engine} runs on the CPU")
-    if not (checkpoint.is_dir() and (checkpoint / "manifest.json").is_file() if onnx else checkpoint.is_file()):
-        raise EvaluationInputError(f"{'export folder' if onnx else 'checkpoint'} {checkpoint} does not exist"
-                                   + (" or has no manifest.json (make it with onmt_lma_export)" if onnx else ""))
+    if not (checkpoint.is_dir() and (checkpoint / "manifest.json").is_file() if exported else checkpoint.is_file()):
+        raise EvaluationInputError(f"{'export folder' if exported else 'checkpoint'} {checkpoint} does not exist"
+                                   + (" or has no manifest.json (make it with onmt_lma_export)" if exported else ""))
     manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
     check_vocabulary(checkpoint, test)
-    if onnx:  # the folder's checks (files, vocabularies, the engine's refusals) as one line, before the worker
-        open_export(engine, checkpoint, "int8" if int8 else "")
+    # an export's checks (files, vocabularies, the engine's refusals) as one line, before the worker; it then
+    # scores the references
+    translator = open_export(engine, checkpoint, "int8" if int8 else "") if exported else None
     started = time.time()
     sources = test.src.read_text(encoding="utf-8").splitlines()
     if len(test.ref_detok) != len(sources):
@@ -51,7 +52,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         worker = subprocess.run(
             [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", str(checkpoint), str(test.src),
              str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size),
-             "--engine", engine] + ["--int8"] * (onnx and int8),
+             "--engine", engine] + ["--int8"] * (exported and int8),
             stdout=subprocess.PIPE, text=True,  # its progress and errors go to our stderr
         )
         if worker.returncode != 0:
@@ -63,8 +64,8 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         raise RuntimeError(f"{len(hyps)} translations for {len(sources)} test sentences")
     hyp_tok, hyp_detok = postprocess(hyps, test.corpus_dir)
     scores = text_scores(hyp_tok, hyp_detok, test.ref_tok, test.ref_detok)
-    if onnx:
-        ppl, ppl_tokens = export_gold_perplexity(engine, checkpoint, test.src, test.tgt, int8)
+    if exported:
+        ppl, ppl_tokens = export_gold_perplexity(translator, test.src, test.tgt)
         (model, params), size_mb = export_facts(checkpoint, engine, int8), export_size_mb(checkpoint, engine, int8)
     else:
         ppl, ppl_tokens = gold_perplexity(checkpoint, test.src, test.tgt, gpu)

@@ -174,19 +174,19 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     return math.exp(-total_log_prob / tokens), tokens
 
 
-def export_gold_perplexity(engine, folder, src, tgt, int8, batch_size=32):
-    """:func:`gold_perplexity` of an export folder on ``engine`` (onnx, native)."""
-    from onmt_lma.deploy.native import open_export
-
+def export_gold_perplexity(translator, src, tgt, batch_size=32):
+    """:func:`gold_perplexity` of an export folder on its engine's ``translator`` (:func:`~onmt_lma.deploy.
+    native.open_export`)."""
     sources = Path(src).read_text(encoding="utf-8").splitlines()
     targets = Path(tgt).read_text(encoding="utf-8").splitlines()
-    translator = open_export(engine, folder, "int8" if int8 else "")
     total_log_prob, tokens = translator.score(sources, targets, batch_size)
     return math.exp(-total_log_prob / tokens), tokens
 
 
 def main(argv=None):
     """``--worker CKPT SRC OUT_HYP [--beam N] ...``: :func:`translate_worker`, its result as one JSON line."""
+    from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
+
     argv = sys.argv[1:] if argv is None else argv
     worker = argparse.ArgumentParser(prog="python -m onmt_lma.evaluation.measure --worker")
     worker.add_argument("--worker", action="store_true", required=True)
@@ -196,7 +196,7 @@ def main(argv=None):
     worker.add_argument("--gpu", type=int, default=-1)
     worker.add_argument("--batch-size", type=int, default=1)
     worker.add_argument("--fixed-length", type=int)
-    worker.add_argument("--engine", choices=("pytorch", "onnx", "native"), default="pytorch")
+    worker.add_argument("--engine", choices=("pytorch",) + EXPORT_ENGINES, default="pytorch")
     worker.add_argument("--int8", action="store_true")
     args = worker.parse_args(argv)
     print(json.dumps(translate_worker(args.checkpoint, args.src, args.out_hyp, args.beam, args.gpu,
