@@ -149,3 +149,23 @@ def test_low_bit_refusals_are_one_line_and_say_what_to_run(vocab, lma_student, t
                     "-output", tmp_path / "long.en")
     assert "line 2: 1100 tokens; this export's position table holds 1024" in message
     assert not (tmp_path / "long.en").exists()
+
+
+def test_the_deploy_study_fine_tunes_a_released_student_at_its_last_learning_rate(tmp_path):
+    """The QAT rows of results/quant/deploy.md: a released student (no optimizer state) goes on at the constant
+    rate OpenNMT-py's own Noam schedule gave at its last averaged step, saved once, with its learned codes."""
+    from onmt.utils.optimizers import noam_decay
+
+    from onmt_lma.study.probes import low_bit_deploy as study
+
+    run_dir, settings = study.qat_fine_tuning("lma", study.STUDENTS["lma"], 4, tmp_path)
+    settings = dict(settings)
+    released = load(study.STUDENTS["lma"])
+    opt, last = released["opt"], released["onmt_lma"]["steps"][-1]
+    assert settings["learning_rate"] == pytest.approx(opt.learning_rate * noam_decay(last, opt.warmup_steps, opt.hidden_size))
+    assert (settings["reset_optim"], settings["decay_method"], settings["quant_bits"]) == ("all", "none", 4)
+    assert settings["save_checkpoint_steps"] == settings["train_steps"] == study.QAT_STEPS
+    assert settings["pos_ffn_activation_fn"] == "lma" and run_dir == tmp_path / f"lma_qat4_{study.QAT_STEPS}"
+    names = {study.folder_of(tmp_path, "lma", name) for name in study.CONFIGURATIONS}
+    assert len(names) == len(study.CONFIGURATIONS) - 1  # fp32 and int8 share one export; the rest one each
+    assert study.result_slug("4-bit PTQ") == "4bit_PTQ" and study.slug("2-bit QAT") == "q2qat"

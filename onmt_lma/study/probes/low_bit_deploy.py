@@ -1,4 +1,5 @@
-"""Low-bit students deployed: fp32, int8 and post-training 4- and 2-bit weights on the ONNX and native engines.
+"""Low-bit students deployed: fp32, int8, post-training and quantization-aware 4- and 2-bit weights on the ONNX
+and native engines.
 
     python -m onmt_lma.study.probes.low_bit_deploy run [--student relu=CK --student lma=CK] [--data data/multi30k]
            [--runs runs/quant_deploy]
@@ -9,7 +10,12 @@ For each student (default: the converged study's released 64-dim ReLU at twice t
 * ``fp32`` and ``int8`` -- its ``onmt_lma_export -int8`` folder (float32 graphs; ONNX Runtime's dynamic int8);
 * ``4-bit PTQ`` -- ``onmt_lma_quantize -bits 4 -embeddings`` (round to nearest, buckets of 64, no calibration;
   embeddings in symmetric 4-bit blocks of 32), then ``onmt_lma_export``: MatMulNBits and GatherBlockQuantized;
-* ``2-bit PTQ`` -- the same at 2 bits (embeddings still 4-bit).
+* ``2-bit PTQ`` -- the same at 2 bits (embeddings still 4-bit);
+* ``4-bit QAT`` and ``2-bit QAT`` -- the student fine-tuned with ``-quant_bits B`` for 300 steps, distilled
+  from the released teacher as in training (``-train_from`` the released weights; a released model has no
+  optimizer state, so Adam starts afresh at the constant learning rate its Noam schedule had at its last
+  averaged step), then ``onmt_lma_quantize -embeddings`` (its learned codes; embeddings 4-bit) and
+  ``onmt_lma_export``.
 
 Each is evaluated by ``onmt_lma_evaluate -engine onnx`` and ``-engine native`` (its int8: PyTorch's dynamic int8
 Linear; a low-bit export: the checkpoint's codes, dequantized as it loads, run in float32) on the whole test
@@ -31,7 +37,9 @@ from onmt_lma.evaluation.facts import portable
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "results" / "multi30k_converged" / "models"
 STUDENTS = {"relu": MODELS / "student64_relu_lr2x_seed1.pt", "lma": MODELS / "student64_lma_seed1.pt"}
-CONFIGURATIONS = ("fp32", "int8", "4-bit PTQ", "2-bit PTQ")
+TEACHER = MODELS / "teacher.pt"
+CONFIGURATIONS = ("fp32", "int8", "4-bit PTQ", "2-bit PTQ", "4-bit QAT", "2-bit QAT")
+QAT_STEPS = 300
 ENGINES = ("onnx", "native")
 ENGINE_SLUG = {"onnx": "", "native": ".native"}  # result files: LABEL.CONFIG[.native].bB.json
 GOALS = {"size_vs_fp32": 0.2, "bleu_vs_pytorch": 0.3}
@@ -42,20 +50,69 @@ def command(*argv):
     subprocess.run([str(a) for a in argv], check=True)
 
 
-def prepare(label, checkpoint, runs):
-    """The export folder and ``-int8`` flag of each configuration (exports made once)."""
+def slug(name):
+    """A configuration's name in file names: '4-bit QAT' -> q4qat ('4-bit PTQ' -> q4, as before)."""
+    if name in ("fp32", "int8"):
+        return name
+    bits, kind = name.split("-bit ")
+    return f"q{bits}" + ("qat" if kind == "QAT" else "")
+
+
+def folder_of(runs, label, name):
+    """A configuration's export folder (fp32 and int8 share one)."""
+    return runs / (f"{label}_onnx" if name in ("fp32", "int8") else f"{label}_{slug(name)}_onnx")
+
+
+def noam_rate(opt, step):
+    """OpenNMT-py's Noam learning rate at ``step`` (its ``noam_decay`` times ``-learning_rate``)."""
+    return opt.learning_rate * opt.hidden_size ** -0.5 * min(step ** -0.5, step * opt.warmup_steps ** -1.5)
+
+
+def qat_fine_tuning(label, checkpoint, bits, runs):
+    """(run folder, recipe settings) of a released student's quantization-aware fine-tuning."""
+    import torch
+
+    from onmt_lma.base.checkpoint import checkpoint_loading
+
+    with checkpoint_loading(str(checkpoint)):
+        state = torch.load(checkpoint, map_location="cpu")
+    opt = state["opt"]
+    last = (state.get("onmt_lma") or {}).get("steps", [opt.train_steps])[-1]
+    rate = noam_rate(opt, last) if opt.decay_method == "noam" else opt.learning_rate
+    # saved once, at the end: resuming with -reset_optim all would start the step count again
+    settings = [("pos_ffn_activation_fn", opt.pos_ffn_activation_fn), ("seed", opt.seed if opt.seed > 0 else 1),
+                ("train_from", str(checkpoint.resolve())), ("reset_optim", "all"), ("decay_method", "none"),
+                ("learning_rate", rate), ("kd_teacher", str(TEACHER.resolve())), ("quant_bits", bits),
+                ("train_steps", QAT_STEPS), ("valid_steps", QAT_STEPS), ("save_checkpoint_steps", QAT_STEPS)]
+    return runs / f"{label}_qat{bits}_{QAT_STEPS}", settings
+
+
+def fine_tuned(students, bits, runs, data):
+    """{label: the B-bit quantization-aware checkpoint} of every student, the students trained at once."""
+    from onmt_lma.study.probes.quant_study import train_at_once
+
+    planned = {label: qat_fine_tuning(label, checkpoint, bits, runs) for label, checkpoint in students}
+    train_at_once(list(planned.values()), data)
+    return {label: run_dir / f"model_step_{QAT_STEPS}.pt" for label, (run_dir, _) in planned.items()}
+
+
+def prepare(label, checkpoint, runs, tuned):
+    """The export folder and ``-int8`` flag of each configuration (exports made once); ``tuned``: {bits: the
+    quantization-aware checkpoint}."""
     folders = {}
-    float_folder = runs / f"{label}_onnx"
+    float_folder = folder_of(runs, label, "fp32")
     if not (float_folder / "manifest.json").is_file():
         command("onmt_lma_export", "-model", checkpoint, "-output", float_folder, "-int8")
     folders["fp32"], folders["int8"] = (float_folder, False), (float_folder, True)
-    for bits in (4, 2):
-        quantized, folder = runs / f"{label}.q{bits}.pt", runs / f"{label}_q{bits}_onnx"
+    for name in CONFIGURATIONS[2:]:
+        bits = int(name[0])
+        quantized, folder = runs / f"{label}.{slug(name)}.pt", folder_of(runs, label, name)
         if not quantized.is_file():
-            command("onmt_lma_quantize", "-model", checkpoint, "-output", quantized, "-bits", bits, "-embeddings")
+            source, how = (checkpoint, ["-bits", bits]) if name.endswith("PTQ") else (tuned[bits], [])
+            command("onmt_lma_quantize", "-model", source, "-output", quantized, *how, "-embeddings")
         if not (folder / "manifest.json").is_file():
             command("onmt_lma_export", "-model", quantized, "-output", folder)
-        folders[f"{bits}-bit PTQ"] = (folder, False)
+        folders[name] = (folder, False)
     return folders
 
 
@@ -76,16 +133,22 @@ def loaded_bytes(folder, int8, engine):
 
 
 def run(args):
+    tuned = {bits: fine_tuned(args.student, bits, args.runs, args.data) for bits in (4, 2)}
     for label, checkpoint in args.student:
-        for name, (folder, int8) in prepare(label, checkpoint, args.runs).items():
-            slug = name.replace(" ", "_").replace("-", "")
+        for name, (folder, int8) in prepare(label, checkpoint, args.runs, {b: t[label] for b, t in tuned.items()}).items():
+            stem = args.runs / f"{label}.{result_slug(name)}"
             for engine in ENGINES:
                 for batch in (1, 32):
-                    evaluate(folder, args.runs / f"{label}.{slug}{ENGINE_SLUG[engine]}.b{batch}.json", args.data,
+                    evaluate(folder, Path(f"{stem}{ENGINE_SLUG[engine]}.b{batch}.json"), args.data,
                              batch, "-engine", engine, *["-int8"] * int8)
-            if name.endswith("PTQ"):
-                evaluate(args.runs / f"{label}.q{name[0]}.pt", args.runs / f"{label}.{slug}.pytorch.json", args.data,
+            if "bit" in name:
+                evaluate(args.runs / f"{label}.{slug(name)}.pt", Path(f"{stem}.pytorch.json"), args.data,
                          32, "-engine", "pytorch")
+
+
+def result_slug(name):
+    """A configuration's name in result files: '4-bit PTQ' -> 4bit_PTQ."""
+    return name.replace(" ", "_").replace("-", "")
 
 
 def hyps(result_json):
@@ -94,20 +157,19 @@ def hyps(result_json):
 
 def report_row(args, label, engine, name):
     """One configuration's row (None until both of its evaluations exist)."""
-    slug = name.replace(" ", "_").replace("-", "")
-    stem = f"{label}.{slug}{ENGINE_SLUG[engine]}"
+    stem = f"{label}.{result_slug(name)}{ENGINE_SLUG[engine]}"
     one, batched = args.runs / f"{stem}.b1.json", args.runs / f"{stem}.b32.json"
     if not (one.is_file() and batched.is_file()):
         return None
     first, second = json.loads(one.read_text()), json.loads(batched.read_text())
-    folder = args.runs / (f"{label}_onnx" if name in ("fp32", "int8") else f"{label}_q{name[0]}_onnx")
-    size, fp32_size = loaded_bytes(folder, name == "int8", engine), loaded_bytes(args.runs / f"{label}_onnx", False, engine)
+    folder = folder_of(args.runs, label, name)
+    size, fp32_size = loaded_bytes(folder, name == "int8", engine), loaded_bytes(folder_of(args.runs, label, "fp32"), False, engine)
     row = {"student": label, "engine": engine, "configuration": name, "bleu": first["bleu"]["score"],
            "chrf": first["chrf"]["score"], "signature": first["bleu"]["signature"], "size_mb": size / 1e6,
            "size_vs_fp32": size / fp32_size, "sent_per_s_1": first["speed"]["sentences_per_s"],
            "sent_per_s_32": second["speed"]["sentences_per_s"], "memory_mb": first["memory"]["peak_mb"],
            "folder": portable(folder, REPO)}
-    pytorch = args.runs / f"{label}.{slug}.pytorch.json"
+    pytorch = args.runs / f"{label}.{result_slug(name)}.pytorch.json"
     if pytorch.is_file():
         own = json.loads(pytorch.read_text())
         same = sum(a == b for a, b in zip(hyps(batched), hyps(pytorch)))
@@ -125,7 +187,8 @@ def report(args):
     lines = ["# Low-bit students deployed on the ONNX and native engines", "",
              "`python -m onmt_lma.study.runs study studies/quant.yaml --step deploy` then `--step deploy_report` "
              "(onmt_lma/study/probes/low_bit_deploy.py): the converged study's released 64-dim students, Multi30k "
-             "test_2016 (1000 sentences), beam 5, post-training quantization (no calibration data). Size: every "
+             "test_2016 (1000 sentences), beam 5; PTQ: post-training quantization (no calibration data); QAT: "
+             f"{QAT_STEPS} steps of quantization-aware distillation from the released weights (the module's docstring). Size: every "
              "file the engine loads (vs fp32: the same engine's float32 export). The native engine runs int8 as "
              "PyTorch's dynamic int8 Linear (quantized as native.pt loads) and a low-bit export's codes "
              "dequantized as they load, in float32. Identical lines and BLEU vs PyTorch: the batch-32 "
@@ -149,11 +212,11 @@ def goal_lines(rows):
     found = {(r["student"], r["engine"], r["configuration"]): r for r in rows}
     out = []
     for (student, engine, name), r in found.items():
-        if name != "4-bit PTQ" or (student, "onnx", "int8") not in found:
+        if name not in ("4-bit PTQ", "4-bit QAT") or (student, "onnx", "int8") not in found:
             continue
         int8 = found[(student, "onnx", "int8")]
         speed = min(r["sent_per_s_1"] / int8["sent_per_s_1"], r["sent_per_s_32"] / int8["sent_per_s_32"])
-        out.append(f"{student}, {engine}: size {r['size_vs_fp32']:.2f}x fp32 (goal <= {GOALS['size_vs_fp32']}: "
+        out.append(f"{student}, {engine}, {name}: size {r['size_vs_fp32']:.2f}x fp32 (goal <= {GOALS['size_vs_fp32']}: "
                    f"{'met' if r['size_vs_fp32'] <= GOALS['size_vs_fp32'] else 'missed'}), speed "
                    f"{speed:.2f}x the int8 graphs at worst of 1 and 32 (goal >= 1: {'met' if speed >= 1 else 'missed'}), "
                    f"BLEU {r.get('bleu_vs_pytorch', float('nan')):+.2f} vs PyTorch (goal within 0.3: "

@@ -101,26 +101,31 @@ def fine_tune(label, checkpoint, bits, args):
 
 
 def fine_tune_at_once(students, bits, args):
-    """The students' fine-tunings of one configuration trained at once, one process and one thread each
-    (1.4x the throughput of one process with every core on 2 cores: results/bench/parallel_training.md);
+    """The students' fine-tunings of one configuration trained at once (:func:`train_at_once`);
     :func:`fine_tune` then finds them finished."""
+    train_at_once([fine_tuning(label, checkpoint, bits, args) for label, checkpoint in students], args.data)
+
+
+def train_at_once(runs, data):
+    """``runs`` ((run folder, settings) of the student64 recipe on the corpus at ``data``) trained at once, one
+    process and one thread each (1.4x the throughput of one process with every core on 2 cores:
+    results/bench/parallel_training.md); finished ones (DONE) skipped."""
     import os
     import subprocess
 
     from onmt_lma.study.budgeted import recipe_command
 
     processes = []
-    for label, checkpoint in students:
-        run_dir, settings = fine_tuning(label, checkpoint, bits, args)
+    for run_dir, settings in runs:
         if (run_dir / "DONE").exists():
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
-        command = recipe_command(argparse.Namespace(corpus=args.data.name), "student64", run_dir,
-                                 argparse.Namespace(data=args.data), settings)
+        command = recipe_command(argparse.Namespace(corpus=data.name), "student64", run_dir,
+                                 argparse.Namespace(data=data), settings)
         with open(run_dir / "stdout.log", "a") as out:
             processes.append((run_dir, subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(students)))})))
+                env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(runs)))})))
     if processes:
         print(f"[quant] fine-tuning {', '.join(d.name for d, _ in processes)} at once", flush=True)
     failed = [str(run_dir / "stdout.log") for run_dir, process in processes if process.wait() != 0]
