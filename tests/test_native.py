@@ -103,13 +103,16 @@ def test_the_native_engine_translates_as_opennmt_py_does(vocab, exports, which, 
     assert len(outputs["nativenbest"]) == 39 and outputs["nativenbest"][15:18] == ["", "", ""]
 
 
-@pytest.mark.parametrize("reordered", [False, True])
-def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, reordered, monkeypatch):
-    """With every linear weight on oneDNN (reordered as it loads) too: the tiny model's are below the size
-    where the engine reorders them."""
+@pytest.mark.parametrize("products", ["panels", "aten", "onednn"])
+def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, products, monkeypatch):
+    """On each path of its matrix products: the engine's own packed kernel (a few rows: the default here),
+    ATen's addmm, and oneDNN with every weight reordered as it loads (the tiny model's are below the size
+    where the engine reorders them)."""
     from onmt_lma.deploy import native as module
 
-    if reordered:
+    if products != "panels":
+        monkeypatch.setattr(module, "PANEL_ROWS", 0)
+    if products == "onednn":
         monkeypatch.setattr(module, "REORDERED_MIN_VALUES", 0)
     from onmt_lma.deploy.runtime import OnnxTranslator
 
@@ -126,6 +129,7 @@ def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, reorde
     assert total == pytest.approx(onnx.score(lines, targets)[0], rel=1e-5)
     assert native.profile["sentences"] == len(lines) and native.profile["steps"] > 0
     assert native.profile["decoder_s"] > 0 and native.profile["encoder_s"] > 0
+    assert (native.profile["panel_products"] > 0) == (products == "panels")
 
 
 def test_the_native_engine_takes_the_threads_asked_for(exports):

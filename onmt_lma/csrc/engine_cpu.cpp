@@ -33,6 +33,70 @@ constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
 double seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
+// Small float32 products without per-call dispatch: the weight is packed once, at load, in panels of 16
+// outputs (input-major), and up to kPanelRows rows are multiplied by it with AVX2 FMA, each output
+// summed from its bias in input order.  Inside a 64-dim student's decoding step ATen's addmm costs about
+// 15 us a call at 5 rows, where the arithmetic takes 1-3 us; past kPanelRows rows MKL's blocking wins
+// (the engine's config "panel_rows" overrides it; 0: ATen always).
+constexpr int64_t kPanelRows = 24;
+constexpr int64_t kPanelTaskMacs = 65536;  // multiply-adds per parallel task (a region costs a few us)
+
+struct Panels {
+  std::vector<float> data, bias;  // ceil(out / 16) panels of (in, 16), zero-padded; bias padded likewise
+  int64_t in = 0, out = 0;
+  bool ready() const { return out > 0; }
+  void pack(const at::Tensor& weight, const at::Tensor& b) {  // weight (out, in), contiguous float32
+    out = weight.size(0), in = weight.size(1);
+    const int64_t panels = (out + 15) / 16;
+    const float* w = weight.data_ptr<float>();
+    data.assign(panels * in * 16, 0.0f), bias.assign(panels * 16, 0.0f);
+    for (int64_t o = 0; o < out; ++o) {
+      float* column = data.data() + (o / 16) * in * 16 + o % 16;
+      for (int64_t k = 0; k < in; ++k) column[k * 16] = w[o * in + k];
+      if (b.defined()) bias[o] = b.data_ptr<float>()[o];
+    }
+  }
+};
+
+// rows x[0, MR) (row stride in) times one panel into y's `cols` (<= 16) columns (row stride ldy)
+template <int MR>
+__attribute__((target("avx2,fma"))) void panel_block(const float* x, const float* panel, const float* bias, int64_t in,
+                                                     float* y, int64_t ldy, int64_t cols) {
+  __m256 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = _mm256_loadu_ps(bias), acc[i][1] = _mm256_loadu_ps(bias + 8);
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(panel + k * 16), w1 = _mm256_loadu_ps(panel + k * 16 + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_broadcast_ss(x + i * in + k);
+      acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    alignas(32) float row[16];
+    _mm256_store_ps(row, acc[i][0]), _mm256_store_ps(row + 8, acc[i][1]);
+    std::copy(row, row + cols, y + i * ldy);
+  }
+}
+
+// y (rows, out) = x (rows, in) W^T + b over panels [first, last)
+void panel_product(const Panels& w, const float* x, int64_t rows, int64_t first, int64_t last, float* y) {
+  for (int64_t p = first; p < last; ++p) {
+    const float* panel = w.data.data() + p * w.in * 16;
+    const float* bias = w.bias.data() + p * 16;
+    const int64_t cols = std::min<int64_t>(16, w.out - p * 16);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) panel_block<4>(x + r * w.in, panel, bias, w.in, y + r * w.out + p * 16, w.out, cols);
+    const float* xr = x + r * w.in;
+    float* yr = y + r * w.out + p * 16;
+    switch (rows - r) {
+      case 3: panel_block<3>(xr, panel, bias, w.in, yr, w.out, cols); break;
+      case 2: panel_block<2>(xr, panel, bias, w.in, yr, w.out, cols); break;
+      case 1: panel_block<1>(xr, panel, bias, w.in, yr, w.out, cols); break;
+      default: break;
+    }
+  }
+}
+
 struct Linear {
   at::Tensor weight_t, bias;  // weight_t: (in, out), a view of the (out, in) weight; bias may be undefined
   // int8: PyTorch's dynamically quantized Linear (fbgemm; int8 weight rows, each batch's activations
@@ -42,9 +106,19 @@ struct Linear {
   // MKL's sgemm repacks the weight at every call, which a small batch pays in full (3.6x on a 256-dim
   // student's generator, one sentence at a time)
   at::Tensor reordered;
-  int64_t outputs = 0;
+  Panels panels;  // float32 on an AVX2/FMA CPU: up to panel_rows rows without ATen
+  int64_t outputs = 0, panel_rows = 0;
+  mutable int64_t panel_calls = 0;  // products that ran on the panels (the engine's profile counts them)
   void operator()(const at::Tensor& x, at::Tensor out) const {
-    if (packed) {
+    const int64_t rows = x.size(0);
+    if (panels.ready() && rows <= panel_rows && x.is_contiguous() && out.is_contiguous()) {
+      const float* in = x.data_ptr<float>();
+      float* y = out.data_ptr<float>();
+      const int64_t panel_count = (panels.out + 15) / 16;
+      ++panel_calls;
+      at::parallel_for(0, panel_count, std::max<int64_t>(1, kPanelTaskMacs / (rows * panels.in * 16)),
+                       [&](int64_t first, int64_t last) { panel_product(panels, in, rows, first, last, y); });
+    } else if (packed) {
       out.copy_(packed->apply_dynamic(x, /*reduce_range=*/true));
     } else if (reordered.defined()) {
       static const c10::OperatorHandle op =
@@ -228,6 +302,7 @@ class Engine {
     unk_ = static_cast<int64_t>(config.at("unk"));
     source_pad_ = static_cast<int64_t>(config.at("src_pad"));
     eps_ = static_cast<float>(config.at("eps"));
+    panel_rows_ = config.count("panel_rows") ? static_cast<int64_t>(config.at("panel_rows")) : kPanelRows;
     TORCH_CHECK(kKinds.count(activation), "native engine: no kernel for activation ", activation);
     kind_ = kKinds.at(activation);
     src_embeddings_ = get("src_embeddings");
@@ -398,7 +473,18 @@ class Engine {
     return {total, counted};
   }
 
-  std::map<std::string, double> profile() const { return profile_; }
+  std::map<std::string, double> profile() const {
+    auto found = profile_;
+    double panel_calls = static_cast<double>(generator_.panel_calls);
+    for (const auto& l : encoder_)
+      for (const Linear* x : {&l.qkv, &l.out, &l.ffn.w1, &l.ffn.w2}) panel_calls += static_cast<double>(x->panel_calls);
+    for (const auto& l : decoder_)
+      for (const Linear* x : {&l.qkv, &l.out, &l.context_query, &l.context_keys, &l.context_values, &l.context_out,
+                              &l.ffn.w1, &l.ffn.w2})
+        panel_calls += static_cast<double>(x->panel_calls);
+    found["panel_products"] = panel_calls;
+    return found;
+  }
 
  private:
   bool has(const std::string& name) const { return weights_.count(name) > 0; }
@@ -424,6 +510,8 @@ class Engine {
     }
     made.weight_t = get(name + ".weight").t(), made.bias = maybe(name + ".bias");
     made.outputs = made.weight_t.size(1);
+    static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (fma && panel_rows_ > 0) made.panels.pack(get(name + ".weight"), made.bias), made.panel_rows = panel_rows_;
     auto reordered = weights_.find(name + ".reordered");
     if (reordered != weights_.end()) made.reordered = reordered->second;
     return made;
@@ -626,6 +714,7 @@ class Engine {
 
   std::map<std::string, at::Tensor> weights_;
   int64_t dim_ = 0, heads_ = 0, head_dim_ = 0, vocab_ = 0, bos_ = 0, eos_ = 0, unk_ = 0, source_pad_ = 1;
+  int64_t panel_rows_ = kPanelRows;
   float eps_ = 1e-6f;
   Kind kind_ = Kind::ReLU;
   at::Tensor src_embeddings_, tgt_embeddings_, positions_;

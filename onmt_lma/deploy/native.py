@@ -48,6 +48,9 @@ LINEAR_PARTS = ("qkv", "out", "context_query", "context_keys", "context_values",
 #: a 64-dim student's generator 1.8x faster one sentence at a time, a 256-dim one's 3.6x; below ~2**19 values
 #: oneDNN's fixed ~30 us a call loses to MKL's sgemm)
 REORDERED_MIN_VALUES = 2 ** 19
+#: float32 products of at most this many rows (hypotheses) run on the engine's own packed AVX2 kernel, not
+#: ATen (engine_cpu.cpp's kPanelRows); None: the engine's default, 0: ATen always
+PANEL_ROWS = None
 
 
 def linear_names(weights):
@@ -210,6 +213,8 @@ class NativeTranslator(ExportTranslator):
                                   f"vocabulary {rows}; export the checkpoint again")
         for key in ("bos", "eos", "unk", "src_pad"):
             config[key] = float(self.special[key])
+        if PANEL_ROWS is not None:
+            config["panel_rows"] = float(PANEL_ROWS)
         if threads:
             torch.set_num_threads(threads)
         self.engine = kernels.engine_module().Engine(int8_linears(weights) if int8 else reordered_linears(weights),
@@ -223,8 +228,9 @@ class NativeTranslator(ExportTranslator):
         return [[(score, self._text(ids)) for score, ids in hypotheses] for hypotheses in found]
 
     def _count(self, before):
-        for key, value in self.engine.profile().items():  # seconds, and counts of steps and sentences
-            self.profile[key] += (value - before[key]) if key.endswith("_s") else int(value - before[key])
+        for key, value in self.engine.profile().items():  # seconds; counts of steps, sentences, panel products
+            change = (value - before[key]) if key.endswith("_s") else int(value - before[key])
+            self.profile[key] = self.profile.get(key, 0) + change
 
     def score(self, sources, targets, batch_size=32):
         """:meth:`OnnxTranslator.score <onmt_lma.deploy.runtime.OnnxTranslator.score>` on this engine."""
