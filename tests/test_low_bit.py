@@ -98,6 +98,7 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     assert len(pytorch) == 24 and pytorch == translations(vocab, tmp_path, folder, "onnx", "-engine", "onnx")
     assert pytorch == translations(vocab, tmp_path, folder, "native", "-engine", "native")  # codes unpacked at load
     native_size = (folder / "native.low_bit.pt").stat().st_size
+    assert not {"src", "tgt"} & set(load(folder / "native.low_bit.pt")["vocab"])  # src/tgt.vocab.json hold them
     assert native_size < (float_folder / "native.pt").stat().st_size * (0.3 if embeddings else 0.6)
     refused = run("onmt_lma_translate", "-model", folder, "-src", vocab / "test.de", "-output", tmp_path / "n.en",
                   "-engine", "native", "-precision", "int8", expect_ok=False)

@@ -288,6 +288,66 @@ __attribute__((target("avx2"))) void top_k_avx2(const float* row, int64_t n, Top
   for (; i < n; ++i) top.offer(row[i], i);
 }
 
+// e^x for x <= 0 (softmax's shifted scores), 8 at a time: Cephes' expf (within about 1 ulp of std::exp)
+__attribute__((target("avx2,fma"))) __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // 2^-126 and above: normal floats
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(power));
+}
+
+__attribute__((target("avx2,fma"))) float horizontal_sum(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_hadd_ps(x, x);
+  return _mm_cvtss_f32(_mm_hadd_ps(x, x));
+}
+
+// Engine::attend for heads of 8, 16, ..., 64 values: a head's dot products, exponentials and weighted sum
+// in AVX2 registers
+__attribute__((target("avx2,fma"))) void attend_avx2(const float* q, const float* keys, const float* values,
+                                                     int64_t length, int64_t stride, float* out, float* scores,
+                                                     int64_t heads, int64_t head_dim) {
+  const __m256 scale = _mm256_set1_ps(std::sqrt(static_cast<float>(head_dim)));
+  const int64_t chunks = head_dim / 8;
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t o = h * head_dim;
+    __m256 qh[8], acc[8];
+    for (int64_t c = 0; c < chunks; ++c) qh[c] = _mm256_div_ps(_mm256_loadu_ps(q + o + 8 * c), scale);
+    float top = kMinusInf;
+    for (int64_t j = 0; j < length; ++j) {
+      const float* key = keys + j * stride + o;
+      __m256 dot = _mm256_mul_ps(qh[0], _mm256_loadu_ps(key));
+      for (int64_t c = 1; c < chunks; ++c) dot = _mm256_fmadd_ps(qh[c], _mm256_loadu_ps(key + 8 * c), dot);
+      scores[j] = horizontal_sum(dot);
+      top = std::max(top, scores[j]);
+    }
+    const __m256 vtop = _mm256_set1_ps(top);
+    __m256 total = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= length; j += 8) {
+      const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vtop));
+      _mm256_storeu_ps(scores + j, e);
+      total = _mm256_add_ps(total, e);
+    }
+    float sum = horizontal_sum(total);
+    for (; j < length; ++j) sum += (scores[j] = std::exp(scores[j] - top));
+    for (int64_t c = 0; c < chunks; ++c) acc[c] = _mm256_setzero_ps();
+    for (j = 0; j < length; ++j) {
+      const __m256 weight = _mm256_set1_ps(scores[j] / sum);
+      const float* value = values + j * stride + o;
+      for (int64_t c = 0; c < chunks; ++c) acc[c] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(value + 8 * c), acc[c]);
+    }
+    for (int64_t c = 0; c < chunks; ++c) _mm256_storeu_ps(out + o + 8 * c, acc[c]);
+  }
+}
+
 class Engine {
  public:
   Engine(const std::map<std::string, at::Tensor>& weights, const std::map<std::string, double>& config,
@@ -296,6 +356,8 @@ class Engine {
     dim_ = static_cast<int64_t>(config.at("dim"));
     heads_ = static_cast<int64_t>(config.at("heads"));
     head_dim_ = dim_ / heads_;
+    TORCH_CHECK(head_dim_ <= 64, "native engine: heads of ", head_dim_, " values; it takes up to 64");
+    vector_attention_ = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && head_dim_ % 8 == 0;
     vocab_ = static_cast<int64_t>(config.at("vocab"));
     bos_ = static_cast<int64_t>(config.at("bos"));
     eos_ = static_cast<int64_t>(config.at("eos"));
@@ -552,8 +614,12 @@ class Engine {
   // softmax(q . keys / sqrt(head_dim)) values for one query row of every head; keys/values rows of `stride`
   void attend(const float* q, const float* keys, const float* values, int64_t length, int64_t stride, float* out,
               std::vector<float>& scores) const {
-    const float scale = std::sqrt(static_cast<float>(head_dim_));
     scores.resize(length);
+    if (vector_attention_) {
+      attend_avx2(q, keys, values, length, stride, out, scores.data(), heads_, head_dim_);
+      return;
+    }
+    const float scale = std::sqrt(static_cast<float>(head_dim_));
     for (int64_t h = 0; h < heads_; ++h) {
       const int64_t o = h * head_dim_;
       float qh[64];
@@ -715,6 +781,7 @@ class Engine {
   std::map<std::string, at::Tensor> weights_;
   int64_t dim_ = 0, heads_ = 0, head_dim_ = 0, vocab_ = 0, bos_ = 0, eos_ = 0, unk_ = 0, source_pad_ = 1;
   int64_t panel_rows_ = kPanelRows;
+  bool vector_attention_ = false;
   float eps_ = 1e-6f;
   Kind kind_ = Kind::ReLU;
   at::Tensor src_embeddings_, tgt_embeddings_, positions_;

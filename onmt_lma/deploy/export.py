@@ -9,12 +9,11 @@ dynamic quantization (``*.int8.onnx``).  A low-bit checkpoint (``onmt_lma_quanti
 (:mod:`onmt_lma.deploy.low_bit`).  ``manifest.json`` records the format,
 the checkpoint's sha256, the special token ids and the options a runtime needs;
 ``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies; ``native.pt`` the float32 weights of
-``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint itself, its codes
+``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint less its vocabularies, its codes
 dequantized when the engine loads them; or ``native_refused``: why there are none).
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -116,9 +115,9 @@ def export(checkpoint, out_dir, int8=False, bits=None):
 
 def _write_native(checkpoint, model, model_opt, out, low_bit):
     """``(file, None)``: the weights of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written, ``native.pt``
-    (float32) or, for a low-bit checkpoint, the checkpoint itself (its packed codes, dequantized when the
-    engine loads them); ``(None, why)`` where the engine cannot run the model."""
-    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights
+    (float32) or, for a low-bit checkpoint, the checkpoint without its vocabularies (its packed codes,
+    dequantized when the engine loads them); ``(None, why)`` where the engine cannot run the model."""
+    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
 
     for name in (WEIGHTS_FILE, LOW_BIT_FILE):
         (out / name).unlink(missing_ok=True)
@@ -127,7 +126,7 @@ def _write_native(checkpoint, model, model_opt, out, low_bit):
     except ExportError as error:
         return None, str(error)
     if low_bit is not None:
-        shutil.copyfile(checkpoint, out / LOW_BIT_FILE)
+        write_low_bit(checkpoint, out / LOW_BIT_FILE)
         return LOW_BIT_FILE, None
     torch.save(weights, out / WEIGHTS_FILE)
     return WEIGHTS_FILE, None

@@ -10,12 +10,12 @@ or from Python::
 A small student spends a decoding step in per-operation costs (ONNX Runtime: ~900 us for the
 136 operators of a 64-dim ReLU student's step, NumPy's beam search around it another 200 us), not in
 arithmetic.  ``csrc/engine_cpu.cpp`` therefore runs the encoder, the decoder steps and OpenNMT-py's beam
-search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++: the matrix products on
-ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
+search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++: the matrix products of a
+few rows on its own packed AVX2 kernel, larger ones on ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
 segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one AVX2 register.  It reads
 ``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``; for a
-low-bit checkpoint ``native.low_bit.pt``, the checkpoint itself, whose packed codes are dequantized as it
-loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
+low-bit checkpoint ``native.low_bit.pt``, the checkpoint without its vocabularies, whose packed codes are
+dequantized as it loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
 PyTorch's dynamically quantized int8 ``Linear`` (fbgemm), quantized per row as the weights load, as
 ``onmt_lma_translate -precision int8`` runs a checkpoint: the same translations.  The file holds:
 
@@ -175,12 +175,34 @@ def native_weights(model, model_opt):
     return {"activation": activation, "config": config, "weights": weights}
 
 
-def low_bit_native_weights(checkpoint):
-    """:func:`native_weights` of a low-bit checkpoint: its codes dequantized (the float weights it computes
-    with, as OpenNMT-py builds it); the engine then runs them in float32."""
+def write_low_bit(checkpoint, out):
+    """The low-bit checkpoint as ``-engine native`` loads it: its codes and options, without the vocabularies
+    (a sixth of a 64-dim student's 4-bit file), which the export's src/tgt.vocab.json hold."""
+    from onmt_lma.base.checkpoint import checkpoint_loading
+
+    with checkpoint_loading(str(checkpoint)):
+        state = torch.load(checkpoint, map_location="cpu")
+    state["vocab"] = {key: value for key, value in state["vocab"].items() if key not in ("src", "tgt")}
+    torch.save(state, out)
+
+
+def low_bit_native_weights(path, src_tokens, tgt_tokens):
+    """:func:`native_weights` of a :func:`write_low_bit` file with its vocabularies' tokens: its codes
+    dequantized (the float weights it computes with, as OpenNMT-py builds it); the engine then runs them
+    in float32."""
+    import os
+    import tempfile
+
+    from onmt_lma.base.checkpoint import checkpoint_loading
     from onmt_lma.deploy.graphs import load_model
 
-    _, model, model_opt = load_model(checkpoint)
+    with checkpoint_loading(str(path)):
+        state = torch.load(path, map_location="cpu")
+    state["vocab"] = {**state["vocab"], "src": list(src_tokens), "tgt": list(tgt_tokens)}
+    with tempfile.TemporaryDirectory() as scratch:  # OpenNMT-py builds a model from a file
+        whole = os.path.join(scratch, "checkpoint.pt")
+        torch.save(state, whole)
+        _, model, model_opt = load_model(whole)
     return native_weights(model, model_opt)
 
 
@@ -200,7 +222,7 @@ class NativeTranslator(ExportTranslator):
             if int8:
                 raise ExportError(f"{folder}: a {manifest['low_bit']['bits']}-bit export; -precision int8 does "
                                   "not apply to it")
-            saved = low_bit_native_weights(self.folder / LOW_BIT_FILE)
+            saved = low_bit_native_weights(self.folder / LOW_BIT_FILE, self.src_vocab, self.tgt_tokens)
         else:
             why = manifest.get("native_refused") or "exported by an onmt-lma without the native engine"
             raise ExportError(f"{folder}: no {WEIGHTS_FILE} ({why}); run it with -engine onnx"
