@@ -170,3 +170,30 @@ def test_the_deploy_study_fine_tunes_a_released_student_at_its_last_learning_rat
     names = {study.folder_of(tmp_path, "lma", name) for name in study.CONFIGURATIONS}
     assert len(names) == len(study.CONFIGURATIONS) - 1  # fp32 and int8 share one export; the rest one each
     assert study.result_slug("4-bit PTQ") == "4bit_PTQ" and study.slug("2-bit QAT") == "q2qat"
+
+
+def test_the_deploy_study_judges_speed_by_the_median_per_round_ratio(tmp_path):
+    """Side-by-side rounds: a row's speed against the int8 graphs is the median of its per-round ratios (a slow
+    round slows both), not a ratio of single runs; the goal line says which it used."""
+    import json
+
+    from onmt_lma.study.probes import low_bit_deploy as study
+
+    int8, native = study.speed_key("relu", "onnx", "int8", 1), study.speed_key("relu", "native", "4-bit QAT", 1)
+    int8_32, native_32 = (study.speed_key("relu", "onnx", "int8", 32),
+                          study.speed_key("relu", "native", "4-bit QAT", 32))
+    for i, (a, b) in enumerate([(100, 120), (50, 65), (200, 150)]):  # ratios 1.2, 1.3, 0.75
+        (tmp_path / f"speed.round{i}.json").write_text(json.dumps({int8: a, native: b, int8_32: 300, native_32: 330}))
+    speeds, rounds = study.side_by_side_speeds(tmp_path)
+    assert rounds == 3
+    assert speeds[("relu", "native", "4-bit QAT", 1)] == (120, pytest.approx(1.2))
+    assert speeds[("relu", "onnx", "int8", 32)] == (300, 1.0)
+    row = {"student": "relu", "engine": "native", "configuration": "4-bit QAT", "size_vs_fp32": 0.16,
+           "sent_per_s_1": 10.0, "sent_per_s_32": 10.0, "bleu_vs_pytorch": 0.0}
+    graphs = {**row, "engine": "onnx", "configuration": "int8", "sent_per_s_1": 100.0, "sent_per_s_32": 100.0}
+    [line] = study.goal_lines([graphs, row], speeds)
+    assert "speed 1.10x the int8 graphs at worst of 1 and 32, side by side (goal >= 1: met)" in line
+    [line] = study.goal_lines([graphs, row])
+    assert "speed 0.10x the int8 graphs at worst of 1 and 32, single evaluations (goal >= 1: missed)" in line
+    assert any("| relu | native | 4-bit QAT | 120.0 | 1.20x | 330.0 | 1.10x |" == x
+               for x in study.speed_lines(speeds, rounds))
