@@ -176,8 +176,13 @@ def test_codes_pack_and_unpack(bits):
 
     codes = torch.randint(0, 2 ** bits, (37,), dtype=torch.uint8)
     packed = pack_codes(codes, bits)
-    assert packed.dtype == torch.uint8 and packed.numel() == (-(-37 * bits // 8) if bits in (1, 2, 4) else 37)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-37 * bits // 8)
+    stream = "".join(format(int(code), f"0{bits}b")[::-1] for code in codes)  # each code's lowest bit first
+    stream += "0" * (-len(stream) % 8)
+    assert packed.tolist() == [int(stream[i:i + 8][::-1], 2) for i in range(0, len(stream), 8)]
     assert torch.equal(unpack_codes(packed, bits, 37), codes)
+    if bits not in (1, 2, 4, 8):  # written one per byte by an onmt-lma before these widths were packed
+        assert torch.equal(unpack_codes(codes, bits, 37, packing=None), codes)
 
 
 @pytest.mark.integration

@@ -6,7 +6,8 @@ native engine's weights (:mod:`onmt_lma.deploy.native`), in one folder.
 With ``-int8`` the matrix products of both graphs are quantized by ONNX Runtime's
 dynamic quantization (``*.int8.onnx``).  A low-bit checkpoint (``onmt_lma_quantize -bits B``, or of a
 ``-quant_bits`` student) gives low-bit graphs, its packed codes on ONNX Runtime's kernels
-(:mod:`onmt_lma.deploy.low_bit`).  ``manifest.json`` records the format,
+(:mod:`onmt_lma.deploy.low_bit`); codes ONNX Runtime cannot run (3 bits) export for the native engine alone,
+``onnx_refused`` in the manifest saying why.  ``manifest.json`` records the format,
 the checkpoint's sha256, the special token ids and the options a runtime needs;
 ``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies; ``native.pt`` the float32 weights of
 ``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint less its vocabularies, its codes
@@ -42,8 +43,60 @@ def export(checkpoint, out_dir, int8=False, bits=None):
         for embeddings in (model.encoder.embeddings, model.decoder.embeddings):
             table = embeddings.make_embedding.pe
             table.pe = table.pe[:LOW_BIT_POSITIONS]
+    onnx_refused = low_bit.onnx_refused if low_bit is not None else None
+    if onnx_refused is not None:  # the native engine's alone: it must run the model
+        from onmt_lma.deploy.native import native_weights
+
+        try:
+            native_weights(model, model_opt)
+        except ExportError as error:
+            raise ExportError(f"{checkpoint}: {onnx_refused}, and {error}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    graphs, lowered = [], {}
+    for stale in ("encoder", "decoder_step"):  # a former export's graphs, which this one may not write
+        for suffix in (".onnx", ".int8.onnx"):
+            (out / f"{stale}{suffix}").unlink(missing_ok=True)
+    if onnx_refused is None:
+        graphs, lowered = _write_graphs(checkpoint, model, out, low_bit, int8)
+    native_file, native_refused = _write_native(checkpoint, model, model_opt, out, low_bit)
+    graphs += [native_file] if native_file else []
+    for side in ("src", "tgt"):
+        (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    from onmt.constants import DefaultTokens
+
+    attention = model.decoder.transformer_layers[0].self_attn
+    tgt_vocab = vocabs["tgt"]
+    manifest = {
+        "format": FORMAT, "checkpoint": Path(checkpoint).name, "checkpoint_sha256": sha256_of(checkpoint),
+        "activation": model_opt.pos_ffn_activation_fn, "hidden_size": model_opt.hidden_size,
+        "layers": len(model.decoder.transformer_layers), "heads": attention.head_count,
+        "head_dim": attention.dim_per_head, "max_positions": int(model.decoder.embeddings.make_embedding.pe.pe.shape[0]),
+        "int8": bool(int8), "opset": OPSET, "torch": torch.__version__,
+        "low_bit": None if low_bit is None else {
+            "bits": low_bit.bits, "bucket": low_bit.bucket, "source": low_bit.info.get("source", "quantization-aware"),
+            "embeddings": bool(low_bit.tables), "graphs": lowered},
+        "special": {"pad": tgt_vocab.lookup_token(DefaultTokens.PAD),
+                    "bos": tgt_vocab.lookup_token(vocabs.get("decoder_start_token", DefaultTokens.BOS)),
+                    "eos": tgt_vocab.lookup_token(DefaultTokens.EOS), "unk": tgt_vocab.lookup_token(DefaultTokens.UNK),
+                    "src_pad": vocabs["src"].lookup_token(DefaultTokens.PAD),
+                    "src_unk": vocabs["src"].lookup_token(DefaultTokens.UNK)},
+        "files": {name: sha256_of(out / name) for name in graphs + ["src.vocab.json", "tgt.vocab.json"]},
+    }
+    if native_refused is not None:
+        manifest["native_refused"] = native_refused
+    if onnx_refused is not None:
+        manifest["onnx_refused"] = onnx_refused
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _write_graphs(checkpoint, model, out, low_bit, int8):
+    """``(graph files, what lowering rewrote)``: the encoder and decoder step traced into ``out`` (low-bit:
+    their products lowered to the checkpoint's codes; ``int8``: also ONNX Runtime's dynamic int8 graphs)."""
+    from onmt_lma.model import kernels
+
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 1, 1]])
     src_len = torch.tensor([4, 2])
     graph_activations(model)
@@ -82,35 +135,7 @@ def export(checkpoint, out_dir, int8=False, bits=None):
             target = name.replace(".onnx", ".int8.onnx")
             quantize_dynamic(str(out / name), str(out / target), weight_type=QuantType.QInt8)
             graphs.append(target)
-    native_file, native_refused = _write_native(checkpoint, model, model_opt, out, low_bit)
-    graphs += [native_file] if native_file else []
-    for side in ("src", "tgt"):
-        (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
-    from onmt.constants import DefaultTokens
-
-    attention = model.decoder.transformer_layers[0].self_attn
-    tgt_vocab = vocabs["tgt"]
-    manifest = {
-        "format": FORMAT, "checkpoint": Path(checkpoint).name, "checkpoint_sha256": sha256_of(checkpoint),
-        "activation": model_opt.pos_ffn_activation_fn, "hidden_size": model_opt.hidden_size,
-        "layers": len(model.decoder.transformer_layers), "heads": attention.head_count,
-        "head_dim": attention.dim_per_head, "max_positions": int(model.decoder.embeddings.make_embedding.pe.pe.shape[0]),
-        "int8": bool(int8), "opset": OPSET, "torch": torch.__version__,
-        "low_bit": None if low_bit is None else {
-            "bits": low_bit.bits, "bucket": low_bit.bucket, "source": low_bit.info.get("source", "quantization-aware"),
-            "embeddings": bool(low_bit.tables), "graphs": lowered},
-        "special": {"pad": tgt_vocab.lookup_token(DefaultTokens.PAD),
-                    "bos": tgt_vocab.lookup_token(vocabs.get("decoder_start_token", DefaultTokens.BOS)),
-                    "eos": tgt_vocab.lookup_token(DefaultTokens.EOS), "unk": tgt_vocab.lookup_token(DefaultTokens.UNK),
-                    "src_pad": vocabs["src"].lookup_token(DefaultTokens.PAD),
-                    "src_unk": vocabs["src"].lookup_token(DefaultTokens.UNK)},
-        "files": {name: sha256_of(out / name) for name in graphs + ["src.vocab.json", "tgt.vocab.json"]},
-    }
-    if native_refused is not None:
-        manifest["native_refused"] = native_refused
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return graphs, lowered
 
 
 def _write_native(checkpoint, model, model_opt, out, low_bit):

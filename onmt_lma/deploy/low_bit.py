@@ -9,7 +9,9 @@ block's scale ``range / (2**B - 1)`` and floating-point zero point ``-minimum / 
 ``(code - zero point) * scale`` is the checkpoint's value.  Embedding tables quantized in symmetric 4-bit
 blocks become ``com.microsoft.GatherBlockQuantized``.  Weights are found by their values (each row of a
 graph's weight is looked up among the checkpoint's dequantized rows), so the graphs' own layout (transposed,
-fused) needs no naming.  ONNX Runtime runs 2 and 4 bits this way (:data:`DEPLOYABLE_BITS`).
+fused) needs no naming.  ONNX Runtime runs 2 and 4 bits this way (:data:`DEPLOYABLE_BITS`); other widths (3
+bits) and buckets its blocks cannot follow export for the native engine alone (:attr:`LowBitWeights.onnx_refused`),
+the codes packed on disk as the checkpoint packs them and unpacked as the engine loads them.
 """
 
 import numpy as np
@@ -41,35 +43,44 @@ def _pack(codes, bits):
 
 
 class LowBitWeights:
-    """A low-bit checkpoint's weights, findable by the float values of their rows."""
+    """A low-bit checkpoint's weights, findable by the float values of their rows; ``onnx_refused``: why ONNX
+    Runtime's kernels cannot run its codes (a bit width or bucket they lack; None where they can): the export
+    is then for the native engine alone, which runs any width and bucket."""
 
     def __init__(self, checkpoint):
         self.info = checkpoint["onmt_lma"]["low_bit"]
         self.bits, self.bucket = self.info["bits"], self.info["bucket"]
+        self.onnx_refused = None
         if self.bits not in DEPLOYABLE_BITS:
-            raise QuantizeError(f"a {self.bits}-bit checkpoint: ONNX Runtime's CPU kernels run "
-                                f"{' and '.join(map(str, DEPLOYABLE_BITS))} bits; translate it with "
-                                "onmt_lma_translate (PyTorch), or quantize to one of those")
+            self.onnx_refused = (f"{self.bits}-bit codes: ONNX Runtime's CPU kernels run "
+                                 f"{' and '.join(map(str, DEPLOYABLE_BITS))} bits")
         self.rows, self.tables = {}, []
         for key, entry in self.info["weights"].items():
             part, name = key.split("/", 1)
             values = low_bit_values(checkpoint[part][name], entry, self.info).numpy()
             bits = entry.get("bits", self.bits)
-            codes = unpack_codes(checkpoint[part][name], bits, values.size).numpy().reshape(values.shape)
+            codes = unpack_codes(checkpoint[part][name], bits, values.size, self.info.get("packing"))
+            codes = codes.numpy().reshape(values.shape)
             if entry.get("scheme") == "symmetric":
                 self.tables.append((values, codes, entry["scales"].numpy().reshape(values.shape[0], -1),
                                     entry["block"], bits))
-                continue
-            rows, inputs = values.shape
-            block = block_size(inputs, self.bucket)
-            starts = np.arange(rows)[:, None] * inputs + np.arange(inputs // block)[None, :] * block
-            low, span = entry["low"].numpy(), entry["span"].numpy()
-            which = starts // self.bucket
-            scale = np.where(span > 0, span / (2 ** self.bits - 1), 1.0).astype(np.float32)[which]
-            zero_point = (-low[which] / scale).astype(np.float32)
-            blocks = codes.reshape(rows, inputs // block, block)
-            for i, row in enumerate(values):
-                self.rows[row.tobytes()] = (blocks[i], scale[i], zero_point[i])
+            elif self.onnx_refused is None:
+                try:
+                    self._add_rows(values, codes, entry)
+                except QuantizeError as error:
+                    self.onnx_refused, self.rows = str(error), {}
+
+    def _add_rows(self, values, codes, entry):
+        rows, inputs = values.shape
+        block = block_size(inputs, self.bucket)
+        starts = np.arange(rows)[:, None] * inputs + np.arange(inputs // block)[None, :] * block
+        low, span = entry["low"].numpy(), entry["span"].numpy()
+        which = starts // self.bucket
+        scale = np.where(span > 0, span / (2 ** self.bits - 1), 1.0).astype(np.float32)[which]
+        zero_point = (-low[which] / scale).astype(np.float32)
+        blocks = codes.reshape(rows, inputs // block, block)
+        for i, row in enumerate(values):
+            self.rows[row.tobytes()] = (blocks[i], scale[i], zero_point[i])
 
     def matmul(self, weight):
         """``(packed, scales, zero points, block)`` for a graph weight of shape (N outputs, K inputs), or

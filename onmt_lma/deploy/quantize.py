@@ -29,7 +29,7 @@ The weights' formats are :mod:`onmt_lma.model.quantization` and :mod:`onmt_lma.m
 
 import argparse
 
-from onmt_lma.model.quantization import (FORMAT, QuantizeError, bucket_codes, pack_codes, quantize_rows,
+from onmt_lma.model.quantization import (FORMAT, PACKING, QuantizeError, bucket_codes, pack_codes, quantize_rows,
                                         symmetric_block_codes)
 from onmt_lma.model.quantized_checkpoint import drop_position_tables, embedding_names, linear_weight_names
 
@@ -66,7 +66,7 @@ def low_bit_checkpoint(checkpoint, model, bits, bucket, embeddings=False):
                 result[part][name] = tensor.float()
     quantization_aware = bool(getattr(checkpoint["opt"], "quant_bits", None))
     result["onmt_lma"] = {**(checkpoint.get("onmt_lma") or {}),
-                          "low_bit": {"format": FORMAT, "bits": bits, "bucket": bucket, "weights": stored,
+                          "low_bit": {"format": FORMAT, "packing": PACKING, "bits": bits, "bucket": bucket, "weights": stored,
                                       "source": "quantization-aware" if quantization_aware else "post-training",
                                       "embeddings": bool(embeddings),
                                       "position_tables": drop_position_tables(result)}}

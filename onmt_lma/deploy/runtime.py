@@ -120,6 +120,8 @@ class OnnxTranslator(ExportTranslator):
 
         suffix = ".int8.onnx" if int8 else ".onnx"
         super().__init__(folder, lambda name: name.endswith(suffix))
+        if self.manifest.get("onnx_refused"):
+            raise ExportError(f"{folder}: no ONNX graphs ({self.manifest['onnx_refused']}); run it with -engine native")
         if int8 and not self.manifest.get("int8"):
             raise ExportError(f"{folder}: exported without int8 graphs; export again with -int8")
         # Each session has its own intra-op thread pool, whose workers spin for a while after a call.  The

@@ -11,6 +11,8 @@ from onmt_lma.base.errors import UserError
 
 
 FORMAT = 1
+#: how a low-bit checkpoint's codes are packed (its ``low_bit["packing"]``): :func:`pack_codes`
+PACKING = "bit stream"
 
 
 INT8_MAX = 127
@@ -105,23 +107,24 @@ def values_of_symmetric_blocks(codes, scales, bits, block):
 
 
 def pack_codes(codes, bits):
-    """Codes of ``bits`` in {1, 2, 4} packed ``8 // bits`` to a byte (little end first); others one per byte."""
-    if bits not in (1, 2, 4):
+    """Codes of 1 to 7 ``bits`` as one little-endian bit stream (code i in bits [i * bits, (i + 1) * bits),
+    the first bit of a byte its lowest; for 1, 2 and 4 bits ``8 // bits`` codes to a byte, as ONNX Runtime
+    packs them); 8-bit codes one per byte."""
+    if bits >= 8:
         return codes
-    per_byte = 8 // bits
-    pad = (-codes.numel()) % per_byte
-    grouped = torch.cat([codes, codes.new_zeros(pad)]).reshape(-1, per_byte).to(torch.int32)
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    return (grouped << shifts).sum(dim=1).to(torch.uint8)
+    shifts = torch.arange(bits, dtype=torch.uint8)
+    stream = ((codes.reshape(-1, 1) >> shifts) & 1).reshape(-1)
+    stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % 8)]).reshape(-1, 8)
+    return (stream << torch.arange(8, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
 
 
-def unpack_codes(packed, bits, count):
-    if bits not in (1, 2, 4):
+def unpack_codes(packed, bits, count, packing=PACKING):
+    """The ``count`` codes :func:`pack_codes` packed; ``packing``: the low-bit checkpoint's (None: written by an
+    onmt-lma that kept 3-, 5-, 6- and 7-bit codes one per byte)."""
+    if bits >= 8 or (bits not in (1, 2, 4) and packing != PACKING):
         return packed[:count]
-    per_byte = 8 // bits
-    shifts = torch.arange(per_byte, dtype=torch.int32) * bits
-    codes = (packed.to(torch.int32)[:, None] >> shifts) & (2 ** bits - 1)
-    return codes.reshape(-1)[:count].to(torch.uint8)
+    stream = ((packed.reshape(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)[:count * bits]
+    return (stream.reshape(count, bits) << torch.arange(bits, dtype=torch.uint8)).sum(dim=1, dtype=torch.uint8)
 
 
 def quantize_linears(model):

@@ -57,7 +57,7 @@ def low_bit_values(packed, entry, low_bit):
     for size in entry["shape"]:
         count *= size
     bits = entry.get("bits", low_bit["bits"])
-    codes = unpack_codes(packed, bits, count)
+    codes = unpack_codes(packed, bits, count, low_bit.get("packing"))
     if entry.get("scheme") == "symmetric":
         return values_of_symmetric_blocks(codes.reshape(entry["shape"]), entry["scales"], bits, entry["block"])
     return values_of_codes(codes, entry["low"], entry["span"], bits, low_bit["bucket"], entry["shape"])
