@@ -98,7 +98,16 @@ def test_a_post_training_low_bit_export_translates_as_its_pytorch_self(vocab, lm
     assert len(pytorch) == 24 and pytorch == translations(vocab, tmp_path, folder, "onnx", "-engine", "onnx")
     assert pytorch == translations(vocab, tmp_path, folder, "native", "-engine", "native")  # codes unpacked at load
     native_size = (folder / "native.low_bit.pt").stat().st_size
-    assert not {"src", "tgt"} & set(load(folder / "native.low_bit.pt")["vocab"])  # src/tgt.vocab.json hold them
+    from onmt_lma.deploy.graphs import load_model
+    from onmt_lma.deploy.native import low_bit_native_weights, native_weights
+
+    _, model, model_opt = load_model(quantized)  # the PyTorch self: its weights exactly, the engine's layout
+    expected, loaded = native_weights(model, model_opt)["weights"], low_bit_native_weights(folder / "native.low_bit.pt")
+    assert set(loaded["weights"]) == set(expected)
+    positions = loaded["weights"]["positions"]
+    assert torch.equal(positions, expected["positions"][: len(positions)]) and len(positions) == 1024
+    assert all(torch.equal(loaded["weights"][name], expected[name]) for name in expected if name != "positions")
+    assert "vocab" not in load(folder / "native.low_bit.pt")  # src/tgt.vocab.json hold the vocabularies
     assert native_size < (float_folder / "native.pt").stat().st_size * (0.3 if embeddings else 0.6)
     refused = run("onmt_lma_translate", "-model", folder, "-src", vocab / "test.de", "-output", tmp_path / "n.en",
                   "-engine", "native", "-precision", "int8", expect_ok=False)

@@ -10,7 +10,7 @@ dynamic quantization (``*.int8.onnx``).  A low-bit checkpoint (``onmt_lma_quanti
 ``onnx_refused`` in the manifest saying why.  ``manifest.json`` records the format,
 the checkpoint's sha256, the special token ids and the options a runtime needs;
 ``src.vocab.json`` / ``tgt.vocab.json`` the vocabularies; ``native.pt`` the float32 weights of
-``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint less its vocabularies, its codes
+``-engine native`` (a low-bit checkpoint: ``native.low_bit.pt``, the checkpoint's packed codes in the engine's layout,
 dequantized when the engine loads them; or ``native_refused``: why there are none).
 """
 
@@ -140,8 +140,8 @@ def _write_graphs(checkpoint, model, out, low_bit, int8):
 
 def _write_native(checkpoint, model, model_opt, out, low_bit):
     """``(file, None)``: the weights of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written, ``native.pt``
-    (float32) or, for a low-bit checkpoint, the checkpoint without its vocabularies (its packed codes,
-    dequantized when the engine loads them); ``(None, why)`` where the engine cannot run the model."""
+    (float32) or, for a low-bit checkpoint, ``native.low_bit.pt`` (:func:`~onmt_lma.deploy.native.write_low_bit`:
+    its packed codes, dequantized when the engine loads them); ``(None, why)`` where the engine cannot run the model."""
     from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
 
     for name in (WEIGHTS_FILE, LOW_BIT_FILE):
@@ -151,7 +151,7 @@ def _write_native(checkpoint, model, model_opt, out, low_bit):
     except ExportError as error:
         return None, str(error)
     if low_bit is not None:
-        write_low_bit(checkpoint, out / LOW_BIT_FILE)
+        write_low_bit(checkpoint, model, model_opt, out / LOW_BIT_FILE)
         return LOW_BIT_FILE, None
     torch.save(weights, out / WEIGHTS_FILE)
     return WEIGHTS_FILE, None

@@ -14,8 +14,8 @@ search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++:
 few rows on its own packed AVX2 kernel, larger ones on ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
 segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one AVX2 register.  It reads
 ``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``; for a
-low-bit checkpoint ``native.low_bit.pt``, the checkpoint without its vocabularies, whose packed codes are
-dequantized as it loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
+low-bit checkpoint ``native.low_bit.pt``, the same weights with the checkpoint's packed codes in place of its
+quantized ones, dequantized as it loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
 PyTorch's dynamically quantized int8 ``Linear`` (fbgemm), quantized per row as the weights load, as
 ``onmt_lma_translate -precision int8`` runs a checkpoint: the same translations.  The file holds:
 
@@ -89,11 +89,20 @@ def int8_linears(weights):
     return result
 
 
-def native_weights(model, model_opt):
+def native_weights(model, model_opt, sources=None):
     """``native.pt``'s content for an OpenNMT-py model (LMA as :class:`~onmt_lma.deploy.graphs.LMAGraph`
-    or as trained); raises :class:`ExportError` naming what the native engine does not run."""
+    or as trained); raises :class:`ExportError` naming what the native engine does not run.  ``sources``, a
+    dict, gets each linear weight's and embedding table's checkpoint keys ("part/name", the rows stacked in
+    that order)."""
     from onmt_lma.deploy.graphs import LMAGraph
     from onmt_lma.model.lma import LMA
+    from onmt_lma.model.quantized_checkpoint import checkpoint_key
+
+    module_names = {id(module): name for name, module in model.named_modules()}
+
+    def source(name, *modules):
+        if sources is not None:
+            sources[name] = ["/".join(checkpoint_key(module_names[id(m)])) for m in modules]
 
     activation = model_opt.pos_ffn_activation_fn
     if activation not in NATIVE_ACTIVATIONS:
@@ -106,6 +115,7 @@ def native_weights(model, model_opt):
 
     def linear(name, *modules):
         tensor(f"{name}.weight", torch.cat([m.weight for m in modules]))
+        source(f"{name}.weight", *modules)
         if all(m.bias is not None for m in modules):
             tensor(f"{name}.bias", torch.cat([m.bias for m in modules]))
         elif any(m.bias is not None for m in modules):
@@ -144,6 +154,8 @@ def native_weights(model, model_opt):
         raise ExportError("the encoder's and decoder's position tables differ; use -engine onnx")
     tensor("src_embeddings", tables[0].emb_luts[0].weight)
     tensor("tgt_embeddings", tables[1].emb_luts[0].weight)
+    source("src_embeddings", tables[0].emb_luts[0])
+    source("tgt_embeddings", tables[1].emb_luts[0])
     tensor("positions", tables[0].pe.pe[:, 0, :])
     for i, layer in enumerate(encoder.transformer):
         attention = layer.self_attn
@@ -175,35 +187,51 @@ def native_weights(model, model_opt):
     return {"activation": activation, "config": config, "weights": weights}
 
 
-def write_low_bit(checkpoint, out):
-    """The low-bit checkpoint as ``-engine native`` loads it: its codes and options, without the vocabularies
-    (a sixth of a 64-dim student's 4-bit file), which the export's src/tgt.vocab.json hold."""
+def write_low_bit(checkpoint, model, model_opt, out):
+    """``native.low_bit.pt`` of a low-bit checkpoint (``model``: built from it): :func:`native_weights` with
+    every weight the checkpoint holds as codes left as its codes (``coded``: each such weight's checkpoint keys;
+    ``codes`` and ``low_bit``: their packed codes and the checkpoint's entries for them) and the sinusoid table
+    left to its formula (``positions``: its shape and encoding)."""
     from onmt_lma.base.checkpoint import checkpoint_loading
 
     with checkpoint_loading(str(checkpoint)):
         state = torch.load(checkpoint, map_location="cpu")
-    state["vocab"] = {key: value for key, value in state["vocab"].items() if key not in ("src", "tgt")}
-    torch.save(state, out)
+    info, sources = state["onmt_lma"]["low_bit"], {}
+    saved = native_weights(model, model_opt, sources)
+    coded = {name: keys for name, keys in sources.items() if all(key in info["weights"] for key in keys)}
+    keys = [key for names in coded.values() for key in names]
+    codes = {key: state[key.split("/", 1)[0]][key.split("/", 1)[1]] for key in keys}
+    positions = saved["weights"]["positions"]
+    torch.save({"activation": saved["activation"], "config": saved["config"], "coded": coded, "codes": codes,
+                "low_bit": {**info, "weights": {key: info["weights"][key] for key in keys}},
+                "positions": {"rows": positions.shape[0], "dim": positions.shape[1],
+                              "encoding": getattr(model_opt, "position_encoding_type", "SinusoidalInterleaved")},
+                "weights": {name: value for name, value in saved["weights"].items()
+                            if name not in coded and name != "positions"}}, out)
 
 
-def low_bit_native_weights(path, src_tokens, tgt_tokens):
-    """:func:`native_weights` of a :func:`write_low_bit` file with its vocabularies' tokens: its codes
-    dequantized (the float weights it computes with, as OpenNMT-py builds it); the engine then runs them
-    in float32."""
-    import os
-    import tempfile
+def low_bit_native_weights(path):
+    """:func:`native_weights` of a :func:`write_low_bit` file: its codes dequantized as OpenNMT-py dequantizes
+    the checkpoint (:func:`~onmt_lma.model.quantized_checkpoint.low_bit_values`, the float weights its PyTorch
+    self computes with), rows stacked as the engine takes them; the engine then runs them in float32."""
+    from onmt_lma.model.quantized_checkpoint import low_bit_values, position_table
 
-    from onmt_lma.base.checkpoint import checkpoint_loading
-    from onmt_lma.deploy.graphs import load_model
+    import pickle
 
-    with checkpoint_loading(str(path)):
-        state = torch.load(path, map_location="cpu")
-    state["vocab"] = {**state["vocab"], "src": list(src_tokens), "tgt": list(tgt_tokens)}
-    with tempfile.TemporaryDirectory() as scratch:  # OpenNMT-py builds a model from a file
-        whole = os.path.join(scratch, "checkpoint.pt")
-        torch.save(state, whole)
-        _, model, model_opt = load_model(whole)
-    return native_weights(model, model_opt)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # an earlier onmt-lma wrote the checkpoint itself (its options an object)
+        saved = {}
+    if "coded" not in saved:
+        raise ExportError(f"{path}: a low-bit file of an earlier onmt-lma; export the checkpoint again")
+    weights, info = dict(saved["weights"]), saved["low_bit"]
+    for name, keys in saved["coded"].items():
+        weights[name] = torch.cat([low_bit_values(saved["codes"][key], info["weights"][key], info)
+                                   for key in keys]).float().contiguous()
+    positions = saved["positions"]
+    table = position_table((positions["rows"], 1, positions["dim"]), positions["encoding"])
+    weights["positions"] = table[:, 0, :].float().contiguous()
+    return {"activation": saved["activation"], "config": saved["config"], "weights": weights}
 
 
 class NativeTranslator(ExportTranslator):
@@ -222,7 +250,7 @@ class NativeTranslator(ExportTranslator):
             if int8:
                 raise ExportError(f"{folder}: a {manifest['low_bit']['bits']}-bit export; -precision int8 does "
                                   "not apply to it")
-            saved = low_bit_native_weights(self.folder / LOW_BIT_FILE, self.src_vocab, self.tgt_tokens)
+            saved = low_bit_native_weights(self.folder / LOW_BIT_FILE)
         else:
             why = manifest.get("native_refused") or "exported by an onmt-lma without the native engine"
             raise ExportError(f"{folder}: no {WEIGHTS_FILE} ({why}); run it with -engine onnx"
