@@ -17,7 +17,9 @@ segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one A
 low-bit checkpoint ``native.low_bit.pt``, the same weights with the checkpoint's packed codes in place of its
 quantized ones, dequantized as it loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
 PyTorch's dynamically quantized int8 ``Linear`` (fbgemm), quantized per row as the weights load, as
-``onmt_lma_translate -precision int8`` runs a checkpoint: the same translations.  The file holds:
+``onmt_lma_translate -precision int8`` runs a checkpoint: the same translations; on a low-bit export, its
+dequantized codes quantized so (4-bit weights on disk, int8 products: faster in large batches, translations
+then as far from its PyTorch self as int8 from float32).  The file holds:
 
 * ``config``: dim, heads, vocab, special ids, the layer norms' eps; ``activation``: one of
   :data:`NATIVE_ACTIVATIONS`;
@@ -247,9 +249,6 @@ class NativeTranslator(ExportTranslator):
         if WEIGHTS_FILE in manifest["files"]:
             saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         elif LOW_BIT_FILE in manifest["files"]:
-            if int8:
-                raise ExportError(f"{folder}: a {manifest['low_bit']['bits']}-bit export; -precision int8 does "
-                                  "not apply to it")
             saved = low_bit_native_weights(self.folder / LOW_BIT_FILE)
         else:
             why = manifest.get("native_refused") or "exported by an onmt-lma without the native engine"

@@ -15,7 +15,10 @@ For each student (default: the converged study's released 64-dim ReLU at twice t
   from the released teacher as in training (``-train_from`` the released weights; a released model has no
   optimizer state, so Adam starts afresh at the constant learning rate its Noam schedule had at its last
   averaged step), then ``onmt_lma_quantize -embeddings`` (its learned codes; embeddings 4-bit) and
-  ``onmt_lma_export``.
+  ``onmt_lma_export``;
+* ``4-bit PTQ, int8 compute`` and ``4-bit QAT, int8 compute`` -- those 4-bit exports on ``-engine native
+  -precision int8``: the same file, its dequantized codes as int8 rows, the products in int8 (added after the
+  first runs had the float32 products of the 4-bit rows below the int8 graphs' speed in batches of 32).
 
 Each is evaluated by ``onmt_lma_evaluate -engine onnx`` and ``-engine native`` (its int8: PyTorch's dynamic int8
 Linear; a low-bit export: the checkpoint's codes, dequantized as it loads, run in float32) on the whole test
@@ -43,7 +46,11 @@ REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "results" / "multi30k_converged" / "models"
 STUDENTS = {"relu": MODELS / "student64_relu_lr2x_seed1.pt", "lma": MODELS / "student64_lma_seed1.pt"}
 TEACHER = MODELS / "teacher.pt"
-CONFIGURATIONS = ("fp32", "int8", "4-bit PTQ", "2-bit PTQ", "4-bit QAT", "2-bit QAT")
+#: a low-bit export's configuration run with ``-precision int8`` on the native engine: its dequantized codes as
+#: int8 rows, products in int8 (ONNX Runtime has no int8 graphs of a low-bit export)
+INT8_COMPUTE = ", int8 compute"
+LOW_BIT = ("4-bit PTQ", "2-bit PTQ", "4-bit QAT", "2-bit QAT")
+CONFIGURATIONS = ("fp32", "int8", *LOW_BIT, "4-bit PTQ" + INT8_COMPUTE, "4-bit QAT" + INT8_COMPUTE)
 QAT_STEPS = 300
 ENGINES = ("onnx", "native")
 ENGINE_SLUG = {"onnx": "", "native": ".native"}  # result files: LABEL.CONFIG[.native].bB.json
@@ -53,7 +60,7 @@ GOALS = {"size_vs_fp32": 0.2, "bleu_vs_pytorch": 0.3}
 #: evaluation's time tells that)
 SPEED_ROUNDS = 4
 SPEED_ROWS = (("onnx", "int8"), ("native", "fp32"), ("native", "int8"), ("native", "4-bit PTQ"),
-              ("native", "4-bit QAT"))
+              ("native", "4-bit QAT"), ("native", "4-bit PTQ" + INT8_COMPUTE), ("native", "4-bit QAT" + INT8_COMPUTE))
 
 
 def command(*argv):
@@ -61,11 +68,16 @@ def command(*argv):
     subprocess.run([str(a) for a in argv], check=True)
 
 
+def exported(name):
+    """The configuration whose export ``name`` runs ('4-bit QAT, int8 compute' -> '4-bit QAT')."""
+    return name.removesuffix(INT8_COMPUTE)
+
+
 def slug(name):
-    """A configuration's name in file names: '4-bit QAT' -> q4qat ('4-bit PTQ' -> q4, as before)."""
+    """A configuration's export in file names: '4-bit QAT' -> q4qat ('4-bit PTQ' -> q4, as before)."""
     if name in ("fp32", "int8"):
         return name
-    bits, kind = name.split("-bit ")
+    bits, kind = exported(name).split("-bit ")
     return f"q{bits}" + ("qat" if kind == "QAT" else "")
 
 
@@ -115,7 +127,7 @@ def prepare(label, checkpoint, runs, tuned):
     if not (float_folder / "manifest.json").is_file():
         command("onmt_lma_export", "-model", checkpoint, "-output", float_folder, "-int8")
     folders["fp32"], folders["int8"] = (float_folder, False), (float_folder, True)
-    for name in CONFIGURATIONS[2:]:
+    for name in LOW_BIT:
         bits = int(name[0])
         quantized, folder = runs / f"{label}.{slug(name)}.pt", folder_of(runs, label, name)
         if not quantized.is_file():
@@ -124,6 +136,9 @@ def prepare(label, checkpoint, runs, tuned):
         if not (folder / "manifest.json").is_file():
             command("onmt_lma_export", "-model", quantized, "-output", folder)
         folders[name] = (folder, False)
+    for name in CONFIGURATIONS:
+        if name.endswith(INT8_COMPUTE):
+            folders[name] = (folders[exported(name)][0], True)
     return folders
 
 
@@ -188,19 +203,20 @@ def run(args):
         folders[label] = prepare(label, checkpoint, args.runs, {b: t[label] for b, t in tuned.items()})
         for name, (folder, int8) in folders[label].items():
             stem = args.runs / f"{label}.{result_slug(name)}"
-            for engine in ENGINES:
+            for engine in ENGINES if not name.endswith(INT8_COMPUTE) else ("native",):
                 for batch in (1, 32):
                     evaluate(folder, Path(f"{stem}{ENGINE_SLUG[engine]}.b{batch}.json"), args.data,
                              batch, "-engine", engine, *["-int8"] * int8)
-            if "bit" in name:
+            if name in LOW_BIT:
                 evaluate(args.runs / f"{label}.{slug(name)}.pt", Path(f"{stem}.pytorch.json"), args.data,
                          32, "-engine", "pytorch")
     side_by_side(args, folders)
 
 
 def result_slug(name):
-    """A configuration's name in result files: '4-bit PTQ' -> 4bit_PTQ."""
-    return name.replace(" ", "_").replace("-", "")
+    """A configuration's name in result files: '4-bit PTQ' -> 4bit_PTQ ('4-bit PTQ, int8 compute' ->
+    4bit_PTQ_int8_compute)."""
+    return name.replace(",", "").replace(" ", "_").replace("-", "")
 
 
 def hyps(result_json):
@@ -221,7 +237,7 @@ def report_row(args, label, engine, name):
            "size_vs_fp32": size / fp32_size, "sent_per_s_1": first["speed"]["sentences_per_s"],
            "sent_per_s_32": second["speed"]["sentences_per_s"], "memory_mb": first["memory"]["peak_mb"],
            "folder": portable(folder, REPO)}
-    pytorch = args.runs / f"{label}.{result_slug(name)}.pytorch.json"
+    pytorch = args.runs / f"{label}.{result_slug(exported(name))}.pytorch.json"
     if pytorch.is_file():
         own = json.loads(pytorch.read_text())
         same = sum(a == b for a, b in zip(hyps(batched), hyps(pytorch)))
@@ -298,7 +314,7 @@ def goal_lines(rows, speeds=None):
     found = {(r["student"], r["engine"], r["configuration"]): r for r in rows}
     out = []
     for (student, engine, name), r in found.items():
-        if name not in ("4-bit PTQ", "4-bit QAT") or (student, "onnx", "int8") not in found:
+        if exported(name) not in ("4-bit PTQ", "4-bit QAT") or (student, "onnx", "int8") not in found:
             continue
         int8 = found[(student, "onnx", "int8")]
         if speeds and (student, engine, name, 1) in speeds:
