@@ -197,7 +197,9 @@ def test_the_deploy_study_fine_tunes_a_released_student_at_its_last_learning_rat
     assert settings["save_checkpoint_steps"] == settings["train_steps"] == study.QAT_STEPS
     assert settings["pos_ffn_activation_fn"] == "lma" and run_dir == tmp_path / f"lma_qat4_{study.QAT_STEPS}"
     names = {study.folder_of(tmp_path, "lma", name) for name in study.CONFIGURATIONS}
-    assert len(names) == len(study.CONFIGURATIONS) - 1  # fp32 and int8 share one export; the rest one each
+    assert len(names) == 1 + len(study.LOW_BIT)  # fp32 and int8 share one export, int8 compute its low-bit one
+    assert study.folder_of(tmp_path, "lma", "4-bit QAT" + study.INT8_COMPUTE) == study.folder_of(tmp_path, "lma", "4-bit QAT")
+    assert len({study.result_slug(name) for name in study.CONFIGURATIONS}) == len(study.CONFIGURATIONS)
     assert study.result_slug("4-bit PTQ") == "4bit_PTQ" and study.slug("2-bit QAT") == "q2qat"
 
 
