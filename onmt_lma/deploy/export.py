@@ -43,14 +43,16 @@ def export(checkpoint, out_dir, int8=False, bits=None):
         for embeddings in (model.encoder.embeddings, model.decoder.embeddings):
             table = embeddings.make_embedding.pe
             table.pe = table.pe[:LOW_BIT_POSITIONS]
-    onnx_refused = low_bit.onnx_refused if low_bit is not None else None
-    if onnx_refused is not None:  # the native engine's alone: it must run the model
-        from onmt_lma.deploy.native import native_weights
+    from onmt_lma.deploy.native import native_weights
 
-        try:
-            native_weights(model, model_opt)
-        except ExportError as error:
-            raise ExportError(f"{checkpoint}: {onnx_refused}, and {error}") from None
+    sources = {}  # each native weight's checkpoint keys (a low-bit export keeps their codes)
+    try:
+        native, native_refused = native_weights(model, model_opt, sources), None
+    except ExportError as error:
+        native, native_refused = None, str(error)
+    onnx_refused = low_bit.onnx_refused if low_bit is not None else None
+    if onnx_refused is not None and native_refused is not None:  # neither engine could run it
+        raise ExportError(f"{checkpoint}: {onnx_refused}, and {native_refused}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     graphs, lowered = [], {}
@@ -59,7 +61,7 @@ def export(checkpoint, out_dir, int8=False, bits=None):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     if onnx_refused is None:
         graphs, lowered = _write_graphs(checkpoint, model, out, low_bit, int8)
-    native_file, native_refused = _write_native(checkpoint, model, model_opt, out, low_bit)
+    native_file = _write_native(checkpoint, native, sources, out, low_bit)
     graphs += [native_file] if native_file else []
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
@@ -138,23 +140,22 @@ def _write_graphs(checkpoint, model, out, low_bit, int8):
     return graphs, lowered
 
 
-def _write_native(checkpoint, model, model_opt, out, low_bit):
-    """``(file, None)``: the weights of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written, ``native.pt``
-    (float32) or, for a low-bit checkpoint, ``native.low_bit.pt`` (:func:`~onmt_lma.deploy.native.write_low_bit`:
-    its packed codes, dequantized when the engine loads them); ``(None, why)`` where the engine cannot run the model."""
-    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
+def _write_native(checkpoint, native, sources, out, low_bit):
+    """The file of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written from ``native``, the model's
+    :func:`~onmt_lma.deploy.native.native_weights` (None where the engine cannot run it: nothing written):
+    ``native.pt`` (float32) or, for a low-bit checkpoint, ``native.low_bit.pt``
+    (:func:`~onmt_lma.deploy.native.write_low_bit`: its packed codes, dequantized when the engine loads them)."""
+    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, write_low_bit
 
     for name in (WEIGHTS_FILE, LOW_BIT_FILE):
         (out / name).unlink(missing_ok=True)
-    try:
-        weights = native_weights(model, model_opt)
-    except ExportError as error:
-        return None, str(error)
+    if native is None:
+        return None
     if low_bit is not None:
-        write_low_bit(checkpoint, model, model_opt, out / LOW_BIT_FILE)
-        return LOW_BIT_FILE, None
-    torch.save(weights, out / WEIGHTS_FILE)
-    return WEIGHTS_FILE, None
+        write_low_bit(checkpoint, native, sources, out / LOW_BIT_FILE)
+        return LOW_BIT_FILE
+    torch.save(native, out / WEIGHTS_FILE)
+    return WEIGHTS_FILE
 
 
 def add_top_k(path):

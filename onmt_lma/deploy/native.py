@@ -189,17 +189,16 @@ def native_weights(model, model_opt, sources=None):
     return {"activation": activation, "config": config, "weights": weights}
 
 
-def write_low_bit(checkpoint, model, model_opt, out):
-    """``native.low_bit.pt`` of a low-bit checkpoint (``model``: built from it): :func:`native_weights` with
-    every weight the checkpoint holds as codes left as its codes (``coded``: each such weight's checkpoint keys;
+def write_low_bit(checkpoint, saved, sources, out):
+    """``native.low_bit.pt`` of a low-bit checkpoint: ``saved``, :func:`native_weights` of the model built from
+    it (``sources``: what it filled in), with every weight the checkpoint holds as codes left as its codes (``coded``: each such weight's checkpoint keys;
     ``codes`` and ``low_bit``: their packed codes and the checkpoint's entries for them) and the sinusoid table
     left to its formula (``positions``: its shape and encoding)."""
     from onmt_lma.base.checkpoint import checkpoint_loading
 
     with checkpoint_loading(str(checkpoint)):
         state = torch.load(checkpoint, map_location="cpu")
-    info, sources = state["onmt_lma"]["low_bit"], {}
-    saved = native_weights(model, model_opt, sources)
+    info = state["onmt_lma"]["low_bit"]
     coded = {name: keys for name, keys in sources.items() if all(key in info["weights"] for key in keys)}
     keys = [key for names in coded.values() for key in names]
     codes = {key: state[key.split("/", 1)[0]][key.split("/", 1)[1]] for key in keys}
@@ -207,7 +206,7 @@ def write_low_bit(checkpoint, model, model_opt, out):
     torch.save({"activation": saved["activation"], "config": saved["config"], "coded": coded, "codes": codes,
                 "low_bit": {**info, "weights": {key: info["weights"][key] for key in keys}},
                 "positions": {"rows": positions.shape[0], "dim": positions.shape[1],
-                              "encoding": getattr(model_opt, "position_encoding_type", "SinusoidalInterleaved")},
+                              "encoding": getattr(state["opt"], "position_encoding_type", "SinusoidalInterleaved")},
                 "weights": {name: value for name, value in saved["weights"].items()
                             if name not in coded and name != "positions"}}, out)
 
@@ -216,9 +215,9 @@ def low_bit_native_weights(path):
     """:func:`native_weights` of a :func:`write_low_bit` file: its codes dequantized as OpenNMT-py dequantizes
     the checkpoint (:func:`~onmt_lma.model.quantized_checkpoint.low_bit_values`, the float weights its PyTorch
     self computes with), rows stacked as the engine takes them; the engine then runs them in float32."""
-    from onmt_lma.model.quantized_checkpoint import low_bit_values, position_table
-
     import pickle
+
+    from onmt_lma.model.quantized_checkpoint import low_bit_values, position_table
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
