@@ -103,6 +103,33 @@ def test_the_native_engine_translates_as_opennmt_py_does(vocab, exports, which, 
     assert len(outputs["nativenbest"]) == 39 and outputs["nativenbest"][15:18] == ["", "", ""]
 
 
+def test_the_ids_a_step_forbids_are_forbidden_as_opennmt_py_forbids_them(vocab, teacher, tmp_path):
+    """A generator biased to <unk> first and the end token second: with -ban_unk_token and -min_length 4 every
+    line is 4 tokens without <unk> on both engines, and the native engine's lines are OpenNMT-py's."""
+    from onmt_lma.base.checkpoint import load, save
+
+    checkpoint = load(teacher)
+    tokens = checkpoint["vocab"]["tgt"]
+    bias = checkpoint["generator"]["bias"]
+    bias[tokens.index("<unk>")] += 100.0
+    bias[tokens.index("</s>")] += 50.0
+    save(checkpoint, tmp_path / "biased.pt")
+    run("onmt_lma_export", "-model", tmp_path / "biased.pt", "-output", tmp_path / "export")
+    src = tmp_path / "src.de"
+    src.write_text("\n".join((vocab / "test.de").read_text().splitlines()[:6]) + "\n")
+    outputs = {}
+    for engine, model in (("pytorch", tmp_path / "biased.pt"), ("native", tmp_path / "export")):
+        for label, extra in (("free", []), ("banned", ["-min_length", "4", "-ban_unk_token"])):
+            out = tmp_path / f"{engine}{label}.en"
+            run("onmt_lma_translate", "-model", model, "-src", src, "-beam_size", "5", "-max_length", "20",
+                "-batch_size", "3", "-output", out, "-engine", engine, *extra)
+            outputs[engine + label] = out.read_text().splitlines()
+    assert outputs["nativefree"] == outputs["pytorchfree"] and all(line.split()[0] == "<unk>" for line in
+                                                                  outputs["nativefree"])
+    assert outputs["nativebanned"] == outputs["pytorchbanned"]
+    assert all(len(line.split()) == 4 and "<unk>" not in line.split() for line in outputs["nativebanned"])
+
+
 @pytest.mark.parametrize("products", ["panels", "aten", "onednn"])
 def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, products, monkeypatch):
     """On each path of its matrix products: the engine's own packed kernel (a few rows: the default here),

@@ -6,7 +6,9 @@
 // over the key/value caches, activations, top-k, the search's bookkeeping) as plain loops over
 // preallocated buffers.  The arithmetic follows deploy/graphs.py's graphs, operation for operation:
 // embeddings x sqrt(dim) + the sinusoid, queries divided by sqrt(head_dim), softmax in float32,
-// log-probabilities from at::log_softmax, LMA's segment from (x - mean) * inv + k / 2 (Xu et al. 2020).
+// log-probabilities by at::log_softmax's formula, (x - max) - log(sum exp(x - max)), LMA's segment from
+// (x - mean) * inv + k / 2 (Xu et al. 2020).  The log-probabilities are never written out: a row's maximum,
+// log-sum and top k come from two reads of its logits (the search needs no more).
 #include <torch/extension.h>
 #include <pybind11/stl.h>
 
@@ -109,7 +111,8 @@ struct Linear {
   Panels panels;  // float32 on an AVX2/FMA CPU: up to panel_rows rows without ATen
   int64_t outputs = 0, panel_rows = 0;
   mutable int64_t panel_calls = 0;  // products that ran on the panels (the engine's profile counts them)
-  void operator()(const at::Tensor& x, at::Tensor out) const {
+  // x W^T + b: in `out`, or in the tensor fbgemm or oneDNN returned (no copy of it); returns where it is
+  at::Tensor operator()(const at::Tensor& x, at::Tensor out) const {
     const int64_t rows = x.size(0);
     if (panels.ready() && rows <= panel_rows && x.is_contiguous() && out.is_contiguous()) {
       const float* in = x.data_ptr<float>();
@@ -118,20 +121,18 @@ struct Linear {
       ++panel_calls;
       at::parallel_for(0, panel_count, std::max<int64_t>(1, kPanelTaskMacs / (rows * panels.in * 16)),
                        [&](int64_t first, int64_t last) { panel_product(panels, in, rows, first, last, y); });
-    } else if (packed) {
-      out.copy_(packed->apply_dynamic(x, /*reduce_range=*/true));
-    } else if (reordered.defined()) {
+      return out;
+    }
+    if (packed) return packed->apply_dynamic(x, /*reduce_range=*/true);
+    if (reordered.defined()) {
       static const c10::OperatorHandle op =
           c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
       torch::jit::Stack stack{x, reordered, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
                               c10::List<std::optional<at::Scalar>>(), c10::IValue()};
       op.callBoxed(&stack);
-      out.copy_(stack[0].toTensor());
-    } else if (bias.defined()) {
-      at::addmm_out(out, bias, x, weight_t);
-    } else {
-      at::mm_out(out, x, weight_t);
+      return stack[0].toTensor();
     }
+    return bias.defined() ? at::addmm_out(out, bias, x, weight_t) : at::mm_out(out, x, weight_t);
   }
 };
 
@@ -268,25 +269,14 @@ struct TopK {
     while (at > 0 && v > values[at - 1]) { values[at] = values[at - 1]; ids[at] = ids[at - 1]; --at; }
     values[at] = v, ids[at] = id;
   }
-};
-
-void top_k_scalar(const float* row, int64_t n, TopK& top) {
-  for (int64_t i = 0; i < n; ++i) top.offer(row[i], i);
-}
-
-__attribute__((target("avx2"))) void top_k_avx2(const float* row, int64_t n, TopK& top) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(row + i);
-    int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(top.values[top.k - 1]), _CMP_GT_OQ));
-    while (mask) {
-      const int lane = __builtin_ctz(mask);
-      top.offer(row[i + lane], i + lane);
-      mask &= mask - 1;
-    }
+  void insert(float v, int64_t id) {  // out of index order: ranked by (value desc, index asc) all the same
+    const auto before = [&](int64_t at) { return v > values[at] || (v == values[at] && id < ids[at]); };
+    if (!before(k - 1)) return;
+    int64_t at = k - 1;
+    while (at > 0 && before(at - 1)) { values[at] = values[at - 1]; ids[at] = ids[at - 1]; --at; }
+    values[at] = v, ids[at] = id;
   }
-  for (; i < n; ++i) top.offer(row[i], i);
-}
+};
 
 // e^x for x <= 0 (softmax's shifted scores), 8 at a time: Cephes' expf (within about 1 ulp of std::exp)
 __attribute__((target("avx2,fma"))) __m256 exp_nonpositive(__m256 x) {
@@ -307,6 +297,73 @@ __attribute__((target("avx2,fma"))) float horizontal_sum(__m256 v) {
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_hadd_ps(x, x);
   return _mm_cvtss_f32(_mm_hadd_ps(x, x));
+}
+
+// A row of logits' log-softmax, log p = (x - max) - log_sum, as at::log_softmax computes it (the sum of
+// exponentials in another order: the same to a few ulps); `banned`: ids the step forbids
+struct LogSoftmax {
+  float max = 0, log_sum = 0;
+  float at(float logit) const { return (logit - max) - log_sum; }
+};
+
+bool is_banned(int64_t id, const std::vector<int64_t>& banned) {
+  return std::find(banned.begin(), banned.end(), id) != banned.end();
+}
+
+// the row's log-softmax and, with `top`, its top k log-probabilities among the ids not banned, each banned
+// id scored kBanned as OpenNMT-py scores it after its log_softmax; the logits are read twice, nothing written
+LogSoftmax log_softmax_scalar(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned) {
+  LogSoftmax found{*std::max_element(row, row + n), 0};
+  float total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    total += std::exp(row[i] - found.max);
+    if (top && !is_banned(i, banned)) top->offer(row[i], i);
+  }
+  found.log_sum = std::log(total);
+  return found;
+}
+
+__attribute__((target("avx2,fma"))) LogSoftmax log_softmax_avx2(const float* row, int64_t n, TopK* top,
+                                                                const std::vector<int64_t>& banned) {
+  __m256 most = _mm256_set1_ps(kMinusInf);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) most = _mm256_max_ps(most, _mm256_loadu_ps(row + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, most);
+  LogSoftmax found{*std::max_element(lanes, lanes + 8), 0};
+  for (; i < n; ++i) found.max = std::max(found.max, row[i]);
+  const __m256 shift = _mm256_set1_ps(found.max);
+  __m256 totals[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(row + i);
+    totals[(i / 8) & 1] = _mm256_add_ps(totals[(i / 8) & 1], exp_nonpositive(_mm256_sub_ps(v, shift)));
+    if (!top) continue;
+    int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(top->values[top->k - 1]), _CMP_GT_OQ));
+    while (mask) {
+      const int64_t id = i + __builtin_ctz(mask);
+      if (banned.empty() || !is_banned(id, banned)) top->offer(row[id], id);
+      mask &= mask - 1;
+    }
+  }
+  float total = horizontal_sum(_mm256_add_ps(totals[0], totals[1]));
+  for (; i < n; ++i) {
+    total += std::exp(row[i] - found.max);
+    if (top && !is_banned(i, banned)) top->offer(row[i], i);
+  }
+  found.log_sum = std::log(total);
+  return found;
+}
+
+LogSoftmax log_softmax_top_k(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned) {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (top) top->reset();
+  const LogSoftmax found = avx2 ? log_softmax_avx2(row, n, top, banned) : log_softmax_scalar(row, n, top, banned);
+  if (top) {
+    for (int64_t j = 0; j < top->k; ++j)
+      if (top->ids[j] < n) top->values[j] = found.at(top->values[j]);
+    for (int64_t id : banned) top->insert(kBanned, id);
+  }
+  return found;
 }
 
 // Engine::attend for heads of 8, 16, ..., 64 values: a head's dot products, exponentials and weighted sum
@@ -406,7 +463,6 @@ class Engine {
     for (int64_t i = 0; i < count; ++i) offsets[i] = i;
     std::vector<std::vector<std::pair<float, std::vector<int64_t>>>> hypotheses(count), results(count);
     std::vector<TopK> tops(rows, TopK{beam, {}, {}});
-    const bool avx2 = __builtin_cpu_supports("avx2");
     struct Candidate { float score; int64_t id; };
     std::vector<Candidate> candidates(beam * beam);
     std::vector<float> top_scores(rows);
@@ -414,19 +470,13 @@ class Engine {
     for (int64_t step = 0; step < max_length; ++step) {
       const int64_t length = step + 1;
       const auto before = Clock::now();
-      decoder_step(rows, step, tokens.data(), sentence_of_row.data());
+      const at::Tensor logits = decoder_step(rows, step, tokens.data(), sentence_of_row.data());
+      std::vector<int64_t> banned;
+      if (length <= min_length) banned.push_back(eos_);
+      if (ban_unk) banned.push_back(unk_);
+      log_softmax_rows(logits, rows, tops.data(), banned, nullptr);
       decoder_s += seconds(before);
       profile_["steps"] += 1;
-      float* log_probs = log_probs_.data_ptr<float>();
-      at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / vocab_), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          float* row = log_probs + r * vocab_;
-          if (length <= min_length) row[eos_] = kBanned;
-          if (ban_unk) row[unk_] = kBanned;
-          tops[r].reset();
-          avx2 ? top_k_avx2(row, vocab_, tops[r]) : top_k_scalar(row, vocab_, tops[r]);
-        }
-      });
       const float lp = static_cast<float>(penalty == 1 ? std::pow(length + 1.0, alpha)
                                           : penalty == 2 ? std::pow((5.0 + length + 1.0) / 6.0, alpha) : 1.0);
       const int64_t groups = rows / beam;
@@ -522,13 +572,15 @@ class Engine {
     double total = 0;
     int64_t counted = 0;
     for (int64_t step = 0; step < longest; ++step) {  // a finished line's later steps are computed, not counted
-      decoder_step(count, step, tokens.data(), sentence_of_row.data());
-      const float* log_probs = log_probs_.data_ptr<float>();
+      const at::Tensor logits = decoder_step(count, step, tokens.data(), sentence_of_row.data());
+      std::vector<LogSoftmax> rows(count);
+      log_softmax_rows(logits, count, nullptr, {}, rows.data());
+      const float* row = logits.data_ptr<float>();
       for (int64_t r = 0; r < count; ++r) {
         const auto& gold = targets[r];
         if (step >= static_cast<int64_t>(gold.size())) continue;
         TORCH_CHECK(gold[step] >= 0 && gold[step] < vocab_, "native engine: target id ", gold[step], " out of the vocabulary");
-        total += log_probs[r * vocab_ + gold[step]], ++counted;
+        total += rows[r].at(row[r * vocab_ + gold[step]]), ++counted;
         tokens[r] = gold[step];
       }
     }
@@ -597,16 +649,14 @@ class Engine {
 
   void ffn(const FeedForward& f, float* x, int64_t rows) {
     f.norm(x, normed_.data_ptr<float>(), rows, dim_);
-    at::Tensor hidden = hidden_.narrow(0, 0, rows);
-    f.w1(normed_.narrow(0, 0, rows), hidden);
+    at::Tensor hidden = f.w1(normed_.narrow(0, 0, rows), hidden_.narrow(0, 0, rows));
     f.activation(hidden);
     project_add(f.w2, hidden, x, rows);
   }
 
   // x += projection(input): torch's order, (input W^T + b) + x
   void project_add(const Linear& projection, const at::Tensor& input, float* x, int64_t rows) {
-    at::Tensor out = projected_.narrow(0, 0, rows);
-    projection(input, out);
+    const at::Tensor out = projection(input, projected_.narrow(0, 0, rows));
     const float* p = out.data_ptr<float>();
     for (int64_t i = 0, n = rows * dim_; i < n; ++i) x[i] = p[i] + x[i];
   }
@@ -670,8 +720,8 @@ class Engine {
     }
     for (const EncoderLayer& layer : encoder_) {
       layer.norm(xs, normed.data_ptr<float>(), n, dim_);
-      layer.qkv(normed, qkv);
-      const float* q = qkv.data_ptr<float>();
+      const at::Tensor projected = layer.qkv(normed, qkv);
+      const float* q = projected.data_ptr<float>();
       float* ctx = context.data_ptr<float>();
       at::parallel_for(0, n, std::max<int64_t>(1, 65536 / (longest * dim_ + 1)), [&](int64_t begin, int64_t end) {
         std::vector<float> scores;
@@ -688,10 +738,8 @@ class Engine {
     encoder_norm_(xs, normed.data_ptr<float>(), n, dim_);
     memory_keys_.clear(), memory_values_.clear();
     for (const DecoderLayer& layer : decoder_) {
-      at::Tensor keys = at::empty({n, dim_}), values = at::empty({n, dim_});
-      layer.context_keys(normed, keys);
-      layer.context_values(normed, values);
-      memory_keys_.push_back(keys), memory_values_.push_back(values);
+      memory_keys_.push_back(layer.context_keys(normed, at::empty({n, dim_})));
+      memory_values_.push_back(layer.context_values(normed, at::empty({n, dim_})));
     }
   }
 
@@ -703,8 +751,7 @@ class Engine {
     rows = std::max<int64_t>(rows, 1);
     x_ = at::empty({rows, dim_}), normed_ = at::empty({rows, dim_}), qkv_ = at::empty({rows, 3 * dim_});
     context_ = at::empty({rows, dim_}), projected_ = at::empty({rows, dim_}), queries_ = at::empty({rows, dim_});
-    hidden_ = at::empty({rows, feed_forward_units()}), log_probs_ = at::empty({rows, vocab_});
-    logits_ = at::empty({rows, vocab_});
+    hidden_ = at::empty({rows, feed_forward_units()}), logits_ = at::empty({rows, vocab_});
     capacity_ = capacity;
     keys_.clear(), values_.clear(), spare_keys_.clear(), spare_values_.clear();
     for (size_t l = 0; l < decoder_.size(); ++l) {
@@ -718,14 +765,17 @@ class Engine {
       for (auto [caches, spares] : {std::pair{&keys_, &spare_keys_}, std::pair{&values_, &spare_values_}}) {
         const float* old = (*caches)[l].data_ptr<float>();
         float* now = (*spares)[l].data_ptr<float>();
-        for (int64_t r = 0; r < rows; ++r) std::copy(old + from[r] * capacity_ * dim_, old + from[r] * capacity_ * dim_ + span, now + r * capacity_ * dim_);
+        at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / span), [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r)
+            std::copy(old + from[r] * capacity_ * dim_, old + from[r] * capacity_ * dim_ + span, now + r * capacity_ * dim_);
+        });
         std::swap((*caches)[l], (*spares)[l]);
       }
     }
   }
 
-  // one position of `rows` hypotheses: their self-attention caches grow by it, log_probs_ is filled
-  void decoder_step(int64_t rows, int64_t step, const int64_t* tokens, const int64_t* sentence_of_row) {
+  // one position of `rows` hypotheses: their self-attention caches grow by it; returns their logits
+  at::Tensor decoder_step(int64_t rows, int64_t step, const int64_t* tokens, const int64_t* sentence_of_row) {
     TORCH_CHECK(step < positions_.size(0), "native engine: step ", step, " past the position table");
     float* x = x_.data_ptr<float>();
     const float root = std::sqrt(static_cast<float>(dim_));
@@ -739,8 +789,8 @@ class Engine {
     for (size_t l = 0; l < decoder_.size(); ++l) {
       const DecoderLayer& layer = decoder_[l];
       layer.norm1(x, normed.data_ptr<float>(), rows, dim_);
-      layer.qkv(normed, qkv);
-      const float* q = qkv.data_ptr<float>();
+      const at::Tensor projected = layer.qkv(normed, qkv);
+      const float* q = projected.data_ptr<float>();
       float* keys = keys_[l].data_ptr<float>();
       float* values = values_[l].data_ptr<float>();
       float* ctx = context.data_ptr<float>();
@@ -756,8 +806,7 @@ class Engine {
       });
       project_add(layer.out, context, x, rows);
       layer.norm2(x, normed.data_ptr<float>(), rows, dim_);
-      at::Tensor queries = queries_.narrow(0, 0, rows);
-      layer.context_query(normed, queries);
+      const at::Tensor queries = layer.context_query(normed, queries_.narrow(0, 0, rows));
       const float* cq = queries.data_ptr<float>();
       const float* memory_keys = memory_keys_[l].data_ptr<float>();
       const float* memory_values = memory_values_[l].data_ptr<float>();
@@ -772,10 +821,19 @@ class Engine {
       ffn(layer.ffn, x, rows);
     }
     decoder_norm_(x, normed.data_ptr<float>(), rows, dim_);
-    at::Tensor logits = logits_.narrow(0, 0, rows);
-    generator_(normed, logits);
-    at::Tensor log_probs = log_probs_.narrow(0, 0, rows);
-    at::_log_softmax_out(log_probs, logits, 1, false);
+    return generator_(normed, logits_.narrow(0, 0, rows)).contiguous();
+  }
+
+  // each row's log-softmax (into `found`, where given) and top k (into `tops`, where given), rows in parallel
+  void log_softmax_rows(const at::Tensor& logits, int64_t rows, TopK* tops, const std::vector<int64_t>& banned,
+                        LogSoftmax* found) const {
+    const float* x = logits.data_ptr<float>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / vocab_), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const LogSoftmax row = log_softmax_top_k(x + r * vocab_, vocab_, tops ? tops + r : nullptr, banned);
+        if (found) found[r] = row;
+      }
+    });
   }
 
   std::map<std::string, at::Tensor> weights_;
@@ -793,7 +851,7 @@ class Engine {
   std::vector<int64_t> source_lengths_;
   int64_t source_length_ = 1, capacity_ = 0;
   std::vector<at::Tensor> memory_keys_, memory_values_, keys_, values_, spare_keys_, spare_values_;
-  at::Tensor x_, normed_, qkv_, context_, projected_, queries_, hidden_, logits_, log_probs_;
+  at::Tensor x_, normed_, qkv_, context_, projected_, queries_, hidden_, logits_;
   std::map<std::string, double> profile_ = {{"encoder_s", 0}, {"decoder_s", 0}, {"search_s", 0}, {"steps", 0}, {"sentences", 0}};
 };
 
