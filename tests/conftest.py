@@ -115,10 +115,9 @@ def run(command, *args, expect_ok=True):
 
 def load(path):
     """Load a checkpoint the way the plugin does (weights_only + allow-list)."""
-    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
-    with checkpoint_loading(str(path)):
-        return torch.load(path, map_location="cpu")
+    return load_checkpoint(path)
 
 
 def activation_state(checkpoint):

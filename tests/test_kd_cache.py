@@ -177,12 +177,15 @@ def test_an_interrupted_build_resumes_at_its_first_missing_shard(vocab, teacher,
     monkeypatch.setattr(kd_cache_build, "write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build(vocab, teacher, tmp_path / "cache", *args)
-    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert not (tmp_path / "cache").exists()  # nothing half-built looks like a cache: it is in cache.partial
+    manifest = json.loads((tmp_path / "cache.partial" / "manifest.json").read_text())
     assert not manifest["complete"] and sorted(manifest["shards"]["corpus_1"]) == ["0", "1"]
     written.clear()
     monkeypatch.setattr(kd_cache_build, "write_shard", lambda *a: (written.append(a[1]), write_shard(*a))[1])
     build(vocab, teacher, tmp_path / "cache", *args)
     assert written == ["corpus_1.000002"]  # 800 lines in shards of 300: only the third was left
+    assert not (tmp_path / "cache.partial").exists() and json.loads((tmp_path / "cache" / "manifest.json").read_text())[
+        "complete"]
     for name in sorted(os.listdir(full_cache)):
         if name.endswith(".npy"):
             np.testing.assert_array_equal(np.load(tmp_path / "cache" / name), np.load(full_cache / name))

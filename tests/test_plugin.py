@@ -197,7 +197,7 @@ def test_checkpoints_outside_the_allow_list_are_refused(tmp_path):
     assert argparse.Namespace in CHECKPOINT_SAFE_GLOBALS
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "opt": argparse.Namespace(), "extra": NotAllowed()}, path)
-    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.pt.*: it holds test_plugin\.NotAllowed") as refused:
+    with pytest.raises(CheckpointError, match=r"refusing to load OpenNMT-py checkpoint .*evil\.pt.*: it holds test_plugin\.NotAllowed") as refused:
         onmt.models.model_saver.load_checkpoint(str(path))
     # the message never suggests turning the safe loader off
     assert "do not use it" in str(refused.value) and "weights_only" not in str(refused.value)

@@ -1,16 +1,20 @@
-"""Loading OpenNMT-py checkpoints with today's ``torch.load(weights_only=True)``.
+"""Loading OpenNMT-py checkpoints with ``torch.load(weights_only=True)``, whatever the environment says.
 
 OpenNMT-py 3.5.1 pickles its options (an ``argparse.Namespace``) next to the
 weights, which torch >= 2.6 refuses by default.  Rather than turning the safe
 unpickler off, the few classes such a checkpoint really holds are allowed, and
-anything else is refused with a message naming the file.
+anything else is refused with a message naming the file.  ``weights_only=True``
+is passed explicitly, on our loads and on OpenNMT-py's own (which pass nothing):
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which people set to read old files,
+switches the safe loader off only where a call leaves ``weights_only`` unset.
 
-
-:func:`load` and :func:`save` read and write one checkpoint (saving atomically).
+:func:`load` and :func:`save` read and write one checkpoint (saving atomically);
+:func:`checkpoint_loading` wraps a load that OpenNMT-py makes.
 """
 
 import argparse
 import contextlib
+import functools
 import os
 import pickle
 import re
@@ -30,41 +34,74 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable or holds disallowed objects."""
 
 
-@contextlib.contextmanager
-def checkpoint_loading(path):
-    """Context for one ``torch.load`` of the OpenNMT-py checkpoint at ``path``.
+def _safe_torch_load(original):
+    """``torch.load`` with ``weights_only=True`` on every call, whatever the caller or the environment asks."""
 
-    Allows exactly :data:`CHECKPOINT_SAFE_GLOBALS` in the ``weights_only``
-    unpickler (torch's default) and turns every failure to read the file into a
-    :class:`CheckpointError` naming it.
-    """
+    @functools.wraps(original)
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        kwargs.pop("pickle_module", None)
+        return original(*args, **kwargs)
+
+    load.onmt_lma_safe = True
+    return load
+
+
+def refusal(path, error, what="OpenNMT-py checkpoint"):
+    """The one-line :class:`CheckpointError` for the failed safe load of ``path`` (torch's own text, which
+    advises switching the safe loader off, is never shown)."""
+    text = str(error)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+        holds = f"it holds {refused.group(1)}, which" if refused else "it holds an object that"
+        allowed = ", ".join(g.__module__ + "." + g.__qualname__ for g in CHECKPOINT_SAFE_GLOBALS)
+        return CheckpointError(
+            f"refusing to load {what} {path!r}: {holds} is not among what an {what} holds (tensors, containers, numbers, "
+            f"strings, {allowed}): loading it could run code it carries; do not use it, and do not load it with "
+            "the safe loader switched off")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = re.split(r"(?<=\.) ", first)[0]  # torch's first sentence, not its advice
+    return CheckpointError(f"{path!r} is not a readable {what} (damaged or truncated?): "
+                           f"{type(error).__name__}: {first}")
+
+
+@contextlib.contextmanager
+def checkpoint_loading(path, what="OpenNMT-py checkpoint"):
+    """Context for loads of the file at ``path``: every ``torch.load`` inside (OpenNMT-py's too) passes
+    ``weights_only=True`` with exactly :data:`CHECKPOINT_SAFE_GLOBALS` allowed, and every failure to read
+    the file is a :class:`CheckpointError` naming it."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+        raise CheckpointError(f"{what} {path!r} does not exist or is not a file")
+    original = torch.load
     try:
+        if not getattr(original, "onmt_lma_safe", False):
+            torch.load = _safe_torch_load(original)
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             yield
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if refused is None:
-            raise CheckpointError(f"{path!r} is not a readable OpenNMT-py checkpoint: {error}") from None
-        allowed = ", ".join(g.__module__ + "." + g.__qualname__ for g in CHECKPOINT_SAFE_GLOBALS)
-        raise CheckpointError(
-            f"refusing to load checkpoint {path!r}: it holds {refused.group(1)}, which is not "
-            f"among what OpenNMT-py checkpoints hold (tensors, containers, numbers, strings, "
-            f"{allowed}): loading it could run code it carries; do not use it"
-        ) from None
     except CheckpointError:
         raise
-    except Exception as error:  # torch raises RuntimeError, EOFError, IndexError, ...
-        raise CheckpointError(
-            f"{path!r} is not a readable OpenNMT-py checkpoint: {type(error).__name__}: {error}"
-        ) from None
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, IndexError, ...
+        raise refusal(path, error, what) from None
+    finally:
+        torch.load = original
 
 
-def load(path):
-    """The checkpoint at ``path`` (on the CPU), loaded safely (:func:`checkpoint_loading`)."""
+def load(path, mmap=False):
+    """The checkpoint at ``path`` (on the CPU), loaded safely (:func:`checkpoint_loading`); ``mmap``: its
+    tensors mapped from the file rather than read (cheap when only a few entries are needed)."""
     with checkpoint_loading(str(path)):
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def load_weights(path, what):
+    """A file of plain tensors and containers (an export's weights), loaded with ``weights_only=True`` and
+    nothing else allowed; a refusal names ``what`` the file should have been."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {str(path)!r} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise refusal(str(path), error, what) from None
 
 
 def save(checkpoint, output):

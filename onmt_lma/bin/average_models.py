@@ -19,11 +19,11 @@ OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
 """
 
 import argparse
-import os
 
 import onmt.opts
 
 from onmt_lma.bin.parser import CommandParser
+from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.checkpoint import CheckpointError, save
 from onmt_lma.training.average import AverageError, average
 
@@ -44,11 +44,10 @@ def get_parser():
 def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    if os.path.abspath(args.output) in map(os.path.abspath, args.models):
-        parser.exit(2, f"{parser.prog}: error: -output {args.output} is one of the -models\n")
     try:
+        refuse_overwriting(args.output, {f"-models {model}": model for model in args.models})
         save(average(args.models, args.float16, args.release), args.output)
-    except (CheckpointError, AverageError) as error:
+    except (CheckpointError, OutputError, AverageError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     from onmt.utils.logging import init_logger, logger
 

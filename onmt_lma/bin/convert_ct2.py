@@ -13,27 +13,22 @@ from onmt_lma.deploy.export import ExportError
 
 
 def get_parser():
-
-
     parser = CommandParser(prog="onmt_lma_convert_ct2", description="onmt_lma_convert_ct2: a CTranslate2 model")
     onmt.opts.config_opts(parser)
     parser.add("--model", "-model", required=True, help="checkpoint (relu, gelu, fast_gelu or silu)")
     parser.add("--output", "-output", required=True, help="CTranslate2 model folder")
     parser.add("--quantization", "-quantization", choices=("int8", "int8_float32", "int16", "float16"),
                default=None, help="CTranslate2 weight type (default: as the checkpoint, float32)")
-    parser.add("--force", "-force", action="store_true", help="replace an existing -output folder")
+    parser.add("--force", "-force", action="store_true", help="replace an existing CTranslate2 model folder -output (never a folder of anything else)")
     return parser
 
 
 def main(argv=None):
-
     parser = get_parser()
     args = parser.parse_args(argv)
     with user_errors_exit(parser):
         if not Path(args.model).is_file():
             raise ExportError(f"-model {args.model}: no such checkpoint")
-        if Path(args.output).exists() and not args.force:
-            raise ExportError(f"-output {args.output} exists; give -force to replace it")
         print(convert(args.model, args.output, args.quantization, args.force))
 
 

@@ -16,7 +16,7 @@ from onmt.utils.parse import ArgumentParser
 
 from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser
-from onmt_lma.base.files import sha256_of
+from onmt_lma.base.files import refuse_overwriting, sha256_of
 from onmt_lma.training.seqkd import distill_corpus, DistillDataError
 
 #: options that change what the teacher writes, recorded with the output
@@ -47,6 +47,7 @@ def main(argv=None):
         if not os.path.isfile(opt.src):
             raise DistillDataError(f"-src {opt.src} does not exist")
         out_path = opt.output
+        refuse_overwriting(out_path, {"-src": opt.src, **{f"-model {m}": m for m in opt.models}})
         ArgumentParser.validate_translate_opts(opt)
         ArgumentParser._get_all_transform_translate(opt)
         ArgumentParser._validate_transforms_opts(opt)

@@ -51,6 +51,7 @@ import onmt.opts
 from onmt.utils.logging import logger
 
 from onmt_lma.base.checkpoint import CheckpointError
+from onmt_lma.base.errors import UserError
 from onmt_lma.base.files import sha256_of
 from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser
@@ -134,24 +135,22 @@ def int8_version(model, force=False):
 def export_of(model, engine, force=False):
     """An export folder as it is; for a checkpoint ``CK``, ``CK.onnx/`` beside it (onmt_lma_export with int8
     graphs), made again when missing, incomplete or exported from another version of ``CK``."""
-    import shutil
-
     from onmt_lma.deploy import export
+    from onmt_lma.deploy.manifest import read_manifest
 
     if Path(model).is_dir():
         return Path(model)
     out = Path(f"{model}.onnx")
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-    if not force and manifest.get("format") == export.FORMAT and manifest["checkpoint_sha256"] == sha256_of(model):
-        return out
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        export.export(model, partial, int8=True)
-    except export.ExportError as error:
+        current = read_manifest(out)["checkpoint_sha256"] == sha256_of(model)
+    except ExportError:  # none, of another version, or damaged: made again
+        current = False
+    if current and not force:
+        return out
+    try:  # built beside it and renamed into place; a folder there that is not an export is never replaced
+        export.export(model, out, int8=True, force=True)
+    except UserError as error:
         raise EvaluationInputError(f"-engine {engine}: {error}") from None
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
     return out
 
 

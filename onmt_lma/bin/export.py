@@ -14,13 +14,13 @@ from onmt_lma.deploy.export import ExportError, export
 
 
 def get_parser():
-
-
     parser = CommandParser(prog="onmt_lma_export", description="onmt_lma_export: ONNX graphs of a checkpoint")
     onmt.opts.config_opts(parser)
     parser.add("--model", "-model", required=True, help="checkpoint to export (any activation)")
     parser.add("--output", "-output", "-o", required=True, help="folder for the graphs, vocabularies, manifest")
     parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
+    parser.add("--force", "-force", action="store_true",
+               help="replace an existing export folder -output (never a folder of anything else)")
     parser.add("--bits", "-bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
                help="low-bit graphs, checked: the checkpoint must hold B-bit codes (onmt_lma_quantize -bits B, "
                     "or of a -quant_bits B student); a low-bit checkpoint gives low-bit graphs without it too")
@@ -28,13 +28,12 @@ def get_parser():
 
 
 def main(argv=None):
-
     parser = get_parser()
     args = parser.parse_args(argv)
     with user_errors_exit(parser):
         if not os.path.isfile(args.model):
             raise ExportError(f"-model {args.model}: no such checkpoint")
-        manifest = export(args.model, args.output, args.int8, args.bits)
+        manifest = export(args.model, args.output, args.int8, args.bits, args.force)
     print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
 
 

@@ -5,20 +5,19 @@
     onmt_lma_quantize -model QAT.pt -output QAT.q4.pt [-embeddings]   # a -quant_bits student: its own codes
 """
 
+import sys
 from pathlib import Path
 
 import onmt.opts
 
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.base.checkpoint import load, save
+from onmt_lma.base.files import refuse_overwriting
 from onmt_lma.base.opts import int_type
 from onmt_lma.deploy.quantize import POST_TRAINING_BUCKET, build_float_model, quantize_checkpoint
-from onmt_lma.model.quantization import QuantizeError
 
 
 def get_parser():
-
-
     parser = CommandParser(prog="onmt_lma_quantize", description="onmt_lma_quantize: int8 or low-bit weights for CPU translation")
     onmt.opts.config_opts(parser)
     parser.add("--model", "-model", required=True, help="checkpoint to quantize (float32 or float16)")
@@ -40,8 +39,7 @@ def main(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     with user_errors_exit(parser):
-        if Path(args.output).resolve() == Path(args.model).resolve():
-            raise QuantizeError(f"-output {args.output} is the input checkpoint; give another file")
+        refuse_overwriting(args.output, {"-model": args.model})
         checkpoint = load(args.model)
         model = build_float_model(args.model)
         quantized = quantize_checkpoint(checkpoint, model, args.embeddings, args.bits, args.bucket)
@@ -49,7 +47,12 @@ def main(argv=None):
     low_bit = quantized["onmt_lma"].get("low_bit")
     what = f"{low_bit['bits']}-bit {low_bit['source']}" if low_bit else "int8"
     size_in, size_out = Path(args.model).stat().st_size, Path(args.output).stat().st_size
-    print(f"{args.output}: {what} ({size_out / 1e6:.1f} MB, {size_in / size_out:.2f}x smaller than {args.model})")
+    if size_out < size_in:
+        print(f"{args.output}: {what} ({size_out / 1e6:.1f} MB, {size_in / size_out:.2f}x smaller than {args.model})")
+    else:
+        print(f"{args.output}: {what}, and larger than its input: {size_out / 1e6:.1f} MB against "
+              f"{size_in / 1e6:.1f} MB for {args.model} (its weights were smaller than {what} already: float16, "
+              "or quantized); keep the input for deployment", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ recipes need.
 """
 
 import argparse
-import os
 
 import onmt.opts
 
 from onmt_lma.bin.parser import CommandParser
+from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.opts import int_type
 from onmt_lma.evaluation.recalibrate import RecalibrationError, recalibrate
@@ -57,12 +57,11 @@ def main(argv=None):
 
     parser = get_parser()
     args = parser.parse_args(argv)
-    if os.path.abspath(args.output) == os.path.abspath(args.model):
-        parser.exit(2, f"{parser.prog}: error: -output {args.output} is the -model itself\n")
     try:
+        refuse_overwriting(args.output, {"-model": args.model, "-src": args.src, "-tgt": args.tgt})
         statistics = recalibrate(args.model, args.src, args.tgt, args.output, args.gpu, args.batch_size,
                                  args.batch_type, args.max_sentences, args.training_dropout)
-    except (CheckpointError, RecalibrationError) as error:
+    except (CheckpointError, OutputError, RecalibrationError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     from onmt.utils.logging import init_logger, logger
 

@@ -8,7 +8,9 @@ Runtime engine) or a CTranslate2 model folder; ``-config`` takes OpenNMT-py's ``
 (:mod:`onmt_lma.serve.config`); any other ``-config`` is the YAML every ``onmt_lma_*`` command reads.  Requests carry raw text: the prepared corpus's tokenization and
 subwords are applied and undone (``-corpus``, default: the corpus the checkpoint was trained with).
 Concurrent requests are batched for the engine (``-max_batch_size``, ``-batch_wait_ms``); every request
-has a timeout and size caps; Ctrl-C or SIGTERM finishes the requests in flight, then exits.
+has a timeout and size caps, each model's queue a bound (503 with Retry-After past it) and fair turns
+between requests; it listens on 127.0.0.1 unless ``-ip`` says otherwise, and with ``-api_key_file`` it
+needs a bearer key; Ctrl-C or SIGTERM finishes the requests in flight, then exits.
 
     curl -s localhost:5000/translator/translate -d '[{"src": "Ein Mann fährt Fahrrad."}]'
 """
@@ -47,7 +49,12 @@ def get_parser():
     decoding.add("--threads", "-threads", type=int_type("an integer >= 0", lambda n: n >= 0), default=0,
                  help="the engine's intra-op threads (0: its default)")
     serving = parser.add_argument_group("Serving")
-    serving.add("--ip", "-ip", default="0.0.0.0")
+    serving.add("--ip", "-ip", default="127.0.0.1",
+                help="address to listen on (default: this machine only; -ip 0.0.0.0 exposes it to the network)")
+    serving.add("--api_key", "-api_key", default=None,
+                help="require 'Authorization: Bearer KEY' on every request but health (prefer -api_key_file: a "
+                     "command line is visible to other users)")
+    serving.add("--api_key_file", "-api_key_file", default=None, help="a file whose first line is the key")
     serving.add("--port", "-port", type=int_type("a port from 1 to 65535", lambda n: 0 < n < 65536), default=5000)
     serving.add("--url_root", "-url_root", default="/translator")
     serving.add("--max_batch_size", "-max_batch_size", type=positive, default=32,
@@ -60,6 +67,12 @@ def get_parser():
                 help="tokens a sentence may have after the corpus's steps (more: 413)")
     serving.add("--max_request_bytes", "-max_request_bytes", type=positive, default=1 << 20)
     serving.add("--max_request_sentences", "-max_request_sentences", type=positive, default=256)
+    serving.add("--max_queued_sentences", "-max_queued_sentences", type=positive, default=1024,
+                help="sentences a model's queue holds; a request past it gets 503 with Retry-After")
+    serving.add("--read_timeout", "-read_timeout", type=float_type("a number > 0", lambda n: n > 0), default=30.0,
+                help="seconds a client has to send a request's body (then 408)")
+    serving.add("--header_timeout", "-header_timeout", type=float_type("a number > 0", lambda n: n > 0),
+                default=10.0, help="seconds a connection has to send a request's headers (then it is closed)")
     serving.add("--log_file", "-log_file", default="", help="also log to this file")
     return parser
 
@@ -87,11 +100,30 @@ def model_specs(opt):
     return [ModelSpec(1, Path(opt.model), defaults, Path(opt.corpus) if opt.corpus else None, opt.engine, opt.int8)]
 
 
+def api_key(opt):
+    """The key of ``-api_key`` or ``-api_key_file`` (None: none asked)."""
+    if opt.api_key and opt.api_key_file:
+        raise ServerConfigError("give -api_key or -api_key_file, not both")
+    if opt.api_key_file:
+        try:
+            lines = open(opt.api_key_file, encoding="utf-8").read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ServerConfigError(f"-api_key_file {opt.api_key_file}: cannot read it ({error})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ServerConfigError(f"-api_key_file {opt.api_key_file}: its first line is empty; write the key there")
+        return key
+    if opt.api_key is not None and not opt.api_key.strip():
+        raise ServerConfigError("-api_key is empty")
+    return opt.api_key.strip() if opt.api_key else None
+
+
 def main(argv=None):
     import uvicorn
     from onmt.utils.logging import init_logger
 
     from onmt_lma.serve.app import Limits, load_models, make_app
+    from onmt_lma.serve.connections import header_timeout_protocol
 
     parser = get_parser()
     opt = parser.parse_args(conf_json_as_models_conf(sys.argv[1:] if argv is None else argv))
@@ -100,13 +132,20 @@ def main(argv=None):
     server_log.setLevel(logging.INFO)
     for handler in logging.getLogger("onmt").handlers:
         server_log.addHandler(handler)
-    limits = Limits(opt.max_batch_size, opt.batch_wait_ms / 1000, opt.request_timeout, opt.max_src_tokens,
-                    opt.max_request_bytes, opt.max_request_sentences)
     with user_errors_exit(parser):
+        limits = Limits(opt.max_batch_size, opt.batch_wait_ms / 1000, opt.request_timeout, opt.max_src_tokens,
+                        opt.max_request_bytes, opt.max_request_sentences, opt.max_queued_sentences, opt.read_timeout,
+                        api_key(opt))
+        if opt.max_queued_sentences < opt.max_request_sentences:
+            raise ServerConfigError(f"-max_queued_sentences {opt.max_queued_sentences} is below "
+                                    f"-max_request_sentences {opt.max_request_sentences}: such requests could never "
+                                    "be queued")
         served = load_models(model_specs(opt), limits)
     config = uvicorn.Config(make_app(served, limits, opt.url_root), host=opt.ip, port=opt.port, log_level="warning",
-                            timeout_graceful_shutdown=max(5, int(opt.request_timeout)), access_log=False)
-    server_log.info("serving on http://%s:%d%s", opt.ip, opt.port, "/" + opt.url_root.strip("/"))
+                            timeout_graceful_shutdown=max(5, int(opt.request_timeout)), access_log=False,
+                            http=header_timeout_protocol(opt.header_timeout))
+    server_log.info("serving on http://%s:%d%s%s", opt.ip, opt.port, "/" + opt.url_root.strip("/"),
+                    ", key required" if limits.api_key else "")
     uvicorn.Server(config).run()
 
 

@@ -8,8 +8,9 @@ Unlike ``onmt_translate``, the output is line-aligned with the source: an
 empty (or blank) source line gets an empty translation (``-n_best`` empty
 lines) instead of being dropped, which shifted every later line against its
 reference.  The output is written under a temporary name and renamed when
-complete, so a failed run leaves an existing ``-output`` as it was; ``-output``
-equal to ``-src`` (or ``-tgt``) is refused before anything runs.
+complete, so a failed run leaves an existing ``-output`` as it was; an ``-output``
+that is an input (``-src``, ``-tgt``, ``-model``) or lies inside an input folder (an export) is refused
+before anything runs.
 
 ``-engine native -model DIR`` translates an ``onmt_lma_export`` folder on the
 compiled engine (:mod:`onmt_lma.deploy.native`), ``-engine onnx -model DIR`` with
@@ -21,13 +22,13 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
 
 import onmt.bin.translate
 import onmt.opts
 
 from onmt_lma.bin.parser import user_errors_exit
-from onmt_lma.base.checkpoint import checkpoint_loading
+from onmt_lma.base.checkpoint import load as load_checkpoint
+from onmt_lma.base.files import refuse_overwriting
 from onmt_lma.bin.parser import CommandParser
 from onmt_lma.model.options import add_lma_opts
 from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
@@ -59,10 +60,12 @@ def main(argv=None):
 
 
 def check_files(opt):
-    """Refuse, before the model loads, a missing -src or -tgt, an -output that would destroy an input,
-    and a beam or n-best that cannot work."""
+    """Refuse, before the model loads, a missing -src or -tgt, an -output that would destroy an input (a
+    source, a checkpoint, a file of an export folder), and a batch, beam or n-best that cannot work."""
     if opt.engine not in EXPORT_ENGINES and opt.threads:
         raise TranslationInputError(f"-threads {opt.threads}: only -engine {' and '.join(EXPORT_ENGINES)} take it")
+    if opt.batch_size < 1:
+        raise TranslationInputError(f"-batch_size {opt.batch_size}: expected an integer >= 1")
     if opt.beam_size < 1:
         raise TranslationInputError(f"-beam_size {opt.beam_size}: expected an integer >= 1")
     if not 1 <= opt.n_best <= opt.beam_size:
@@ -74,10 +77,9 @@ def check_files(opt):
     output = Path(opt.output)
     if not output.parent.is_dir():
         raise TranslationInputError(f"-output {opt.output}: folder {output.parent} does not exist")
-    for option in ("src", "tgt"):
-        path = getattr(opt, option, None)
-        if path is not None and output.exists() and os.path.samefile(path, output):
-            raise TranslationInputError(f"-output {opt.output} is the -{option} file: it would be overwritten")
+    inputs = {"-src": opt.src, "-tgt": opt.tgt}
+    inputs.update({"-model" if len(opt.models) == 1 else f"-model {model}": model for model in opt.models})
+    refuse_overwriting(opt.output, inputs)
 
 
 def _translate(opt):
@@ -101,8 +103,7 @@ def _translate(opt):
             _export_translator(opt)
         else:  # nothing to translate (OpenNMT-py fails on an empty input): still refuse a bad model
             for model in opt.models:
-                with checkpoint_loading(model):
-                    torch.load(model, map_location="cpu")
+                load_checkpoint(model)
         translated = read_lines(opt.output) if keep else []
         n_best = opt.n_best
         if len(translated) != len(keep) * n_best:

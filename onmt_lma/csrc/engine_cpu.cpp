@@ -312,14 +312,20 @@ bool is_banned(int64_t id, const std::vector<int64_t>& banned) {
 
 // the row's log-softmax and, with `top`, its top k log-probabilities among the ids not banned, each banned
 // id scored kBanned as OpenNMT-py scores it after its log_softmax; the logits are read twice, nothing written
-LogSoftmax log_softmax_scalar(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned) {
-  LogSoftmax found{*std::max_element(row, row + n), 0};
+// the sum of exp(x - max) over row[first, n) and those ids offered to `top`: the scalar path, and the
+// vector path's last few values
+float sum_exp_offer(const float* row, int64_t first, int64_t n, float max, TopK* top, const std::vector<int64_t>& banned) {
   float total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    total += std::exp(row[i] - found.max);
+  for (int64_t i = first; i < n; ++i) {
+    total += std::exp(row[i] - max);
     if (top && !is_banned(i, banned)) top->offer(row[i], i);
   }
-  found.log_sum = std::log(total);
+  return total;
+}
+
+LogSoftmax log_softmax_scalar(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned) {
+  LogSoftmax found{*std::max_element(row, row + n), 0};
+  found.log_sum = std::log(sum_exp_offer(row, 0, n, found.max, top, banned));
   return found;
 }
 
@@ -341,16 +347,12 @@ __attribute__((target("avx2,fma"))) LogSoftmax log_softmax_avx2(const float* row
     int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(top->values[top->k - 1]), _CMP_GT_OQ));
     while (mask) {
       const int64_t id = i + __builtin_ctz(mask);
-      if (banned.empty() || !is_banned(id, banned)) top->offer(row[id], id);
+      if (!is_banned(id, banned)) top->offer(row[id], id);
       mask &= mask - 1;
     }
   }
-  float total = horizontal_sum(_mm256_add_ps(totals[0], totals[1]));
-  for (; i < n; ++i) {
-    total += std::exp(row[i] - found.max);
-    if (top && !is_banned(i, banned)) top->offer(row[i], i);
-  }
-  found.log_sum = std::log(total);
+  const float total = horizontal_sum(_mm256_add_ps(totals[0], totals[1]));
+  found.log_sum = std::log(total + sum_exp_offer(row, i, n, found.max, top, banned));
   return found;
 }
 

@@ -22,15 +22,23 @@ from onmt_lma.deploy.graphs import ExportError
 CT2_ACTIVATIONS = ("relu", "gelu", "fast_gelu", "silu")
 
 
+def is_ct2_folder(folder):
+    """Whether ``folder`` is a CTranslate2 model (``model.bin`` and ``config.json``): what ``-force`` replaces."""
+    return (Path(folder) / "model.bin").is_file() and (Path(folder) / "config.json").is_file()
+
+
 def convert(checkpoint, output, quantization=None, force=False):
-    """Convert ``checkpoint`` into the CTranslate2 model folder ``output``."""
+    """Convert ``checkpoint`` into the CTranslate2 model folder ``output``, built under a temporary name and
+    renamed when complete; an existing CTranslate2 model there is replaced only with ``force``."""
     from ctranslate2.converters import OpenNMTPyConverter
 
-    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import checkpoint_loading, load as load_checkpoint
+    from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
     from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
 
-    with checkpoint_loading(str(checkpoint)):
-        model = torch.load(checkpoint, map_location="cpu")
+    refuse_overwriting(output, {"-model": checkpoint})
+    check_folder_output(output, "a CTranslate2 model", is_ct2_folder, force)
+    model = load_checkpoint(checkpoint)
     activation = getattr(model["opt"], "pos_ffn_activation_fn", "relu")
     if activation not in CT2_ACTIVATIONS:
         raise ExportError(f"{checkpoint}: -pos_ffn_activation_fn {activation}; CTranslate2 runs only "
@@ -45,5 +53,7 @@ def convert(checkpoint, output, quantization=None, force=False):
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "plain.pt"
         torch.save(model, plain)
-        with checkpoint_loading(str(plain)):
-            return OpenNMTPyConverter(str(plain)).convert(str(output), quantization=quantization, force=force)
+        with checkpoint_loading(str(plain)), building_folder(output, "a CTranslate2 model", is_ct2_folder,
+                                                             force) as built:
+            OpenNMTPyConverter(str(plain)).convert(str(built), quantization=quantization, force=True)
+    return str(output)

@@ -14,6 +14,7 @@ the checkpoint's sha256, the special token ids and the options a runtime needs;
 dequantized when the engine loads them; or ``native_refused``: why there are none).
 """
 
+import collections
 import json
 from pathlib import Path
 
@@ -23,15 +24,31 @@ from onmt_lma.deploy.graphs import (  # noqa: F401  (FORMAT, ExportError, ...: a
     FORMAT, LOW_BIT_POSITIONS, OPSET, SUPPORTED, DecoderStepGraph, EncoderGraph, ExportError, LMAGraph,
     cache_names, check_exportable, empty_cache, graph_activations, load_model)
 
+ModelParts = collections.namedtuple("ModelParts", "vocabs model model_opt low_bit native sources native_refused "
+                                                 "onnx_refused")
+
+
 # --------------------------------------------------------------------------- #
 # Export
 # --------------------------------------------------------------------------- #
-def export(checkpoint, out_dir, int8=False, bits=None):
-    """Write the graphs, vocabularies and manifest of ``checkpoint`` into ``out_dir`` (low-bit graphs for a
-    low-bit checkpoint; ``bits``: the width asked for, checked against it)."""
-    from onmt_lma.model import kernels
-    from onmt_lma.base.files import sha256_of
+def export(checkpoint, out_dir, int8=False, bits=None, force=False):
+    """Write the graphs, vocabularies and manifest of ``checkpoint`` into the folder ``out_dir`` (low-bit graphs
+    for a low-bit checkpoint; ``bits``: the width asked for, checked against it), built under a temporary name
+    and renamed when complete; an existing export there is replaced only with ``force``, any other folder never
+    (:func:`~onmt_lma.base.files.building_folder`)."""
+    from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
+    from onmt_lma.deploy.manifest import is_export_folder
 
+    refuse_overwriting(out_dir, {"-model": checkpoint})
+    check_folder_output(out_dir, "an export", is_export_folder, force)  # before any work
+    model_parts = _model_parts(checkpoint, int8, bits)
+    with building_folder(out_dir, "an export", is_export_folder, force) as out:
+        return _write(checkpoint, model_parts, out, int8)
+
+
+def _model_parts(checkpoint, int8, bits):
+    """What an export writes of ``checkpoint``: its vocabularies, model and options, low-bit codes (or None),
+    native weights (or None) with what they came from, and why an engine cannot run it."""
     from onmt_lma.deploy.low_bit import low_bit_weights
 
     low_bit = low_bit_weights(checkpoint, int8, bits)
@@ -53,15 +70,19 @@ def export(checkpoint, out_dir, int8=False, bits=None):
     onnx_refused = low_bit.onnx_refused if low_bit is not None else None
     if onnx_refused is not None and native_refused is not None:  # neither engine could run it
         raise ExportError(f"{checkpoint}: {onnx_refused}, and {native_refused}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return ModelParts(vocabs, model, model_opt, low_bit, native, sources, native_refused, onnx_refused)
+
+
+def _write(checkpoint, parts, out, int8):
+    """The export folder's files written into ``out``; its manifest."""
+    from onmt_lma.base.files import sha256_of
+
+    vocabs, model, model_opt, low_bit, onnx_refused = parts.vocabs, parts.model, parts.model_opt, parts.low_bit, \
+        parts.onnx_refused
     graphs, lowered = [], {}
-    for stale in ("encoder", "decoder_step"):  # a former export's graphs, which this one may not write
-        for suffix in (".onnx", ".int8.onnx"):
-            (out / f"{stale}{suffix}").unlink(missing_ok=True)
     if onnx_refused is None:
         graphs, lowered = _write_graphs(checkpoint, model, out, low_bit, int8)
-    native_file = _write_native(checkpoint, native, sources, out, low_bit)
+    native_file = _write_native(checkpoint, parts.native, parts.sources, out, low_bit)
     graphs += [native_file] if native_file else []
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
@@ -86,8 +107,8 @@ def export(checkpoint, out_dir, int8=False, bits=None):
                     "src_unk": vocabs["src"].lookup_token(DefaultTokens.UNK)},
         "files": {name: sha256_of(out / name) for name in graphs + ["src.vocab.json", "tgt.vocab.json"]},
     }
-    if native_refused is not None:
-        manifest["native_refused"] = native_refused
+    if parts.native_refused is not None:
+        manifest["native_refused"] = parts.native_refused
     if onnx_refused is not None:
         manifest["onnx_refused"] = onnx_refused
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -147,8 +168,6 @@ def _write_native(checkpoint, native, sources, out, low_bit):
     (:func:`~onmt_lma.deploy.native.write_low_bit`: its packed codes, dequantized when the engine loads them)."""
     from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, write_low_bit
 
-    for name in (WEIGHTS_FILE, LOW_BIT_FILE):
-        (out / name).unlink(missing_ok=True)
     if native is None:
         return None
     if low_bit is not None:

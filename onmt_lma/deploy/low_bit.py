@@ -109,6 +109,10 @@ def low_bit_weights(checkpoint, int8, bits):
     info = (raw.get("onmt_lma") or {}).get("low_bit")
     trained = getattr(raw["opt"], "quant_bits", None)
     if info is None:
+        if bits is None and trained:  # its float weights would export 8x larger than the codes it computes with
+            raise QuantizeError(f"{checkpoint} is a -quant_bits {trained} student: it stores full-precision weights "
+                                f"and computes with their {trained}-bit codes; run onmt_lma_quantize -model "
+                                f"{checkpoint} -output CK.q{trained}.pt, then export that")
         if bits is None:
             return None
         run = (f"onmt_lma_quantize -model {checkpoint} -output CK.q{trained}.pt (its {trained}-bit codes)" if trained

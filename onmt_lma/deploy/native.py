@@ -194,10 +194,9 @@ def write_low_bit(checkpoint, saved, sources, out):
     it (``sources``: what it filled in), with every weight the checkpoint holds as codes left as its codes (``coded``: each such weight's checkpoint keys;
     ``codes`` and ``low_bit``: their packed codes and the checkpoint's entries for them) and the sinusoid table
     left to its formula (``positions``: its shape and encoding)."""
-    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
-    with checkpoint_loading(str(checkpoint)):
-        state = torch.load(checkpoint, map_location="cpu")
+    state = load_checkpoint(checkpoint)
     info = state["onmt_lma"]["low_bit"]
     coded = {name: keys for name, keys in sources.items() if all(key in info["weights"] for key in keys)}
     keys = [key for names in coded.values() for key in names]
@@ -215,15 +214,16 @@ def low_bit_native_weights(path):
     """:func:`native_weights` of a :func:`write_low_bit` file: its codes dequantized as OpenNMT-py dequantizes
     the checkpoint (:func:`~onmt_lma.model.quantized_checkpoint.low_bit_values`, the float weights its PyTorch
     self computes with), rows stacked as the engine takes them; the engine then runs them in float32."""
-    import pickle
-
+    from onmt_lma.base.checkpoint import CheckpointError, load_weights
     from onmt_lma.model.quantized_checkpoint import low_bit_values, position_table
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # an earlier onmt-lma wrote the checkpoint itself (its options an object)
-        saved = {}
-    if "coded" not in saved:
+        saved = load_weights(path, "native engine weight file")
+    except CheckpointError as error:
+        if "argparse.Namespace" not in str(error):
+            raise ExportError(str(error)) from None
+        saved = {}  # an earlier onmt-lma wrote the checkpoint itself (its options an object)
+    if not isinstance(saved, dict) or "coded" not in saved:
         raise ExportError(f"{path}: a low-bit file of an earlier onmt-lma; export the checkpoint again")
     weights, info = dict(saved["weights"]), saved["low_bit"]
     for name, keys in saved["coded"].items():
@@ -233,6 +233,21 @@ def low_bit_native_weights(path):
     table = position_table((positions["rows"], 1, positions["dim"]), positions["encoding"])
     weights["positions"] = table[:, 0, :].float().contiguous()
     return {"activation": saved["activation"], "config": saved["config"], "weights": weights}
+
+
+def load_native_weights(path):
+    """``native.pt``, loaded with ``weights_only=True`` (plain tensors only); a damaged or hand-made file is a
+    one-line :class:`ExportError`."""
+    from onmt_lma.base.checkpoint import CheckpointError, load_weights
+
+    try:
+        saved = load_weights(path, "native engine weight file")
+    except CheckpointError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(saved, dict) or not {"activation", "config", "weights"} <= set(saved):
+        raise ExportError(f"{path}: not a native engine weight file (no activation, config and weights); "
+                          "export the checkpoint again")
+    return saved
 
 
 class NativeTranslator(ExportTranslator):
@@ -246,7 +261,7 @@ class NativeTranslator(ExportTranslator):
         super().__init__(folder, lambda name: name in (WEIGHTS_FILE, LOW_BIT_FILE))
         manifest = self.manifest
         if WEIGHTS_FILE in manifest["files"]:
-            saved = torch.load(self.folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            saved = load_native_weights(self.folder / WEIGHTS_FILE)
         elif LOW_BIT_FILE in manifest["files"]:
             saved = low_bit_native_weights(self.folder / LOW_BIT_FILE)
         else:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from onmt_lma.base.batching import batches
-from onmt_lma.deploy.graphs import FORMAT, ExportError, cache_names
+from onmt_lma.deploy.graphs import ExportError, cache_names
+from onmt_lma.deploy.manifest import SPECIAL, read_manifest
 
 BANNED = -65504.0  # OpenNMT-py's score for a forbidden token and a closed beam
 
@@ -39,6 +40,18 @@ def length_penalty(kind, length, alpha):
     return 1.0
 
 
+def read_vocabulary(path):
+    """An export's ``*.vocab.json``: a JSON list of token strings."""
+    try:
+        tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise ExportError(f"{path}: not a readable vocabulary ({type(error).__name__}); export the checkpoint "
+                          "again") from None
+    if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+        raise ExportError(f"{path}: expected a JSON list of token strings; export the checkpoint again")
+    return tokens
+
+
 class ExportTranslator:
     """What every engine on an ``onmt_lma_export`` folder shares: the manifest's checks, the vocabularies,
     OpenNMT-py's batches and length cap, and the output text.  A subclass gives ``_search``."""
@@ -48,13 +61,7 @@ class ExportTranslator:
         from onmt_lma.base.files import sha256_of
 
         self.folder = Path(folder)
-        manifest_path = self.folder / "manifest.json"
-        if not manifest_path.is_file():
-            raise ExportError(f"{folder}: no manifest.json there; make the folder with onmt_lma_export")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ExportError(f"{folder}: export format {manifest.get('format')!r}, this onmt-lma reads {FORMAT}; "
-                              "export the checkpoint again with this version")
+        manifest = read_manifest(folder)
         for name, digest in manifest["files"].items():
             path = self.folder / name
             if not path.is_file():
@@ -63,8 +70,12 @@ class ExportTranslator:
                 raise ExportError(f"{folder}: {name} is not the file the export wrote (sha256 differs)")
         self.manifest = manifest
         self.special = manifest["special"]
-        self.src_vocab = {token: i for i, token in enumerate(json.loads((self.folder / "src.vocab.json").read_text()))}
-        self.tgt_tokens = json.loads((self.folder / "tgt.vocab.json").read_text())
+        self.src_vocab = {token: i for i, token in enumerate(read_vocabulary(self.folder / "src.vocab.json"))}
+        self.tgt_tokens = read_vocabulary(self.folder / "tgt.vocab.json")
+        for key in SPECIAL:
+            if self.special[key] >= len(self.src_vocab if key.startswith("src") else self.tgt_tokens):
+                raise ExportError(f"{folder}: special id {key} {self.special[key]} is outside its vocabulary; "
+                                  "export the checkpoint again")
         #: where the time goes (seconds, summed over every call): the encoder, the decoder steps, and the
         #: beam search around them (scores, top-k, reordering the caches); ``steps``: decoder calls
         self.profile = {"encoder_s": 0.0, "decoder_s": 0.0, "search_s": 0.0, "steps": 0, "sentences": 0}

@@ -22,11 +22,9 @@ def _git_commit():
 
 
 def model_facts(checkpoint):
-    from onmt_lma.base.checkpoint import checkpoint_loading
-    import torch
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
-    with checkpoint_loading(str(checkpoint)):
-        ckpt = torch.load(checkpoint, map_location="cpu")
+    ckpt = load_checkpoint(checkpoint)
     from onmt_lma.training.average import checkpoint_steps
 
     from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
@@ -68,7 +66,9 @@ def export_facts(folder, engine, int8):
     beside it (by name and sha256), else what the manifest records (``params`` then None)."""
     from onmt_lma.base.files import sha256_of
 
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    from onmt_lma.deploy.manifest import read_manifest
+
+    manifest = read_manifest(folder)
     checkpoint = Path(folder).parent / manifest["checkpoint"]
     if checkpoint.is_file() and sha256_of(checkpoint) == manifest["checkpoint_sha256"]:
         model, params = model_facts(checkpoint)

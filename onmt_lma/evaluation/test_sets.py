@@ -64,15 +64,14 @@ def prepared_test_set(corpus_dir):
 def checkpoint_corpus(checkpoint):
     """The prepared corpus whose vocabularies ``checkpoint`` was trained with (None if not one of data_prep);
     for an export folder, that of the checkpoint beside it that it was exported from."""
-    from onmt_lma.base.checkpoint import checkpoint_loading
-    import torch
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
     if Path(checkpoint).is_dir():
-        exported_from = Path(checkpoint).parent / json.loads((Path(checkpoint) / "manifest.json").read_text())[
-            "checkpoint"]
+        from onmt_lma.deploy.manifest import read_manifest
+
+        exported_from = Path(checkpoint).parent / read_manifest(checkpoint)["checkpoint"]
         return checkpoint_corpus(exported_from) if exported_from.is_file() else None
-    with checkpoint_loading(str(checkpoint)):
-        opt = torch.load(checkpoint, map_location="cpu")["opt"]
+    opt = load_checkpoint(checkpoint)["opt"]
     folder = Path(getattr(opt, "src_vocab", None) or ".").parent
     return folder if (folder / "manifest.json").is_file() else None
 
@@ -116,14 +115,13 @@ class CorpusMismatchError(UserError, RuntimeError):
 
 def model_vocabularies(model):
     """``{"src": tokens, "tgt": tokens}`` of a checkpoint or an onmt_lma_export folder."""
-    from onmt_lma.base.checkpoint import checkpoint_loading
-    import torch
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
     if Path(model).is_dir():
-        return {side: json.loads((Path(model) / f"{side}.vocab.json").read_text(encoding="utf-8"))
-                for side in ("src", "tgt")}
-    with checkpoint_loading(str(model)):
-        return torch.load(model, map_location="cpu")["vocab"]
+        from onmt_lma.deploy.runtime import read_vocabulary
+
+        return {side: read_vocabulary(Path(model) / f"{side}.vocab.json") for side in ("src", "tgt")}
+    return load_checkpoint(model)["vocab"]
 
 
 def check_vocabulary(checkpoint, test):

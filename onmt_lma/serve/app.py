@@ -9,24 +9,31 @@ OpenNMT-py's ``onmt_server`` shape under ``URL_ROOT`` (default ``/translator``):
 * ``GET URL_ROOT/models``: the models, their engines, corpora and decoding options;
 * ``GET URL_ROOT/health`` (and ``/health``): ``{"status": "ok"}``.
 
-A request that cannot be served gets ``{"error": message, "status": "error"}`` with a 4xx status (bad
-JSON, a missing or non-string ``src``, an unknown ``id``: 400; too large a body, too many sentences, a
-sentence over the token cap: 413) or 504 when its timeout passes; nothing a request sends stops the
-server or another request.  Every request is logged with its status, sentences and time.
+A request that cannot be served gets ``{"error": message, "status": "error"}`` with a 4xx status (bad or
+too deeply nested JSON, a missing or non-string ``src``, text the corpus's steps cannot take such as a lone
+surrogate, an unknown ``id``: 400; no or a wrong key where the server has one: 401; a body not sent within
+the read timeout: 408; too large a body, too many sentences, a sentence over the token cap: 413), 503 with
+``Retry-After`` when the queue is full (:mod:`onmt_lma.serve.batching`), or 504 when its timeout passes.
+A 500 (the engine failed on one of its sentences) says only that; the log has the details.  Nothing a
+request sends stops the server or another request.  With a key (``-api_key`` / ``-api_key_file``) every
+route but ``health`` needs ``Authorization: Bearer KEY``.  Every request is logged with its status,
+sentences and time; a client that goes away is one log line.
 """
 
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import time
 
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onmt_lma.serve.batching import Batcher
+from onmt_lma.serve.batching import Batcher, QueueFull
 from onmt_lma.serve.engines import load_engine
 from onmt_lma.serve.text import CorpusSteps
 
@@ -41,12 +48,15 @@ class Limits:
     max_src_tokens: int = 200  # a sentence's tokens after the corpus's steps
     max_request_bytes: int = 1 << 20
     max_request_sentences: int = 256
+    max_queued: int = 1024  # sentences waiting for a model's engine, over every request (more: 503)
+    read_timeout_s: float = 30.0  # a request's time to send its whole body (then 408)
+    api_key: str = None  # None: no key asked
 
 
 class RequestError(Exception):
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 @dataclasses.dataclass
@@ -57,8 +67,9 @@ class ServedModel:
     batcher: Batcher
 
     def describe(self):
-        return {"model_id": self.spec.model_id, "model": str(self.spec.path), "engine": self.engine.kind,
-                "int8": self.spec.int8, "corpus": str(self.steps.corpus_dir), "loaded": True,
+        """What ``/models`` tells a client: names, never this machine's paths."""
+        return {"model_id": self.spec.model_id, "model": self.spec.path.name, "engine": self.engine.kind,
+                "int8": self.spec.int8, "corpus": self.steps.name, "loaded": True,
                 "opt": dataclasses.asdict(self.spec.decoding)}
 
 
@@ -76,27 +87,45 @@ def load_models(specs, limits):
                                  "(or \"corpus\" in conf.json)")
         steps = CorpusSteps(corpus)
         engine = load_engine(spec.path, spec.decoding, spec.engine, spec.int8, limits.max_batch)
-        served[str(spec.model_id)] = ServedModel(spec, engine, steps, Batcher(engine, limits.max_batch, limits.wait_s))
+        served[str(spec.model_id)] = ServedModel(spec, engine, steps, Batcher(engine, limits.max_batch, limits.wait_s,
+                                                                               limits.max_queued))
         logger.info("model %s: %s (%s engine, corpus %s, beam %d)", spec.model_id, spec.path, engine.kind,
                     steps.corpus_dir, spec.decoding.beam_size)
     return served
 
 
-def error(status, message):
-    return JSONResponse({"error": message, "status": "error"}, status_code=status)
+def error(status, message, headers=None):
+    return JSONResponse({"error": message, "status": "error"}, status_code=status, headers=headers)
 
 
-async def read_body(request, limit):
+def check_key(request, key):
+    """:class:`RequestError` 401 unless the request carries ``Authorization: Bearer KEY`` (``key`` None: open)."""
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise RequestError(401, "this server needs a key: send the header 'Authorization: Bearer KEY'",
+                           {"WWW-Authenticate": "Bearer"})
+
+
+async def read_body(request, limit, timeout):
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes; this server takes at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body over {limit} bytes; this server takes at most {limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def chunks():
+        read, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body over {limit} bytes; this server takes at most {limit}")
+            read.append(chunk)
+        return b"".join(read)
+
+    try:
+        return await asyncio.wait_for(chunks(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body was not received within {timeout:g} s") from None
 
 
 def parse_inputs(body, models, limits):
@@ -105,6 +134,8 @@ def parse_inputs(body, models, limits):
         inputs = json.loads(body)
     except (ValueError, UnicodeDecodeError) as problem:
         raise RequestError(400, f"the request body is not JSON: {problem}") from None
+    except RecursionError:
+        raise RequestError(400, "the request body nests JSON too deeply; expected a list of objects") from None
     if not isinstance(inputs, list):
         raise RequestError(400, 'expected a JSON list of {"src": "text", "id": model id}, got '
                            f"{type(inputs).__name__}")
@@ -117,6 +148,11 @@ def parse_inputs(body, models, limits):
             raise RequestError(400, f'item {number}: expected {{"src": "text", "id": model id}}, got {item!r:.80}')
         if not isinstance(item["src"], str):
             raise RequestError(400, f"item {number}: src must be a string, got {type(item['src']).__name__}")
+        try:
+            item["src"].encode("utf-8")
+        except UnicodeEncodeError as problem:
+            raise RequestError(400, f"item {number}: src is not Unicode text: {problem.object[problem.start]!r} at "
+                               f"position {problem.start} is a lone surrogate") from None
         if "id" in item:
             model = models.get(str(item["id"]))
             if model is None:
@@ -139,7 +175,11 @@ async def translate_inputs(parsed, limits):
     by_model = {}
     for index, (src, model) in enumerate(parsed):
         if src.strip():
-            tokens = model.steps.encode(src)
+            try:
+                tokens = model.steps.encode(src)
+            except Exception as problem:  # sacremoses, SentencePiece: whatever they cannot take is this item's
+                raise RequestError(400, f"item {index}: the corpus's text steps cannot take this sentence "
+                                   f"({type(problem).__name__})") from None
             count = len(tokens.split())
             if count > limits.max_src_tokens:
                 raise RequestError(413, f"item {index}: {count} tokens after the corpus's steps; this server takes "
@@ -151,6 +191,8 @@ async def translate_inputs(parsed, limits):
         answers = await asyncio.gather(*(job for _, _, job in jobs))
     except asyncio.TimeoutError:
         raise RequestError(504, f"no answer within the request timeout of {limits.timeout_s:g} s") from None
+    except QueueFull as full:
+        raise RequestError(503, str(full), {"Retry-After": str(full.retry_after)}) from None
     for (model, lines, _), found in zip(jobs, answers):
         for (index, _), hypotheses in zip(lines, found):
             tgt[index] = [(model.steps.decode(text), score) for score, text in hypotheses]
@@ -164,20 +206,31 @@ def make_app(served, limits, url_root="/translator"):
 
     async def translate(request):
         started, sentences, status = time.perf_counter(), 0, 200
+        client = request.client.host if request.client else "-"
         try:
-            parsed = parse_inputs(await read_body(request, limits.max_request_bytes), served, limits)
+            check_key(request, limits.api_key)
+            parsed = parse_inputs(await read_body(request, limits.max_request_bytes, limits.read_timeout_s), served,
+                                  limits)
             sentences = len(parsed)
             response = JSONResponse(await translate_inputs(parsed, limits))
         except RequestError as problem:
-            status, response = problem.status, error(problem.status, str(problem))
-        except Exception as problem:  # an engine's failure: this request's error, the server goes on
+            status, response = problem.status, error(problem.status, str(problem), problem.headers)
+        except ClientDisconnect:
+            logger.info("%s POST %s/translate: the client went away before sending its request", client, url_root)
+            return error(499, "client disconnected")
+        except Exception:  # an engine's failure on this request's sentences: its error, the server goes on
             logger.exception("translation failed")
-            status, response = 500, error(500, f"translation failed: {type(problem).__name__}: {problem}")
-        logger.info("%s POST %s/translate %d: %d sentences, %.1f ms", request.client.host if request.client else "-",
-                    url_root, status, sentences, 1000 * (time.perf_counter() - started))
+            status, response = 500, error(500, "translation failed on a sentence of this request; the server log "
+                                          "has the details")
+        logger.info("%s POST %s/translate %d: %d sentences, %.1f ms", client, url_root, status, sentences,
+                    1000 * (time.perf_counter() - started))
         return response
 
     async def models(request):
+        try:
+            check_key(request, limits.api_key)
+        except RequestError as problem:
+            return error(problem.status, str(problem), problem.headers)
         return JSONResponse([model.describe() for model in served.values()])
 
     async def health(request):

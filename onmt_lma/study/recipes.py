@@ -102,15 +102,13 @@ def checkpoints(run_dir):
 def latest_readable_checkpoint(run_dir):
     """The newest checkpoint of ``run_dir`` that loads; unreadable ones are skipped with a warning
     (a kill during a save by a version without atomic saves leaves a truncated file)."""
-    import torch
     from onmt.utils.logging import logger
 
-    from onmt_lma.base.checkpoint import checkpoint_loading, CheckpointError
+    from onmt_lma.base.checkpoint import CheckpointError, load as load_checkpoint
 
     for path in reversed(checkpoints(run_dir)):
         try:
-            with checkpoint_loading(str(path)):
-                torch.load(path, map_location="cpu")
+            load_checkpoint(path)
             return path
         except CheckpointError as error:
             logger.warning("skipping %s: %s", path.name, error)

@@ -3,6 +3,7 @@ corpora, shard by shard, resumable; the format is :mod:`onmt_lma.training.kd_cac
 """
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from onmt_lma.base.batching import token_budget_batches
-from onmt_lma.base.files import sha256_of
+from onmt_lma.base.files import check_folder_output, refuse_overwriting, replace_folder, sha256_of
 from onmt_lma.base.opts import int_type
 from onmt_lma.training.kd_cache import (FORMAT, MANIFEST, TeacherCacheError, VALUE_DTYPES, cache_bytes, corpus_fingerprint, count_lines, differences, read_manifest, shard_stem, source_checksum, training_corpora, vocab_digest, write_manifest)
 from onmt_lma.training.teacher import Teacher
@@ -73,6 +74,11 @@ def write_shard(folder, stem, rows, targets, ids, values, id_dtype):
     return {"examples": int(index.shape[0]), "positions": int(arrays["targets"].shape[0])}
 
 
+def is_cache_folder(folder):
+    """Whether ``folder`` holds a teacher cache's manifest (what ``-force`` may replace)."""
+    return os.path.isfile(os.path.join(folder, MANIFEST))
+
+
 def build_cache(opt):
     """One pass of the teacher ``opt.model`` over ``opt.data``'s training corpora into ``opt.out``."""
     from onmt.constants import CorpusTask
@@ -85,10 +91,13 @@ def build_cache(opt):
 
     if not os.path.isfile(opt.model):
         raise TeacherCacheError(f"-model {opt.model}: teacher checkpoint does not exist")
+    inputs = {"-model": opt.model, "-src_vocab": opt.src_vocab, "-tgt_vocab": opt.tgt_vocab}
     for cid, info in training_corpora(opt).items():
         for side in ("path_src", "path_tgt"):
             if not os.path.isfile(info[side]):
                 raise TeacherCacheError(f"corpus {cid!r}: {side} {info[side]} does not exist")
+            inputs[f"corpus {cid} {side}"] = info[side]
+    refuse_overwriting(opt.out, inputs, "-out")
     ArgumentParser.validate_prepare_opts(opt)
     corpora_files = training_corpora(opt)  # with OpenNMT-py's defaults filled in (transforms)
     transforms_cls = get_transforms_cls(opt._all_transform)
@@ -107,23 +116,26 @@ def build_cache(opt):
     }
     for cid, info in corpora_files.items():
         current["corpora"][cid]["lines"] = count_lines(info["path_src"])
-    os.makedirs(opt.out, exist_ok=True)
-    if os.path.isfile(os.path.join(opt.out, MANIFEST)):
+    if is_cache_folder(opt.out):
         recorded = read_manifest(opt.out)
         found = differences(recorded, current)
         if found and not opt.force:
             raise TeacherCacheError(f"-out {opt.out} holds a cache made from other inputs ({'; '.join(found)}); "
                                     "give another -out, or -force to replace it")
-        manifest = current if found else recorded
-        if found:
-            for name in os.listdir(opt.out):
-                if name.endswith(".npy") or name.endswith(".npy.tmp"):
-                    os.remove(os.path.join(opt.out, name))
+        if not found and recorded.get("complete"):
+            logger.info("teacher cache %s: complete already, made from these inputs", opt.out)
+            return recorded
+    check_folder_output(opt.out, "a teacher cache", is_cache_folder, force=True, option="-out")
+    building = opt.out.rstrip("/") + ".partial"  # a stable name, so that an interrupted build resumes there
+    manifest = current
+    if is_cache_folder(building) and not differences(read_manifest(building), current):
+        manifest = read_manifest(building)
     else:
-        manifest = current
+        shutil.rmtree(building, ignore_errors=True)
+    os.makedirs(building, exist_ok=True)
     manifest.setdefault("shards", {cid: {} for cid in corpora_files})
     manifest["complete"] = False
-    write_manifest(opt.out, manifest)
+    write_manifest(building, manifest)
 
     transforms = make_transforms(opt, transforms_cls, vocabs)
     iterators = build_corpora_iters(get_corpora(opt, CorpusTask.TRAIN), transforms, opt.data,
@@ -139,9 +151,9 @@ def build_cache(opt):
             parts = teacher_top_k(teacher, batch, vocabs, opt.topk, device, value_dtype)
             for collected, part in zip((rows, targets, ids, values), parts):
                 collected.extend(part)
-        counts = write_shard(opt.out, shard_stem(cid, shard), rows, targets, ids, values, id_dtype)
+        counts = write_shard(building, shard_stem(cid, shard), rows, targets, ids, values, id_dtype)
         manifest["shards"][cid][str(shard)] = counts
-        write_manifest(opt.out, manifest)
+        write_manifest(building, manifest)
 
     with tqdm(total=total, unit="lines", desc=f"teacher top-{opt.topk}", mininterval=2) as progress:
         for cid, corpus_iter in iterators.items():
@@ -162,7 +174,8 @@ def build_cache(opt):
             progress.update(current["corpora"][cid]["lines"] - seen)
     manifest["complete"] = True
     manifest["build_seconds"] = round(time.time() - started, 1)
-    write_manifest(opt.out, manifest)
+    write_manifest(building, manifest)
+    replace_folder(building, opt.out)
     positions = sum(s["positions"] for shards in manifest["shards"].values() for s in shards.values())
     logger.info("teacher cache %s: complete, %d target positions, top-%d, %.1f MB", opt.out, positions,
                 opt.topk, cache_bytes(opt.out) / 1e6)
@@ -172,7 +185,7 @@ def build_cache(opt):
 def add_cache_opts(parser):
     group = parser.add_argument_group("Teacher cache (onmt-lma)")
     group.add("--model", "-model", required=True, help="Teacher checkpoint (OpenNMT-py or onmt-lma).")
-    group.add("--out", "-out", required=True, help="Cache folder (created; an interrupted build resumes there).")
+    group.add("--out", "-out", required=True, help="Cache folder (built as OUT.partial, where an interrupted build resumes, and renamed when complete).")
     group.add("--topk", "-topk", type=int_type("an integer >= 1", lambda k: k >= 1), default=DEFAULT_TOPK,
               help="Tokens kept per target position: the teacher's K most probable.")
     group.add("--cache_dtype", "-cache_dtype", choices=sorted(VALUE_DTYPES), default="float16",

@@ -5,7 +5,7 @@ computes with its weight quantized per bucket, straight-through gradients to the
 import torch
 import torch.nn as nn
 
-from onmt_lma.base.checkpoint import checkpoint_loading
+from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.opts import int_type
 from onmt_lma.model.quantization import QuantizeError, fake_quantize, bucket_quantize
 
@@ -57,8 +57,7 @@ def refuse_quantized_training_start(path):
     or packed low-bit codes): its weights are rounded for deployment; training goes on from the float
     checkpoint it was made from (or, for quantization-aware training, that checkpoint with ``-quant_bits``)."""
 
-    with checkpoint_loading(path):
-        info = torch.load(path, map_location="cpu", mmap=True).get("onmt_lma") or {}
+    info = load_checkpoint(path, mmap=True).get("onmt_lma") or {}
     if "int8" in info or "low_bit" in info:
         raise QuantizeError(f"-train_from {path}: an onmt_lma_quantize export (quantized for deployment); train "
                             "from the float checkpoint it was made from")

@@ -93,12 +93,10 @@ def noam_rate(opt, step):
 
 def qat_fine_tuning(label, checkpoint, bits, runs):
     """(run folder, recipe settings) of a released student's quantization-aware fine-tuning."""
-    import torch
 
-    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
-    with checkpoint_loading(str(checkpoint)):
-        state = torch.load(checkpoint, map_location="cpu")
+    state = load_checkpoint(checkpoint)
     opt = state["opt"]
     last = (state.get("onmt_lma") or {}).get("steps", [opt.train_steps])[-1]
     rate = noam_rate(opt, last) if opt.decay_method == "noam" else opt.learning_rate

@@ -61,11 +61,10 @@ def parse_student(text):
 def training_step(checkpoint):
     """(the step a training checkpoint was saved at (its optimizer's), its activation, its seed); an error for
     one without optimizer."""
-    from onmt_lma.base.checkpoint import checkpoint_loading, CheckpointError
+    from onmt_lma.base.checkpoint import CheckpointError, load as load_checkpoint
 
     try:
-        with checkpoint_loading(str(checkpoint)):
-            state = torch.load(checkpoint, map_location="cpu")
+        state = load_checkpoint(checkpoint)
     except CheckpointError as error:
         raise StudyInputError(f"--student: {error}") from None
     if not state.get("optim"):

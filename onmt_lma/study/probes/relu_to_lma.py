@@ -78,15 +78,14 @@ def activation_statistics(model, data, sentences, batch=50):
 
 def convert(relu_checkpoint, out, data, sentences=500, segments=8):
     from onmt_lma.deploy import export
-    from onmt_lma.base.checkpoint import checkpoint_loading
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
     vocabs, model, model_opt = export.load_model(relu_checkpoint)
     if model_opt.pos_ffn_activation_fn != "relu":
         raise SystemExit(f"{relu_checkpoint}: a {model_opt.pos_ffn_activation_fn} model, expected relu")
     model.vocabs = vocabs
     stats = activation_statistics(model, data, sentences)
-    with checkpoint_loading(str(relu_checkpoint)):
-        checkpoint = torch.load(relu_checkpoint, map_location="cpu")
+    checkpoint = load_checkpoint(relu_checkpoint)
     for name, (mean, std) in stats.items():
         slopes, intercepts = chord_lines(mean, std, segments)
         prefix = f"{name}.activation."
