@@ -101,13 +101,15 @@ class CommandServer:
                                                err.read_text(errors="replace"))
 
 
-def run(command, *args, expect_ok=True):
-    """Run one of the venv's commands; fail the test with its stderr if it fails."""
+def run(command, *args, expect_ok=True, env=None):
+    """Run one of the venv's commands (``env``: variables added to the environment); fail the test with its
+    stderr if it fails."""
     argv = [str(BIN / command), *map(str, args)]
+    env = {**os.environ, **(env or {})}
     if CommandServer.get():
-        result = CommandServer.run(argv, timeout=600)
+        result = CommandServer.run(argv, timeout=600, env=env)
     else:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     if expect_ok:
         assert result.returncode == 0, f"{command} failed:\n{result.stderr[-3000:]}"
     return result
