@@ -90,7 +90,7 @@ def test_output_equal_to_the_source_is_refused_and_the_source_kept(checkpoint, v
     src.write_text((vocab / "test.de").read_text(encoding="utf-8"), encoding="utf-8")
     before = src.read_bytes()
     result = run("onmt_lma_translate", "-model", checkpoint, "-src", src, "-output", src, expect_ok=False)
-    assert result.returncode == 2 and "is the -src file" in result.stderr
+    assert result.returncode == 2 and "is the -src " in result.stderr and "it would be overwritten" in result.stderr
     assert src.read_bytes() == before
 
 

@@ -290,7 +290,7 @@ def test_a_relu_student_converts_to_ctranslate2_safely_and_an_lma_one_is_told_wh
     result = run("onmt_lma_convert_ct2", "-model", lma_checkpoint, "-output", tmp_path / "ct2_lma", expect_ok=False)
     assert result.returncode == 2 and "CTranslate2 runs only relu" in result.stderr and "-engine native" in result.stderr
     result = run("onmt_lma_convert_ct2", "-model", teacher, "-output", tmp_path / "ct2", expect_ok=False)
-    assert result.returncode == 2 and "exists; give -force" in result.stderr
+    assert result.returncode == 2 and "exists (a CTranslate2 model); give -force" in result.stderr
 
 
 def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teacher, tmp_path):

@@ -181,7 +181,8 @@ def test_bad_native_input_is_one_line(vocab, exports, tmp_path):
         assert not out.exists()
         return result.stderr
 
-    assert "no manifest.json there" in fails(tmp_path)
+    (tmp_path / "not_an_export").mkdir()
+    assert "no manifest.json there" in fails(tmp_path / "not_an_export")
     assert "-replace_unk True" in fails(folder, "-replace_unk")
     old = tmp_path / "old"
     shutil.copytree(folder, old)

@@ -105,7 +105,7 @@ def test_bad_quantization_input_is_one_line(vocab, lma_model, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         return result.stderr
 
-    assert "is the input checkpoint" in fails("-model", lma_model, "-output", lma_model)
+    assert "is the -model" in fails("-model", lma_model, "-output", lma_model)
     assert "does not exist" in fails("-model", tmp_path / "none.pt", "-output", tmp_path / "x.pt")
     run("onmt_lma_quantize", "-model", lma_model, "-output", tmp_path / "once.pt")
     assert "quantized already" in fails("-model", tmp_path / "once.pt", "-output", tmp_path / "twice.pt")

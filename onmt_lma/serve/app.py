@@ -21,6 +21,7 @@ sentences and time; a client that goes away is one log line.
 """
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hmac
@@ -173,6 +174,12 @@ async def translate_inputs(parsed, limits):
     n_best = parsed[0][1].spec.decoding.n_best if parsed else 1
     tgt = [[("", 0.0)] * n_best for _ in parsed]
     by_model = {}
+    try:  # refused before the text steps spend time on a request the queue cannot take
+        counts = collections.Counter(id(model.batcher) for src, model in parsed if src.strip())
+        for batcher in {id(model.batcher): model.batcher for _, model in parsed}.values():
+            batcher.admit(counts[id(batcher)])
+    except QueueFull as full:
+        raise RequestError(503, str(full), {"Retry-After": str(full.retry_after)}) from None
     for index, (src, model) in enumerate(parsed):
         if src.strip():
             try:

@@ -67,11 +67,15 @@ class Batcher:
         """Whole seconds the queued sentences need at the measured speed (at least 1)."""
         return max(1, math.ceil(self.queued / self.speed)) if self.speed else 1
 
+    def admit(self, count):
+        """:class:`QueueFull` unless the queue can take ``count`` more sentences now."""
+        if self.queued + count > self.max_queued:
+            raise QueueFull(self.queued, self.max_queued, self.retry_after())
+
     async def translate(self, token_lines, timeout=None):
         """Each line's n_best ``(score, tokens)``, in order; :class:`asyncio.TimeoutError` after ``timeout`` s;
         :class:`QueueFull` at once when the queue cannot take them."""
-        if self.queued + len(token_lines) > self.max_queued:
-            raise QueueFull(self.queued, self.max_queued, self.retry_after())
+        self.admit(len(token_lines))
         loop = asyncio.get_running_loop()
         items = [_Item(tokens, loop.create_future()) for tokens in token_lines]
         self.requests.append(collections.deque(items))

@@ -45,13 +45,15 @@ def teacher_cache(corpus, kd_teacher, data_root, topk):
     manifest = out / "manifest.json"
     if manifest.is_file() and '"complete": true' in manifest.read_text():
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    with recipes.exclusive_lock(out / ".lock", f"{out} is being built by another process"):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the lock and config beside the cache: its folder is built aside and renamed into place when complete
+    with recipes.exclusive_lock(out.with_name(out.name + ".lock"), f"{out} is being built by another process"):
         # the students' data options (corpora, vocabularies, transforms): the same in every student recipe
         config = recipes.compose(corpus, "student64", Path(data_root) / corpus, out)
-        recipes.write_config(config, out / "config.yaml")
+        config_file = out.with_name(out.name + ".config.yaml")
+        recipes.write_config(config, config_file)
         log(f"building the teacher cache {out}")
-        cache_cli.main(["-config", str(out / "config.yaml"), "-model", str(kd_teacher), "-out", str(out),
+        cache_cli.main(["-config", str(config_file), "-model", str(kd_teacher), "-out", str(out),
                         "-topk", str(topk)])
     return out
 

@@ -12,11 +12,20 @@ detokenized), are translated (beam 5):
   keep-alive connection each), each sending one sentence a request until the sentences are used up.
 
 Per N: requests/s, sentences/s, p50/p95 latency and the ratio to the direct batched throughput (goal:
->= 0.8x at 64 clients).  On a 2-core machine the clients share the cores with the server.  Writes
-``server.md`` and ``server.json`` in ``--out``.
+>= 0.8x at 64 clients).  Then, against the same server with its default queue bound:
+
+* a flood and a trickle: one client with ``--flood-requests`` requests of 256 sentences in flight at once
+  (each retried after its ``Retry-After`` when answered 503), while another sends one sentence a request;
+  goals: the small client's p95 latency under 2 s, every 503 with ``Retry-After``, no other 5xx;
+* ``--crowd`` clients, each with its own connection, sending one sentence at the same moment; goal: every one
+  answered (200, or 503 with ``Retry-After``).
+
+On a 2-core machine the clients share the cores with the server.  Writes ``server.md`` and ``server.json``
+in ``--out``.
 """
 
 import argparse
+import collections
 import concurrent.futures
 import http.client
 import json
@@ -99,6 +108,89 @@ def load(port, sources, clients):
     return time.perf_counter() - started, latencies
 
 
+def post(connection, items):
+    """``(status, Retry-After or None, seconds)`` of one translation request on ``connection``; sent again on a
+    new connection where the server had closed this one while it was idle (its keep-alive timeout)."""
+    started = time.perf_counter()
+    body = json.dumps(items).encode()
+    try:
+        connection.request("POST", "/translator/translate", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        connection.close()
+        connection.request("POST", "/translator/translate", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+    response.read()
+    return response.status, response.getheader("Retry-After"), time.perf_counter() - started
+
+
+def flood_and_trickle(port, sources, requests, size=256):
+    """One client with ``requests`` requests of ``size`` sentences in flight (503s retried after Retry-After),
+    another sending one sentence at a time meanwhile: the statuses of each and the small client's latencies."""
+    lock, done = threading.Lock(), threading.Event()
+    flood, small, latencies, missing_retry = collections.Counter(), collections.Counter(), [], [0]
+
+    def flooder(number):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        items = [{"src": sources[(number * size + i) % len(sources)]} for i in range(size)]
+        while True:
+            status, retry, _ = post(connection, items)
+            with lock:
+                flood[status] += 1
+                missing_retry[0] += status == 503 and retry is None
+            if status != 503:
+                return
+            time.sleep(float(retry or 1))
+
+    def trickler():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        number = 0
+        while not done.is_set():
+            status, retry, seconds = post(connection, [{"src": sources[number % len(sources)]}])
+            with lock:
+                small[status] += 1
+                missing_retry[0] += status == 503 and retry is None
+                if status == 200:
+                    latencies.append(seconds)
+            number += 1
+            time.sleep(0.02)
+
+    small_client = threading.Thread(target=trickler)
+    started = time.perf_counter()
+    small_client.start()
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        for future in [pool.submit(flooder, number) for number in range(requests)]:
+            future.result()
+    done.set()
+    small_client.join()
+    return {"flood_requests": requests, "flood_sentences": requests * size, "seconds": time.perf_counter() - started,
+            "flood_statuses": dict(flood), "small_statuses": dict(small), "small_requests": len(latencies),
+            "small_p50_ms": 1000 * statistics.median(latencies), "small_p95_ms": 1000 * percentile(latencies, 0.95),
+            "small_max_ms": 1000 * max(latencies), "503_without_retry_after": missing_retry[0]}
+
+
+def crowd(port, sources, clients):
+    """``clients`` connections, each sending one sentence at the same moment: the statuses (or errors)."""
+    ready = threading.Barrier(clients)
+
+    def one(number):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        connection.connect()
+        ready.wait()
+        try:
+            status, retry, seconds = post(connection, [{"src": sources[number % len(sources)]}])
+        except OSError as error:
+            return f"error: {type(error).__name__}", None
+        return (status if status != 503 or retry else "503 without Retry-After"), seconds
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(one, range(clients)))
+    seconds = [s for _, s in answers if s is not None]
+    return {"clients": clients, "statuses": dict(collections.Counter(str(status) for status, _ in answers)),
+            "seconds": time.perf_counter() - started, "max_latency_ms": 1000 * max(seconds) if seconds else None}
+
+
 def percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -111,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--sentences", type=int, default=0, help="the first N test sentences (0: all)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--flood-requests", type=int, default=40, help="the flooding client's requests of 256")
+    parser.add_argument("--crowd", type=int, default=300, help="clients sending one sentence at once")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
     args = parser.parse_args(argv)
     if not (args.corpus / "test.de").is_file():
@@ -140,12 +234,16 @@ def main(argv=None):
                          "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * percentile(latencies, 0.95),
                          "vs_direct": rate / engine_rate})
             print(json.dumps(rows[-1]), flush=True)
+        fairness = flood_and_trickle(port, sources, args.flood_requests)
+        print(json.dumps(fairness), flush=True)
+        crowded = crowd(port, sources, args.crowd)
+        print(json.dumps(crowded), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
     model, corpus = portable(args.model), portable(args.corpus)
     result = {"model": model, "corpus": corpus, "sentences": len(sources), "max_batch": args.max_batch, "beam": 5,
-              "direct_sentences_per_s": engine_rate, "rows": rows,
+              "direct_sentences_per_s": engine_rate, "rows": rows, "flood_and_trickle": fairness, "crowd": crowded,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "server.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -167,8 +265,34 @@ def main(argv=None):
     lines += ["", "One client waits for each answer before it sends the next sentence, so the server translates "
               "batches of one: that row is the engine's one-sentence-at-a-time speed plus HTTP. Many clients fill "
               "the server's batches; the goal is >= 0.8x of the direct batched rate at 64 clients."]
+    lines += fairness_lines(fairness, crowded)
     (args.out / "server.md").write_text("# onmt_lma_server under load\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def fairness_lines(fairness, crowded):
+    """The report's section on the flood, the trickle and the crowd, with each goal met or missed."""
+    server_errors = {status: count for part in ("flood_statuses", "small_statuses")
+                     for status, count in fairness[part].items() if int(status) >= 500 and int(status) != 503}
+    crowd_ok = set(crowded["statuses"]) <= {"200", "503"}
+    goals = [("small client's p95 latency < 2 s", fairness["small_p95_ms"] < 2000),
+             ("every 503 with Retry-After", fairness["503_without_retry_after"] == 0),
+             ("no 5xx but 503", not server_errors),
+             (f"{crowded['clients']} concurrent clients all answered", crowd_ok)]
+    return ["", "## A flood beside a trickle, and a crowd", "",
+            f"One client keeps {fairness['flood_requests']} requests of 256 sentences in flight "
+            f"({fairness['flood_sentences']} sentences; a request answered 503 is sent again after its Retry-After) "
+            "while another sends one sentence a request, for the "
+            f"{fairness['seconds']:.0f} s the flood lasts. The server's queue holds 1024 sentences (its default); "
+            "it serves waiting requests in turn, a sentence each per batch.", "",
+            "| client | answers | p50 latency | p95 latency | max |", "| --- | --- | --- | --- | --- |",
+            f"| flood (256 a request) | {fairness['flood_statuses']} | | | |",
+            f"| one sentence a request | {fairness['small_statuses']} | {fairness['small_p50_ms']:.0f} ms | "
+            f"{fairness['small_p95_ms']:.0f} ms | {fairness['small_max_ms']:.0f} ms |", "",
+            f"{crowded['clients']} clients, each on its own connection, sending one sentence at the same moment: "
+            f"{crowded['statuses']} in {crowded['seconds']:.1f} s (slowest answer "
+            f"{crowded['max_latency_ms']:.0f} ms).", "",
+            "Goals: " + "; ".join(f"{goal}: {'met' if met else 'MISSED'}" for goal, met in goals) + "."]
 
 
 if __name__ == "__main__":
