@@ -250,9 +250,10 @@ def main(argv=None):
     manifest = args.model / "manifest.json"
     origin = ""
     if manifest.is_file():  # an export: say of which checkpoint (a released model's path, if it is one)
-        name = json.loads(manifest.read_text())["checkpoint"]
-        released = sorted(REPO.glob(f"results/*/models/{name}"))
-        origin = f" (`onmt_lma_export -model {portable(released[0]) if released else name} -int8 -output {model}`)"
+        exported = json.loads(manifest.read_text())
+        released = sorted(REPO.glob(f"results/*/models/{exported['checkpoint']}"))
+        origin = (f" (`onmt_lma_export -model {portable(released[0]) if released else exported['checkpoint']}"
+                  f"{' -int8' if exported['int8'] else ''} -output {model}`, on the native engine)")
     lines = [f"`python -m onmt_lma.study.runs study studies/bench.yaml --step server -- {model} --corpus {corpus}`"
              f"{origin}: {len(sources)} Multi30k test sentences as raw text, beam 5, one sentence a request, the server batching "
              f"up to {args.max_batch} sentences; {os.cpu_count()} cores shared by the server and its clients. "
