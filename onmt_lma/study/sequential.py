@@ -50,6 +50,7 @@ def teacher_cache(corpus, kd_teacher, data_root, topk):
     with recipes.exclusive_lock(out.with_name(out.name + ".lock"), f"{out} is being built by another process"):
         # the students' data options (corpora, vocabularies, transforms): the same in every student recipe
         config = recipes.compose(corpus, "student64", Path(data_root) / corpus, out)
+        config["log_file"] = str(out.with_name(out.name + ".log"))
         config_file = out.with_name(out.name + ".config.yaml")
         recipes.write_config(config, config_file)
         log(f"building the teacher cache {out}")
