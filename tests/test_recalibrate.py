@@ -104,7 +104,7 @@ def test_recalibration_replaces_only_the_statistics_and_the_model_translates(lma
 @pytest.mark.integration  # trains a tiny model (fixtures)
 @pytest.mark.parametrize("case, message", [
     ("relu", "has no LMA layer"),
-    ("same", "is the -model itself"),
+    ("same", "it would be overwritten"),
     ("lines", "expected line-aligned parallel text"),
     ("missing", "does not exist"),
 ])

@@ -203,7 +203,7 @@ def test_average_refuses_mismatched_checkpoints_and_overwriting_an_input(lma_che
         average([lma_checkpoints[0], tmp_path / "relu_step_2.pt"])
     result = run("onmt_lma_average_models", "-models", lma_checkpoints[0], "-output", lma_checkpoints[0],
                  expect_ok=False)
-    assert "is one of the -models" in result.stderr
+    assert "is the -models " in result.stderr and "it would be overwritten" in result.stderr
 
 
 # --------------------------------------------------------------------------- #

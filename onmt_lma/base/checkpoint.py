@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import functools
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -52,14 +51,16 @@ def refusal(path, error, what="OpenNMT-py checkpoint"):
     advises switching the safe loader off, is never shown)."""
     text = str(error)
     refused = re.search(r"GLOBAL (\S+)", text)
-    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+    if refused or re.search(r"[Uu]nsupported class", text):  # the safe loader refused an object
         holds = f"it holds {refused.group(1)}, which" if refused else "it holds an object that"
         allowed = ", ".join(g.__module__ + "." + g.__qualname__ for g in CHECKPOINT_SAFE_GLOBALS)
         return CheckpointError(
             f"refusing to load {what} {path!r}: {holds} is not among what an {what} holds (tensors, containers, numbers, "
             f"strings, {allowed}): loading it could run code it carries; do not use it, and do not load it with "
             "the safe loader switched off")
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    advice = ("weights_only", "Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line for line in text.strip().splitlines() if line.strip() and not any(a in line for a in advice)]
+    first = lines[0] if lines else ""
     first = re.split(r"(?<=\.) ", first)[0]  # torch's first sentence, not its advice
     return CheckpointError(f"{path!r} is not a readable {what} (damaged or truncated?): "
                            f"{type(error).__name__}: {first}")
