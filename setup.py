@@ -41,10 +41,12 @@ def kernel_extension():
                 print(f"onmt-lma: the CPU kernel was not built ({error}); LMA and the native engine will "
                       "build it on first use (LMA: or use the PyTorch path)", file=sys.stderr)
 
-    # each source's hash goes into its module: onmt_lma.model.kernels ignores a build of another source
+    # each source's hash (with the headers beside it) goes into its module: onmt_lma.model.kernels ignores a
+    # build of other sources
     extensions = []
     for name, source in SOURCES.items():
-        digest = hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
+        path = Path(__file__).parent / source
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in [path, *sorted(path.parent.glob("*.h"))])).hexdigest()
         extensions.append(CppExtension(name, [source], extra_link_args=FLAGS["ldflags"],
                                        extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""]))
     return extensions, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}

@@ -2,11 +2,6 @@
 
 ``python -m data_prep {ope,wmt13,multi30k} --out DIR`` fetches a corpus (or
 takes a local copy), splits, normalizes and tokenizes it as the paper did, and
-writes what OpenNMT-py trains on; see ``python -m data_prep --help``.
+writes what OpenNMT-py trains on; see ``python -m data_prep --help``.  :mod:`.pipeline` prepares,
+:mod:`.sources` fetches, :mod:`.text` holds the text steps (also the evaluation's and the server's).
 """
-
-from data_prep.pipeline import Options, prepare
-from data_prep.sources import CORPORA
-from data_prep.text import DataPrepError
-
-__all__ = ["CORPORA", "DataPrepError", "Options", "prepare"]

@@ -87,8 +87,8 @@ def main(argv=None):
     )
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out}: is a file, expected a folder (new or prepared by data_prep)")
-    from onmt_lma.training import plugin  # noqa: F401  (first: silences onmt's import warnings)
-    from onmt.utils.logging import init_logger
+    import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: silences onmt's import warnings)
+    from onmt.utils.logging import init_logger  # here: --help and bad options answer without loading torch
 
     init_logger(args.log_file)
     try:

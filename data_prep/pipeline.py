@@ -198,7 +198,10 @@ def _train_sentencepiece(work, out, vocab_size, workers):
 
 def _build_onmt_vocab(out):
     """OpenNMT-py's own vocabulary counts of the training files (``onmt_build_vocab``)."""
-    from onmt_lma.bin import build_vocab
+    import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
+    import onmt.bin.build_vocab  # here: preparing text needs no torch until the vocabularies are counted
+    import onmt.opts
+    from onmt.utils.parse import ArgumentParser
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         config = Path(tmp) / "vocab.yaml"
@@ -207,10 +210,11 @@ def _build_onmt_vocab(out):
             f"  corpus_1: {{path_src: {out / 'train.de'}, path_tgt: {out / 'train.en'}}}\n"
         )
         targets = {lang: Path(tmp) / f"vocab.{lang}" for lang in LANGS}
-        build_vocab.main(
+        parser = ArgumentParser()
+        onmt.opts.data_prepare_opts(parser, build_vocab_only=True)
+        onmt.bin.build_vocab.build_vocab_main(parser.parse_args(
             ["-config", str(config), "-n_sample", "-1", "-save_data", tmp,
-             "-src_vocab", str(targets["de"]), "-tgt_vocab", str(targets["en"])]
-        )
+             "-src_vocab", str(targets["de"]), "-tgt_vocab", str(targets["en"])]))
         for lang in LANGS:
             os.replace(targets[lang], out / f"vocab.{lang}")
 

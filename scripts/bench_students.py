@@ -29,6 +29,8 @@ from statistics import median
 
 from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.study import recipes
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.evaluation.measure import Translation
 from onmt_lma.model.activations import registered_activations
 from onmt_lma.model.lma import DEFAULT_SEGMENTS
 from onmt_lma.study.benchmark import WARMUP_STEPS, StepTimer, machine
@@ -69,7 +71,8 @@ def train_speed(corpus, run_dir, size, label, steps):
 def translate_speed(checkpoint, source):
     result = subprocess.run(
         [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", str(checkpoint), str(source),
-         str(checkpoint) + ".hyp", "--beam", "5", "--fixed-length", str(OUTPUT_LENGTH)],
+         str(checkpoint) + ".hyp", "--translation",
+         Translation(decoding=Decoding(min_length=OUTPUT_LENGTH, max_length=OUTPUT_LENGTH)).to_json()],
         capture_output=True, text=True, check=True,
     )
     run = json.loads(result.stdout.strip().splitlines()[-1])

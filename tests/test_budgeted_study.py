@@ -226,7 +226,7 @@ def test_finish_averages_the_last_checkpoints_and_evaluates_final_and_average(tm
 
     monkeypatch.setattr(average, "average", lambda paths: calls["average"].append([p.name for p in paths]) or {})
     monkeypatch.setattr(checkpoints, "save", lambda checkpoint, path: Path(path).write_bytes(b"avg"))
-    monkeypatch.setattr(evaluate, "evaluate", lambda path, data, out, **kw: calls["evaluate"].append(Path(out).name)
+    monkeypatch.setattr(evaluate, "evaluate", lambda path, data, out, translation: calls["evaluate"].append(Path(out).name)
                         or Path(out).write_text("{}"))
     finish.finish_run(study, "student64_lma_seed1", 8, execution)
     assert calls == {"bleu": ["model_step_4.pt", "model_step_8.pt"], "average": [["model_step_6.pt", "model_step_8.pt"]],

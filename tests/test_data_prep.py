@@ -345,7 +345,7 @@ def test_help_explains_each_option():
 
 
 def test_prepare_is_usable_from_python(multi30k_out):
-    from data_prep import Options
+    from data_prep.pipeline import Options
 
     manifest = prepare_corpus(Options("multi30k", str(shared_data() / "multi30k")), multi30k_out)
     assert manifest["outputs"]["valid.en"] == 1014

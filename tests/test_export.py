@@ -6,6 +6,9 @@ import torch
 
 from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.deploy import export as exporter
+from onmt_lma.deploy import engines, graphs
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy import manifest as export_manifest
 
 from conftest import run
 
@@ -56,14 +59,14 @@ def test_the_restated_graphs_give_opennmt_py_s_log_probabilities(vocab, teacher,
     from onmt_lma.model import kernels
 
     checkpoint = teacher if which == "relu" else lma_checkpoint
-    vocabs, model, _ = exporter.load_model(checkpoint)
+    vocabs, model, _ = graphs.load_model(checkpoint)
     src, src_len, tgt = real_batch(vocab, vocabs)
     expected = reference_log_probs(model, src, src_len, tgt)
-    exporter.graph_activations(model)  # as exported: LMA by GatherElements from (k, units) tables
-    assert (which == "lma") == any(isinstance(m, exporter.LMAGraph) for m in model.modules())
+    graphs.graph_activations(model)  # as exported: LMA by GatherElements from (k, units) tables
+    assert (which == "lma") == any(isinstance(m, graphs.LMAGraph) for m in model.modules())
     with torch.no_grad(), kernels.forced("torch"):
-        got = stepped_log_probs(exporter.EncoderGraph(model), exporter.DecoderStepGraph(model), src, src_len, tgt,
-                                exporter.empty_cache(model, len(src)))
+        got = stepped_log_probs(graphs.EncoderGraph(model), graphs.DecoderStepGraph(model), src, src_len, tgt,
+                                graphs.empty_cache(model, len(src)))
     mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
     torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-4)
 
@@ -81,7 +84,7 @@ def test_the_exported_lma_is_the_evaluation_lma_at_cut_points_and_outliers_too(c
             module.beta.normal_()
         module(torch.randn(64, 24) * 2 + 0.5)  # running statistics of a batch
     module.eval()
-    graph = exporter.LMAGraph(module, units=24)
+    graph = graphs.LMAGraph(module, units=24)
     mean, std = module.running_mean.reshape(()), module.running_std.reshape(())
     cuts = mean + std * (torch.arange(-4, 5, dtype=torch.float32) * 6 / 8)  # every cut point and both ends
     x = torch.cat([torch.randn(3, 5, 24) * 3, cuts.repeat(3)[:24].expand(1, 5, 24),
@@ -110,7 +113,7 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
 
     operators = {node.op_type for node in onnx.load(tmp_path / "onnx" / "decoder_step.onnx").graph.node}
     assert {"Clip", "Cast", "GatherElements"} <= operators  # LMA in standard operators, no custom one
-    vocabs, model, _ = exporter.load_model(lma_checkpoint)
+    vocabs, model, _ = graphs.load_model(lma_checkpoint)
     src, src_len, tgt = real_batch(vocab, vocabs, lines=3)  # another batch size and length than traced
     expected = reference_log_probs(model, src, src_len, tgt)
     mask = tgt[:, 1:] != vocabs["tgt"]["<blank>"]
@@ -121,7 +124,7 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
         def encode(s, lengths):
             return encoder.run(None, {"src": s.numpy(), "src_len": lengths.numpy()})
 
-        cross_names, self_names, grown_names = exporter.cache_names(len(model.decoder.transformer_layers))
+        cross_names, self_names, grown_names = export_manifest.cache_names(len(model.decoder.transformer_layers))
 
         def step(token, position, bias, *caches):
             feed = {"token": np.asarray(token), "step": position, "memory_bias": bias,
@@ -133,7 +136,7 @@ def test_the_onnx_graphs_in_onnx_runtime_give_the_same_log_probabilities(vocab, 
             assert np.array_equal(ids, order) and np.array_equal(top, np.take_along_axis(log_probs, order, axis=1))
             return (log_probs, *grown)
 
-        empty = [t.numpy() for t in exporter.empty_cache(model, len(src))]
+        empty = [t.numpy() for t in graphs.empty_cache(model, len(src))]
         got = stepped_log_probs(encode, step, src, src_len, tgt, empty)
         if tolerance:
             torch.testing.assert_close(got[mask], expected[mask], rtol=tolerance, atol=tolerance)
@@ -152,9 +155,9 @@ def test_bad_exports_are_clear_errors(lma_checkpoint, tmp_path):
     result = run("onmt_lma_export", "-model", int8, "-output", tmp_path / "out", expect_ok=False)
     assert result.returncode == 2 and "export the float checkpoint" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out" / "manifest.json").exists()
-    options = argparse.Namespace(**{**exporter.SUPPORTED, "max_relative_positions": 4, "copy_attn": True})
-    with pytest.raises(exporter.ExportError, match=r"-max_relative_positions 4 \(needs 0\), -copy_attn True"):
-        exporter.check_exportable(options)
+    options = argparse.Namespace(**{**graphs.SUPPORTED, "max_relative_positions": 4, "copy_attn": True})
+    with pytest.raises(export_manifest.ExportError, match=r"-max_relative_positions 4 \(needs 0\), -copy_attn True"):
+        graphs.check_exportable(options)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +219,7 @@ def test_the_onnx_engine_says_where_its_time_goes(vocab, exported):
     translator = OnnxTranslator(exported)
     lines = (vocab / "test.de").read_text().splitlines()[:6]
     started = time.perf_counter()
-    results = translator.translate(lines, beam_size=3, batch_size=4, max_length=12)
+    results = translator.translate(lines, Decoding(beam_size=3, max_length=12), 4)
     wall = time.perf_counter() - started
     profile = translator.profile
     assert profile["sentences"] == 6
@@ -254,8 +257,8 @@ def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exporte
     assert result.returncode == 2 and "only -engine onnx and native take it" in result.stderr, result.stderr[-2000:]
 
 
-def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(exported):
-    from onmt_lma.deploy import native, runtime
+def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(exported, monkeypatch):
+    from onmt_lma.deploy import runtime
 
     made = []
 
@@ -266,13 +269,9 @@ def test_the_engine_takes_the_threads_asked_for_and_its_encoder_never_spins(expo
             made.append([o.intra_op_num_threads for o in options]
                         + [o.get_session_config_entry("session.intra_op.allow_spinning") for o in options[:1]])
 
-    original = runtime.OnnxTranslator
-    runtime.OnnxTranslator = Recording
-    try:
-        for asked in (0, 2):  # as onmt_lma_translate -engine onnx -threads N opens it
-            native.open_export("onnx", exported, "fp32", asked)
-    finally:
-        runtime.OnnxTranslator = original
+    monkeypatch.setattr(engines, "OnnxTranslator", Recording)
+    for asked in (0, 2):  # as onmt_lma_translate -engine onnx -threads N opens it
+        engines.open_export("onnx", exported, False, asked)
     # 0: ONNX Runtime's default (one per core); the encoder's pool sleeps after each call, so that it never
     # takes the decoder's cores (it made 2 threads 2x slower than 1 one sentence at a time)
     assert made == [[0, 0, "0"], [2, 2, "0"]]
@@ -310,8 +309,8 @@ def test_an_lma_model_made_from_a_relu_one_follows_relu_and_exports(vocab, teach
     out = tmp_path / "lma.pt"
     stats = module.convert(teacher, out, vocab, sentences=200)
     assert len(stats) == 3 and all(s > 0 for _, s in stats.values())
-    _, relu_model, _ = exporter.load_model(teacher)
-    vocabs, lma_model, opt = exporter.load_model(out)
+    _, relu_model, _ = graphs.load_model(teacher)
+    vocabs, lma_model, opt = graphs.load_model(out)
     assert opt.pos_ffn_activation_fn == "lma" and opt.lma_segments == 8
     activations = [m for m in lma_model.modules() if isinstance(m, LMA)]
     assert sorted(a.running_std.item() for a in activations) == pytest.approx(sorted(s for _, s in stats.values()))

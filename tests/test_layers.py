@@ -8,8 +8,13 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "onmt_lma"
+#: the packages the layers cover: onmt-lma's and data_prep (``python -m data_prep``), a layer of its own
+PACKAGES = [PACKAGE, REPO / "data_prep"]
 #: the layers, bottom first; a module may import from its own layer and those below
-LAYERS = ["base", "model", "training", "deploy", "evaluation", "serve", "bin", "study"]
+LAYERS = ["base", "data_prep", "model", "training", "deploy", "evaluation", "serve", "bin", "study"]
+#: at most this many parameters a function of these layers takes (self and cls not counted)
+MAX_PARAMETERS = 6
+PARAMETER_LAYERS = ("deploy", "serve", "evaluation")
 MAX_MODULE_LINES = 400
 
 
@@ -19,7 +24,7 @@ def module_name(path):
 
 
 def modules():
-    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {module_name(p): p for package in PACKAGES for p in package.rglob("*.py")}
 
 
 def imported_modules(path, known):
@@ -41,7 +46,7 @@ def imported_modules(path, known):
     for name in names:
         while name and name not in known:
             name = name.rpartition(".")[0]
-        if name.startswith("onmt_lma"):
+        if name.startswith(("onmt_lma", "data_prep")):
             found.add(name)
     own = module_name(path)
     parts = own.split(".")
@@ -57,6 +62,8 @@ def graph():
 
 def layer(name):
     parts = name.split(".")
+    if parts[0] == "data_prep":
+        return LAYERS.index("data_prep")
     if len(parts) == 1:
         return -1  # the package itself: imports nothing
     if parts[1] == "api":
@@ -96,8 +103,8 @@ def cycles(edges):
 
 
 def test_every_module_is_in_a_layer():
-    unplaced = [name for name in modules() if name.count(".") >= 1 and name.split(".")[1] not in LAYERS + ["api"]
-                and not name.split(".")[1].startswith("_")]
+    unplaced = [name for name in modules() if name.startswith("onmt_lma.")
+                and name.split(".")[1] not in LAYERS + ["api"] and not name.split(".")[1].startswith("_")]
     assert not unplaced, f"modules outside the layers {LAYERS}: {unplaced}"
     assert len(modules()) > 40
 
@@ -146,3 +153,27 @@ def test_scripts_are_few_and_the_readme_short():
     undocumented = [name for name in modules() if name.count(".") == 2 and f"`{name.split('.', 1)[1]}`" not in
                     architecture and not name.endswith("__init__")]
     assert not undocumented, f"docs/architecture.md lacks a line for {undocumented}"
+
+
+def parameter_counts(path):
+    """``(function, line, parameters)`` of every function and method in ``path`` (self and cls not counted)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x is not None]
+            found.append((node.name, node.lineno, len([n for n in names if n not in ("self", "cls")])))
+    return found
+
+
+def test_no_function_of_deploy_serve_or_evaluation_takes_more_than_six_parameters():
+    long = [f"{name}.{function} (line {line}): {count}" for name, path in modules().items()
+            if name.split(".")[1:2] and name.split(".")[1] in PARAMETER_LAYERS
+            for function, line, count in parameter_counts(path) if count > MAX_PARAMETERS]
+    assert not long, f"more than {MAX_PARAMETERS} parameters (pass one value: a dataclass): {long}"
+
+
+def test_the_parameter_count_sees_every_kind_of_parameter(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("class A:\n    def f(self, a, /, b, *c, d, **e): pass\ndef g(): pass\n")
+    assert sorted(parameter_counts(source)) == [("f", 2, 5), ("g", 3, 0)]

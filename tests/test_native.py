@@ -9,7 +9,9 @@ import torch
 
 from onmt_lma.training import plugin  # noqa: F401  (installs)
 from onmt_lma.deploy import export as exporter
-from onmt_lma.deploy.native import NATIVE_ACTIVATIONS, NativeTranslator, native_weights
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy.native import NativeTranslator, native_activations, native_weights
+from onmt_lma.deploy.search import BANNED
 
 from conftest import run
 from test_export import real_batch, reference_log_probs
@@ -17,10 +19,11 @@ from test_export import real_batch, reference_log_probs
 pytestmark = pytest.mark.integration
 
 
-def test_the_listed_activations_are_the_compiled_ones():
-    from onmt_lma.model import kernels
+NATIVE_ACTIVATIONS = ("aplu", "gelu", "lma", "prelu", "relu", "silu", "swish")
 
-    assert NATIVE_ACTIVATIONS == tuple(sorted(kernels.engine_module().activations()))
+
+def test_the_engine_lists_its_activations():
+    assert native_activations() == NATIVE_ACTIVATIONS
 
 
 def engine_of(model, opt, vocabs):
@@ -29,7 +32,7 @@ def engine_of(model, opt, vocabs):
     saved = native_weights(model, opt)
     special = {"bos": "<s>", "eos": "</s>", "unk": "<unk>"}
     config = {**saved["config"], **{key: float(vocabs["tgt"][token]) for key, token in special.items()},
-              "src_pad": float(vocabs["src"]["<blank>"])}
+              "src_pad": float(vocabs["src"]["<blank>"]), "banned_score": BANNED}
     return kernels.engine_module().Engine(saved["weights"], config, saved["activation"])
 
 
@@ -146,8 +149,8 @@ def test_the_native_engine_s_scores_are_the_onnx_engine_s(vocab, exports, produc
     _, folder = exports["lma"]
     lines = (vocab / "test.de").read_text().splitlines()
     native, onnx = NativeTranslator(folder), OnnxTranslator(folder)
-    found = native.translate(lines, beam_size=5, batch_size=4, max_length=30, n_best=2)
-    expected = onnx.translate(lines, beam_size=5, batch_size=4, max_length=30, n_best=2)
+    decoding = Decoding(beam_size=5, max_length=30, n_best=2)
+    found, expected = native.translate(lines, decoding, 4), onnx.translate(lines, decoding, 4)
     assert [[text for _, text in h] for h in found] == [[text for _, text in h] for h in expected]
     assert [s for h in found for s, _ in h] == pytest.approx([s for h in expected for s, _ in h], abs=1e-4)
     targets = (vocab / "test.en").read_text().splitlines()

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from onmt_lma.serve.app import Limits, ServedModel, make_app
 from onmt_lma.serve.batching import Batcher, QueueFull
 from onmt_lma.serve.config import ModelSpec
-from onmt_lma.serve.engines import Decoding
+from onmt_lma.deploy.decoding import Decoding
 
 
 class StandInEngine:

@@ -3,3 +3,5 @@ each with ``get_parser()`` and ``main()``; :mod:`.parser` is their shared parser
 """
 
 
+
+import onmt_lma.base.onmt_import  # noqa: F401  (before any command imports onmt: its known warnings silenced)

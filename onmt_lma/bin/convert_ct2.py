@@ -9,7 +9,7 @@ import onmt.opts
 
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.deploy.ct2 import convert
-from onmt_lma.deploy.export import ExportError
+from onmt_lma.deploy.manifest import ExportError
 
 
 def get_parser():

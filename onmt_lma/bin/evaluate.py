@@ -22,8 +22,10 @@ Fields (Xu et al. 2020, translation experiments):
     target token of the model's vocabulary, end of sentence included;
   * ``params``, ``size_mb`` (checkpoint on disk; with ``-engine onnx`` the
     graphs used, with ``-engine native`` its weights, and the vocabularies and manifest);
-  * ``speed``: beam-5 translation of the test set one sentence at a time
-    (sentences/s, target tokens/s);
+  * ``speed``: the test set's translation (sentences/s, target tokens/s),
+    one sentence at a time unless ``-eval_batch_size`` says otherwise;
+  * ``decoding``: the search's options (``-beam_size`` 5, ``-length_penalty``,
+    ... as ``onmt_translate`` names them and with its defaults);
   * ``memory``: while translating one sentence at a time, in a fresh process:
     on CUDA ``torch.cuda.max_memory_allocated`` (as the paper); on CPU the
     process's peak resident memory from loading the model to the end of
@@ -55,9 +57,12 @@ from onmt_lma.base.errors import UserError
 from onmt_lma.base.files import sha256_of
 from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser
-from onmt_lma.deploy.export import ExportError
-from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy.decoding import add_options as add_decoding_options
+from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
+from onmt_lma.deploy.manifest import ExportError
 from onmt_lma.evaluation.evaluate import evaluate
+from onmt_lma.evaluation.measure import Translation
 from onmt_lma.evaluation.facts import kept_result
 from onmt_lma.evaluation.test_sets import CorpusMismatchError, EvaluationInputError, check_vocabulary, checkpoint_corpus, prepared_test_set, raw_test_set
 
@@ -75,8 +80,6 @@ def get_parser():
     group.add("--ref_tok", "-ref_tok", help="Moses-tokenized reference, for tokenized (multi-bleu.perl) BLEU")
     group.add("--out", "-out", help="result JSON (one -model) or folder (several); default: beside each checkpoint, "
               "CK.eval.json (-corpus test split) or CK.<src name>.eval.json")
-    group.add("--beam_size", "-beam_size", "-beam", type=int_type("an integer >= 1", lambda n: n >= 1), default=5,
-              help="beam size (paper: 5)")
     group.add("--gpu", "-gpu", type=int, default=-1, help="CUDA device, -1 for CPU")
     group.add("--eval_batch_size", "-eval_batch_size", type=int_type("an integer >= 1", lambda n: n >= 1),
               default=1, help="sentences translated at a time (default 1: the paper's speed measure)")
@@ -89,6 +92,7 @@ def get_parser():
               "its linear layers as PyTorch's dynamic int8")
     group.add("--force", "-force", action="store_true", help="replace existing results")
     group.add("--log_file", "-log_file", default="", help="also log to this file")
+    add_decoding_options(parser.add_argument_group("Decoding (onmt_translate's options; the paper: -beam_size 5)"))
     return parser
 
 
@@ -162,6 +166,7 @@ def run_command(opt):
         raise EvaluationInputError("give -corpus DIR (its test split) or -src FILE -ref FILE (any raw test set)")
     if opt.ref_tok and opt.src is None:
         raise EvaluationInputError("-ref_tok goes with -src/-ref (a prepared corpus has its own)")
+    translation = Translation(opt.engine, opt.int8, opt.gpu, opt.eval_batch_size, Decoding.from_options(opt))
     exported = opt.engine in EXPORT_ENGINES  # export folders
     if exported and opt.gpu >= 0:
         raise EvaluationInputError(f"-gpu {opt.gpu}: -engine {opt.engine} runs on the CPU")
@@ -205,13 +210,12 @@ def run_command(opt):
         for model, name, out in zip(opt.models, names, paths):
             corpus = corpora[model]
             test = tests[Path(corpus).resolve()]
-            if out.exists() and not opt.force and kept_result(out, model, test):
+            if out.exists() and not opt.force and kept_result(out, model, test, translation.decoding):
                 logger.info("%s exists, made from these inputs: kept (replace it with -force)", out)
                 result = json.loads(out.read_text())
             else:
                 try:
-                    result = evaluate(model, corpus, out, opt.beam_size, opt.gpu, opt.eval_batch_size, test=test,
-                                      engine=opt.engine, int8=opt.int8)
+                    result = evaluate(model, corpus, out, translation, test=test)
                 except (CheckpointError, ExportError) as error:
                     raise EvaluationInputError(str(error)) from None
                 logger.info("%s: BLEU %.2f, chrF %.2f, ppl %.2f, %.1f sent/s, memory %.0f MB", out,
@@ -230,7 +234,7 @@ def main(argv=None):
     init_logger(opt.log_file)
     try:
         run_command(opt)
-    except (EvaluationInputError, CorpusMismatchError, CheckpointError, ExportError) as error:
+    except UserError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

@@ -10,7 +10,8 @@ import onmt.opts
 
 from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
-from onmt_lma.deploy.export import ExportError, export
+from onmt_lma.deploy.export import export
+from onmt_lma.deploy.manifest import ExportError
 
 
 def get_parser():

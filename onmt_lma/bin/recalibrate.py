@@ -29,7 +29,7 @@ from onmt_lma.bin.parser import CommandParser
 from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.opts import int_type
-from onmt_lma.evaluation.recalibrate import RecalibrationError, recalibrate
+from onmt_lma.evaluation.recalibrate import RecalibrationError, Sampling, recalibrate
 
 
 def get_parser():
@@ -59,8 +59,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         refuse_overwriting(args.output, {"-model": args.model, "-src": args.src, "-tgt": args.tgt})
-        statistics = recalibrate(args.model, args.src, args.tgt, args.output, args.gpu, args.batch_size,
-                                 args.batch_type, args.max_sentences, args.training_dropout)
+        sampling = Sampling(args.gpu, args.batch_size, args.batch_type, args.max_sentences, args.training_dropout)
+        statistics = recalibrate(args.model, args.src, args.tgt, args.output, sampling)
     except (CheckpointError, OutputError, RecalibrationError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     from onmt.utils.logging import init_logger, logger

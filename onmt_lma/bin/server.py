@@ -17,11 +17,14 @@ needs a bearer key; Ctrl-C or SIGTERM finishes the requests in flight, then exit
 
 import logging
 import sys
+from pathlib import Path
 
-from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.base.opts import float_type, int_type
+from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy.decoding import add_options as add_decoding_options
 from onmt_lma.serve.config import ModelSpec, ServerConfigError, load_conf
-from onmt_lma.serve.engines import ENGINES, Decoding
+from onmt_lma.serve.engines import ENGINES
 
 positive = int_type("an integer >= 1", lambda n: n >= 1)
 
@@ -40,12 +43,7 @@ def get_parser():
     models.add("--int8", "-int8", action="store_true", help="int8: an export's int8 graphs, int8 linear layers "
                "of a checkpoint, CTranslate2's int8 compute type")
     decoding = parser.add_argument_group("Decoding (defaults of every model; conf.json's opt overrides them)")
-    decoding.add("--beam_size", "-beam_size", type=positive, default=5)
-    decoding.add("--n_best", "-n_best", type=positive, default=1)
-    decoding.add("--max_length", "-max_length", type=positive, default=250)
-    decoding.add("--min_length", "-min_length", type=int_type("an integer >= 0", lambda n: n >= 0), default=0)
-    decoding.add("--length_penalty", "-length_penalty", choices=("avg", "wu", "none"), default="avg")
-    decoding.add("--alpha", "-alpha", type=float, default=1.0)
+    add_decoding_options(decoding)
     decoding.add("--threads", "-threads", type=int_type("an integer >= 0", lambda n: n >= 0), default=0,
                  help="the engine's intra-op threads (0: its default)")
     serving = parser.add_argument_group("Serving")
@@ -87,17 +85,15 @@ def conf_json_as_models_conf(args):
 
 
 def model_specs(opt):
-    defaults = Decoding(opt.beam_size, opt.n_best, opt.max_length, opt.min_length, opt.length_penalty, opt.alpha,
-                        opt.threads)
+    defaults = ModelSpec(1, Path(opt.model or "."), Decoding.from_options(opt), Path(opt.corpus) if opt.corpus else None,
+                         opt.engine, opt.int8, opt.threads)
     if bool(opt.model) == bool(opt.models_conf):
         raise ServerConfigError("give -model (one model) or -config conf.json (a model list), one of them")
     if opt.models_conf:
         if opt.corpus or opt.engine:
             raise ServerConfigError("-corpus and -engine go with -model; in conf.json give each model's own")
         return load_conf(opt.models_conf, defaults)
-    from pathlib import Path
-
-    return [ModelSpec(1, Path(opt.model), defaults, Path(opt.corpus) if opt.corpus else None, opt.engine, opt.int8)]
+    return [defaults]
 
 
 def api_key(opt):

@@ -22,16 +22,16 @@ import os
 import tempfile
 from pathlib import Path
 
-
 import onmt.bin.translate
 import onmt.opts
 
-from onmt_lma.bin.parser import user_errors_exit
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.files import refuse_overwriting
-from onmt_lma.bin.parser import CommandParser
+from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
+from onmt_lma.deploy.engines import open_export, refuse_unimplemented
 from onmt_lma.model.options import add_lma_opts
-from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
 from onmt_lma.training.seqkd import DistillDataError, read_lines
 
 
@@ -66,10 +66,7 @@ def check_files(opt):
         raise TranslationInputError(f"-threads {opt.threads}: only -engine {' and '.join(EXPORT_ENGINES)} take it")
     if opt.batch_size < 1:
         raise TranslationInputError(f"-batch_size {opt.batch_size}: expected an integer >= 1")
-    if opt.beam_size < 1:
-        raise TranslationInputError(f"-beam_size {opt.beam_size}: expected an integer >= 1")
-    if not 1 <= opt.n_best <= opt.beam_size:
-        raise TranslationInputError(f"-n_best {opt.n_best}: expected an integer from 1 to -beam_size {opt.beam_size}")
+    Decoding.from_options(opt)  # its checks, before anything loads
     for option in ("src", "tgt"):
         path = getattr(opt, option, None)
         if path is not None and not os.path.isfile(path):
@@ -119,17 +116,13 @@ def _translate(opt):
 
 
 def _export_translator(opt):
-    from onmt_lma.deploy import native, runtime
-
-    runtime.check_options(opt)
-    return native.open_export(opt.engine, opt.models[0], opt.precision, opt.threads)
+    refuse_unimplemented(opt)
+    return open_export(opt.engine, opt.models[0], opt.precision == "int8", opt.threads)
 
 
 def _run(opt):
     if opt.engine in EXPORT_ENGINES:
-        from onmt_lma.deploy import runtime
-
-        runtime.translate_file(opt, _export_translator(opt))
+        _translate_export(opt, _export_translator(opt))
         return
     if not opt.profile:
         onmt.bin.translate.translate(opt)
@@ -141,6 +134,16 @@ def _run(opt):
         with record_function("Translate"):
             onmt.bin.translate.translate(opt)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+
+
+def _translate_export(opt, translator):
+    """``-engine onnx|native``: ``opt.src`` (non-empty lines) into ``opt.output``, ``-n_best`` lines each."""
+    lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
+    results = translator.translate(lines, Decoding.from_options(opt), opt.batch_size, opt.batch_type)
+    with open(opt.output, "w", encoding="utf-8") as out:
+        for hypotheses in results:
+            for _, text in hypotheses:
+                out.write(text + "\n")
 
 
 if __name__ == "__main__":

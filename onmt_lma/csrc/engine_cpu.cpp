@@ -27,10 +27,11 @@
 #include <utility>
 #include <vector>
 
+#include "search.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr float kBanned = -65504.0f;  // OpenNMT-py's score of a forbidden token and of a closed beam
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
 double seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
@@ -310,8 +311,6 @@ bool is_banned(int64_t id, const std::vector<int64_t>& banned) {
   return std::find(banned.begin(), banned.end(), id) != banned.end();
 }
 
-// the row's log-softmax and, with `top`, its top k log-probabilities among the ids not banned, each banned
-// id scored kBanned as OpenNMT-py scores it after its log_softmax; the logits are read twice, nothing written
 // the sum of exp(x - max) over row[first, n) and those ids offered to `top`: the scalar path, and the
 // vector path's last few values
 float sum_exp_offer(const float* row, int64_t first, int64_t n, float max, TopK* top, const std::vector<int64_t>& banned) {
@@ -356,14 +355,17 @@ __attribute__((target("avx2,fma"))) LogSoftmax log_softmax_avx2(const float* row
   return found;
 }
 
-LogSoftmax log_softmax_top_k(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned) {
+// the row's log-softmax and, with `top`, its top k log-probabilities among the ids not banned, each banned
+// id scored `banned_score` as OpenNMT-py scores it after its log_softmax; the logits are read twice, nothing written
+LogSoftmax log_softmax_top_k(const float* row, int64_t n, TopK* top, const std::vector<int64_t>& banned,
+                             float banned_score) {
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (top) top->reset();
   const LogSoftmax found = avx2 ? log_softmax_avx2(row, n, top, banned) : log_softmax_scalar(row, n, top, banned);
   if (top) {
     for (int64_t j = 0; j < top->k; ++j)
       if (top->ids[j] < n) top->values[j] = found.at(top->values[j]);
-    for (int64_t id : banned) top->insert(kBanned, id);
+    for (int64_t id : banned) top->insert(banned_score, id);
   }
   return found;
 }
@@ -422,6 +424,7 @@ class Engine {
     eos_ = static_cast<int64_t>(config.at("eos"));
     unk_ = static_cast<int64_t>(config.at("unk"));
     source_pad_ = static_cast<int64_t>(config.at("src_pad"));
+    special_ = {bos_, eos_, unk_, static_cast<float>(config.at("banned_score"))};
     eps_ = static_cast<float>(config.at("eps"));
     panel_rows_ = config.count("panel_rows") ? static_cast<int64_t>(config.at("panel_rows")) : kPanelRows;
     TORCH_CHECK(kKinds.count(activation), "native engine: no kernel for activation ", activation);
@@ -444,121 +447,56 @@ class Engine {
     generator_ = linear("generator");
   }
 
-  // n_best (score, target ids) per source line, best first: OpenNMT-py's BeamSearch (runtime.py's docstring)
-  std::vector<std::vector<std::pair<float, std::vector<int64_t>>>> translate(
-      const std::vector<std::vector<int64_t>>& sources, int64_t beam, int64_t max_length, int64_t min_length,
-      int64_t n_best, int64_t penalty, double alpha, bool ban_unk) {
+  // n_best (score, target ids) per source line, best first: search::beam_search, at most max_steps tokens
+  std::vector<std::vector<search::Hypothesis>> translate(const std::vector<std::vector<int64_t>>& sources,
+                                                         const search::Decoding& decoding, int64_t max_steps) {
     const auto started = Clock::now();
-    const int64_t count = static_cast<int64_t>(sources.size());
-    encode(sources);
-    profile_["encoder_s"] += seconds(started);
-    const auto searching = Clock::now();
-    double decoder_s = 0;
-    int64_t rows = count * beam;
-    allocate(rows, max_length + 1);
-    std::vector<int64_t> sentence_of_row(rows), tokens(rows, bos_), select(rows);
-    for (int64_t r = 0; r < rows; ++r) sentence_of_row[r] = r / beam;
-    std::vector<std::vector<int64_t>> alive(rows, std::vector<int64_t>{bos_});
-    std::vector<float> beam_scores(rows, kMinusInf);
-    for (int64_t i = 0; i < count; ++i) beam_scores[i * beam] = 0.0f;
-    std::vector<int64_t> offsets(count);
-    for (int64_t i = 0; i < count; ++i) offsets[i] = i;
-    std::vector<std::vector<std::pair<float, std::vector<int64_t>>>> hypotheses(count), results(count);
-    std::vector<TopK> tops(rows, TopK{beam, {}, {}});
-    struct Candidate { float score; int64_t id; };
-    std::vector<Candidate> candidates(beam * beam);
-    std::vector<float> top_scores(rows);
-    std::vector<int64_t> best(rows);
-    for (int64_t step = 0; step < max_length; ++step) {
-      const int64_t length = step + 1;
-      const auto before = Clock::now();
-      const at::Tensor logits = decoder_step(rows, step, tokens.data(), sentence_of_row.data());
-      std::vector<int64_t> banned;
-      if (length <= min_length) banned.push_back(eos_);
-      if (ban_unk) banned.push_back(unk_);
-      log_softmax_rows(logits, rows, tops.data(), banned, nullptr);
-      decoder_s += seconds(before);
-      profile_["steps"] += 1;
-      const float lp = static_cast<float>(penalty == 1 ? std::pow(length + 1.0, alpha)
-                                          : penalty == 2 ? std::pow((5.0 + length + 1.0) / 6.0, alpha) : 1.0);
-      const int64_t groups = rows / beam;
-      for (int64_t i = 0; i < groups; ++i) {
-        for (int64_t b = 0; b < beam; ++b) {
-          const TopK& top = tops[i * beam + b];
-          for (int64_t j = 0; j < beam; ++j) {
-            const float candidate = top.values[j] + beam_scores[i * beam + b];
-            candidates[b * beam + j] = {lp != 1.0f ? candidate / lp : candidate, b * vocab_ + top.ids[j]};
-          }
-        }
-        std::partial_sort(candidates.begin(), candidates.begin() + beam, candidates.end(),
-                          [](const Candidate& x, const Candidate& y) {
-                            return x.score > y.score || (x.score == y.score && x.id < y.id);
-                          });
-        for (int64_t j = 0; j < beam; ++j) {
-          top_scores[i * beam + j] = candidates[j].score;
-          best[i * beam + j] = candidates[j].id;
-        }
-      }
-      std::vector<std::vector<int64_t>> grown(rows);
-      std::vector<char> finished(rows);
-      bool any = false;
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t parent = best[r] / vocab_ + (r / beam) * beam, token = best[r] % vocab_;
-        beam_scores[r] = top_scores[r] * lp;
-        select[r] = parent, tokens[r] = token;
-        grown[r] = alive[parent];
-        grown[r].push_back(token);
-        finished[r] = token == eos_ || static_cast<int64_t>(grown[r].size()) == max_length + 1;
-        any = any || finished[r];
-      }
-      alive.swap(grown);
-      std::vector<int64_t> going;
-      if (any) {
-        for (int64_t i = 0; i < groups; ++i) {
-          auto& found = hypotheses[offsets[i]];
-          for (int64_t j = 0; j < beam; ++j) {
-            const int64_t r = i * beam + j;
-            if (!finished[r]) continue;
-            beam_scores[r] = kBanned;
-            found.emplace_back(top_scores[r], std::vector<int64_t>(alive[r].begin() + 1, alive[r].end()));
-          }
-          if (finished[i * beam] && static_cast<int64_t>(found.size()) >= n_best) {
-            auto ranked = found;
-            std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
-            ranked.resize(n_best);
-            results[offsets[i]] = std::move(ranked);
-          } else {
-            going.push_back(i);
-          }
-        }
-        if (going.empty()) break;
-      } else {
-        for (int64_t i = 0; i < groups; ++i) going.push_back(i);
-      }
-      // the kept rows, each from its parent: one copy of every self-attention cache
-      const int64_t kept_rows = static_cast<int64_t>(going.size()) * beam;
-      std::vector<int64_t> from(kept_rows), kept_tokens(kept_rows), kept_sentences(kept_rows), kept_offsets;
-      std::vector<float> kept_scores(kept_rows);
-      std::vector<std::vector<int64_t>> kept_alive(kept_rows);
-      for (size_t g = 0; g < going.size(); ++g) {
-        kept_offsets.push_back(offsets[going[g]]);
-        for (int64_t j = 0; j < beam; ++j) {
-          const int64_t r = going[g] * beam + j, k = static_cast<int64_t>(g) * beam + j;
-          from[k] = select[r], kept_tokens[k] = tokens[r], kept_scores[k] = beam_scores[r];
-          kept_sentences[k] = sentence_of_row[r];
-          kept_alive[k] = std::move(alive[r]);
-        }
-      }
-      reorder_caches(from, step + 1);
-      rows = kept_rows;
-      tokens.swap(kept_tokens), beam_scores.swap(kept_scores), sentence_of_row.swap(kept_sentences);
-      alive.swap(kept_alive), offsets.swap(kept_offsets);
-    }
-    profile_["decoder_s"] += decoder_s;
-    profile_["search_s"] += seconds(searching) - decoder_s;
-    profile_["sentences"] += count;
-    return results;
+    const double decoder_before = profile_["decoder_s"];
+    begin(sources, decoding.beam_size, max_steps);
+    const double encoded = seconds(started);
+    auto found = search::beam_search(*this, static_cast<int64_t>(sources.size()), decoding, max_steps, special_);
+    profile_["encoder_s"] += encoded;
+    profile_["search_s"] += seconds(started) - encoded - (profile_["decoder_s"] - decoder_before);
+    profile_["sentences"] += static_cast<double>(sources.size());
+    return found;
   }
+
+  // the search's model (search.h): encode the sources, room for rows_per_source hypotheses each, capacity steps
+  void begin(const std::vector<std::vector<int64_t>>& sources, int64_t rows_per_source, int64_t capacity) {
+    encode(sources);
+    rows_ = static_cast<int64_t>(sources.size()) * rows_per_source;
+    allocate(rows_, capacity + 1);
+    sentence_of_row_.resize(rows_);
+    for (int64_t r = 0; r < rows_; ++r) sentence_of_row_[r] = r / rows_per_source;
+  }
+
+  void top_k(const std::vector<int64_t>& tokens, int64_t step, int64_t k, const std::vector<int64_t>& banned,
+             std::vector<float>* values, std::vector<int64_t>* ids) {
+    TORCH_CHECK(static_cast<int64_t>(tokens.size()) == rows_, "native engine: ", tokens.size(), " tokens for ", rows_,
+                " hypotheses");
+    TORCH_CHECK(step + 1 <= capacity_, "native engine: step ", step, " past the room begin() made");
+    const auto before = Clock::now();
+    const at::Tensor logits = decoder_step(rows_, step, tokens.data(), sentence_of_row_.data());
+    tops_.assign(rows_, TopK{k, {}, {}});
+    log_softmax_rows(logits, rows_, tops_.data(), banned, nullptr);
+    values->resize(rows_ * k), ids->resize(rows_ * k);
+    for (int64_t r = 0; r < rows_; ++r)
+      for (int64_t j = 0; j < k; ++j) (*values)[r * k + j] = tops_[r].values[j], (*ids)[r * k + j] = tops_[r].ids[j];
+    length_ = step + 1;
+    profile_["decoder_s"] += seconds(before);
+    profile_["steps"] += 1;
+  }
+
+  void keep(const std::vector<int64_t>& from) {
+    for (int64_t f : from) TORCH_CHECK(f >= 0 && f < rows_, "native engine: row ", f, " of ", rows_, " kept");
+    reorder_caches(from, length_);
+    std::vector<int64_t> sentences(from.size());
+    for (size_t r = 0; r < from.size(); ++r) sentences[r] = sentence_of_row_[from[r]];
+    sentence_of_row_.swap(sentences);
+    rows_ = static_cast<int64_t>(from.size());
+  }
+
+  int64_t vocab() const { return vocab_; }
 
   // teacher forcing: (sum of the log-probabilities of each target's ids, which end with the end token, their count)
   std::pair<double, int64_t> score(const std::vector<std::vector<int64_t>>& sources,
@@ -832,7 +770,8 @@ class Engine {
     const float* x = logits.data_ptr<float>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / vocab_), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const LogSoftmax row = log_softmax_top_k(x + r * vocab_, vocab_, tops ? tops + r : nullptr, banned);
+        const LogSoftmax row = log_softmax_top_k(x + r * vocab_, vocab_, tops ? tops + r : nullptr, banned,
+                                                 special_.banned);
         if (found) found[r] = row;
       }
     });
@@ -854,16 +793,32 @@ class Engine {
   int64_t source_length_ = 1, capacity_ = 0;
   std::vector<at::Tensor> memory_keys_, memory_values_, keys_, values_, spare_keys_, spare_values_;
   at::Tensor x_, normed_, qkv_, context_, projected_, queries_, hidden_, logits_;
+  // the search's state (begin, top_k, keep): hypotheses, the source each reads, the positions they hold
+  search::Special special_{0, 0, 0, 0.0f};
+  int64_t rows_ = 0, length_ = 0;
+  std::vector<int64_t> sentence_of_row_;
+  std::vector<TopK> tops_;
+  // onmt_lma.deploy.search.PROFILE_KEYS (tests/test_search.py checks they are the same)
   std::map<std::string, double> profile_ = {{"encoder_s", 0}, {"decoder_s", 0}, {"search_s", 0}, {"steps", 0}, {"sentences", 0}};
 };
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  search::bind_decoding(m);
   pybind11::class_<Engine>(m, "Engine")
       .def(pybind11::init<const std::map<std::string, at::Tensor>&, const std::map<std::string, double>&,
                           const std::string&>())
       .def("translate", &Engine::translate, pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def("begin", &Engine::begin)
+      .def("top_k", [](Engine& engine, const std::vector<int64_t>& tokens, int64_t step, int64_t k,
+                       const std::vector<int64_t>& banned) {
+        std::vector<float> values;
+        std::vector<int64_t> ids;
+        engine.top_k(tokens, step, k, banned, &values, &ids);
+        return std::make_pair(values, ids);
+      })
+      .def("keep", &Engine::keep)
       .def("score", &Engine::score, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("profile", &Engine::profile);
   m.def("activations", [] {

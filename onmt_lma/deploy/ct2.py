@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from onmt_lma.deploy.graphs import ExportError
+from onmt_lma.deploy.manifest import ExportError
 
 #: what CTranslate2's converter (4.x) accepts as -pos_ffn_activation_fn
 CT2_ACTIVATIONS = ("relu", "gelu", "fast_gelu", "silu")

@@ -16,13 +16,20 @@ dequantized when the engine loads them; or ``native_refused``: why there are non
 
 import collections
 import json
+import warnings
 from pathlib import Path
 
 import torch
+from onmt.constants import DefaultTokens
 
-from onmt_lma.deploy.graphs import (  # noqa: F401  (FORMAT, ExportError, ...: also read as export.X)
-    FORMAT, LOW_BIT_POSITIONS, OPSET, SUPPORTED, DecoderStepGraph, EncoderGraph, ExportError, LMAGraph,
-    cache_names, check_exportable, empty_cache, graph_activations, load_model)
+from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting, sha256_of
+
+from onmt_lma.deploy.graphs import (LOW_BIT_POSITIONS, OPSET, DecoderStepGraph, EncoderGraph, empty_cache,
+                                   graph_activations, load_model)
+from onmt_lma.deploy.low_bit import low_bit_weights, lower_graph
+from onmt_lma.deploy.manifest import FORMAT, ExportError, cache_names, is_export_folder
+from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
+from onmt_lma.model import kernels
 
 ModelParts = collections.namedtuple("ModelParts", "vocabs model model_opt low_bit native sources native_refused "
                                                  "onnx_refused")
@@ -36,8 +43,6 @@ def export(checkpoint, out_dir, int8=False, bits=None, force=False):
     for a low-bit checkpoint; ``bits``: the width asked for, checked against it), built under a temporary name
     and renamed when complete; an existing export there is replaced only with ``force``, any other folder never
     (:func:`~onmt_lma.base.files.building_folder`)."""
-    from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
-    from onmt_lma.deploy.manifest import is_export_folder
 
     refuse_overwriting(out_dir, {"-model": checkpoint})
     check_folder_output(out_dir, "an export", is_export_folder, force)  # before any work
@@ -49,7 +54,6 @@ def export(checkpoint, out_dir, int8=False, bits=None, force=False):
 def _model_parts(checkpoint, int8, bits):
     """What an export writes of ``checkpoint``: its vocabularies, model and options, low-bit codes (or None),
     native weights (or None) with what they came from, and why an engine cannot run it."""
-    from onmt_lma.deploy.low_bit import low_bit_weights
 
     low_bit = low_bit_weights(checkpoint, int8, bits)
     vocabs, model, model_opt = load_model(checkpoint)
@@ -60,7 +64,6 @@ def _model_parts(checkpoint, int8, bits):
         for embeddings in (model.encoder.embeddings, model.decoder.embeddings):
             table = embeddings.make_embedding.pe
             table.pe = table.pe[:LOW_BIT_POSITIONS]
-    from onmt_lma.deploy.native import native_weights
 
     sources = {}  # each native weight's checkpoint keys (a low-bit export keeps their codes)
     try:
@@ -75,7 +78,6 @@ def _model_parts(checkpoint, int8, bits):
 
 def _write(checkpoint, parts, out, int8):
     """The export folder's files written into ``out``; its manifest."""
-    from onmt_lma.base.files import sha256_of
 
     vocabs, model, model_opt, low_bit, onnx_refused = parts.vocabs, parts.model, parts.model_opt, parts.low_bit, \
         parts.onnx_refused
@@ -87,7 +89,6 @@ def _write(checkpoint, parts, out, int8):
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
-    from onmt.constants import DefaultTokens
 
     attention = model.decoder.transformer_layers[0].self_attn
     tgt_vocab = vocabs["tgt"]
@@ -118,7 +119,6 @@ def _write(checkpoint, parts, out, int8):
 def _write_graphs(checkpoint, model, out, low_bit, int8):
     """``(graph files, what lowering rewrote)``: the encoder and decoder step traced into ``out`` (low-bit:
     their products lowered to the checkpoint's codes; ``int8``: also ONNX Runtime's dynamic int8 graphs)."""
-    from onmt_lma.model import kernels
 
     src = torch.tensor([[5, 6, 7, 8], [9, 10, 1, 1]])
     src_len = torch.tensor([4, 2])
@@ -146,7 +146,6 @@ def _write_graphs(checkpoint, model, out, low_bit, int8):
     graphs = ["encoder.onnx", "decoder_step.onnx"]
     lowered = {}
     if low_bit is not None:
-        from onmt_lma.deploy.low_bit import lower_graph
 
         lowered = {name: lower_graph(out / name, low_bit) for name in graphs}
         if any(counts["float_matmuls"] for counts in lowered.values()):
@@ -166,7 +165,6 @@ def _write_native(checkpoint, native, sources, out, low_bit):
     :func:`~onmt_lma.deploy.native.native_weights` (None where the engine cannot run it: nothing written):
     ``native.pt`` (float32) or, for a low-bit checkpoint, ``native.low_bit.pt``
     (:func:`~onmt_lma.deploy.native.write_low_bit`: its packed codes, dequantized when the engine loads them)."""
-    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, write_low_bit
 
     if native is None:
         return None
@@ -196,7 +194,6 @@ def add_top_k(path):
 
 
 def _onnx_export(module, inputs, path, input_names, output_names, dynamic_axes):
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings

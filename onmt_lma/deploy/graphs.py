@@ -31,16 +31,11 @@ import math
 import torch
 import torch.nn as nn
 
-from onmt_lma.base.errors import UserError
+from onmt_lma.deploy.manifest import ExportError
 
-FORMAT = 3  # 2: the decoder step's top-k outputs; 3: per-layer caches, (n, dim) rows, memory_bias
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
 LOW_BIT_POSITIONS = 1024  # positions a low-bit export's sinusoidal tables keep (longer sources are refused)
-
-
-class ExportError(UserError, ValueError):
-    """A model or folder that cannot be exported or used as asked."""
 
 
 #: options whose other values this exporter does not restate, and the value it needs
@@ -108,14 +103,6 @@ def _embed(embeddings, tokens, start):
     emb = table(tokens) * math.sqrt(position.dim)
     positions = start + torch.arange(tokens.shape[1], dtype=torch.long)
     return emb + position.pe[positions, 0, :].unsqueeze(0)
-
-
-def cache_names(layers):
-    """The decoder step's per-layer caches: (cross-attention inputs, self-attention inputs, the self-attention
-    outputs one position longer)."""
-    cross = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
-    own = [f"self_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
-    return cross, own, [f"new_{name}" for name in own]
 
 
 class EncoderGraph(nn.Module):

@@ -9,9 +9,10 @@ reader indexes a raw manifest.
 import json
 from pathlib import Path
 
-from onmt_lma.deploy.graphs import FORMAT, ExportError
+from onmt_lma.base.errors import UserError
 
 MANIFEST = "manifest.json"
+FORMAT = 3  # 2: the decoder step's top-k outputs; 3: per-layer caches, (n, dim) rows, memory_bias
 
 #: the fields every reader relies on, and the JSON types they must have
 REQUIRED = {"format": int, "checkpoint": str, "checkpoint_sha256": str, "activation": str, "hidden_size": int,
@@ -20,6 +21,10 @@ REQUIRED = {"format": int, "checkpoint": str, "checkpoint_sha256": str, "activat
 SPECIAL = ("pad", "bos", "eos", "unk", "src_pad", "src_unk")
 #: the files a manifest must list (both engines read the vocabularies)
 VOCABULARIES = ("src.vocab.json", "tgt.vocab.json")
+
+
+class ExportError(UserError, ValueError):
+    """A model or folder that cannot be exported or used as asked."""
 
 
 def is_export_folder(folder):
@@ -76,3 +81,23 @@ def read_manifest(folder):
         raise ExportError(f"{path}: names the checkpoint {manifest['checkpoint']!r:.80}, not a file name; export "
                           "the checkpoint again")
     return manifest
+
+
+def read_vocabulary(path):
+    """An export's ``*.vocab.json``: a JSON list of token strings."""
+    try:
+        tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise ExportError(f"{path}: not a readable vocabulary ({type(error).__name__}); export the checkpoint "
+                          "again") from None
+    if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+        raise ExportError(f"{path}: expected a JSON list of token strings; export the checkpoint again")
+    return tokens
+
+
+def cache_names(layers):
+    """The ONNX decoder step's per-layer caches: (cross-attention inputs, self-attention inputs, the
+    self-attention outputs one position longer)."""
+    cross = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
+    own = [f"self_{kind}_{i}" for i in range(layers) for kind in ("keys", "values")]
+    return cross, own, [f"new_{name}" for name in own]

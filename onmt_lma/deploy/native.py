@@ -5,14 +5,12 @@
 or from Python::
 
     translator = NativeTranslator("export_dir")
-    translator.translate(["ein Mann .", ...], beam_size=5)   # -> [[(score, "a man ."), ...], ...]
+    translator.translate(["ein Mann .", ...], Decoding(beam_size=5))   # -> [[(score, "a man ."), ...], ...]
 
-A small student spends a decoding step in per-operation costs (ONNX Runtime: ~900 us for the
-136 operators of a 64-dim ReLU student's step, NumPy's beam search around it another 200 us), not in
-arithmetic.  ``csrc/engine_cpu.cpp`` therefore runs the encoder, the decoder steps and OpenNMT-py's beam
-search (the one :mod:`onmt_lma.deploy.runtime` describes, step for step) in C++: the matrix products of a
-few rows on its own packed AVX2 kernel, larger ones on ATen (MKL, as PyTorch), everything between them in loops over buffers allocated once per batch, LMA's
-segment lookup (Xu et al. 2020, Eq. 2-3) with the slopes and intercepts in one AVX2 register.  It reads
+A small student spends a decoding step in per-operation costs, not arithmetic, so ``csrc/engine_cpu.cpp``
+runs the encoder, the decoder steps and the beam search (``csrc/search.h``, held to
+:mod:`onmt_lma.deploy.search`) in one compiled loop: small products on its own packed AVX2 kernel, larger
+ones on ATen, LMA's segment lookup (Xu et al. 2020, Eq. 2-3) in one AVX2 register.  It reads
 ``native.pt`` (written by ``onmt_lma_export`` beside the graphs, loaded with ``weights_only=True``; for a
 low-bit checkpoint ``native.low_bit.pt``, the same weights with the checkpoint's packed codes in place of its
 quantized ones, dequantized as it loads: the weights it computes with, run in float32).  ``-precision int8`` runs the linear layers as
@@ -22,7 +20,7 @@ dequantized codes quantized so (4-bit weights on disk, int8 products: faster in 
 then as far from its PyTorch self as int8 from float32).  The file holds:
 
 * ``config``: dim, heads, vocab, special ids, the layer norms' eps; ``activation``: one of
-  :data:`NATIVE_ACTIVATIONS`;
+  :func:`native_activations`;
 * ``weights``: ``src_embeddings``, ``tgt_embeddings``, ``positions`` (the sinusoid table), per encoder
   layer ``encoder.{i}.norm``, ``.qkv`` (query, key and value projections stacked), ``.out``, ``.ffn.norm``,
   ``.ffn.w1``, ``.ffn.w2`` and the activation's tensors, ``encoder.norm``; per decoder layer ``norm1``,
@@ -30,29 +28,46 @@ then as far from its PyTorch self as int8 from float32).  The file holds:
   ``ffn.*``; ``decoder.norm``; ``generator`` (each ``.weight`` and, where the model has one, ``.bias``).
 """
 
+import dataclasses
+import enum
+import warnings
+
 import torch
 
-from onmt_lma.deploy.graphs import ExportError
+from onmt_lma.base.batching import batches
+from onmt_lma.base.checkpoint import CheckpointError, load_weights
+from onmt_lma.base.checkpoint import load as load_checkpoint
+from onmt_lma.deploy.graphs import LMAGraph
+from onmt_lma.deploy.manifest import ExportError
 from onmt_lma.deploy.runtime import ExportTranslator
+from onmt_lma.deploy.search import BANNED
+from onmt_lma.model import kernels
+from onmt_lma.model.lma import LMA
+from onmt_lma.model.quantization import dequantize_rows, quantize_rows
+from onmt_lma.model.quantized_checkpoint import checkpoint_key, low_bit_values, position_table
 
 WEIGHTS_FILE = "native.pt"
 #: a low-bit export's weights: the low-bit checkpoint itself, its packed codes dequantized as the engine loads them
 LOW_BIT_FILE = "native.low_bit.pt"
-#: the activations csrc/engine_cpu.cpp has kernels for (a test checks the compiled module's own list)
-NATIVE_ACTIVATIONS = ("aplu", "gelu", "lma", "prelu", "relu", "silu", "swish")
-PENALTIES = {"none": 0, "avg": 1, "wu": 2}
 #: the weights that are matrix products (``-precision int8`` runs them as int8)
 LINEAR_PARTS = ("qkv", "out", "context_query", "context_keys", "context_values", "context_out", "w1", "w2",
                 "generator")
 
 
-#: float32 linear weights of at least this many values run on oneDNN, reordered once as they load (measured:
-#: a 64-dim student's generator 1.8x faster one sentence at a time, a 256-dim one's 3.6x; below ~2**19 values
-#: oneDNN's fixed ~30 us a call loses to MKL's sgemm)
+#: float32 linear weights of at least this many values run on oneDNN, reordered once as they load (below it
+#: oneDNN's fixed cost a call loses to MKL's sgemm; docs/architecture.md)
 REORDERED_MIN_VALUES = 2 ** 19
 #: float32 products of at most this many rows (hypotheses) run on the engine's own packed AVX2 kernel, not
 #: ATen (engine_cpu.cpp's kPanelRows); None: the engine's default, 0: ATen always
 PANEL_ROWS = None
+
+
+def native_activations():
+    """The activations the compiled engine has kernels for (its own list, ``csrc/engine_cpu.cpp``'s kKinds)."""
+    try:
+        return tuple(kernels.engine_module().activations())
+    except RuntimeError as error:
+        raise ExportError(str(error)) from None
 
 
 def linear_names(weights):
@@ -77,10 +92,6 @@ def int8_linears(weights):
     """``weights`` with every linear weight as per-row symmetric qint8 (:func:`~onmt_lma.model.quantization.
     quantize_rows`, as ``onmt_lma_quantize`` and ``-precision int8`` of the PyTorch engine store them; stacking
     the query, key and value rows changes no row's scale), for PyTorch's dynamically quantized Linear."""
-    import warnings
-
-    from onmt_lma.model.quantization import dequantize_rows, quantize_rows
-
     result = dict(weights)
     for name in linear_names(weights):
         values, scales = quantize_rows(weights[name])
@@ -96,10 +107,6 @@ def native_weights(model, model_opt, sources=None):
     or as trained); raises :class:`ExportError` naming what the native engine does not run.  ``sources``, a
     dict, gets each linear weight's and embedding table's checkpoint keys ("part/name", the rows stacked in
     that order)."""
-    from onmt_lma.deploy.graphs import LMAGraph
-    from onmt_lma.model.lma import LMA
-    from onmt_lma.model.quantized_checkpoint import checkpoint_key
-
     module_names = {id(module): name for name, module in model.named_modules()}
 
     def source(name, *modules):
@@ -107,9 +114,9 @@ def native_weights(model, model_opt, sources=None):
             sources[name] = ["/".join(checkpoint_key(module_names[id(m)])) for m in modules]
 
     activation = model_opt.pos_ffn_activation_fn
-    if activation not in NATIVE_ACTIVATIONS:
+    if activation not in native_activations():
         raise ExportError(f"-pos_ffn_activation_fn {activation}: the native engine has no kernel for it "
-                          f"({', '.join(NATIVE_ACTIVATIONS)}); use -engine onnx")
+                          f"({', '.join(native_activations())}); use -engine onnx")
     weights, eps = {}, set()
 
     def tensor(name, value):
@@ -194,8 +201,6 @@ def write_low_bit(checkpoint, saved, sources, out):
     it (``sources``: what it filled in), with every weight the checkpoint holds as codes left as its codes (``coded``: each such weight's checkpoint keys;
     ``codes`` and ``low_bit``: their packed codes and the checkpoint's entries for them) and the sinusoid table
     left to its formula (``positions``: its shape and encoding)."""
-    from onmt_lma.base.checkpoint import load as load_checkpoint
-
     state = load_checkpoint(checkpoint)
     info = state["onmt_lma"]["low_bit"]
     coded = {name: keys for name, keys in sources.items() if all(key in info["weights"] for key in keys)}
@@ -214,9 +219,6 @@ def low_bit_native_weights(path):
     """:func:`native_weights` of a :func:`write_low_bit` file: its codes dequantized as OpenNMT-py dequantizes
     the checkpoint (:func:`~onmt_lma.model.quantized_checkpoint.low_bit_values`, the float weights its PyTorch
     self computes with), rows stacked as the engine takes them; the engine then runs them in float32."""
-    from onmt_lma.base.checkpoint import CheckpointError, load_weights
-    from onmt_lma.model.quantized_checkpoint import low_bit_values, position_table
-
     try:
         saved = load_weights(path, "native engine weight file")
     except CheckpointError as error:
@@ -238,8 +240,6 @@ def low_bit_native_weights(path):
 def load_native_weights(path):
     """``native.pt``, loaded with ``weights_only=True`` (plain tensors only); a damaged or hand-made file is a
     one-line :class:`ExportError`."""
-    from onmt_lma.base.checkpoint import CheckpointError, load_weights
-
     try:
         saved = load_weights(path, "native engine weight file")
     except CheckpointError as error:
@@ -256,8 +256,6 @@ class NativeTranslator(ExportTranslator):
     PyTorch's dynamically quantized int8 ``Linear``, as ``onmt_lma_translate -precision int8`` runs them)."""
 
     def __init__(self, folder, threads=None, int8=False):
-        from onmt_lma.model import kernels
-
         super().__init__(folder, lambda name: name in (WEIGHTS_FILE, LOW_BIT_FILE))
         manifest = self.manifest
         if WEIGHTS_FILE in manifest["files"]:
@@ -276,6 +274,7 @@ class NativeTranslator(ExportTranslator):
                                   f"vocabulary {rows}; export the checkpoint again")
         for key in ("bos", "eos", "unk", "src_pad"):
             config[key] = float(self.special[key])
+        config["banned_score"] = BANNED
         if PANEL_ROWS is not None:
             config["panel_rows"] = float(PANEL_ROWS)
         if threads:
@@ -283,12 +282,11 @@ class NativeTranslator(ExportTranslator):
         self.engine = kernels.engine_module().Engine(int8_linears(weights) if int8 else reordered_linears(weights),
                                                      config, saved["activation"])
 
-    def _search(self, lines, beam, max_length, min_length, n_best, penalty, alpha, ban_unk):
+    def _search(self, lines, decoding, max_steps):
         before = self.engine.profile()
-        found = self.engine.translate([self.source_ids(line) for line in lines], beam, max_length, min_length,
-                                      n_best, PENALTIES[penalty], alpha, bool(ban_unk))
+        found = self.engine.translate([self.source_ids(line) for line in lines], native_decoding(decoding), max_steps)
         self._count(before)
-        return [[(score, self._text(ids)) for score, ids in hypotheses] for hypotheses in found]
+        return found
 
     def _count(self, before):
         for key, value in self.engine.profile().items():  # seconds; counts of steps, sentences, panel products
@@ -297,8 +295,6 @@ class NativeTranslator(ExportTranslator):
 
     def score(self, sources, targets, batch_size=32):
         """:meth:`OnnxTranslator.score <onmt_lma.deploy.runtime.OnnxTranslator.score>` on this engine."""
-        from onmt_lma.base.batching import batches
-
         total, count = 0.0, 0
         for batch in batches(sources, batch_size):
             found, counted = self.engine.score([self.source_ids(sources[i]) for i in batch],
@@ -307,17 +303,12 @@ class NativeTranslator(ExportTranslator):
         return total, count
 
 
-ENGINES = ("onnx", "native")  #: the engines that run an onmt_lma_export folder
-
-
-def open_export(engine, folder, precision="", threads=0):
-    """The translator of ``-engine onnx|native`` on an export ``folder`` (``precision`` "int8": the int8
-    graphs, or the native engine's int8 linear layers; ``threads`` 0: the engine's default), after
-    :class:`ExportError`'s checks."""
-    from onmt_lma.deploy.runtime import OnnxTranslator
-
-    if engine not in ENGINES:
-        raise ExportError(f"-engine {engine}: an export folder runs on {' or '.join(ENGINES)}")
-    if engine == "onnx":
-        return OnnxTranslator(folder, int8=precision == "int8", threads=threads or None)
-    return NativeTranslator(folder, threads=threads or None, int8=precision == "int8")
+def native_decoding(decoding):
+    """A :class:`~onmt_lma.deploy.decoding.Decoding` as the engine's struct (``csrc/search.h``), field by field:
+    a field the struct lacks is an AttributeError."""
+    module = kernels.engine_module()
+    native = module.Decoding()
+    for field in dataclasses.fields(decoding):
+        value = getattr(decoding, field.name)
+        setattr(native, field.name, getattr(module.LengthPenalty, value.name) if isinstance(value, enum.Enum) else value)
+    return native

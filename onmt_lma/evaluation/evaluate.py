@@ -3,6 +3,7 @@
 The fields are listed in ``onmt_lma_evaluate -h`` (:mod:`onmt_lma.bin.evaluate`).
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -15,19 +16,20 @@ from pathlib import Path
 
 from onmt.utils.logging import logger
 
+from onmt_lma.deploy.engines import open_export
 from onmt_lma.evaluation.facts import _git_commit, evaluation_inputs, export_facts, export_size_mb, model_facts, portable
-from onmt_lma.evaluation.measure import export_gold_perplexity, gold_perplexity
+from onmt_lma.evaluation.measure import Translation, export_gold_perplexity, gold_perplexity
 from onmt_lma.evaluation.scoring import postprocess, text_scores
 from onmt_lma.evaluation.test_sets import EvaluationInputError, check_vocabulary, prepared_test_set
 
 
-def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=None, engine="pytorch", int8=False):
-    """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``); write ``out``.
+def evaluate(checkpoint, corpus_dir, out, translation=Translation(), test=None):
+    """Evaluate ``checkpoint`` on ``test`` (default: the test split of ``corpus_dir``), translated as
+    ``translation`` says; write ``out``.
 
-    ``engine`` "native" or "onnx": ``checkpoint`` is an onmt_lma_export folder, evaluated on that engine (with
-    ``int8``: the ONNX engine's int8 graphs)."""
-    from onmt_lma.deploy.native import open_export
-
+    ``translation.engine`` "native" or "onnx": ``checkpoint`` is an onmt_lma_export folder, evaluated on that
+    engine (with ``int8``: the ONNX engine's int8 graphs, the native engine's int8 products)."""
+    engine, int8, gpu, beam = translation.engine, translation.int8, translation.gpu, translation.decoding.beam_size
     checkpoint, out = Path(checkpoint), Path(out)
     test = test or prepared_test_set(corpus_dir)
     exported = engine != "pytorch"  # an export folder
@@ -40,7 +42,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
     check_vocabulary(checkpoint, test)
     # an export's checks (files, vocabularies, the engine's refusals) as one line, before the worker; it then
     # scores the references
-    translator = open_export(engine, checkpoint, "int8" if int8 else "") if exported else None
+    translator = open_export(engine, checkpoint, int8) if exported else None
     started = time.time()
     sources = test.src.read_text(encoding="utf-8").splitlines()
     if len(test.ref_detok) != len(sources):
@@ -51,8 +53,7 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         logger.info("%s: translating %s (%d sentences, beam %d)", checkpoint, test.name, len(sources), beam)
         worker = subprocess.run(
             [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", str(checkpoint), str(test.src),
-             str(hyp_path), "--beam", str(beam), "--gpu", str(gpu), "--batch-size", str(batch_size),
-             "--engine", engine] + ["--int8"] * (exported and int8),
+             str(hyp_path), "--translation", dataclasses.replace(translation, int8=exported and int8).to_json()],
             stdout=subprocess.PIPE, text=True,  # its progress and errors go to our stderr
         )
         if worker.returncode != 0:
@@ -89,8 +90,10 @@ def evaluate(checkpoint, corpus_dir, out, beam=5, gpu=-1, batch_size=1, test=Non
         "ppl_tokens": ppl_tokens,
         "engine": engine,
         "beam": beam,
+        "decoding": translation.decoding.as_dict(),
         "speed": {
-            "batch": "one sentence at a time" if batch_size == 1 else f"{batch_size} sentences at a time",
+            "batch": "one sentence at a time" if translation.batch_size == 1
+            else f"{translation.batch_size} sentences at a time",
             "sentences_per_s": len(hyps) / run["seconds"],
             "target_tokens_per_s": target_tokens / run["seconds"],
             "seconds": run["seconds"],

@@ -133,13 +133,15 @@ def evaluation_inputs(checkpoint, test):
     return inputs
 
 
-def kept_result(out, checkpoint, test):
-    """True when ``out`` holds a result of these very inputs (or one too old to say): keep it."""
-    recorded = json.loads(Path(out).read_text()).get("inputs")
+def kept_result(out, checkpoint, test, decoding):
+    """True when ``out`` holds a result of these very inputs and ``decoding`` (or one too old to say): keep it."""
+    result = json.loads(Path(out).read_text())
+    recorded = result.get("inputs")
     if recorded is None:
         return True
     now = evaluation_inputs(checkpoint, test)
     changed = [key for key in now if recorded.get(key) != now[key]]
+    changed += ["decoding"] * (result.get("decoding", decoding.as_dict()) != decoding.as_dict())
     if changed:
         logger.info("%s was made from other inputs (%s changed): evaluating again", out, ", ".join(changed))
         return False

@@ -1,6 +1,6 @@
 """Translation speed and memory, measured in a fresh process, and test perplexity (teacher forcing).
 
-``python -m onmt_lma.evaluation.measure --worker CK SRC OUT_HYP ...`` is the process
+``python -m onmt_lma.evaluation.measure --worker MODEL SRC OUT_HYP --translation JSON`` is the process
 :func:`onmt_lma.evaluation.evaluate.evaluate` starts: it loads the model, translates and prints its time
 and peak memory as one JSON line.
 """
@@ -9,43 +9,43 @@ import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 from onmt_lma.training import plugin  # noqa: F401  (installs: LMA models load, translation is checked)
 
 import argparse
+import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+from onmt.constants import CorpusTask
+from onmt.inference_engine import InferenceEnginePY
+from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter
+from tqdm import tqdm
+
+from onmt_lma.deploy.decoding import Decoding
+from onmt_lma.deploy.engines import open_export
+from onmt_lma.deploy.pytorch import translation_opts
 from onmt_lma.evaluation.test_sets import EvaluationInputError
 
 
-def translation_parser():
-    """``onmt_translate``'s options and the plugin's checks of the model options, as ``onmt_lma_translate`` has them."""
-    import onmt.opts
-    from onmt.utils.parse import ArgumentParser
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    """How an evaluation translates: the engine (``pytorch``, or an export engine on an export folder), int8,
+    the device, sentences a batch, and the :class:`~onmt_lma.deploy.decoding.Decoding`."""
 
-    from onmt_lma.model.options import add_lma_opts
+    engine: str = "pytorch"
+    int8: bool = False
+    gpu: int = -1
+    batch_size: int = 1
+    decoding: Decoding = Decoding()
 
-    parser = ArgumentParser()
-    onmt.opts.translate_opts(parser)
-    add_lma_opts(parser, for_translation=True)
-    return parser
+    def to_json(self):
+        return json.dumps({**dataclasses.asdict(self), "decoding": self.decoding.as_dict()})
 
-
-def translation_opts(checkpoint, src, output, beam, gpu, batch_size=1, fixed_length=None, batch_type="sents"):
-    from onmt.utils.parse import ArgumentParser
-
-    args = ["-model", str(checkpoint), "-src", str(src), "-output", str(output),
-            "-beam_size", str(beam), "-batch_size", str(batch_size), "-batch_type", batch_type,
-            "-max_length", "250", "-gpu", str(gpu)]
-    if fixed_length:  # every hypothesis exactly this long: equal decoding work across models
-        args += ["-min_length", str(fixed_length), "-max_length", str(fixed_length)]
-    opt = translation_parser().parse_args(args)
-    ArgumentParser.validate_translate_opts(opt)
-    ArgumentParser._get_all_transform_translate(opt)
-    ArgumentParser._validate_transforms_opts(opt)
-    ArgumentParser.validate_translate_opts_dynamic(opt)
-    return opt
+    @classmethod
+    def from_json(cls, text):
+        values = json.loads(text)
+        return cls(**{**values, "decoding": Decoding.from_dict(values["decoding"], "--translation")})
 
 
 def _status_mb(field):
@@ -63,46 +63,29 @@ def _reset_peak_rss():
         clear_refs.write("5")
 
 
-def _export_translate(engine, folder, src, beam, batch_size, int8):
-    """``engine`` (onnx, native) on the export ``folder`` and a function translating a list of lines (best
-    hypothesis each) with onmt_lma_translate's defaults, as the PyTorch engine is run here (``-max_length 250``)."""
-    from onmt_lma.deploy.native import open_export
+def translate_worker(model, src, output, translation=Translation(), chunk_lines=50):
+    """Run in a fresh process: translate ``src`` into ``output`` (the best hypothesis a line) as
+    ``translation`` says; the time it took (translation only) and the peak memory.
 
-    opt = translation_parser().parse_args(["-model", str(folder), "-src", str(src), "-max_length", "250"])
-    translator = open_export(engine, folder, "int8" if int8 else "")
-
-    def translate(lines):
-        found = translator.translate(lines, beam, batch_size, opt.max_length, opt.min_length, 1, opt.length_penalty,
-                                     opt.alpha, opt.ban_unk_token, "sents", opt.max_length_ratio)
-        return [hypotheses[0][1] for hypotheses in found]
-    return translate
-
-
-def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batch_size=1, chunk_lines=50,
-                     engine="pytorch", int8=False):
-    """Run in a fresh process: translate ``batch_size`` sentences at a time; speed and peak memory.
-
-    The source goes to the engine a chunk of lines at a time, so that a
-    progress bar with an ETA can show; the time counts translation only.
+    The source goes to the engine a chunk of lines at a time, so that a progress bar with an ETA can show.
     """
-    import torch
-    from tqdm import tqdm
-
     lines = Path(src).read_text(encoding="utf-8").splitlines()
-    if engine != "pytorch":
-        if gpu >= 0 or fixed_length:
-            raise EvaluationInputError(f"-engine {engine} runs on the CPU, without a fixed output length")
+    t = translation
+    if t.engine != "pytorch":
+        if t.gpu >= 0:
+            raise EvaluationInputError(f"-engine {t.engine} runs on the CPU")
         import onnxruntime  # noqa: F401  (imported before the memory baseline, as torch is)
     else:
-        from onmt.inference_engine import InferenceEnginePY
-
-        opt = translation_opts(checkpoint, src, output, beam, gpu, batch_size, fixed_length=fixed_length)
+        opt = translation_opts(model, t.decoding, t.gpu, t.batch_size)
     before = _status_mb("VmRSS")
     _reset_peak_rss()
-    if gpu >= 0:
+    if t.gpu >= 0:
         torch.cuda.reset_peak_memory_stats()
-    if engine != "pytorch":
-        translate, finish = _export_translate(engine, checkpoint, src, beam, batch_size, int8), (lambda: None)
+    if t.engine != "pytorch":
+        translator = open_export(t.engine, model, t.int8)
+        translate = lambda chunk: [n_best[0][1] for n_best in translator.translate(  # noqa: E731
+            chunk, t.decoding, t.batch_size)]
+        finish = lambda: None  # noqa: E731
     else:
         pytorch = InferenceEnginePY(opt)
         translate = lambda chunk: [n_best[0] for n_best in pytorch.infer_list(chunk)[1]]  # noqa: E731
@@ -118,7 +101,7 @@ def translate_worker(checkpoint, src, output, beam, gpu, fixed_length=None, batc
             progress.update(len(chunk))
     finish()
     Path(output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    if gpu >= 0:
+    if t.gpu >= 0:
         memory = {"device": "cuda", "measure": "torch.cuda.max_memory_allocated",
                   "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
     else:
@@ -132,16 +115,12 @@ def teacher_forced_batches(checkpoint, src, tgt, gpu=-1, batch_size=32, batch_ty
     """``(engine, batches, sentences)``: an OpenNMT-py inference engine for ``checkpoint`` and its batches of
     the ``src``/``tgt`` line pairs (the checkpoint's transforms and vocabularies; each batch has ``tgt``).
     Terminate the engine after use."""
-    from onmt.constants import CorpusTask
-    from onmt.inference_engine import InferenceEnginePY
-    from onmt.inputters.dynamic_iterator import build_dynamic_dataset_iter
-
     src_lines = Path(src).read_text(encoding="utf-8").splitlines()
     tgt_lines = Path(tgt).read_text(encoding="utf-8").splitlines()
     if len(src_lines) != len(tgt_lines):
         raise EvaluationInputError(f"{src} has {len(src_lines)} lines, {tgt} {len(tgt_lines)}: "
                                    "expected line-aligned parallel text")
-    opt = translation_opts(checkpoint, src, os.devnull, 1, gpu, batch_size, batch_type=batch_type)
+    opt = translation_opts(checkpoint, Decoding(beam_size=1), gpu, batch_size, batch_type)
     engine = InferenceEnginePY(opt)
     batches = build_dynamic_dataset_iter(
         opt, engine.transforms_cls, engine.vocabs, task=CorpusTask.INFER,
@@ -156,9 +135,6 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
     Uses the translator's private ``_run_encoder``, ``_score_target`` and
     ``_tgt_pad_idx`` (OpenNMT-py 3.5.1; the list is in :mod:`onmt_lma.training.plugin`).
     """
-    import torch
-    from tqdm import tqdm
-
     engine, batches, sentences = teacher_forced_batches(checkpoint, src, tgt, gpu, batch_size)
     translator = engine.translator
     total_log_prob, tokens = 0.0, 0
@@ -176,7 +152,7 @@ def gold_perplexity(checkpoint, src, tgt, gpu, batch_size=32):
 
 def export_gold_perplexity(translator, src, tgt, batch_size=32):
     """:func:`gold_perplexity` of an export folder on its engine's ``translator`` (:func:`~onmt_lma.deploy.
-    native.open_export`)."""
+    engines.open_export`)."""
     sources = Path(src).read_text(encoding="utf-8").splitlines()
     targets = Path(tgt).read_text(encoding="utf-8").splitlines()
     total_log_prob, tokens = translator.score(sources, targets, batch_size)
@@ -184,23 +160,16 @@ def export_gold_perplexity(translator, src, tgt, batch_size=32):
 
 
 def main(argv=None):
-    """``--worker CKPT SRC OUT_HYP [--beam N] ...``: :func:`translate_worker`, its result as one JSON line."""
-    from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
-
+    """``--worker MODEL SRC OUT_HYP --translation JSON``: :func:`translate_worker`, its result as one JSON line."""
     argv = sys.argv[1:] if argv is None else argv
     worker = argparse.ArgumentParser(prog="python -m onmt_lma.evaluation.measure --worker")
     worker.add_argument("--worker", action="store_true", required=True)
-    for name in ("checkpoint", "src", "out_hyp"):
+    for name in ("model", "src", "out_hyp"):
         worker.add_argument(name)
-    worker.add_argument("--beam", type=int, default=5)
-    worker.add_argument("--gpu", type=int, default=-1)
-    worker.add_argument("--batch-size", type=int, default=1)
-    worker.add_argument("--fixed-length", type=int)
-    worker.add_argument("--engine", choices=("pytorch",) + EXPORT_ENGINES, default="pytorch")
-    worker.add_argument("--int8", action="store_true")
+    worker.add_argument("--translation", type=Translation.from_json, default=Translation(),
+                        help="Translation.to_json(): engine, int8, gpu, batch_size, decoding")
     args = worker.parse_args(argv)
-    print(json.dumps(translate_worker(args.checkpoint, args.src, args.out_hyp, args.beam, args.gpu,
-                                      args.fixed_length, args.batch_size, engine=args.engine, int8=args.int8)))
+    print(json.dumps(translate_worker(args.model, args.src, args.out_hyp, args.translation)))
 
 
 if __name__ == "__main__":

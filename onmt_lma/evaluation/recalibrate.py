@@ -2,9 +2,11 @@
 :mod:`onmt_lma.bin.recalibrate` says why and what it changed on the released students).
 """
 
+import dataclasses
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from onmt_lma.base.checkpoint import load, save
 from onmt_lma.base.errors import UserError
@@ -17,13 +19,23 @@ class RecalibrationError(UserError, ValueError):
     """A model or text that cannot be recalibrated."""
 
 
-def recalibrated_statistics(checkpoint, src, tgt, gpu=-1, batch_size=3192, batch_type="tokens",
-                            max_sentences=None, dropout=False, seed=1):
-    """``({layer: (mean, std)}, sentences, batches)``: the mean batch statistics of every LMA layer of
-    ``checkpoint`` over the pairs of ``src``/``tgt`` (``max_sentences``: the batches until that many pairs are
-    seen; ``dropout``: with the checkpoint's dropout on, drawn from ``seed``)."""
-    from tqdm import tqdm
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the statistics are gathered: device, batches (OpenNMT-py's ``-batch_size``/``-batch_type``), at most
+    ``max_sentences`` pairs (None: all), with the checkpoint's dropout on (``dropout``, drawn from ``seed``)."""
 
+    gpu: int = -1
+    batch_size: int = 3192
+    batch_type: str = "tokens"
+    max_sentences: int = None
+    dropout: bool = False
+    seed: int = 1
+
+
+def recalibrated_statistics(checkpoint, src, tgt, sampling=Sampling()):
+    """``({layer: (mean, std)}, sentences, batches)``: the mean batch statistics of every LMA layer of
+    ``checkpoint`` over the pairs of ``src``/``tgt``, gathered as ``sampling`` says."""
+    gpu, batch_size, batch_type, max_sentences, dropout, seed = dataclasses.astuple(sampling)
     try:
         engine, batches, total = teacher_forced_batches(checkpoint, src, tgt, gpu, batch_size, batch_type)
     except EvaluationInputError as error:
@@ -55,8 +67,7 @@ def recalibrated_statistics(checkpoint, src, tgt, gpu=-1, batch_size=3192, batch
         engine.terminate()
 
 
-def recalibrate(checkpoint, src, tgt, output, gpu=-1, batch_size=3192, batch_type="tokens", max_sentences=None,
-                dropout=False):
+def recalibrate(checkpoint, src, tgt, output, sampling=Sampling()):
     """Write ``checkpoint`` with recalibrated LMA statistics to ``output``; return the new statistics."""
 
     if not Path(checkpoint).is_file():
@@ -64,8 +75,7 @@ def recalibrate(checkpoint, src, tgt, output, gpu=-1, batch_size=3192, batch_typ
     for option, path in (("-src", src), ("-tgt", tgt)):
         if not Path(path).is_file():
             raise RecalibrationError(f"{option} {path} does not exist")
-    statistics, sentences, n_batches = recalibrated_statistics(checkpoint, src, tgt, gpu, batch_size, batch_type,
-                                                               max_sentences, dropout)
+    statistics, sentences, n_batches = recalibrated_statistics(checkpoint, src, tgt, sampling)
     saved = load(checkpoint)
     for name, (mean, std) in statistics.items():
         for buffer, value in (("running_mean", mean), ("running_std", std)):
@@ -76,6 +86,6 @@ def recalibrate(checkpoint, src, tgt, output, gpu=-1, batch_size=3192, batch_typ
             saved["model"][key] = torch.full_like(old, value)
     saved["onmt_lma"] = dict(saved.get("onmt_lma") or {}, recalibrated={
         "src": Path(src).name, "tgt": Path(tgt).name, "sentences": sentences, "batches": n_batches,
-        "batch_size": batch_size, "batch_type": batch_type, "dropout": bool(dropout)})
+        "batch_size": sampling.batch_size, "batch_type": sampling.batch_type, "dropout": bool(sampling.dropout)})
     save(saved, output)
     return statistics

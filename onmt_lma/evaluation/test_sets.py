@@ -118,7 +118,7 @@ def model_vocabularies(model):
     from onmt_lma.base.checkpoint import load as load_checkpoint
 
     if Path(model).is_dir():
-        from onmt_lma.deploy.runtime import read_vocabulary
+        from onmt_lma.deploy.manifest import read_vocabulary
 
         return {side: read_vocabulary(Path(model) / f"{side}.vocab.json") for side in ("src", "tgt")}
     return load_checkpoint(model)["vocab"]

@@ -71,6 +71,11 @@ def engine_module():
     return _engine["module"]
 
 
+def source_digest(source):
+    """The sha256 of ``source`` and the headers beside it (setup.py puts the same into the module it builds)."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in [source, *sorted(source.parent.glob("*.h"))])).hexdigest()
+
+
 def _installed_kernel(name="_lma_cpu", source=None):
     import importlib
 
@@ -78,7 +83,7 @@ def _installed_kernel(name="_lma_cpu", source=None):
     import torch  # noqa: F401  (loads the libraries the extension links to)
 
     module = importlib.import_module(f"onmt_lma.{name}")
-    if getattr(module, "source_sha256", None) != hashlib.sha256(source.read_bytes()).hexdigest():
+    if getattr(module, "source_sha256", None) != source_digest(source):
         raise ImportError(f"{module.__file__} was built from another {source.name}: reinstall to rebuild it")
     return module
 
@@ -87,7 +92,10 @@ def _compiled_now(name="onmt_lma_cpu", source=None):
     from torch.utils.cpp_extension import load
 
     source = source or _SOURCE
-    return load(name=name, sources=[str(source)], extra_cflags=FLAGS["cflags"], extra_ldflags=FLAGS["ldflags"])
+    # the digest as a flag: a changed header rebuilds torch's cached build too
+    digest = f"-DLMA_SOURCE_SHA256=\"{source_digest(source)}\""
+    return load(name=name, sources=[str(source)], extra_cflags=FLAGS["cflags"] + [digest],
+                extra_ldflags=FLAGS["ldflags"])
 
 
 def kernel_origin():

@@ -7,8 +7,8 @@
                  "corpus": "data/multi30k"}]}
 
 ``model`` is relative to ``models_root`` (itself relative to the working folder, as in OpenNMT-py);
-``opt`` holds decoding options (:class:`onmt_lma.serve.engines.Decoding`: ``beam_size``, ``n_best``,
-``max_length``, ``min_length``, ``length_penalty``, ``alpha``, ``threads``; ``gpu`` only -1); ``corpus``
+``opt`` holds decoding options (:class:`onmt_lma.deploy.decoding.Decoding`'s fields, as ``onmt_translate``
+names them), ``threads`` (the engine's intra-op threads) and ``gpu`` (only -1); ``corpus``
 is the prepared corpus whose steps turn raw text into the model's tokens (default: the corpus the
 checkpoint was trained with); ``engine`` (``pytorch``, ``native``, ``onnx``, ``ct2``) and ``int8`` are optional.
 OpenNMT-py's ``timeout``, ``on_timeout`` and ``load`` are accepted and have no effect (every model is
@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 from onmt_lma.base.errors import UserError
-from onmt_lma.serve.engines import ENGINES, Decoding
+from onmt_lma.deploy.decoding import Decoding, DecodingError
+from onmt_lma.serve.engines import ENGINES
 
 MODEL_KEYS = {"id", "model", "models", "opt", "corpus", "engine", "int8", "name", "timeout", "on_timeout", "load",
               "tokenizer"}
@@ -38,33 +39,29 @@ class ModelSpec:
     corpus: Path = None  # None: the checkpoint's own prepared corpus
     engine: str = None  # None: from what the path holds
     int8: bool = False
+    threads: int = 0  # the engine's intra-op threads; 0: its default
 
 
-def _decoding(opt, defaults, where):
+def _decoding_and_threads(opt, defaults, where):
+    """A model's ``opt``: its :class:`Decoding` over the command line's, and its threads."""
     if not isinstance(opt, dict):
         raise ServerConfigError(f"{where}: opt must be an object of decoding options, got {opt!r}")
-    values = dataclasses.asdict(defaults)
-    for key, value in opt.items():
-        if key == "gpu":
-            if value not in (-1, None):
-                raise ServerConfigError(f"{where}: opt gpu {value!r}: onmt_lma_server translates on the CPU (-1)")
-            continue
-        if key == "batch_size":  # OpenNMT-py's translation batch: the server's -max_batch_size batches requests
-            continue
-        if key not in Decoding.OPTIONS:
-            raise ServerConfigError(f"{where}: opt {key!r} is not a decoding option this server takes "
-                                    f"({', '.join(Decoding.OPTIONS)})")
-        kind = type(values[key])
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ServerConfigError(f"{where}: opt {key} {value!r}: expected {kind.__name__}")
-        values[key] = value
-    return Decoding(**values)
+    opt = dict(opt)
+    if opt.pop("gpu", -1) not in (-1, None):
+        raise ServerConfigError(f"{where}: opt gpu: onmt_lma_server translates on the CPU (-1)")
+    opt.pop("batch_size", None)  # OpenNMT-py's translation batch: the server's -max_batch_size batches requests
+    threads = opt.pop("threads", defaults.threads)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ServerConfigError(f"{where}: opt threads {threads!r}: expected an integer >= 0")
+    try:
+        return Decoding.from_dict(opt, f"{where}: opt", defaults.decoding), threads
+    except DecodingError as error:
+        raise ServerConfigError(str(error)) from None
 
 
 def load_conf(path, defaults):
-    """The :class:`ModelSpec` list of a ``conf.json`` file (``defaults``: the command line's decoding)."""
+    """The :class:`ModelSpec` list of a ``conf.json`` file (``defaults``: a spec of the command line's decoding
+    and threads)."""
     try:
         conf = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
@@ -100,6 +97,7 @@ def load_conf(path, defaults):
         engine = entry.get("engine")
         if engine is not None and engine not in ENGINES:
             raise ServerConfigError(f"{where}: engine {engine!r}: expected one of {', '.join(ENGINES)}")
-        specs.append(ModelSpec(model_id, root / model, _decoding(entry.get("opt") or {}, defaults, where),
-                               Path(entry["corpus"]) if entry.get("corpus") else None, engine, bool(entry.get("int8"))))
+        decoding, threads = _decoding_and_threads(entry.get("opt") or {}, defaults, where)
+        specs.append(ModelSpec(model_id, root / model, decoding, Path(entry["corpus"]) if entry.get("corpus") else None,
+                               engine, bool(entry.get("int8")), threads))
     return specs

@@ -11,11 +11,13 @@
 An engine is called from one thread at a time (the batcher's); it is given whole batches.
 """
 
-import dataclasses
-import os
 from pathlib import Path
 
 from onmt_lma.base.errors import UserError
+from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
+from onmt_lma.deploy.engines import open_export
+from onmt_lma.deploy.decoding import LengthPenalty
+from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
 
 ENGINES = ("pytorch", "native", "onnx", "ct2")
 
@@ -24,36 +26,10 @@ class ModelLoadError(UserError, ValueError):
     """A model that cannot be served as asked; the message names it."""
 
 
-@dataclasses.dataclass
-class Decoding:
-    """How a model translates: OpenNMT-py's options of the same names."""
-
-    beam_size: int = 5
-    n_best: int = 1
-    max_length: int = 250
-    min_length: int = 0
-    length_penalty: str = "avg"
-    alpha: float = 1.0
-    threads: int = 0  # 0: the engine's default
-
-    OPTIONS = ("beam_size", "n_best", "max_length", "min_length", "length_penalty", "alpha", "threads")
-
-    def check(self, where):
-        if self.beam_size < 1 or not 1 <= self.n_best <= self.beam_size:
-            raise ModelLoadError(f"{where}: beam_size {self.beam_size}, n_best {self.n_best}: expected "
-                                 "beam_size >= 1 and 1 <= n_best <= beam_size")
-        if self.max_length < 1 or self.min_length < 0 or self.threads < 0:
-            raise ModelLoadError(f"{where}: max_length >= 1, min_length >= 0 and threads >= 0 expected")
-        if self.length_penalty not in ("avg", "wu", "none"):
-            raise ModelLoadError(f"{where}: length_penalty {self.length_penalty!r}: expected avg, wu or none")
-
-
 def engine_of(path, int8=False):
     """The engine a model path needs: a checkpoint file (pytorch), an export folder (manifest.json; native where
     it holds the native engine's weights and ``int8`` is not asked, else onnx) or a CTranslate2 folder
     (model.bin)."""
-    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
-
     path = Path(path)
     if path.is_file():
         return "pytorch"
@@ -69,27 +45,15 @@ def engine_of(path, int8=False):
 class PyTorchEngine:
     kind = "pytorch"
 
-    def __init__(self, path, decoding, int8=False, max_batch=32):
+    def __init__(self, path, decoding, int8=False, max_batch=32, threads=0):
+        import torch  # here, as OpenNMT-py: a server of exports loads neither
         from onmt.inference_engine import InferenceEnginePY
-        from onmt.utils.parse import ArgumentParser
 
-        from onmt_lma.evaluation.measure import translation_parser
+        from onmt_lma.deploy.pytorch import translation_opts
 
-        args = ["-model", str(path), "-src", os.devnull, "-output", os.devnull, "-beam_size", str(decoding.beam_size),
-                "-n_best", str(decoding.n_best), "-max_length", str(decoding.max_length),
-                "-min_length", str(decoding.min_length), "-length_penalty", decoding.length_penalty,
-                "-alpha", str(decoding.alpha), "-batch_size", str(max_batch), "-gpu", "-1"]
-        if int8:
-            args += ["-precision", "int8"]
-        opt = translation_parser().parse_args(args)
-        ArgumentParser.validate_translate_opts(opt)
-        ArgumentParser._get_all_transform_translate(opt)
-        ArgumentParser._validate_transforms_opts(opt)
-        ArgumentParser.validate_translate_opts_dynamic(opt)
-        if decoding.threads:
-            import torch
-
-            torch.set_num_threads(decoding.threads)
+        opt = translation_opts(path, decoding, batch_size=max_batch, extra=["-precision", "int8"] if int8 else [])
+        if threads:
+            torch.set_num_threads(threads)
         self.engine = InferenceEnginePY(opt)
 
     def translate(self, lines):
@@ -104,17 +68,13 @@ class PyTorchEngine:
 class ExportEngine:
     """An ``onmt_lma_export`` folder on ``kind`` (native, onnx)."""
 
-    def __init__(self, path, decoding, kind, int8=False, max_batch=32):
-        from onmt_lma.deploy.native import open_export
-
+    def __init__(self, path, decoding, kind, int8=False, max_batch=32, threads=0):
         self.kind = kind
-        self.translator = open_export(kind, path, "int8" if int8 else "", decoding.threads)
+        self.translator = open_export(kind, path, int8, threads)
         self.decoding, self.max_batch = decoding, max_batch
 
     def translate(self, lines):
-        d = self.decoding
-        return self.translator.translate(lines, d.beam_size, self.max_batch, d.max_length, d.min_length, d.n_best,
-                                         d.length_penalty, d.alpha)
+        return self.translator.translate(lines, self.decoding, self.max_batch)
 
     def close(self):
         pass
@@ -123,13 +83,14 @@ class ExportEngine:
 class CTranslate2Engine:
     kind = "ct2"
 
-    def __init__(self, path, decoding, int8=False, max_batch=32):
-        import ctranslate2
+    def __init__(self, path, decoding, int8=False, max_batch=32, threads=0):
+        import ctranslate2  # here: only a CTranslate2 model needs it
 
-        if decoding.length_penalty != "avg" or decoding.min_length:
-            raise ModelLoadError(f"model {path}: CTranslate2 is served with length_penalty avg and min_length 0")
+        if decoding.length_penalty is not LengthPenalty.AVG or decoding.min_length or decoding.ban_unk_token:
+            raise ModelLoadError(f"model {path}: CTranslate2 is served with length_penalty avg, min_length 0 and "
+                                 "no ban_unk_token")
         self.translator = ctranslate2.Translator(str(path), device="cpu", compute_type="int8" if int8 else "default",
-                                                 intra_threads=decoding.threads)
+                                                 intra_threads=threads)
         self.decoding, self.max_batch = decoding, max_batch
 
     def translate(self, lines):
@@ -143,17 +104,15 @@ class CTranslate2Engine:
         pass
 
 
-def load_engine(path, decoding, engine=None, int8=False, max_batch=32):
-    """The engine for ``path`` (``engine``: one of :data:`ENGINES`, default: from what the path holds)."""
-    from onmt_lma.deploy.native import ENGINES as EXPORT_ENGINES
-
+def load_engine(path, decoding, engine=None, int8=False, max_batch=32, threads=0):
+    """The engine for ``path`` (``engine``: one of :data:`ENGINES`, default: from what the path holds;
+    ``threads``: its intra-op threads, 0: its default)."""
     found = engine_of(path, int8)
     if found in EXPORT_ENGINES and engine in EXPORT_ENGINES:  # an export folder: either engine, as asked
         found = engine
     if engine and engine != found:
         raise ModelLoadError(f"model {path}: engine {engine} asked, but it is a {found} model")
-    decoding.check(f"model {path}")
     if found in EXPORT_ENGINES:
-        return ExportEngine(path, decoding, found, int8=int8, max_batch=max_batch)
+        return ExportEngine(path, decoding, found, int8, max_batch, threads)
     classes = {"pytorch": PyTorchEngine, "ct2": CTranslate2Engine}
-    return classes[found](path, decoding, int8=int8, max_batch=max_batch)
+    return classes[found](path, decoding, int8, max_batch, threads)

@@ -11,6 +11,8 @@ import torch
 
 import onmt.trainer
 
+from onmt_lma.deploy.decoding import Decoding
+
 #: training steps left out of a measurement (data loading, allocator warm-up)
 WARMUP_STEPS = 3
 
@@ -80,9 +82,9 @@ def pytorch_translate(checkpoint, batch=1, transform=None):
     ``transform`` first, e.g. a quantization)."""
     from onmt.inference_engine import InferenceEnginePY
 
-    from onmt_lma.evaluation.measure import translation_opts
+    from onmt_lma.deploy.pytorch import translation_opts
 
-    engine = InferenceEnginePY(translation_opts(checkpoint, "/dev/null", "/dev/null", 5, -1, batch))
+    engine = InferenceEnginePY(translation_opts(checkpoint, batch_size=batch))
     if transform is not None:
         transform(engine.translator.model)
     return lambda lines: [n_best[0] for n_best in engine.infer_list(lines)[1]]
@@ -96,7 +98,7 @@ def onnx_translate(folder, batch=1, int8=False, threads=None):
     translator = OnnxTranslator(folder, int8=int8, threads=threads)
 
     def translate(lines):
-        return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
+        return [hypotheses[0][1] for hypotheses in translator.translate(lines, Decoding(), batch)]
     translate.profile = translator.profile  # summed over every call
     return translate
 
@@ -109,7 +111,7 @@ def native_translate(folder, batch=1, int8=False, threads=None):
     translator = NativeTranslator(folder, threads=threads, int8=int8)
 
     def translate(lines):
-        return [hypotheses[0][1] for hypotheses in translator.translate(lines, beam_size=5, batch_size=batch)]
+        return [hypotheses[0][1] for hypotheses in translator.translate(lines, Decoding(), batch)]
     translate.profile = translator.profile  # summed over every call
     return translate
 

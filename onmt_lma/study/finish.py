@@ -14,12 +14,13 @@ def translate_bleu(path, corpus_dir, gpu, batch_size):
     """sacreBLEU of a checkpoint's beam-5 translation of the test set (batched)."""
     import sacrebleu
 
-    from onmt_lma.evaluation.measure import translation_opts  # installs the plugin first
+    from onmt_lma.deploy.pytorch import translation_opts  # installs the plugin first
+    from onmt_lma.deploy.decoding import Decoding
     from onmt_lma.evaluation.scoring import postprocess
     from onmt.inference_engine import InferenceEnginePY
 
     hyp = Path(str(path) + ".curve.hyp")
-    opt = translation_opts(path, corpus_dir / "test.de", hyp, 5, gpu, batch_size)
+    opt = translation_opts(path, Decoding(), gpu, batch_size, extra=["-src", corpus_dir / "test.de", "-output", hyp])
     engine = InferenceEnginePY(opt)
     engine.infer_file()
     engine.terminate()
@@ -37,6 +38,7 @@ def averaged_checkpoint(run_dir, n, every, average_last):
 def finish_run(study, name, n, execution):
     """BLEU curve, average and evaluations of one stopped run (called in a process of its own)."""
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
     from onmt_lma.base import checkpoint as checkpoints
     from onmt_lma.training import average
 
@@ -54,7 +56,7 @@ def finish_run(study, name, n, execution):
     for path in (checkpoint(run_dir, n), averaged):
         out = Path(f"{path}.eval.json")
         if not out.exists():
-            evaluate.evaluate(path, execution.data, out, beam=5, gpu=execution.gpu, batch_size=execution.batch_size)
+            evaluate.evaluate(path, execution.data, out, Translation(gpu=execution.gpu, batch_size=execution.batch_size))
     log(f"{name}: finished (curve {', '.join(f'{s}: {b:.1f}' for s, b in curve.items())})")
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.model.lma import DEFAULT_SEGMENTS
 from onmt_lma.study import recipes
 from onmt_lma.study.plan import REPO, SHARED_DATA, StudyError, student_name
@@ -98,7 +99,7 @@ def collect(run, study, data_root, runs_root):
     checkpoint = finished_checkpoint(run_dir)
     out = Path(f"{checkpoint}.eval.json")
     test = test_sets.prepared_test_set(Path(data_root) / study.corpus)
-    if not (out.is_file() and facts.kept_result(out, checkpoint, test)):
+    if not (out.is_file() and facts.kept_result(out, checkpoint, test, Decoding())):
         evaluate.evaluate(checkpoint, Path(data_root) / study.corpus, out)
     partial = study.results / "runs" / f"{run.name}.tmp"
     shutil.rmtree(partial, ignore_errors=True)

@@ -50,6 +50,7 @@ def all_runs():
 
 def train_all(args):
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
     from onmt_lma.study import recipes, sequential
 
     for name in args.only or all_runs():
@@ -62,7 +63,7 @@ def train_all(args):
         final = recipes.train("multi30k", "student64", args.data, run_dir, settings)
         out = Path(f"{final}.eval.json")
         if not out.is_file():
-            evaluate.evaluate(final, args.data, out, beam=5, batch_size=32)
+            evaluate.evaluate(final, args.data, out, Translation(batch_size=32))
         print(f"[equivalence] {run_dir.name}: done", flush=True)
 
 

@@ -103,6 +103,7 @@ def run_facts(log, steps, window):
 
 def report(args):
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
 
     rows = {"student64_relu_seed1": ("ReLU (the CPU pair)", PAIR / "student64_relu_seed1"),
             "student64_lma_seed1": ("LMA-8 (the CPU pair)", PAIR / "student64_lma_seed1"),
@@ -114,7 +115,7 @@ def report(args):
         if name in PROBES:  # BLEU of the step checkpoint, as the study's BLEU-every-500-steps curve computes it
             out = folder / f"model_step_{args.steps}.eval.json"
             if not out.exists():
-                evaluate.evaluate(folder / f"model_step_{args.steps}.pt", args.data, out, batch_size=100)
+                evaluate.evaluate(folder / f"model_step_{args.steps}.pt", args.data, out, Translation(batch_size=100))
             facts["bleu"] = json.loads(out.read_text())["bleu"]["score"]
         else:
             facts["bleu"] = json.loads((folder / "curve.json").read_text()).get(str(args.steps))

@@ -74,10 +74,11 @@ def stored_statistics(path):
 
 def evaluated(model, data, out):
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
 
     if not out.exists():
         print(f"[evaluation] {out.name}", flush=True)
-        evaluate.evaluate(model, data, out, beam=5, gpu=-1, batch_size=32)
+        evaluate.evaluate(model, data, out, Translation(batch_size=32))
     return json.loads(out.read_text())
 
 

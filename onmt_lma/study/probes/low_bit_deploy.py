@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 
 from onmt_lma.evaluation.facts import portable
+from onmt_lma.evaluation.measure import Translation
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "results" / "multi30k_converged" / "models"
@@ -159,8 +160,8 @@ def loaded_bytes(folder, int8, engine):
 def timed_sent_per_s(folder, engine, int8, batch, src, scratch):
     """Sentences per second of one translation of ``src`` (beam 5) in a fresh process: the worker that
     ``onmt_lma_evaluate`` runs, which times translation only."""
-    argv = [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", folder, src, scratch, "--engine", engine,
-            "--batch-size", batch] + ["--int8"] * int8
+    argv = [sys.executable, "-m", "onmt_lma.evaluation.measure", "--worker", folder, src, scratch, "--translation",
+            Translation(engine, bool(int8), batch_size=batch).to_json()]
     found = subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                            text=True)
     seconds = json.loads(found.stdout.strip().splitlines()[-1])["seconds"]

@@ -30,6 +30,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import onnxruntime
 
+    from onmt_lma.deploy.decoding import Decoding
     from onmt_lma.deploy.runtime import OnnxTranslator
 
     translator = OnnxTranslator(args.export_dir, int8=args.int8)  # checks the folder
@@ -39,7 +40,7 @@ def main(argv=None):
         options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "decoder_step")
         graph = args.export_dir / ("decoder_step.int8.onnx" if args.int8 else "decoder_step.onnx")
         translator.decoder = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        translator.translate(lines, beam_size=5, batch_size=args.batch)
+        translator.translate(lines, Decoding(), args.batch)
         events = json.loads(Path(translator.decoder.end_profiling()).read_text())
     steps = translator.profile["steps"]
     by_type, by_node = collections.Counter(), collections.Counter()

@@ -191,6 +191,7 @@ def model_only(checkpoint, out):
 
 def run(args):
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
 
     settings = configurations(args.bits)
     for name in run_order(args.bits):
@@ -202,8 +203,8 @@ def run(args):
             int8 = setting == "onnx int8"
             out = Path(f"{model}.int8.eval.json" if int8 else f"{model}.eval.json")
             if not out.is_file():
-                evaluate.evaluate(model, args.data, out, beam=5, batch_size=1,
-                                  engine="onnx" if setting in ("onnx", "onnx int8") else "pytorch", int8=int8)
+                evaluate.evaluate(model, args.data, out, Translation(
+                    "onnx" if setting in ("onnx", "onnx int8") else "pytorch", int8))
             print(f"[quant] {label}, {name}: {json.loads(out.read_text())['bleu']['score']:.2f} BLEU", flush=True)
 
 

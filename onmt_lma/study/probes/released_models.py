@@ -62,6 +62,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     from onmt_lma.evaluation import evaluate
+    from onmt_lma.evaluation.measure import Translation
 
     try:
         models = verified_models(args.models)
@@ -73,7 +74,7 @@ def main(argv=None):
         out = args.out / f"{name}.eval.json"
         if not out.exists():
             print(f"[released] evaluating {name} (beam 5, {args.batch_size} sentences at a time)", flush=True)
-            evaluate.evaluate(path, args.data, out, beam=5, gpu=-1, batch_size=args.batch_size)
+            evaluate.evaluate(path, args.data, out, Translation(batch_size=args.batch_size))
         results[name] = json.loads(out.read_text())
 
     print(f"\nReleased models ({args.models.relative_to(REPO) if args.models.is_relative_to(REPO) else args.models}),"
