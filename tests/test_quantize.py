@@ -330,3 +330,19 @@ def test_on_cuda_bucket_quantization_and_its_gradient_are_the_cpu_ones():
     upstream = torch.randn_like(leaf)
     (grad,) = torch.autograd.grad((fake_quantize(leaf, 4, 256) * upstream).sum(), leaf)
     assert torch.equal(grad, upstream)
+
+
+def test_a_checkpoints_quantization_facts_are_read_in_one_place():
+    import argparse
+
+    from onmt_lma.model.quantized_checkpoint import Quantization, quantization_of
+
+    def checkpoint(info=None, **opt):
+        return {"opt": argparse.Namespace(**opt), **({"onmt_lma": info} if info is not None else {})}
+
+    assert quantization_of(checkpoint()) == Quantization() and quantization_of(checkpoint()).label is None
+    student = quantization_of(checkpoint(quant_bits=4, quant_bucket=64))
+    assert (student.trained_bits, student.trained_bucket, student.stored, student.label) == (4, 64, False, "4-bit")
+    codes = quantization_of(checkpoint({"low_bit": {"bits": 2}}, quant_bits=None))
+    assert (codes.stored, codes.label, codes.trained_bucket) == (True, "2-bit", None)
+    assert quantization_of(checkpoint({"int8": {"scales": {}}}, quant_bits=0)).label == "int8"

@@ -15,6 +15,7 @@ from onmt_lma.base.checkpoint import load, save
 from onmt_lma.base.files import refuse_overwriting
 from onmt_lma.base.opts import int_type
 from onmt_lma.deploy.quantize import POST_TRAINING_BUCKET, build_float_model, quantize_checkpoint
+from onmt_lma.model.quantized_checkpoint import quantization_of
 
 
 def get_parser():
@@ -44,7 +45,7 @@ def main(argv=None):
         model = build_float_model(args.model)
         quantized = quantize_checkpoint(checkpoint, model, args.embeddings, args.bits, args.bucket)
         save(quantized, args.output)
-    low_bit = quantized["onmt_lma"].get("low_bit")
+    low_bit = quantization_of(quantized).low_bit
     what = f"{low_bit['bits']}-bit {low_bit['source']}" if low_bit else "int8"
     size_in, size_out = Path(args.model).stat().st_size, Path(args.output).stat().st_size
     if size_out < size_in:

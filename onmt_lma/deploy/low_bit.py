@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from onmt_lma.model.quantization import QuantizeError, pack_codes, unpack_codes
-from onmt_lma.model.quantized_checkpoint import low_bit_values
+from onmt_lma.base.checkpoint import load
+from onmt_lma.model.quantized_checkpoint import low_bit_values, quantization_of
 
 #: bit widths ONNX Runtime's CPU ``MatMulNBits`` runs with floating-point zero points
 DEPLOYABLE_BITS = (2, 4)
@@ -48,7 +49,7 @@ class LowBitWeights:
     is then for the native engine alone, which runs any width and bucket."""
 
     def __init__(self, checkpoint):
-        self.info = checkpoint["onmt_lma"]["low_bit"]
+        self.info = quantization_of(checkpoint).low_bit
         self.bits, self.bucket = self.info["bits"], self.info["bucket"]
         self.onnx_refused = None
         if self.bits not in DEPLOYABLE_BITS:
@@ -103,11 +104,9 @@ class LowBitWeights:
 def low_bit_weights(checkpoint, int8, bits):
     """The checkpoint's :class:`~onmt_lma.deploy.low_bit.LowBitWeights` (None for a float checkpoint), after
     the checks of ``-bits`` (the bit width asked for, or None) and ``-int8``."""
-    from onmt_lma.base.checkpoint import load
-
     raw = load(checkpoint)
-    info = (raw.get("onmt_lma") or {}).get("low_bit")
-    trained = getattr(raw["opt"], "quant_bits", None)
+    quantization = quantization_of(raw)
+    info, trained = quantization.low_bit, quantization.trained_bits
     if info is None:
         if bits is None and trained:  # its float weights would export 8x larger than the codes it computes with
             raise QuantizeError(f"{checkpoint} is a -quant_bits {trained} student: it stores full-precision weights "

@@ -44,7 +44,7 @@ from onmt_lma.deploy.search import BANNED
 from onmt_lma.model import kernels
 from onmt_lma.model.lma import LMA
 from onmt_lma.model.quantization import dequantize_rows, quantize_rows
-from onmt_lma.model.quantized_checkpoint import checkpoint_key, low_bit_values, position_table
+from onmt_lma.model.quantized_checkpoint import checkpoint_key, low_bit_values, position_table, quantization_of
 
 WEIGHTS_FILE = "native.pt"
 #: a low-bit export's weights: the low-bit checkpoint itself, its packed codes dequantized as the engine loads them
@@ -202,7 +202,7 @@ def write_low_bit(checkpoint, saved, sources, out):
     ``codes`` and ``low_bit``: their packed codes and the checkpoint's entries for them) and the sinusoid table
     left to its formula (``positions``: its shape and encoding)."""
     state = load_checkpoint(checkpoint)
-    info = state["onmt_lma"]["low_bit"]
+    info = quantization_of(state).low_bit
     coded = {name: keys for name, keys in sources.items() if all(key in info["weights"] for key in keys)}
     keys = [key for names in coded.values() for key in names]
     codes = {key: state[key.split("/", 1)[0]][key.split("/", 1)[1]] for key in keys}

@@ -31,7 +31,8 @@ import argparse
 
 from onmt_lma.model.quantization import (FORMAT, PACKING, QuantizeError, bucket_codes, pack_codes, quantize_rows,
                                         symmetric_block_codes)
-from onmt_lma.model.quantized_checkpoint import drop_position_tables, embedding_names, linear_weight_names
+from onmt_lma.model.quantized_checkpoint import (drop_position_tables, embedding_names, linear_weight_names,
+                                                 quantization_of)
 
 
 #: embedding tables of a low-bit checkpoint (``-embeddings``): symmetric 4-bit blocks of 32 values
@@ -64,7 +65,7 @@ def low_bit_checkpoint(checkpoint, model, bits, bucket, embeddings=False):
         for name, tensor in result[part].items():
             if tensor.is_floating_point():
                 result[part][name] = tensor.float()
-    quantization_aware = bool(getattr(checkpoint["opt"], "quant_bits", None))
+    quantization_aware = bool(quantization_of(checkpoint).trained_bits)
     result["onmt_lma"] = {**(checkpoint.get("onmt_lma") or {}),
                           "low_bit": {"format": FORMAT, "packing": PACKING, "bits": bits, "bucket": bucket, "weights": stored,
                                       "source": "quantization-aware" if quantization_aware else "post-training",
@@ -77,16 +78,16 @@ def quantize_checkpoint(checkpoint, model, embeddings=False, bits=None, bucket=N
     """The quantized checkpoint of ``checkpoint`` (whose built model is ``model``): int8 rows (``bits`` None),
     or ``bits``-bit buckets (:func:`low_bit_checkpoint`).  A quantization-aware checkpoint (``-quant_bits``)
     is always written in its own codes."""
-    info = checkpoint.get("onmt_lma") or {}
-    if "int8" in info or "low_bit" in info:
+    quantization = quantization_of(checkpoint)
+    if quantization.stored:
         raise QuantizeError("the checkpoint is quantized already")
-    trained_bits = getattr(checkpoint["opt"], "quant_bits", None)
-    if trained_bits:
-        if bits not in (None, trained_bits) or bucket not in (None, checkpoint["opt"].quant_bucket):
-            raise QuantizeError(f"the checkpoint was trained with -quant_bits {trained_bits} -quant_bucket "
-                                f"{checkpoint['opt'].quant_bucket}: it is written in those codes (leave out "
-                                "-bits and -bucket, or give those)")
-        return low_bit_checkpoint(checkpoint, model, trained_bits, checkpoint["opt"].quant_bucket, embeddings)
+    trained, trained_bucket = quantization.trained_bits, quantization.trained_bucket
+    if trained:
+        if bits not in (None, trained) or bucket not in (None, trained_bucket):
+            raise QuantizeError(f"the checkpoint was trained with -quant_bits {trained} -quant_bucket "
+                                f"{trained_bucket}: it is written in those codes (leave out -bits and -bucket, or "
+                                "give those)")
+        return low_bit_checkpoint(checkpoint, model, trained, trained_bucket, embeddings)
     if bits is not None:
         return low_bit_checkpoint(checkpoint, model, bits, bucket or POST_TRAINING_BUCKET, embeddings)
     if bucket is not None:
@@ -105,7 +106,7 @@ def quantize_checkpoint(checkpoint, model, embeddings=False, bits=None, bucket=N
             if tensor.is_floating_point():
                 result[part][name] = tensor.float()
     recomputed = drop_position_tables(result)
-    result["onmt_lma"] = {**info, "int8": {"format": FORMAT, "scheme": "symmetric per row, scale = max|w| / 127",
+    result["onmt_lma"] = {**(checkpoint.get("onmt_lma") or {}), "int8": {"format": FORMAT, "scheme": "symmetric per row, scale = max|w| / 127",
                                            "scales": scales, "embeddings": bool(embeddings),
                                            "position_tables": recomputed}}
     return result

@@ -27,11 +27,9 @@ def model_facts(checkpoint):
     ckpt = load_checkpoint(checkpoint)
     from onmt_lma.training.average import checkpoint_steps
 
-    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
+    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, quantization_of
 
-    info = ckpt.get("onmt_lma") or {}
-    quantized = ("int8" if "int8" in info else f"{info['low_bit']['bits']}-bit" if "low_bit" in info
-                 else f"{ckpt['opt'].quant_bits}-bit" if getattr(ckpt["opt"], "quant_bits", None) else None)
+    quantized = quantization_of(ckpt).label
     dequantize_checkpoint(ckpt)  # parameters counted as the model has them
     opt = ckpt["opt"]
     steps = checkpoint_steps(ckpt)

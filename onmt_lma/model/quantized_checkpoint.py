@@ -6,10 +6,49 @@ sinusoidal position tables are left out and rebuilt.  :func:`dequantize_checkpoi
 weights to build the model from.
 """
 
+import dataclasses
+
 import torch.nn as nn
 
 from onmt_lma.model.quantization import (FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes,
                                         values_of_symmetric_blocks)
+
+
+def trained_bits(opt):
+    """``-quant_bits`` of training options (a command's, or a checkpoint's ``opt``): the bits a
+    quantization-aware model computes its linear weights in; None for float training."""
+    return getattr(opt, "quant_bits", None) or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantization:
+    """What a checkpoint holds of quantization, read in one place (:func:`quantization_of`)."""
+
+    trained_bits: int = None  # a quantization-aware student's -quant_bits (its weights float, computed in codes)
+    trained_bucket: int = None
+    int8: dict = None  # onmt_lma_quantize's int8 rows: their scales (checkpoint["onmt_lma"]["int8"])
+    low_bit: dict = None  # packed B-bit codes (checkpoint["onmt_lma"]["low_bit"])
+
+    @property
+    def stored(self):
+        """Whether the weights are stored quantized (int8 rows or packed codes)."""
+        return self.int8 is not None or self.low_bit is not None
+
+    @property
+    def label(self):
+        """``int8``, ``B-bit`` (stored codes, or a quantization-aware student's bits), or None (float)."""
+        if self.int8 is not None:
+            return "int8"
+        bits = self.low_bit["bits"] if self.low_bit is not None else self.trained_bits
+        return f"{bits}-bit" if bits else None
+
+
+def quantization_of(checkpoint):
+    """The :class:`Quantization` of a loaded checkpoint."""
+    info, opt = checkpoint.get("onmt_lma") or {}, checkpoint["opt"]
+    bits = trained_bits(opt)
+    return Quantization(bits, getattr(opt, "quant_bucket", None) if bits else None, info.get("int8"),
+                        info.get("low_bit"))
 
 
 def checkpoint_key(module_name):

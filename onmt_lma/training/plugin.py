@@ -89,7 +89,7 @@ from onmt_lma.base.checkpoint import checkpoint_loading
 from onmt_lma.model.activations import on_register
 from onmt_lma.model.options import add_lma_opts
 from onmt_lma.model.quantization import QuantizeError, quantize_linears
-from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
+from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, trained_bits
 from onmt_lma.training.distill import DistillationLossCompute, DistillationStatistics, NonFiniteTrainingError, attach_teacher
 from onmt_lma.training.ffn_blocks import ONMT_ACTIVATIONS, START_STATES, _BuiltPerBlock, activation_modules, activation_parameters, attach_activations, check_translation_opts
 from onmt_lma.training.qat import add_quant_opts, quantization_aware, quantize_weights_in_place
@@ -131,7 +131,7 @@ def build_model(model_opt, opt, vocabs, checkpoint, device_id):
             parameter.requires_grad_(False)
     if getattr(model_opt, "lma_int8", False):  # trained on from an int8 checkpoint: float from here on
         model_opt.lma_int8 = False
-    bits = getattr(opt, "quant_bits", None)
+    bits = trained_bits(opt)
     if bits:  # quantization-aware training (also when fine-tuning a float checkpoint with -train_from)
         # recorded in the options that checkpoints save (with -train_from: the checkpoint's options)
         model_opt.quant_bits, model_opt.quant_bucket = bits, opt.quant_bucket
@@ -166,7 +166,7 @@ def load_test_model(opt, device_id=0, model_path=None):
     vocabs, model, model_opt = _ORIGINAL["load_test_model"](opt, device_id, model_path)
     path = model_path or opt.models[0]
     check_translation_opts(opt, model_opt, path)
-    bits = getattr(model_opt, "quant_bits", None)
+    bits = trained_bits(model_opt)
     if bits:  # a quantization-aware checkpoint translates with the weights it was trained to have
         count = quantize_weights_in_place(model, bits, model_opt.quant_bucket)
         logging.getLogger("onmt").info("%d-bit weights: %d linear layers (%s)", bits, count, path)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.opts import int_type
 from onmt_lma.model.quantization import QuantizeError, fake_quantize, bucket_quantize
+from onmt_lma.model.quantized_checkpoint import quantization_of
 
 
 def add_quant_opts(parser):
@@ -57,7 +58,6 @@ def refuse_quantized_training_start(path):
     or packed low-bit codes): its weights are rounded for deployment; training goes on from the float
     checkpoint it was made from (or, for quantization-aware training, that checkpoint with ``-quant_bits``)."""
 
-    info = load_checkpoint(path, mmap=True).get("onmt_lma") or {}
-    if "int8" in info or "low_bit" in info:
+    if quantization_of(load_checkpoint(path, mmap=True)).stored:
         raise QuantizeError(f"-train_from {path}: an onmt_lma_quantize export (quantized for deployment); train "
                             "from the float checkpoint it was made from")
