@@ -46,8 +46,10 @@ def kernel_extension():
     extensions = []
     for name, source in SOURCES.items():
         path = Path(__file__).parent / source
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in [path, *sorted(path.parent.glob("*.h"))])).hexdigest()
-        extensions.append(CppExtension(name, [source], extra_link_args=FLAGS["ldflags"],
+        headers = sorted(path.parent.glob("*.h"))
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in [path, *headers])).hexdigest()
+        extensions.append(CppExtension(name, [source], depends=[str(h.relative_to(path.parents[2])) for h in headers],
+                                       extra_link_args=FLAGS["ldflags"],
                                        extra_compile_args=FLAGS["cflags"] + [f"-DLMA_SOURCE_SHA256=\"{digest}\""]))
     return extensions, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 

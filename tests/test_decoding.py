@@ -14,7 +14,7 @@ from onmt_lma.evaluation.measure import Translation
 from conftest import BIN
 
 CHANGED = Decoding(beam_size=4, n_best=2, max_length=60, min_length=2, max_length_ratio=2.5,
-                   length_penalty=LengthPenalty.WU, alpha=0.6, ban_unk_token=True)
+                   length_penalty=LengthPenalty.WU, alpha=0.6, ban_unk_token=True, block_ngram_repeat=3)
 
 
 def onmt_translate(*args):
@@ -50,6 +50,7 @@ def test_the_commands_own_parser_has_every_field_with_its_default():
     ({"alpha": "1"}, r"-alpha '1': expected a number"),
     ({"beam_size": True}, r"-beam_size True: expected an integer"),
     ({"ban_unk_token": 1}, r"-ban_unk_token 1: expected true or false"),
+    ({"block_ngram_repeat": -2}, r"-block_ngram_repeat -2: expected an integer >= 0 \(0: no ban\)"),
 ])
 def test_a_bad_value_names_its_option_and_what_it_takes(values, message):
     with pytest.raises(DecodingError, match=message):

@@ -226,3 +226,26 @@ def test_an_export_without_native_weights_says_why_and_where_to_go(exports, tmp_
     (legacy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(exporter.ExportError, match="no native.pt .*run it with -engine onnx or export it again"):
         NativeTranslator(legacy)
+
+
+def test_a_repetition_ban_translates_as_opennmt_pys(vocab, exports, tmp_path):
+    """-block_ngram_repeat 2 on both export engines and OpenNMT-py's translator, one sentence at a time (in a
+    batch OpenNMT-py keeps each hypothesis's n-grams by its position before the batch's finished sentences
+    were dropped, so its bans then drift to other hypotheses): the same lines, none repeating a bigram, and
+    lines that differ from the unbanned ones."""
+    checkpoint, folder = exports["lma"]
+    src = tmp_path / "src.de"
+    src.write_text("\n".join((vocab / "test.de").read_text().splitlines()[:12]) + "\n")
+    outputs = {}
+    for engine, model in (("pytorch", checkpoint), ("native", folder), ("onnx", folder)):
+        for label, ban in (("banned", "2"), ("free", "0")):
+            out = tmp_path / f"{engine}{label}.en"
+            run("onmt_lma_translate", "-model", model, "-src", src, "-beam_size", "5", "-max_length", "30",
+                "-batch_size", "1", "-block_ngram_repeat", ban, "-output", out, "-engine", engine)
+            outputs[engine + label] = out.read_text().splitlines()
+    assert outputs["nativefree"] == outputs["pytorchfree"] == outputs["onnxfree"]
+    assert outputs["nativebanned"] == outputs["pytorchbanned"] == outputs["onnxbanned"]
+    for line in outputs["nativebanned"]:
+        bigrams = list(zip(line.split(), line.split()[1:]))
+        assert len(set(bigrams)) == len(bigrams), line
+    assert outputs["nativebanned"] != outputs["nativefree"]

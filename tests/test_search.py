@@ -92,7 +92,13 @@ DECODINGS = [
     Decoding(beam_size=4, n_best=4),
     Decoding(beam_size=5, n_best=3, min_length=4, ban_unk_token=True, length_penalty=LengthPenalty.WU, alpha=0.6),
     Decoding(beam_size=3, n_best=2, length_penalty=LengthPenalty.NONE),
+    Decoding(beam_size=4, n_best=4, block_ngram_repeat=2),
+    Decoding(beam_size=2, n_best=2, block_ngram_repeat=1, ban_unk_token=True),
 ]
+
+
+def ngrams(ids, n):
+    return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
 
 
 @pytest.mark.parametrize("activation", native_activations())
@@ -114,7 +120,20 @@ def test_the_engine_searches_as_the_reference_step_by_step(activation):
             assert all(len(ids) >= decoding.min_length for hypotheses in found for _, ids in hypotheses)
         if decoding.ban_unk_token:
             assert all(SPECIAL["unk"] not in ids for hypotheses in found for _, ids in hypotheses)
+        if decoding.block_ngram_repeat:
+            n = decoding.block_ngram_repeat
+            assert all(len(set(ngrams(ids, n))) == len(ngrams(ids, n)) for hypotheses in found for _, ids in hypotheses)
     assert len(lengths) > 3 and any(ended) and not all(ended), "searches whose hypotheses are all alike test little"
+
+
+def test_a_repetition_ban_changes_what_is_found():
+    """Without the ban these random models repeat n-grams; with it, no hypothesis does (the test above), so the
+    ban did something."""
+    engine, lines = random_engine("relu", 4), sources(4)
+    found = engine.translate(lines, native_decoding(DECODINGS[4]), 12)
+    unbanned = engine.translate(lines, native_decoding(dataclasses.replace(DECODINGS[4], block_ngram_repeat=0)), 12)
+    assert found != unbanned
+    assert any(len(set(ngrams(ids, 2))) < len(ngrams(ids, 2)) for hypotheses in unbanned for _, ids in hypotheses)
 
 
 def test_the_reference_would_catch_a_search_that_drifts():
@@ -134,7 +153,7 @@ def test_the_reference_would_catch_a_search_that_drifts():
 
 def test_the_decoding_value_reaches_the_engine_field_for_field():
     decoding = Decoding(beam_size=7, n_best=2, max_length=40, min_length=3, max_length_ratio=2.0,
-                        length_penalty=LengthPenalty.WU, alpha=0.25, ban_unk_token=True)
+                        length_penalty=LengthPenalty.WU, alpha=0.25, ban_unk_token=True, block_ngram_repeat=3)
     native = native_decoding(decoding)
     for field in dataclasses.fields(decoding):
         value = getattr(native, field.name)

@@ -23,6 +23,7 @@ struct Decoding {
   LengthPenalty length_penalty = LengthPenalty::Avg;
   double alpha = 1.0;
   bool ban_unk_token = false;
+  int64_t block_ngram_repeat = 0;
 };
 
 inline void bind_decoding(pybind11::module_& m) {
@@ -39,7 +40,8 @@ inline void bind_decoding(pybind11::module_& m) {
       .def_readwrite("max_length_ratio", &Decoding::max_length_ratio)
       .def_readwrite("length_penalty", &Decoding::length_penalty)
       .def_readwrite("alpha", &Decoding::alpha)
-      .def_readwrite("ban_unk_token", &Decoding::ban_unk_token);
+      .def_readwrite("ban_unk_token", &Decoding::ban_unk_token)
+      .def_readwrite("block_ngram_repeat", &Decoding::block_ngram_repeat);
 }
 
 struct Special {
@@ -63,6 +65,50 @@ inline std::vector<int64_t> banned_ids(const Decoding& d, int64_t length, const 
   return banned;
 }
 
+// the ids that would end an n-gram `hypothesis` holds already, n = d.block_ngram_repeat (none for 0)
+inline std::vector<int64_t> repeated_ngram_ids(const Decoding& d, const std::vector<int64_t>& hypothesis) {
+  const int64_t n = d.block_ngram_repeat, length = static_cast<int64_t>(hypothesis.size());
+  std::vector<int64_t> found;
+  if (n == 0 || length < n - 1) return found;
+  for (int64_t i = 0; i + n - 1 < length; ++i)
+    if (std::equal(hypothesis.begin() + i, hypothesis.begin() + i + n - 1, hypothesis.end() - (n - 1)))
+      found.push_back(hypothesis[i + n - 1]);
+  std::sort(found.begin(), found.end());
+  found.erase(std::unique(found.begin(), found.end()), found.end());
+  return found;
+}
+
+// each row's `beam` best of the model's, those that repeat the row's n-grams asked for on top, then scored
+// special.banned and ranked again (value desc, id asc)
+template <class Model>
+void top_k(Model& model, const std::vector<int64_t>& tokens, int64_t step, const Decoding& d,
+           const std::vector<int64_t>& banned, const std::vector<std::vector<int64_t>>& history, const Special& special,
+           std::vector<float>* values, std::vector<int64_t>* ids) {
+  const int64_t beam = d.beam_size, rows = static_cast<int64_t>(tokens.size());
+  std::vector<std::vector<int64_t>> repeats(d.block_ngram_repeat ? rows : 0);
+  size_t extra = 0;
+  for (int64_t r = 0; r < static_cast<int64_t>(repeats.size()); ++r)
+    repeats[r] = repeated_ngram_ids(d, history[r]), extra = std::max(extra, repeats[r].size());
+  if (extra == 0) return model.top_k(tokens, step, beam, banned, values, ids);
+  const int64_t k = std::min<int64_t>(beam + static_cast<int64_t>(extra), model.vocab());
+  std::vector<float> wide_values;
+  std::vector<int64_t> wide_ids;
+  model.top_k(tokens, step, k, banned, &wide_values, &wide_ids);
+  values->resize(rows * beam), ids->resize(rows * beam);
+  std::vector<std::pair<float, int64_t>> row(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t id = wide_ids[r * k + j];
+      const bool repeated = std::binary_search(repeats[r].begin(), repeats[r].end(), id);
+      row[j] = {repeated ? special.banned : wide_values[r * k + j], id};
+    }
+    std::stable_sort(row.begin(), row.end(), [](const auto& x, const auto& y) {
+      return x.first > y.first || (x.first == y.first && x.second < y.second);
+    });
+    for (int64_t j = 0; j < beam; ++j) (*values)[r * beam + j] = row[j].first, (*ids)[r * beam + j] = row[j].second;
+  }
+}
+
 using Hypothesis = std::pair<float, std::vector<int64_t>>;  // (penalized score, ids without the start token)
 
 // `model.top_k(tokens, step, k, banned, values, ids)`: one token into each alive hypothesis, each row's k best
@@ -82,7 +128,7 @@ std::vector<std::vector<Hypothesis>> beam_search(Model& model, int64_t count, co
   std::vector<Candidate> candidates(beam * beam);
   for (int64_t step = 0; step < max_steps; ++step) {
     const int64_t length = step + 1, groups = rows / beam;
-    model.top_k(tokens, step, beam, banned_ids(d, length, special), &values, &ids);
+    top_k(model, tokens, step, d, banned_ids(d, length, special), history, special, &values, &ids);
     const float penalty = length_penalty(d, length + 1);
     for (int64_t i = 0; i < groups; ++i) {
       for (int64_t b = 0; b < beam; ++b) {

@@ -45,6 +45,9 @@ class Decoding:
     length_penalty: LengthPenalty = LengthPenalty.AVG
     alpha: float = 1.0
     ban_unk_token: bool = False
+    #: no hypothesis repeats an n-gram of this many tokens (0: any may; OpenNMT-py's 1 bans nothing, here 1
+    #: bans every token already in the hypothesis)
+    block_ngram_repeat: int = 0
 
     def __post_init__(self):
         if isinstance(self.length_penalty, str):
@@ -65,7 +68,8 @@ class Decoding:
                   ("min_length", 0 <= self.min_length <= self.max_length,
                    f"an integer from 0 to -max_length {self.max_length}"),
                   ("max_length_ratio", self.max_length_ratio >= 0, "a number >= 0"),
-                  ("alpha", self.alpha >= 0, "a number >= 0")]
+                  ("alpha", self.alpha >= 0, "a number >= 0"),
+                  ("block_ngram_repeat", self.block_ngram_repeat >= 0, "an integer >= 0 (0: no ban)")]
         for name, holds, expected in checks:
             if not holds:
                 raise DecodingError(f"-{name} {getattr(self, name)!r}: expected {expected}")

@@ -14,7 +14,7 @@ from onmt_lma.deploy.runtime import OnnxTranslator
 
 ENGINES = ("onnx", "native")
 #: onmt_translate options the export engines do not implement, with the values that mean "not used"
-UNIMPLEMENTED = {"block_ngram_repeat": (0,), "coverage_penalty": ("none",), "ratio": (0.0,), "replace_unk": (False,),
+UNIMPLEMENTED = {"ignore_when_blocking": ([],), "coverage_penalty": ("none",), "ratio": (0.0,), "replace_unk": (False,),
                  "random_sampling_topk": (0, 1), "tgt": (None,), "attn_debug": (False,), "align_debug": (False,),
                  "report_align": (False,), "phrase_table": ("",), "gpu": (-1,)}
 

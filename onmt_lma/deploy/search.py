@@ -9,7 +9,8 @@ hypothesis's plus the token's, divided by the length penalty of the new length p
 ends is kept with its penalized score and its beam closed (:data:`BANNED`); a sentence is done when its best
 beam has ended and ``n_best`` hypotheses are kept, or at :meth:`Decoding.max_steps
 <onmt_lma.deploy.decoding.Decoding.max_steps>` tokens.  ``min_length`` bans the end token up to that length,
-``ban_unk_token`` the unknown token.
+``ban_unk_token`` the unknown token, ``block_ngram_repeat`` n each token that would make a hypothesis repeat one
+of its n-grams (OpenNMT-py's ``block_ngram_repeats``).
 """
 
 import numpy as np
@@ -24,6 +25,17 @@ PROFILE_KEYS = ("encoder_s", "decoder_s", "search_s", "steps", "sentences")
 def banned_ids(decoding, length, special):
     """The ids a step that makes a hypothesis ``length`` tokens long (its start token included) forbids."""
     return [special["eos"]] * (length <= decoding.min_length) + [special["unk"]] * decoding.ban_unk_token
+
+
+def repeated_ngram_ids(decoding, hypothesis):
+    """The ids that would end an n-gram ``hypothesis`` (its tokens so far) holds already, n =
+    ``decoding.block_ngram_repeat`` (none for 0)."""
+    n = decoding.block_ngram_repeat
+    if n == 0 or len(hypothesis) < n - 1:
+        return []
+    prefix = tuple(hypothesis[len(hypothesis) - n + 1:])
+    return sorted({hypothesis[i + n - 1] for i in range(len(hypothesis) - n + 1)
+                   if tuple(hypothesis[i:i + n - 1]) == prefix})
 
 
 def beam_search(steps, count, decoding, special, max_steps):
@@ -43,7 +55,7 @@ def beam_search(steps, count, decoding, special, max_steps):
     hypotheses, results = [[] for _ in range(count)], [None] * count
     for step in range(max_steps):
         length = step + 1
-        values, ids = steps.top_k(tokens, step, beam, banned_ids(decoding, length, special))
+        values, ids = _top_k(steps, tokens, step, decoding, banned_ids(decoding, length, special), history)
         penalty = np.float32(decoding.length_penalty(length + 1, decoding.alpha))
         candidates = values + beam_scores[:, None]
         if penalty != 1:
@@ -79,10 +91,16 @@ def beam_search(steps, count, decoding, special, max_steps):
     return results
 
 
-def top_k_rows(log_probs, k, banned):
-    """Each row's ``k`` best of ``log_probs`` (rows, vocabulary), ``banned`` ids at :data:`BANNED`, ranked by
-    value then id: what :func:`beam_search` asks of its model, for a model that gives whole rows."""
-    log_probs = np.array(log_probs, dtype=np.float32, copy=True)
-    log_probs[:, banned] = BANNED
-    order = np.lexsort((np.broadcast_to(np.arange(log_probs.shape[1]), log_probs.shape), -log_probs), axis=1)[:, :k]
-    return np.take_along_axis(log_probs, order, axis=1), order
+def _top_k(steps, tokens, step, decoding, banned, history):
+    """Each hypothesis's ``beam_size`` best tokens; those that repeat its n-grams (one list a row) asked for on
+    top, then scored :data:`BANNED` and ranked again."""
+    beam = decoding.beam_size
+    repeats = [repeated_ngram_ids(decoding, row.tolist()) for row in history] if decoding.block_ngram_repeat else []
+    extra = max(map(len, repeats), default=0)
+    values, ids = steps.top_k(tokens, step, min(beam + extra, steps.vocab), banned)
+    if not extra:
+        return values, ids
+    for row, repeated in enumerate(repeats):
+        values[row, np.isin(ids[row], repeated)] = BANNED
+    order = np.lexsort((ids, -values), axis=1)[:, :beam]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(ids, order, axis=1)

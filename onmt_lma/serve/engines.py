@@ -97,7 +97,8 @@ class CTranslate2Engine:
         d = self.decoding
         results = self.translator.translate_batch(
             [line.split() for line in lines], beam_size=d.beam_size, num_hypotheses=d.n_best, return_scores=True,
-            max_decoding_length=d.max_length, length_penalty=d.alpha, max_batch_size=self.max_batch)
+            max_decoding_length=d.max_length, length_penalty=d.alpha, max_batch_size=self.max_batch,
+            no_repeat_ngram_size=d.block_ngram_repeat)
         return [[(float(score), " ".join(tokens)) for score, tokens in zip(r.scores, r.hypotheses)] for r in results]
 
     def close(self):
