@@ -12,6 +12,7 @@ Two stages, each skipped when its inputs and options have not changed:
 import json
 import logging
 import os
+import sentencepiece as spm
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,8 +175,6 @@ def _link(src, dst):
 
 def _train_sentencepiece(work, out, vocab_size, workers):
     """One joint unigram model for German and English, trained on train only."""
-    import sentencepiece as spm
-
     prefix = out / f"spm.tmp-{os.getpid()}"
     try:
         spm.SentencePieceTrainer.train(

@@ -5,6 +5,7 @@ import gzip
 import multiprocessing
 import os
 
+from sacremoses import MosesDetokenizer, MosesTokenizer
 from tqdm import tqdm
 
 
@@ -74,8 +75,6 @@ _TOKENIZER = None
 
 def _init_tokenizer(lang):
     global _TOKENIZER
-    from sacremoses import MosesTokenizer
-
     _TOKENIZER = MosesTokenizer(lang=lang)
 
 
@@ -100,7 +99,5 @@ def moses_tokenize(lines, lang, desc, workers=None):
 
 def moses_detokenize(lines, lang):
     """Moses detokenization (with unescaping), for a plain-text reference of tokenized data."""
-    from sacremoses import MosesDetokenizer
-
     detokenizer = MosesDetokenizer(lang=lang)
     return [detokenizer.detokenize(line.split()) for line in lines]

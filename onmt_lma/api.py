@@ -24,6 +24,6 @@ from onmt_lma.model.lma import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS, LMA  # noqa: 
 
 def install():
     """Plug onmt-lma into OpenNMT-py in this process (idempotent): :mod:`onmt_lma.training.plugin`."""
-    from onmt_lma.training import plugin
+    from onmt_lma.training import plugin  # here: importing the API patches nothing until install() is called
 
     plugin.install()

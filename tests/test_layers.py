@@ -177,3 +177,51 @@ def test_the_parameter_count_sees_every_kind_of_parameter(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("class A:\n    def f(self, a, /, b, *c, d, **e): pass\ndef g(): pass\n")
     assert sorted(parameter_counts(source)) == [("f", 2, 5), ("g", 3, 0)]
+
+
+def test_every_name_imported_from_the_package_exists():
+    """``from onmt_lma.x import name`` anywhere (a function's imports too, which only run when called) names
+    something that module has: a moved name breaks here, not on a user's first call."""
+    import importlib
+
+    missing = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in (
+                    "onmt_lma", "data_prep"):
+                module = importlib.import_module(node.module)
+                missing += [f"{name} line {node.lineno}: {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in modules()]
+    assert not missing, missing
+
+
+def function_level_imports(path):
+    """``(line number, line)`` of each import inside a function whose group carries no comment saying why it
+    is not at the top (the comment on its line or on an import line of its group above it)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = set()
+    for function in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    group, at = [], node.lineno - 1
+                    while at >= 0 and (lines[at].strip().startswith(("import ", "from ")) or not lines[at].strip()):
+                        group.append(lines[at])
+                        at -= 1
+                    if not any("#" in line for line in group):
+                        found.add((node.lineno, lines[node.lineno - 1].strip()))
+    return sorted(found)
+
+
+def test_imports_are_at_the_top_or_say_why_not():
+    """Imports at a module's top show its dependencies; one inside a function (start-up time, an optional
+    library) says why.  The study layer's probes, scripts of their own, are left out."""
+    unexplained = [f"{name} line {number}: {line}" for name, path in modules().items()
+                   if not name.startswith("onmt_lma.study") for number, line in function_level_imports(path)]
+    assert not unexplained, unexplained
+
+
+def test_the_import_check_sees_an_unexplained_one(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    import json  # here: a reason\n    import os\n\ndef g():\n    import sys\n")
+    assert function_level_imports(source) == [(6, "import sys")]

@@ -21,10 +21,11 @@ OpenNMT-py's own ``onmt_average_models`` cannot read checkpoints with today's
 import argparse
 
 import onmt.opts
+from onmt.utils.logging import init_logger, logger
 
-from onmt_lma.bin.parser import CommandParser
-from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.checkpoint import CheckpointError, save
+from onmt_lma.base.files import OutputError, refuse_overwriting
+from onmt_lma.bin.parser import CommandParser
 from onmt_lma.training.average import AverageError, average
 
 
@@ -49,8 +50,6 @@ def main(argv=None):
         save(average(args.models, args.float16, args.release), args.output)
     except (CheckpointError, OutputError, AverageError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    from onmt.utils.logging import init_logger, logger
-
     init_logger()
     logger.info("%s: mean of %d checkpoint(s)%s%s", args.output, len(args.models),
                 ", float16" if args.float16 or args.release else "", ", for release" if args.release else "")

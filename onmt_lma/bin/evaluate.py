@@ -51,19 +51,23 @@ from pathlib import Path
 
 import onmt.opts
 from onmt.utils.logging import logger
+from onmt.utils.logging import init_logger
 
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.errors import UserError
 from onmt_lma.base.files import sha256_of
 from onmt_lma.base.opts import int_type
+from onmt_lma.bin import quantize
 from onmt_lma.bin.parser import CommandParser
+from onmt_lma.deploy import export
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.decoding import add_options as add_decoding_options
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
 from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.deploy.manifest import read_manifest
 from onmt_lma.evaluation.evaluate import evaluate
-from onmt_lma.evaluation.measure import Translation
 from onmt_lma.evaluation.facts import kept_result
+from onmt_lma.evaluation.measure import Translation
 from onmt_lma.evaluation.test_sets import CorpusMismatchError, EvaluationInputError, check_vocabulary, checkpoint_corpus, prepared_test_set, raw_test_set
 
 
@@ -125,8 +129,6 @@ def summary_table(rows):
 
 def int8_version(model, force=False):
     """``CK.int8.pt`` beside ``CK`` (made by onmt_lma_quantize -embeddings unless it is there)."""
-    from onmt_lma.bin import quantize
-
     out = Path(model).with_suffix(".int8.pt")
     if force or not out.is_file():
         try:
@@ -139,9 +141,6 @@ def int8_version(model, force=False):
 def export_of(model, engine, force=False):
     """An export folder as it is; for a checkpoint ``CK``, ``CK.onnx/`` beside it (onmt_lma_export with int8
     graphs), made again when missing, incomplete or exported from another version of ``CK``."""
-    from onmt_lma.deploy import export
-    from onmt_lma.deploy.manifest import read_manifest
-
     if Path(model).is_dir():
         return Path(model)
     out = Path(f"{model}.onnx")
@@ -227,8 +226,6 @@ def run_command(opt):
 
 
 def main(argv=None):
-    from onmt.utils.logging import init_logger
-
     parser = get_parser()
     opt = parser.parse_args(argv)
     init_logger(opt.log_file)

@@ -24,11 +24,12 @@ recipes need.
 import argparse
 
 import onmt.opts
+from onmt.utils.logging import init_logger, logger
 
-from onmt_lma.bin.parser import CommandParser
-from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.checkpoint import CheckpointError
+from onmt_lma.base.files import OutputError, refuse_overwriting
 from onmt_lma.base.opts import int_type
+from onmt_lma.bin.parser import CommandParser
 from onmt_lma.evaluation.recalibrate import RecalibrationError, Sampling, recalibrate
 
 
@@ -63,8 +64,6 @@ def main(argv=None):
         statistics = recalibrate(args.model, args.src, args.tgt, args.output, sampling)
     except (CheckpointError, OutputError, RecalibrationError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    from onmt.utils.logging import init_logger, logger
-
     init_logger()
     logger.info("%s: %d LMA layers recalibrated", args.output, len(statistics))
 

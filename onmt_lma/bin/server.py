@@ -19,19 +19,23 @@ import logging
 import sys
 from pathlib import Path
 
+import onmt.opts
+import uvicorn
+from onmt.utils.logging import init_logger
+
 from onmt_lma.base.opts import float_type, int_type
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.decoding import add_options as add_decoding_options
+from onmt_lma.serve.app import Limits, load_models, make_app
 from onmt_lma.serve.config import ModelSpec, ServerConfigError, load_conf
+from onmt_lma.serve.connections import header_timeout_protocol
 from onmt_lma.serve.engines import ENGINES
 
 positive = int_type("an integer >= 1", lambda n: n >= 1)
 
 
 def get_parser():
-    import onmt.opts
-
     parser = CommandParser(prog="onmt_lma_server", description=__doc__.split("\n\n")[0])
     onmt.opts.config_opts(parser)
     models = parser.add_argument_group("Models (onmt-lma)")
@@ -115,12 +119,6 @@ def api_key(opt):
 
 
 def main(argv=None):
-    import uvicorn
-    from onmt.utils.logging import init_logger
-
-    from onmt_lma.serve.app import Limits, load_models, make_app
-    from onmt_lma.serve.connections import header_timeout_protocol
-
     parser = get_parser()
     opt = parser.parse_args(conf_json_as_models_conf(sys.argv[1:] if argv is None else argv))
     init_logger(opt.log_file)

@@ -127,7 +127,7 @@ def _run(opt):
     if not opt.profile:
         onmt.bin.translate.translate(opt)
         return
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile, record_function  # here: only -profile needs it
 
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
     with profile(activities=activities, profile_memory=True, with_stack=True) as prof:

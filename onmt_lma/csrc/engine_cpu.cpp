@@ -38,9 +38,9 @@ double seconds(Clock::time_point since) { return std::chrono::duration<double>(C
 
 // Small float32 products without per-call dispatch: the weight is packed once, at load, in panels of 16
 // outputs (input-major), and up to kPanelRows rows are multiplied by it with AVX2 FMA, each output
-// summed from its bias in input order.  Inside a 64-dim student's decoding step ATen's addmm costs about
-// 15 us a call at 5 rows, where the arithmetic takes 1-3 us; past kPanelRows rows MKL's blocking wins
-// (the engine's config "panel_rows" overrides it; 0: ATen always).
+// summed from its bias in input order: a small student's step pays ATen's per-call cost on products of a
+// few rows, where the arithmetic is far cheaper; past kPanelRows rows MKL's blocking wins (the engine's
+// config "panel_rows" overrides it; 0: ATen always).
 constexpr int64_t kPanelRows = 24;
 constexpr int64_t kPanelTaskMacs = 65536;  // multiply-adds per parallel task (a region costs a few us)
 
@@ -106,8 +106,7 @@ struct Linear {
   // quantized on the fly, reduce_range as torch.ao.nn.quantized.dynamic.Linear)
   c10::intrusive_ptr<LinearPackedParamsBase> packed;
   // large float32 weights: oneDNN's linear on a weight reordered once at load (mkldnn::_linear_pointwise);
-  // MKL's sgemm repacks the weight at every call, which a small batch pays in full (3.6x on a 256-dim
-  // student's generator, one sentence at a time)
+  // MKL's sgemm repacks the weight at every call, which a small batch pays in full
   at::Tensor reordered;
   Panels panels;  // float32 on an AVX2/FMA CPU: up to panel_rows rows without ATen
   int64_t outputs = 0, panel_rows = 0;

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
+from onmt_lma.base.checkpoint import checkpoint_loading, load as load_checkpoint
+from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
 from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
 
 #: what CTranslate2's converter (4.x) accepts as -pos_ffn_activation_fn
 CT2_ACTIVATIONS = ("relu", "gelu", "fast_gelu", "silu")
@@ -30,11 +33,7 @@ def is_ct2_folder(folder):
 def convert(checkpoint, output, quantization=None, force=False):
     """Convert ``checkpoint`` into the CTranslate2 model folder ``output``, built under a temporary name and
     renamed when complete; an existing CTranslate2 model there is replaced only with ``force``."""
-    from ctranslate2.converters import OpenNMTPyConverter
-
-    from onmt_lma.base.checkpoint import checkpoint_loading, load as load_checkpoint
-    from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
-    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint
+    from ctranslate2.converters import OpenNMTPyConverter  # here: only this conversion needs CTranslate2
 
     refuse_overwriting(output, {"-model": checkpoint})
     check_folder_output(output, "a CTranslate2 model", is_ct2_folder, force)

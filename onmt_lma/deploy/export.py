@@ -19,8 +19,10 @@ import json
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from onmt.constants import DefaultTokens
+from onnx import TensorProto, helper
 
 from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting, sha256_of
 
@@ -151,7 +153,7 @@ def _write_graphs(checkpoint, model, out, low_bit, int8):
         if any(counts["float_matmuls"] for counts in lowered.values()):
             raise ExportError(f"{checkpoint}: matrix products left in float after lowering to low bits: {lowered}")
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # here: only -int8 needs it (slow to load)
 
         for name in list(graphs):
             target = name.replace(".onnx", ".int8.onnx")
@@ -179,9 +181,6 @@ def add_top_k(path):
     """Give the decoder step graph each row's ``k`` best tokens as outputs (``top_log_probs``, ``top_ids``;
     ``k`` an input): the beam search then reads beam-size candidates per hypothesis instead
     of copying out and partitioning the whole vocabulary's log-probabilities every step."""
-    import onnx
-    from onnx import TensorProto, helper
-
     model = onnx.load(str(path))
     graph = model.graph
     graph.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))

@@ -21,17 +21,19 @@ index ``clamp(floor((x - mean) / (6 std / k) + k / 2), 0, k - 1)`` from the runn
 The decoder step works on (n, dim) rows, one position per hypothesis, with one matrix product for the
 self-attention's query, key and value projections and constant reshapes: ONNX Runtime's time per step on
 a small model is mostly per operator, not arithmetic (onmt_lma/study/probes/profile_onnx_step.py), so the
-graph keeps them few (format 3; format 2 stacked the layers' caches and kept OpenNMT-py's (n, 1, dim)
-shapes: 210 operators for a 3-layer ReLU student after ONNX Runtime's fusions, 86 now).
+graph keeps them few.
 """
 
 import argparse
 import math
 
+import onmt.model_builder
 import torch
 import torch.nn as nn
+from onmt.modules.position_ffn import PositionwiseFeedForward
 
 from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.model.lma import LMA
 
 OPSET = 17
 NEG_INF = -1e18  # OpenNMT-py's mask value
@@ -185,8 +187,7 @@ class LMAGraph(nn.Module):
     float64, clipped to ``[0, k - 1]``, truncated), so that an element on a cut point falls in the same
     segment as in PyTorch; ``floor`` is not needed, truncation on ``[0, k - 1]`` is the floor.  The slope and
     intercept of every element are read with ``GatherElements`` from (k, units) tables (each line repeated
-    over the feed-forward units): ONNX Runtime's ``Gather`` from a k-vector copies element by element and
-    took ~4x longer on this CPU.
+    over the feed-forward units), which ONNX Runtime runs faster than ``Gather`` from a k-vector.
     """
 
     def __init__(self, lma, units):
@@ -210,10 +211,6 @@ class LMAGraph(nn.Module):
 
 def graph_activations(model):
     """Every LMA of ``model``'s feed-forward blocks replaced by its :class:`LMAGraph` (the model is changed)."""
-    from onmt.modules.position_ffn import PositionwiseFeedForward
-
-    from onmt_lma.model.lma import LMA
-
     for block in model.modules():
         if isinstance(block, PositionwiseFeedForward) and isinstance(block.activation, LMA):
             block.activation = LMAGraph(block.activation, block.w_1.out_features)
@@ -232,8 +229,6 @@ def load_model(checkpoint):
     """``(vocabs, model in evaluation mode, options)`` of a checkpoint, as OpenNMT-py's translator builds it
     (a quantized checkpoint's codes dequantized: exactly the weights it computes with); refused by
     :func:`check_exportable` where the graphs could not restate it."""
-    import onmt.model_builder
-
     from onmt_lma.training import plugin  # noqa: F401  (installs: safe loading, the activations)
 
     opt = argparse.Namespace(models=[str(checkpoint)], gpu=-1, gpu_ranks=[], world_size=1,

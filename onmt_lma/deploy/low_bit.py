@@ -15,10 +15,12 @@ the codes packed on disk as the checkpoint packs them and unpacked as the engine
 """
 
 import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 
-from onmt_lma.model.quantization import QuantizeError, pack_codes, unpack_codes
 from onmt_lma.base.checkpoint import load
+from onmt_lma.model.quantization import QuantizeError, pack_codes, unpack_codes
 from onmt_lma.model.quantized_checkpoint import low_bit_values, quantization_of
 
 #: bit widths ONNX Runtime's CPU ``MatMulNBits`` runs with floating-point zero points
@@ -128,9 +130,6 @@ def low_bit_weights(checkpoint, int8, bits):
 def lower_graph(path, weights):
     """Rewrite the ONNX graph at ``path`` in place: its linear weights' products as ``MatMulNBits``, its
     quantized embedding tables' lookups as ``GatherBlockQuantized``.  Returns what it rewrote, by kind."""
-    import onnx
-    from onnx import helper, numpy_helper
-
     model = onnx.load(str(path))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}

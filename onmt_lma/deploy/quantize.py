@@ -28,6 +28,7 @@ The weights' formats are :mod:`onmt_lma.model.quantization` and :mod:`onmt_lma.m
 """
 
 import argparse
+import onmt.model_builder
 
 from onmt_lma.model.quantization import (FORMAT, PACKING, QuantizeError, bucket_codes, pack_codes, quantize_rows,
                                         symmetric_block_codes)
@@ -114,8 +115,6 @@ def quantize_checkpoint(checkpoint, model, embeddings=False, bits=None, bucket=N
 
 def build_float_model(path):
     """The float model of checkpoint ``path`` as translation builds it (names of its linear layers)."""
-    import onmt.model_builder
-
     opt = argparse.Namespace(models=[str(path)], gpu=-1, gpu_ranks=[], world_size=1,
                              parallel_mode="data_parallel", precision="fp32", quant_type="", quant_layers=[])
     _, model, _ = onmt.model_builder.load_test_model(opt, model_path=str(path))

@@ -9,6 +9,15 @@ from pathlib import Path
 
 from onmt.utils.logging import logger
 
+from onmt_lma.base.checkpoint import load as load_checkpoint
+from onmt_lma.base.files import sha256_of
+from onmt_lma.deploy.manifest import read_manifest
+from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
+from onmt_lma.model.lma import continuous_intercepts
+from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, quantization_of
+from onmt_lma.training.average import checkpoint_steps
+
+
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,13 +31,7 @@ def _git_commit():
 
 
 def model_facts(checkpoint):
-    from onmt_lma.base.checkpoint import load as load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
-    from onmt_lma.training.average import checkpoint_steps
-
-    from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, quantization_of
-
     quantized = quantization_of(ckpt).label
     dequantize_checkpoint(ckpt)  # parameters counted as the model has them
     opt = ckpt["opt"]
@@ -62,10 +65,6 @@ INT8_KINDS = {"onnx": "ONNX Runtime", "native": "PyTorch"}  # whose dynamically 
 def export_facts(folder, engine, int8):
     """:func:`model_facts` of an onmt_lma_export folder: its checkpoint's where the folder's manifest names one
     beside it (by name and sha256), else what the manifest records (``params`` then None)."""
-    from onmt_lma.base.files import sha256_of
-
-    from onmt_lma.deploy.manifest import read_manifest
-
     manifest = read_manifest(folder)
     checkpoint = Path(folder).parent / manifest["checkpoint"]
     if checkpoint.is_file() and sha256_of(checkpoint) == manifest["checkpoint_sha256"]:
@@ -82,8 +81,6 @@ def export_facts(folder, engine, int8):
 def export_size_mb(folder, engine, int8):
     """What a deployment of ``folder`` on ``engine`` ships: the graphs (onnx) or the weights (native) it
     loads, the vocabularies and the manifest."""
-    from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
-
     suffix = ".int8.onnx" if int8 else ".onnx"
     native = [name for name in (WEIGHTS_FILE, LOW_BIT_FILE) if (Path(folder) / name).is_file()]
     loaded = native if engine == "native" else [f"encoder{suffix}", f"decoder_step{suffix}"]
@@ -99,8 +96,6 @@ def learned_lma_layers(state):
     layer computes in evaluation mode (the paper's Eq. 2 with the running
     statistics).  A continuous LMA's intercepts are derived from its slopes.
     """
-    from onmt_lma.model.lma import continuous_intercepts
-
     layers = {}
     for key in state:
         if key.endswith(".activation.alpha"):
@@ -121,8 +116,6 @@ def portable(path, base=None):
 
 def evaluation_inputs(checkpoint, test):
     """What a result depends on: the checkpoint's and the test files' sha256, the prepared corpus's key."""
-    from onmt_lma.base.files import sha256_of
-
     manifest = json.loads((test.corpus_dir / "manifest.json").read_text())
     model = ({"export_sha256": sha256_of(Path(checkpoint) / "manifest.json")} if Path(checkpoint).is_dir()
              else {"checkpoint_sha256": sha256_of(checkpoint)})  # an export's manifest holds its files' sha256

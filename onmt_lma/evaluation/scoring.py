@@ -5,6 +5,8 @@ tokenized BLEU as ``multi-bleu.perl`` computes it (the paper's number).
 from pathlib import Path
 
 import sacrebleu
+import sentencepiece as spm
+from sacremoses import MosesDetokenizer
 
 
 def _score(metric, hyps, refs):
@@ -23,12 +25,8 @@ def text_scores(hyp_tok, hyp_detok, ref_tok, ref_detok):
 
 def postprocess(lines, corpus_dir):
     """Model output -> (Moses-tokenized, detokenized) text."""
-    from sacremoses import MosesDetokenizer
-
     spm_model = Path(corpus_dir) / "spm.model"
     if spm_model.exists():
-        import sentencepiece as spm
-
         sp = spm.SentencePieceProcessor(model_file=str(spm_model))
         tokenized = [sp.decode(line.split()) for line in lines]
     else:

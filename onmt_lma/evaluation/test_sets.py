@@ -4,9 +4,14 @@ a model's vocabularies fit the test set before anything is translated.
 
 import dataclasses
 import json
+import sentencepiece as spm
 from pathlib import Path
 
+from data_prep.text import moses_tokenize, normalize_whitespace
+from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.errors import UserError
+from onmt_lma.deploy.manifest import read_manifest
+from onmt_lma.deploy.manifest import read_vocabulary
 
 
 class EvaluationInputError(UserError, ValueError):
@@ -64,11 +69,7 @@ def prepared_test_set(corpus_dir):
 def checkpoint_corpus(checkpoint):
     """The prepared corpus whose vocabularies ``checkpoint`` was trained with (None if not one of data_prep);
     for an export folder, that of the checkpoint beside it that it was exported from."""
-    from onmt_lma.base.checkpoint import load as load_checkpoint
-
     if Path(checkpoint).is_dir():
-        from onmt_lma.deploy.manifest import read_manifest
-
         exported_from = Path(checkpoint).parent / read_manifest(checkpoint)["checkpoint"]
         return checkpoint_corpus(exported_from) if exported_from.is_file() else None
     opt = load_checkpoint(checkpoint)["opt"]
@@ -78,8 +79,6 @@ def checkpoint_corpus(checkpoint):
 
 def raw_test_set(src, ref, ref_tok, corpus_dir, workdir):
     """Raw ``src``/``ref`` put through the corpus's steps (Moses ``-a``, escaping; SentencePiece if it has one)."""
-    from data_prep.text import moses_tokenize, normalize_whitespace
-
     corpus_dir = _check_corpus(corpus_dir, ("manifest.json",))
     sources, refs = _lines(src, "src"), _lines(ref, "ref")
     refs_tok = _lines(ref_tok, "ref_tok") if ref_tok else None
@@ -90,8 +89,6 @@ def raw_test_set(src, ref, ref_tok, corpus_dir, workdir):
     tgt_tok = refs_tok or moses_tokenize([normalize_whitespace(line) for line in refs], "en", desc="tokenizing -ref")
     spm_model = corpus_dir / "spm.model"
     if spm_model.is_file():
-        import sentencepiece as spm
-
         sp = spm.SentencePieceProcessor(model_file=str(spm_model))
         src_tok, tgt_tok = ([" ".join(pieces) for pieces in sp.encode(lines, out_type=str)]
                             for lines in (src_tok, tgt_tok))
@@ -115,11 +112,7 @@ class CorpusMismatchError(UserError, RuntimeError):
 
 def model_vocabularies(model):
     """``{"src": tokens, "tgt": tokens}`` of a checkpoint or an onmt_lma_export folder."""
-    from onmt_lma.base.checkpoint import load as load_checkpoint
-
     if Path(model).is_dir():
-        from onmt_lma.deploy.manifest import read_vocabulary
-
         return {side: read_vocabulary(Path(model) / f"{side}.vocab.json") for side in ("src", "tgt")}
     return load_checkpoint(model)["vocab"]
 

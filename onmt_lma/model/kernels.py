@@ -16,6 +16,7 @@ The native translation engine (``csrc/engine_cpu.cpp``, :func:`engine_module`, u
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import warnings
@@ -77,8 +78,6 @@ def source_digest(source):
 
 
 def _installed_kernel(name="_lma_cpu", source=None):
-    import importlib
-
     source = source or _SOURCE
     import torch  # noqa: F401  (loads the libraries the extension links to)
 
@@ -89,7 +88,7 @@ def _installed_kernel(name="_lma_cpu", source=None):
 
 
 def _compiled_now(name="onmt_lma_cpu", source=None):
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load  # here: only a build on first use needs it (slow to load)
 
     source = source or _SOURCE
     # the digest as a flag: a changed header rebuilds torch's cached build too

@@ -134,7 +134,7 @@ def quantize_linears(model):
     checkpoint they are exactly the stored ones (its float weights are
     ``q * scale`` with ``max |q| = 127`` per row, so the scales come out again).
     """
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear  # here: torch.ao warns as it loads
 
     replaced = 0
     for module in list(model.modules()):

@@ -9,6 +9,7 @@ weights to build the model from.
 import dataclasses
 
 import torch.nn as nn
+from onmt.modules.embeddings import PositionalEncoding
 
 from onmt_lma.model.quantization import (FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes,
                                         values_of_symmetric_blocks)
@@ -84,8 +85,6 @@ def restore_position_tables(checkpoint, shapes):
 
 def position_table(shape, encoding_type):
     """OpenNMT-py's sinusoidal position buffer of ``shape`` (max_len, 1, dim)."""
-    from onmt.modules.embeddings import PositionalEncoding
-
     return PositionalEncoding(shape[2], encoding_type, max_len=shape[0]).pe
 
 

@@ -3,6 +3,7 @@ pass recomputes them as the plain mean of batch statistics (used by ``onmt_lma_r
 """
 
 import contextlib
+from onmt.modules.multi_headed_attn import MultiHeadedAttention
 
 from onmt_lma.model.lma import LMA
 
@@ -45,8 +46,6 @@ def batch_statistics_mode(model, dropout=False):
 def training_dropout(model, model_opt):
     """Give ``model`` back the dropout of its training options (first value of ``-dropout`` and
     ``-attention_dropout``): OpenNMT-py's ``load_test_model`` sets every ``dropout_p`` to 0."""
-    from onmt.modules.multi_headed_attn import MultiHeadedAttention
-
     def first(value):
         return float(value[0] if isinstance(value, (list, tuple)) else value)
 

@@ -46,7 +46,7 @@ class PyTorchEngine:
     kind = "pytorch"
 
     def __init__(self, path, decoding, int8=False, max_batch=32, threads=0):
-        import torch  # here, as OpenNMT-py: a server of exports loads neither
+        import torch  # here: only checkpoints need torch's and OpenNMT-py's translator
         from onmt.inference_engine import InferenceEnginePY
 
         from onmt_lma.deploy.pytorch import translation_opts

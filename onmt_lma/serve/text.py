@@ -4,8 +4,10 @@ corpus's SentencePiece model if it has one; decoding, then Moses detokenization)
 """
 
 import json
+import sentencepiece
 import threading
 from pathlib import Path
+from sacremoses import MosesDetokenizer, MosesTokenizer
 
 from onmt_lma.base.errors import UserError
 
@@ -18,8 +20,6 @@ class CorpusSteps:
     """The tokenization and subwords of one prepared corpus (German source, English target)."""
 
     def __init__(self, corpus_dir):
-        from sacremoses import MosesDetokenizer, MosesTokenizer
-
         self.corpus_dir = Path(corpus_dir)
         manifest = self.corpus_dir / "manifest.json"
         if not manifest.is_file():
@@ -31,8 +31,6 @@ class CorpusSteps:
         self._lock = threading.Lock()  # sacremoses' objects are not documented as thread-safe
         self._spm = None
         if (self.corpus_dir / "spm.model").is_file():
-            import sentencepiece
-
             self._spm = sentencepiece.SentencePieceProcessor(model_file=str(self.corpus_dir / "spm.model"))
 
     def encode(self, line):

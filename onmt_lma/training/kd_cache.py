@@ -31,6 +31,7 @@ build resumes at the first missing shard.
 This module is the format and its reading (``-kd_cache``); :mod:`onmt_lma.training.kd_cache_build` writes it.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from onmt_lma.base.files import sha256_of
 
 import numpy as np
 import torch
+import yaml
 
 from onmt_lma.training.teacher import DistillationError
 
@@ -62,15 +64,11 @@ class TeacherCacheError(DistillationError):
 
 def vocab_digest(vocab):
     """sha256 of a vocabulary's tokens in id order."""
-    import hashlib
-
     return hashlib.sha256("\n".join(vocab.ids_to_tokens).encode("utf-8")).hexdigest()
 
 
 def training_corpora(opt):
     """``{corpus id: {"path_src", "path_tgt", "transforms"}}`` of ``opt.data`` without ``valid``."""
-    import yaml
-
     data = yaml.safe_load(opt.data) if isinstance(opt.data, str) else opt.data  # a string until OpenNMT-py parses it
     if not isinstance(data, dict):
         raise TeacherCacheError("-config has no data: section of corpora")

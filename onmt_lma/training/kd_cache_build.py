@@ -8,6 +8,14 @@ import time
 
 import numpy as np
 import torch
+from onmt.constants import CorpusTask
+from onmt.inputters.text_corpus import build_corpora_iters, get_corpora
+from onmt.inputters.text_utils import tensorify
+from onmt.inputters.text_utils import numericalize, process
+from onmt.train_single import prepare_transforms_vocabs
+from onmt.transforms import get_transforms_cls, make_transforms
+from onmt.utils.logging import logger
+from onmt.utils.parse import ArgumentParser
 from tqdm import tqdm
 
 from onmt_lma.base.batching import token_budget_batches
@@ -36,8 +44,6 @@ def _batches(examples, batch_tokens):
 
 def teacher_top_k(teacher, examples, vocabs, topk, device, value_dtype):
     """``(index rows, targets, ids, log-probs)`` of one batch of numericalized examples."""
-    from onmt.inputters.text_utils import tensorify
-
     tensors = tensorify(vocabs, [(ex, i) for i, ex in enumerate(examples)], device)
     with torch.no_grad():
         log_probs = torch.log_softmax(teacher.logits(tensors).float(), dim=-1)
@@ -81,14 +87,6 @@ def is_cache_folder(folder):
 
 def build_cache(opt):
     """One pass of the teacher ``opt.model`` over ``opt.data``'s training corpora into ``opt.out``."""
-    from onmt.constants import CorpusTask
-    from onmt.inputters.text_corpus import build_corpora_iters, get_corpora
-    from onmt.inputters.text_utils import numericalize, process
-    from onmt.train_single import prepare_transforms_vocabs
-    from onmt.transforms import get_transforms_cls, make_transforms
-    from onmt.utils.logging import logger
-    from onmt.utils.parse import ArgumentParser
-
     if not os.path.isfile(opt.model):
         raise TeacherCacheError(f"-model {opt.model}: teacher checkpoint does not exist")
     inputs = {"-model": opt.model, "-src_vocab": opt.src_vocab, "-tgt_vocab": opt.tgt_vocab}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from onmt.utils.logging import logger
 
 KEY = "onmt_lma_resume"
 
@@ -51,8 +52,6 @@ def exact_accumulation(trainer, opt):
     """Wrap ``trainer._accum_batches`` (OpenNMT-py's grouping of batches into steps): count the steps' batch
     groups drawn (saved with each checkpoint), and when resuming this run's own checkpoint, draw and discard
     the groups of its steps so far and restore the random state of the save first."""
-    from onmt.utils.logging import logger
-
     original = trainer._accum_batches
     optim = trainer.optim
     loaded = getattr(optim, "onmt_lma_loaded_resume", None) if resumes_own_run(opt) else None

@@ -65,7 +65,8 @@ def raw_sources(corpus, count):
 
 def direct(model, corpus, sources, max_batch):
     """Sentences/s of the corpus's steps and the engine on batches of ``max_batch``, after one warm-up batch."""
-    from onmt_lma.serve.engines import Decoding, load_engine
+    from onmt_lma.deploy.decoding import Decoding
+    from onmt_lma.serve.engines import load_engine
     from onmt_lma.serve.text import CorpusSteps
 
     steps, engine = CorpusSteps(corpus), load_engine(model, Decoding(), max_batch=max_batch)
