@@ -105,3 +105,19 @@ def test_translate_help_prints_no_warning():
     result = subprocess.run([str(BIN / "onmt_lma_translate"), "-h"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "-beam_size" in result.stdout
     assert result.stderr == "", result.stderr[-2000:]
+
+
+def test_a_hypothesis_is_banned_exactly_the_tokens_that_would_repeat_one_of_its_ngrams():
+    """Against the definition, on random hypotheses: t is banned iff hypothesis + [t] ends with an n-gram
+    it held before."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(300):
+        n, hypothesis = rng.randint(0, 4), [rng.randint(0, 5) for _ in range(rng.randint(0, 12))]
+        expected = [t for t in range(6) if n and len(hypothesis) + 1 >= n and
+                    tuple((hypothesis + [t])[-n:]) in {tuple(hypothesis[i:i + n]) for i in range(len(hypothesis) - n + 1)}]
+        assert Decoding(block_ngram_repeat=n).hypothesis_bans(hypothesis) == expected, (n, hypothesis)
+    special = {"eos": 3, "unk": 0}
+    assert Decoding(min_length=2, ban_unk_token=True).step_bans(2, special) == [3, 0]
+    assert Decoding(min_length=2).step_bans(3, special) == []

@@ -229,22 +229,20 @@ def test_an_export_without_native_weights_says_why_and_where_to_go(exports, tmp_
 
 
 def test_a_repetition_ban_translates_as_opennmt_pys(vocab, exports, tmp_path):
-    """-block_ngram_repeat 2 on both export engines and OpenNMT-py's translator, one sentence at a time (in a
-    batch OpenNMT-py keeps each hypothesis's n-grams by its position before the batch's finished sentences
-    were dropped, so its bans then drift to other hypotheses): the same lines, none repeating a bigram, and
-    lines that differ from the unbanned ones."""
+    """-block_ngram_repeat 2 on both export engines and OpenNMT-py's translator, one sentence at a time and in
+    batches of 4: the same lines, none repeating a bigram, and lines that differ from the unbanned ones."""
     checkpoint, folder = exports["lma"]
     src = tmp_path / "src.de"
     src.write_text("\n".join((vocab / "test.de").read_text().splitlines()[:12]) + "\n")
     outputs = {}
     for engine, model in (("pytorch", checkpoint), ("native", folder), ("onnx", folder)):
-        for label, ban in (("banned", "2"), ("free", "0")):
+        for label, ban, batch in (("banned", "2", "1"), ("banned4", "2", "4"), ("free", "0", "1")):
             out = tmp_path / f"{engine}{label}.en"
             run("onmt_lma_translate", "-model", model, "-src", src, "-beam_size", "5", "-max_length", "30",
-                "-batch_size", "1", "-block_ngram_repeat", ban, "-output", out, "-engine", engine)
+                "-batch_size", batch, "-block_ngram_repeat", ban, "-output", out, "-engine", engine)
             outputs[engine + label] = out.read_text().splitlines()
-    assert outputs["nativefree"] == outputs["pytorchfree"] == outputs["onnxfree"]
-    assert outputs["nativebanned"] == outputs["pytorchbanned"] == outputs["onnxbanned"]
+    for label in ("free", "banned", "banned4"):
+        assert outputs["native" + label] == outputs["pytorch" + label] == outputs["onnx" + label], label
     for line in outputs["nativebanned"]:
         bigrams = list(zip(line.split(), line.split()[1:]))
         assert len(set(bigrams)) == len(bigrams), line

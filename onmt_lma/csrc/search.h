@@ -17,6 +17,11 @@ namespace search {
 
 enum class LengthPenalty { None, Avg, Wu };
 
+struct Special {
+  int64_t bos, eos, unk;
+  float banned;  // the score of a forbidden token and of a closed beam (onmt_lma.deploy.search.BANNED)
+};
+
 struct Decoding {
   int64_t beam_size = 5, n_best = 1, max_length = 250, min_length = 0;
   double max_length_ratio = 1.25;  // read by the Python side, which gives the search its max_steps
@@ -24,6 +29,36 @@ struct Decoding {
   double alpha = 1.0;
   bool ban_unk_token = false;
   int64_t block_ngram_repeat = 0;
+
+  // what a finished hypothesis's score is divided by, `length` tokens long (LengthPenalty's __call__)
+  float penalty(int64_t length) const {
+    switch (length_penalty) {
+      case LengthPenalty::Avg: return static_cast<float>(std::pow(static_cast<double>(length), alpha));
+      case LengthPenalty::Wu: return static_cast<float>(std::pow((5.0 + length) / 6.0, alpha));
+      default: return 1.0f;
+    }
+  }
+
+  // the ids forbidden to every hypothesis by the step that makes it `length` tokens long (start token included)
+  std::vector<int64_t> step_bans(int64_t length, const Special& special) const {
+    std::vector<int64_t> banned;
+    if (length <= min_length) banned.push_back(special.eos);
+    if (ban_unk_token) banned.push_back(special.unk);
+    return banned;
+  }
+
+  // the ids forbidden to one hypothesis: those that would end an n-gram it holds already (n = block_ngram_repeat)
+  std::vector<int64_t> hypothesis_bans(const std::vector<int64_t>& hypothesis) const {
+    const int64_t n = block_ngram_repeat, length = static_cast<int64_t>(hypothesis.size());
+    std::vector<int64_t> found;
+    if (n == 0 || length < n - 1) return found;
+    for (int64_t i = 0; i + n - 1 < length; ++i)
+      if (std::equal(hypothesis.begin() + i, hypothesis.begin() + i + n - 1, hypothesis.end() - (n - 1)))
+        found.push_back(hypothesis[i + n - 1]);
+    std::sort(found.begin(), found.end());
+    found.erase(std::unique(found.begin(), found.end()), found.end());
+    return found;
+  }
 };
 
 inline void bind_decoding(pybind11::module_& m) {
@@ -44,51 +79,16 @@ inline void bind_decoding(pybind11::module_& m) {
       .def_readwrite("block_ngram_repeat", &Decoding::block_ngram_repeat);
 }
 
-struct Special {
-  int64_t bos, eos, unk;
-  float banned;  // the score of a forbidden token and of a closed beam (onmt_lma.deploy.search.BANNED)
-};
-
-inline float length_penalty(const Decoding& d, int64_t length) {
-  switch (d.length_penalty) {
-    case LengthPenalty::Avg: return static_cast<float>(std::pow(static_cast<double>(length), d.alpha));
-    case LengthPenalty::Wu: return static_cast<float>(std::pow((5.0 + length) / 6.0, d.alpha));
-    default: return 1.0f;
-  }
-}
-
-// the ids a step that makes a hypothesis `length` tokens long (its start token included) forbids
-inline std::vector<int64_t> banned_ids(const Decoding& d, int64_t length, const Special& special) {
-  std::vector<int64_t> banned;
-  if (length <= d.min_length) banned.push_back(special.eos);
-  if (d.ban_unk_token) banned.push_back(special.unk);
-  return banned;
-}
-
-// the ids that would end an n-gram `hypothesis` holds already, n = d.block_ngram_repeat (none for 0)
-inline std::vector<int64_t> repeated_ngram_ids(const Decoding& d, const std::vector<int64_t>& hypothesis) {
-  const int64_t n = d.block_ngram_repeat, length = static_cast<int64_t>(hypothesis.size());
-  std::vector<int64_t> found;
-  if (n == 0 || length < n - 1) return found;
-  for (int64_t i = 0; i + n - 1 < length; ++i)
-    if (std::equal(hypothesis.begin() + i, hypothesis.begin() + i + n - 1, hypothesis.end() - (n - 1)))
-      found.push_back(hypothesis[i + n - 1]);
-  std::sort(found.begin(), found.end());
-  found.erase(std::unique(found.begin(), found.end()), found.end());
-  return found;
-}
-
-// each row's `beam` best of the model's, those that repeat the row's n-grams asked for on top, then scored
-// special.banned and ranked again (value desc, id asc)
+// each row's `beam` best of the model's, `banned` (every row's) left out; those the row's own bans forbid asked
+// for on top, then scored special.banned and ranked again (value desc, id asc)
 template <class Model>
 void top_k(Model& model, const std::vector<int64_t>& tokens, int64_t step, const Decoding& d,
            const std::vector<int64_t>& banned, const std::vector<std::vector<int64_t>>& history, const Special& special,
            std::vector<float>* values, std::vector<int64_t>* ids) {
   const int64_t beam = d.beam_size, rows = static_cast<int64_t>(tokens.size());
-  std::vector<std::vector<int64_t>> repeats(d.block_ngram_repeat ? rows : 0);
+  std::vector<std::vector<int64_t>> repeats(rows);
   size_t extra = 0;
-  for (int64_t r = 0; r < static_cast<int64_t>(repeats.size()); ++r)
-    repeats[r] = repeated_ngram_ids(d, history[r]), extra = std::max(extra, repeats[r].size());
+  for (int64_t r = 0; r < rows; ++r) repeats[r] = d.hypothesis_bans(history[r]), extra = std::max(extra, repeats[r].size());
   if (extra == 0) return model.top_k(tokens, step, beam, banned, values, ids);
   const int64_t k = std::min<int64_t>(beam + static_cast<int64_t>(extra), model.vocab());
   std::vector<float> wide_values;
@@ -128,8 +128,8 @@ std::vector<std::vector<Hypothesis>> beam_search(Model& model, int64_t count, co
   std::vector<Candidate> candidates(beam * beam);
   for (int64_t step = 0; step < max_steps; ++step) {
     const int64_t length = step + 1, groups = rows / beam;
-    top_k(model, tokens, step, d, banned_ids(d, length, special), history, special, &values, &ids);
-    const float penalty = length_penalty(d, length + 1);
+    top_k(model, tokens, step, d, d.step_bans(length, special), history, special, &values, &ids);
+    const float penalty = d.penalty(length + 1);
     for (int64_t i = 0; i < groups; ++i) {
       for (int64_t b = 0; b < beam; ++b) {
         const int64_t r = i * beam + b;

@@ -2,8 +2,10 @@
 ``-n_best``, ... as ``onmt_translate`` names them), the server's ``opt`` and the evaluation worker, checked once,
 and passed whole to every engine (OpenNMT-py's translator, ONNX, native; the C++ engine binds it as one struct).
 
-A new decoding option is a field here (its default, its check, what it sets for OpenNMT-py) and, where the
-export engines implement it, one step of the search in :mod:`onmt_lma.deploy.search` and ``csrc/search.h``.
+A new decoding option is a field here (its default and check; OpenNMT-py's translator gets it by name) and,
+where it forbids tokens, a line of :meth:`Decoding.step_bans` or :meth:`Decoding.hypothesis_bans`, which the
+search (:mod:`onmt_lma.deploy.search`) applies; in C++ the same field and bans in ``csrc/search.h``'s
+``Decoding``.
 """
 
 import dataclasses
@@ -45,8 +47,8 @@ class Decoding:
     length_penalty: LengthPenalty = LengthPenalty.AVG
     alpha: float = 1.0
     ban_unk_token: bool = False
-    #: no hypothesis repeats an n-gram of this many tokens (0: any may; OpenNMT-py's 1 bans nothing, here 1
-    #: bans every token already in the hypothesis)
+    #: no hypothesis repeats an n-gram of this many tokens (0: any may; OpenNMT-py's 1 bans nothing, ours
+    #: every token already in the hypothesis)
     block_ngram_repeat: int = 0
 
     def __post_init__(self):
@@ -111,6 +113,21 @@ class Decoding:
             else:
                 args += [f"-{name}", str(value)]
         return args
+
+    def step_bans(self, length, special):
+        """The ids forbidden to every hypothesis by the step that makes it ``length`` tokens long (its start
+        token included): the end token up to ``min_length``, the unknown token with ``ban_unk_token``."""
+        return [special["eos"]] * (length <= self.min_length) + [special["unk"]] * self.ban_unk_token
+
+    def hypothesis_bans(self, hypothesis):
+        """The ids forbidden to one ``hypothesis`` (its tokens so far): those that would end an n-gram it holds
+        already, n = ``block_ngram_repeat``."""
+        n = self.block_ngram_repeat
+        if n == 0 or len(hypothesis) < n - 1:
+            return []
+        prefix = tuple(hypothesis[len(hypothesis) - n + 1:])
+        return sorted({hypothesis[i + n - 1] for i in range(len(hypothesis) - n + 1)
+                       if tuple(hypothesis[i:i + n - 1]) == prefix})
 
     def max_steps(self, longest_source, positions):
         """The tokens a batch whose longest source has ``longest_source`` tokens may decode: OpenNMT-py's

@@ -8,9 +8,9 @@ hypothesis's plus the token's, divided by the length penalty of the new length p
 ``beam_size`` of a sentence's candidates (score, then beam x vocabulary position) continue.  A hypothesis that
 ends is kept with its penalized score and its beam closed (:data:`BANNED`); a sentence is done when its best
 beam has ended and ``n_best`` hypotheses are kept, or at :meth:`Decoding.max_steps
-<onmt_lma.deploy.decoding.Decoding.max_steps>` tokens.  ``min_length`` bans the end token up to that length,
-``ban_unk_token`` the unknown token, ``block_ngram_repeat`` n each token that would make a hypothesis repeat one
-of its n-grams (OpenNMT-py's ``block_ngram_repeats``).
+<onmt_lma.deploy.decoding.Decoding.max_steps>` tokens.  The tokens a step forbids are the decoding value's (:meth:`Decoding.step_bans
+<onmt_lma.deploy.decoding.Decoding.step_bans>` for every hypothesis, :meth:`~onmt_lma.deploy.decoding.Decoding.
+hypothesis_bans` for each).
 """
 
 import numpy as np
@@ -20,22 +20,6 @@ BANNED = -65504.0
 #: where an export engine's time goes (seconds, summed over every call): the encoder, the decoder steps, the
 #: beam search around them; ``steps``: decoder calls; ``sentences``: sentences translated
 PROFILE_KEYS = ("encoder_s", "decoder_s", "search_s", "steps", "sentences")
-
-
-def banned_ids(decoding, length, special):
-    """The ids a step that makes a hypothesis ``length`` tokens long (its start token included) forbids."""
-    return [special["eos"]] * (length <= decoding.min_length) + [special["unk"]] * decoding.ban_unk_token
-
-
-def repeated_ngram_ids(decoding, hypothesis):
-    """The ids that would end an n-gram ``hypothesis`` (its tokens so far) holds already, n =
-    ``decoding.block_ngram_repeat`` (none for 0)."""
-    n = decoding.block_ngram_repeat
-    if n == 0 or len(hypothesis) < n - 1:
-        return []
-    prefix = tuple(hypothesis[len(hypothesis) - n + 1:])
-    return sorted({hypothesis[i + n - 1] for i in range(len(hypothesis) - n + 1)
-                   if tuple(hypothesis[i:i + n - 1]) == prefix})
 
 
 def beam_search(steps, count, decoding, special, max_steps):
@@ -55,7 +39,7 @@ def beam_search(steps, count, decoding, special, max_steps):
     hypotheses, results = [[] for _ in range(count)], [None] * count
     for step in range(max_steps):
         length = step + 1
-        values, ids = _top_k(steps, tokens, step, decoding, banned_ids(decoding, length, special), history)
+        values, ids = _top_k(steps, tokens, step, decoding, decoding.step_bans(length, special), history)
         penalty = np.float32(decoding.length_penalty(length + 1, decoding.alpha))
         candidates = values + beam_scores[:, None]
         if penalty != 1:
@@ -92,10 +76,10 @@ def beam_search(steps, count, decoding, special, max_steps):
 
 
 def _top_k(steps, tokens, step, decoding, banned, history):
-    """Each hypothesis's ``beam_size`` best tokens; those that repeat its n-grams (one list a row) asked for on
-    top, then scored :data:`BANNED` and ranked again."""
+    """Each hypothesis's ``beam_size`` best tokens, ``banned`` (every row's) left out; those its own bans
+    forbid asked for on top, then scored :data:`BANNED` and ranked again."""
     beam = decoding.beam_size
-    repeats = [repeated_ngram_ids(decoding, row.tolist()) for row in history] if decoding.block_ngram_repeat else []
+    repeats = [decoding.hypothesis_bans(row.tolist()) for row in history]
     extra = max(map(len, repeats), default=0)
     values, ids = steps.top_k(tokens, step, min(beam + extra, steps.vocab), banned)
     if not extra:
