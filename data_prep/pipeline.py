@@ -12,10 +12,11 @@ Two stages, each skipped when its inputs and options have not changed:
 import json
 import logging
 import os
-import sentencepiece as spm
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import sentencepiece as spm
 
 from data_prep.sources import CORPORA, WMT13_ARCHIVE, WMT13_MEMBERS, fetch, read_archive_members
 from data_prep.text import (

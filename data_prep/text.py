@@ -71,6 +71,8 @@ def write_lines(path, lines):
 # Moses tokenization (sacremoses), parallel over the machine's cores
 # --------------------------------------------------------------------------- #
 _TOKENIZER = None
+#: Moses ``tokenizer.perl -a`` with XML escaping: how every corpus, test set and request is tokenized
+MOSES_OPTIONS = {"aggressive_dash_splits": True, "escape": True}
 
 
 def _init_tokenizer(lang):
@@ -79,10 +81,7 @@ def _init_tokenizer(lang):
 
 
 def _tokenize(line):
-    # -a (aggressive hyphen splitting) and XML escaping, as Moses tokenizer.perl -a
-    return normalize_whitespace(
-        _TOKENIZER.tokenize(line, aggressive_dash_splits=True, escape=True, return_str=True)
-    )
+    return normalize_whitespace(_TOKENIZER.tokenize(line, return_str=True, **MOSES_OPTIONS))
 
 
 def moses_tokenize(lines, lang, desc, workers=None):

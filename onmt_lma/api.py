@@ -10,15 +10,8 @@
         return MyModule(units)
 """
 
-from onmt_lma.model.activations import (  # noqa: F401  (the API)
-    APLU,
-    PReLU,
-    Swish,
-    activation_names,
-    build_activation,
-    register_activation,
-    registered_activations,
-)
+from onmt_lma.model.activations import (APLU, PReLU, Swish, activation_names, build_activation,  # noqa: F401  (the API)
+                                        register_activation, registered_activations)
 from onmt_lma.model.lma import DEFAULT_MOMENTUM, DEFAULT_SEGMENTS, LMA  # noqa: F401  (the API)
 
 

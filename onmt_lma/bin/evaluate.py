@@ -50,8 +50,7 @@ import tempfile
 from pathlib import Path
 
 import onmt.opts
-from onmt.utils.logging import logger
-from onmt.utils.logging import init_logger
+from onmt.utils.logging import init_logger, logger
 
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.errors import UserError
@@ -63,12 +62,12 @@ from onmt_lma.deploy import export
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.decoding import add_options as add_decoding_options
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
-from onmt_lma.deploy.manifest import ExportError
-from onmt_lma.deploy.manifest import read_manifest
+from onmt_lma.deploy.manifest import ExportError, read_manifest
 from onmt_lma.evaluation.evaluate import evaluate
 from onmt_lma.evaluation.facts import kept_result
 from onmt_lma.evaluation.measure import Translation
-from onmt_lma.evaluation.test_sets import CorpusMismatchError, EvaluationInputError, check_vocabulary, checkpoint_corpus, prepared_test_set, raw_test_set
+from onmt_lma.evaluation.test_sets import (CorpusMismatchError, EvaluationInputError, check_vocabulary,
+                                           checkpoint_corpus, prepared_test_set, raw_test_set)
 
 
 def get_parser():

@@ -5,6 +5,7 @@
 """
 
 import os
+import sys
 
 import onmt.opts
 
@@ -22,6 +23,8 @@ def get_parser():
     parser.add("--int8", "-int8", action="store_true", help="also int8 graphs (ONNX Runtime dynamic quantization)")
     parser.add("--force", "-force", action="store_true",
                help="replace an existing export folder -output (never a folder of anything else)")
+    parser.add("--corpus", "-corpus", help="the prepared corpus (python -m data_prep) whose text steps the export "
+               "carries, for raw text in and out (default: the one the checkpoint was trained on)")
     parser.add("--bits", "-bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
                help="low-bit graphs, checked: the checkpoint must hold B-bit codes (onmt_lma_quantize -bits B, "
                     "or of a -quant_bits B student); a low-bit checkpoint gives low-bit graphs without it too")
@@ -34,8 +37,10 @@ def main(argv=None):
     with user_errors_exit(parser):
         if not os.path.isfile(args.model):
             raise ExportError(f"-model {args.model}: no such checkpoint")
-        manifest = export(args.model, args.output, args.int8, args.bits, args.force)
+        manifest = export(args.model, args.output, args.int8, args.bits, args.force, args.corpus)
     print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
+    if "text_refused" in manifest:
+        print(f"{args.output}: no text steps ({manifest['text_refused']})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
 from onmt_lma.deploy.engines import open_export, refuse_unimplemented
+from onmt_lma.deploy.text import text_steps
 from onmt_lma.model.options import add_lma_opts
 from onmt_lma.training.seqkd import DistillDataError, read_lines
 
@@ -49,6 +50,9 @@ def get_parser():
                "(-precision int8: its int8 graphs)")
     parser.add("--threads", "-threads", "--onnx_threads", "-onnx_threads", dest="threads", type=int, default=0,
                help="-engine native or onnx: the intra-op threads (0: the engine's default, one per core)")
+    parser.add("--raw_text", "-raw_text", action="store_true",
+               help="-src is raw text and -output plain text: the text steps an export carries (or those of the "
+               "prepared corpus the model was trained on) are applied and undone")
     return parser
 
 
@@ -83,6 +87,9 @@ def _translate(opt):
     """Translate the non-empty source lines, then put empty lines back in place; rename when complete."""
     check_files(opt)
     sources = read_lines(opt.src)
+    steps = text_steps(opt.models[0]) if opt.raw_text else None
+    if steps is not None:
+        sources = [steps.encode(line) if line.split() else "" for line in sources]
     keep = [i for i, line in enumerate(sources) if line.split()]
     output = opt.output
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(output))) as tmp:
@@ -108,7 +115,7 @@ def _translate(opt):
                                f"(-n_best {n_best})")
         lines, position = [[""] * n_best for _ in sources], 0
         for i in keep:
-            lines[i] = translated[position:position + n_best]
+            lines[i] = [steps.decode(line) if steps else line for line in translated[position:position + n_best]]
             position += n_best
         complete = os.path.join(tmp, "complete")
         Path(complete).write_text("".join(line + "\n" for group in lines for line in group), encoding="utf-8")

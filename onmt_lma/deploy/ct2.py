@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from onmt_lma.base.checkpoint import checkpoint_loading, load as load_checkpoint
+from onmt_lma.base.checkpoint import checkpoint_loading
+from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting
 from onmt_lma.deploy.manifest import ExportError
 from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint

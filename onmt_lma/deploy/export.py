@@ -25,37 +25,39 @@ from onmt.constants import DefaultTokens
 from onnx import TensorProto, helper
 
 from onmt_lma.base.files import building_folder, check_folder_output, refuse_overwriting, sha256_of
-
 from onmt_lma.deploy.graphs import (LOW_BIT_POSITIONS, OPSET, DecoderStepGraph, EncoderGraph, empty_cache,
-                                   graph_activations, load_model)
+                                    graph_activations, load_model)
 from onmt_lma.deploy.low_bit import low_bit_weights, lower_graph
 from onmt_lma.deploy.manifest import FORMAT, ExportError, cache_names, is_export_folder
 from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
+from onmt_lma.deploy.text import TextSteps, fits, trained_corpus
 from onmt_lma.model import kernels
 
 ModelParts = collections.namedtuple("ModelParts", "vocabs model model_opt low_bit native sources native_refused "
-                                                 "onnx_refused")
+                                                 "onnx_refused text")
 
 
 # --------------------------------------------------------------------------- #
 # Export
 # --------------------------------------------------------------------------- #
-def export(checkpoint, out_dir, int8=False, bits=None, force=False):
-    """Write the graphs, vocabularies and manifest of ``checkpoint`` into the folder ``out_dir`` (low-bit graphs
-    for a low-bit checkpoint; ``bits``: the width asked for, checked against it), built under a temporary name
-    and renamed when complete; an existing export there is replaced only with ``force``, any other folder never
+def export(checkpoint, out_dir, int8=False, bits=None, force=False, corpus=None):
+    """Write the graphs, vocabularies, text steps and manifest of ``checkpoint`` into the folder ``out_dir``
+    (low-bit graphs for a low-bit checkpoint; ``bits``: the width asked for, checked against it; the text steps
+    of ``corpus``, default the prepared corpus it was trained on), built under a temporary name and renamed
+    when complete; an existing export there is replaced only with ``force``, any other folder never
     (:func:`~onmt_lma.base.files.building_folder`)."""
 
     refuse_overwriting(out_dir, {"-model": checkpoint})
     check_folder_output(out_dir, "an export", is_export_folder, force)  # before any work
-    model_parts = _model_parts(checkpoint, int8, bits)
+    model_parts = _model_parts(checkpoint, int8, bits, corpus)
     with building_folder(out_dir, "an export", is_export_folder, force) as out:
         return _write(checkpoint, model_parts, out, int8)
 
 
-def _model_parts(checkpoint, int8, bits):
+def _model_parts(checkpoint, int8, bits, corpus):
     """What an export writes of ``checkpoint``: its vocabularies, model and options, low-bit codes (or None),
-    native weights (or None) with what they came from, and why an engine cannot run it."""
+    native weights (or None) with what they came from, why an engine cannot run it, and its text steps (or
+    None)."""
 
     low_bit = low_bit_weights(checkpoint, int8, bits)
     vocabs, model, model_opt = load_model(checkpoint)
@@ -75,7 +77,12 @@ def _model_parts(checkpoint, int8, bits):
     onnx_refused = low_bit.onnx_refused if low_bit is not None else None
     if onnx_refused is not None and native_refused is not None:  # neither engine could run it
         raise ExportError(f"{checkpoint}: {onnx_refused}, and {native_refused}")
-    return ModelParts(vocabs, model, model_opt, low_bit, native, sources, native_refused, onnx_refused)
+    corpus = corpus or trained_corpus(model_opt)
+    if corpus is not None and not fits(corpus, vocabs["src"].ids_to_tokens):
+        raise ExportError(f"-corpus {corpus}: most of {checkpoint}'s source vocabulary is not this corpus's; give the "
+                          "prepared corpus it was trained on")
+    text = TextSteps.from_corpus(corpus) if corpus is not None else None
+    return ModelParts(vocabs, model, model_opt, low_bit, native, sources, native_refused, onnx_refused, text)
 
 
 def _write(checkpoint, parts, out, int8):
@@ -91,6 +98,7 @@ def _write(checkpoint, parts, out, int8):
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
+    graphs += parts.text.write(out) if parts.text is not None else []
 
     attention = model.decoder.transformer_layers[0].self_attn
     tgt_vocab = vocabs["tgt"]
@@ -114,6 +122,9 @@ def _write(checkpoint, parts, out, int8):
         manifest["native_refused"] = parts.native_refused
     if onnx_refused is not None:
         manifest["onnx_refused"] = onnx_refused
+    if parts.text is None:
+        manifest["text_refused"] = ("the checkpoint's vocabularies are not a corpus prepared by python -m data_prep: "
+                                    "export it with -corpus DIR to carry that corpus's text steps")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

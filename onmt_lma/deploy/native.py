@@ -35,8 +35,9 @@ import warnings
 import torch
 
 from onmt_lma.base.batching import batches
-from onmt_lma.base.checkpoint import CheckpointError, load_weights
+from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.checkpoint import load as load_checkpoint
+from onmt_lma.base.checkpoint import load_weights
 from onmt_lma.deploy.graphs import LMAGraph
 from onmt_lma.deploy.manifest import ExportError
 from onmt_lma.deploy.runtime import ExportTranslator

@@ -28,13 +28,13 @@ The weights' formats are :mod:`onmt_lma.model.quantization` and :mod:`onmt_lma.m
 """
 
 import argparse
+
 import onmt.model_builder
 
 from onmt_lma.model.quantization import (FORMAT, PACKING, QuantizeError, bucket_codes, pack_codes, quantize_rows,
-                                        symmetric_block_codes)
+                                         symmetric_block_codes)
 from onmt_lma.model.quantized_checkpoint import (drop_position_tables, embedding_names, linear_weight_names,
                                                  quantization_of)
-
 
 #: embedding tables of a low-bit checkpoint (``-embeddings``): symmetric 4-bit blocks of 32 values
 EMBEDDING_BITS, EMBEDDING_BLOCK = 4, 32

@@ -22,6 +22,7 @@ from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.manifest import SPECIAL, ExportError, cache_names, read_manifest, read_vocabulary
 from onmt_lma.deploy.search import BANNED, PROFILE_KEYS, beam_search
 
+
 class ExportTranslator:
     """What every engine on an ``onmt_lma_export`` folder shares: the manifest's checks, the vocabularies,
     OpenNMT-py's batches and length cap, and the output text.  A subclass gives ``_search``."""

@@ -17,7 +17,8 @@ from pathlib import Path
 from onmt.utils.logging import logger
 
 from onmt_lma.deploy.engines import open_export
-from onmt_lma.evaluation.facts import _git_commit, evaluation_inputs, export_facts, export_size_mb, model_facts, portable
+from onmt_lma.evaluation.facts import (_git_commit, evaluation_inputs, export_facts, export_size_mb, model_facts,
+                                       portable)
 from onmt_lma.evaluation.measure import Translation, export_gold_perplexity, gold_perplexity
 from onmt_lma.evaluation.scoring import postprocess, text_scores
 from onmt_lma.evaluation.test_sets import EvaluationInputError, check_vocabulary, prepared_test_set

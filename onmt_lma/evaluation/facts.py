@@ -17,8 +17,6 @@ from onmt_lma.model.lma import continuous_intercepts
 from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, quantization_of
 from onmt_lma.training.average import checkpoint_steps
 
-
-
 REPO = Path(__file__).resolve().parents[2]
 
 

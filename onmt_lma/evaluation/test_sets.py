@@ -4,14 +4,15 @@ a model's vocabularies fit the test set before anything is translated.
 
 import dataclasses
 import json
-import sentencepiece as spm
 from pathlib import Path
+
+import sentencepiece as spm
 
 from data_prep.text import moses_tokenize, normalize_whitespace
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.errors import UserError
-from onmt_lma.deploy.manifest import read_manifest
-from onmt_lma.deploy.manifest import read_vocabulary
+from onmt_lma.deploy.manifest import read_manifest, read_vocabulary
+from onmt_lma.deploy.text import trained_corpus
 
 
 class EvaluationInputError(UserError, ValueError):
@@ -72,9 +73,7 @@ def checkpoint_corpus(checkpoint):
     if Path(checkpoint).is_dir():
         exported_from = Path(checkpoint).parent / read_manifest(checkpoint)["checkpoint"]
         return checkpoint_corpus(exported_from) if exported_from.is_file() else None
-    opt = load_checkpoint(checkpoint)["opt"]
-    folder = Path(getattr(opt, "src_vocab", None) or ".").parent
-    return folder if (folder / "manifest.json").is_file() else None
+    return trained_corpus(load_checkpoint(checkpoint)["opt"])
 
 
 def raw_test_set(src, ref, ref_tok, corpus_dir, workdir):

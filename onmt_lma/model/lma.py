@@ -10,7 +10,6 @@ import torch.nn as nn
 
 from onmt_lma.model.kernels import cpu_kernel
 
-
 #: the paper's defaults: k = 8 segments, running statistics with momentum 0.99 (Xu et al. 2020, method section)
 DEFAULT_SEGMENTS = 8
 

@@ -9,7 +9,6 @@ import torch.nn as nn
 
 from onmt_lma.base.errors import UserError
 
-
 FORMAT = 1
 #: how a low-bit checkpoint's codes are packed (its ``low_bit["packing"]``): :func:`pack_codes`
 PACKING = "bit stream"

@@ -12,7 +12,7 @@ import torch.nn as nn
 from onmt.modules.embeddings import PositionalEncoding
 
 from onmt_lma.model.quantization import (FORMAT, QuantizeError, dequantize_rows, unpack_codes, values_of_codes,
-                                        values_of_symmetric_blocks)
+                                         values_of_symmetric_blocks)
 
 
 def trained_bits(opt):

@@ -3,6 +3,7 @@ pass recomputes them as the plain mean of batch statistics (used by ``onmt_lma_r
 """
 
 import contextlib
+
 from onmt.modules.multi_headed_attn import MultiHeadedAttention
 
 from onmt_lma.model.lma import LMA

@@ -34,10 +34,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onmt_lma.evaluation.test_sets import checkpoint_corpus
+from onmt_lma.deploy.text import TextSteps, text_steps
 from onmt_lma.serve.batching import Batcher, QueueFull
-from onmt_lma.serve.engines import ModelLoadError, engine_of, load_engine
-from onmt_lma.serve.text import CorpusSteps
+from onmt_lma.serve.engines import engine_of, load_engine
 
 logger = logging.getLogger("onmt_lma.server")
 
@@ -65,13 +64,13 @@ class RequestError(Exception):
 class ServedModel:
     spec: object
     engine: object
-    steps: CorpusSteps
+    steps: TextSteps
     batcher: Batcher
 
     def describe(self):
         """What ``/models`` tells a client: names, never this machine's paths."""
         return {"model_id": self.spec.model_id, "model": self.spec.path.name, "engine": self.engine.kind,
-                "int8": self.spec.int8, "corpus": self.steps.name, "loaded": True,
+                "int8": self.spec.int8, "corpus": self.steps.corpus, "loaded": True,
                 "opt": self.spec.decoding.as_dict()}
 
 
@@ -79,17 +78,13 @@ def load_models(specs, limits):
     """Every model of ``specs`` loaded, with its corpus's steps (refusing a model without a prepared corpus)."""
     served = {}
     for spec in specs:
-        found = engine_of(spec.path)  # a missing or unknown model is refused first
-        corpus = spec.corpus or (checkpoint_corpus(spec.path) if found != "ct2" else None)
-        if corpus is None:
-            raise ModelLoadError(f"model {spec.path}: which prepared corpus's steps apply to its text? give -corpus DIR "
-                                 "(or \"corpus\" in conf.json)")
-        steps = CorpusSteps(corpus)
+        engine_of(spec.path)  # a missing or unknown model is refused first
+        steps = text_steps(spec.path, spec.corpus)
         engine = load_engine(spec.path, spec.decoding, spec.engine, spec.int8, limits.max_batch, spec.threads)
         served[str(spec.model_id)] = ServedModel(spec, engine, steps, Batcher(engine, limits.max_batch, limits.wait_s,
                                                                                limits.max_queued))
         logger.info("model %s: %s (%s engine, corpus %s, beam %d)", spec.model_id, spec.path, engine.kind,
-                    steps.corpus_dir, spec.decoding.beam_size)
+                    steps.origin, spec.decoding.beam_size)
     return served
 
 

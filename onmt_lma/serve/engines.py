@@ -14,9 +14,9 @@ An engine is called from one thread at a time (the batcher's); it is given whole
 from pathlib import Path
 
 from onmt_lma.base.errors import UserError
+from onmt_lma.deploy.decoding import LengthPenalty
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
 from onmt_lma.deploy.engines import open_export
-from onmt_lma.deploy.decoding import LengthPenalty
 from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
 
 ENGINES = ("pytorch", "native", "onnx", "ct2")

@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import onmt.trainer
+import torch
 
 from onmt_lma.deploy.decoding import Decoding
 

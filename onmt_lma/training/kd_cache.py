@@ -37,14 +37,12 @@ import os
 import re
 import zlib
 
-from onmt_lma.base.files import sha256_of
-
 import numpy as np
 import torch
 import yaml
 
+from onmt_lma.base.files import sha256_of
 from onmt_lma.training.teacher import DistillationError
-
 
 FORMAT = 1
 

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from onmt.constants import CorpusTask
 from onmt.inputters.text_corpus import build_corpora_iters, get_corpora
-from onmt.inputters.text_utils import tensorify
-from onmt.inputters.text_utils import numericalize, process
+from onmt.inputters.text_utils import numericalize, process, tensorify
 from onmt.train_single import prepare_transforms_vocabs
 from onmt.transforms import get_transforms_cls, make_transforms
 from onmt.utils.logging import logger
@@ -21,9 +20,10 @@ from tqdm import tqdm
 from onmt_lma.base.batching import token_budget_batches
 from onmt_lma.base.files import check_folder_output, refuse_overwriting, replace_folder, sha256_of
 from onmt_lma.base.opts import int_type
-from onmt_lma.training.kd_cache import (FORMAT, MANIFEST, TeacherCacheError, VALUE_DTYPES, cache_bytes, corpus_fingerprint, count_lines, differences, read_manifest, shard_stem, source_checksum, training_corpora, vocab_digest, write_manifest)
+from onmt_lma.training.kd_cache import (FORMAT, MANIFEST, VALUE_DTYPES, TeacherCacheError, cache_bytes,
+                                        corpus_fingerprint, count_lines, differences, read_manifest, shard_stem,
+                                        source_checksum, training_corpora, vocab_digest, write_manifest)
 from onmt_lma.training.teacher import Teacher
-
 
 DEFAULT_TOPK = 32
 

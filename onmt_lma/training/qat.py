@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.opts import int_type
-from onmt_lma.model.quantization import QuantizeError, fake_quantize, bucket_quantize
+from onmt_lma.model.quantization import QuantizeError, bucket_quantize, fake_quantize
 from onmt_lma.model.quantized_checkpoint import quantization_of
 
 

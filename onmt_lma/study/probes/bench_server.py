@@ -67,9 +67,9 @@ def direct(model, corpus, sources, max_batch):
     """Sentences/s of the corpus's steps and the engine on batches of ``max_batch``, after one warm-up batch."""
     from onmt_lma.deploy.decoding import Decoding
     from onmt_lma.serve.engines import load_engine
-    from onmt_lma.serve.text import CorpusSteps
+    from onmt_lma.deploy.text import TextSteps
 
-    steps, engine = CorpusSteps(corpus), load_engine(model, Decoding(), max_batch=max_batch)
+    steps, engine = TextSteps.from_corpus(corpus), load_engine(model, Decoding(), max_batch=max_batch)
     engine.translate([steps.encode(s) for s in sources[:max_batch]])
     started = time.perf_counter()
     for first in range(0, len(sources), max_batch):

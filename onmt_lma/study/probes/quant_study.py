@@ -61,7 +61,8 @@ def parse_student(text):
 def training_step(checkpoint):
     """(the step a training checkpoint was saved at (its optimizer's), its activation, its seed); an error for
     one without optimizer."""
-    from onmt_lma.base.checkpoint import CheckpointError, load as load_checkpoint
+    from onmt_lma.base.checkpoint import CheckpointError
+    from onmt_lma.base.checkpoint import load as load_checkpoint
 
     try:
         state = load_checkpoint(checkpoint)
