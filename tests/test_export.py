@@ -240,7 +240,7 @@ def test_a_bad_export_folder_or_an_unsupported_option_is_one_line(vocab, exporte
         assert not (tmp_path / "o.en").exists()
         return result.stderr
 
-    assert "-block_ngram_repeat 2" in fails(exported, "-block_ngram_repeat", "2")
+    assert "-coverage_penalty 'wu'" in fails(exported, "-coverage_penalty", "wu")
     broken = tmp_path / "broken"
     shutil.copytree(exported, broken)
     (broken / "decoder_step.onnx").unlink()

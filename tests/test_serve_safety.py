@@ -38,8 +38,8 @@ class StandInEngine:
 
 
 class IdentitySteps:
-    name = "multi30k"
-    corpus_dir = Path("/very/secret/place/data/multi30k")
+    corpus = "multi30k"
+    origin = "/very/secret/place/data/multi30k"
 
     def encode(self, line):
         if "\x00" in line:
