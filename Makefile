@@ -14,9 +14,9 @@ TEST_WORKERS ?= auto
 # torch first (the CPU build on this machine's disk), then our dependencies and
 # the fused CPU kernel, compiled against that torch (hence no build isolation),
 # then OpenNMT-py without its declared ones (it pins torch<2.3 but runs on today's).
-$(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/engine_cpu.cpp $(wildcard onmt_lma/csrc/*.h) onmt_lma/csrc/compile_flags.json Makefile
+$(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/engine_cpu.cpp $(wildcard onmt_lma/csrc/*.h) $(wildcard onmt_lma/csrc/runtime/*) onmt_lma/csrc/compile_flags.json Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install torch==$(TORCH_VERSION) 'setuptools>=64' wheel
+	$(PIP) install torch==$(TORCH_VERSION) 'setuptools>=64' wheel 'pybind11>=2.11'
 	$(PIP) install --no-build-isolation -e '.[test]'
 	$(PIP) install --no-deps OpenNMT-py==$(OPENNMT_VERSION)
 	$(PY) -c "from onmt_lma.model import kernels; print('fused LMA CPU kernel:', kernels.kernel_origin())"

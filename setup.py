@@ -54,5 +54,29 @@ def kernel_extension():
     return extensions, {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
 
 
+def runtime_sources():
+    """The torch-free engine's sources (onmt_lma/csrc/runtime) and the headers it includes."""
+    folder = Path(__file__).parent / "onmt_lma" / "csrc" / "runtime"
+    sources = sorted(folder.glob("*.cpp"))
+    headers = sorted(folder.glob("*.h")) + [folder.parent / "search.h"]
+    return sources, headers
+
+
+def runtime_extension():
+    """``onmt_lma._runtime``: the engine without torch (pybind11, plain C++17 and threads, no OpenMP)."""
+    try:
+        from pybind11.setup_helpers import Pybind11Extension
+    except ImportError:
+        print("onmt-lma: pybind11 is not importable at build time; the native runtime is not built", file=sys.stderr)
+        return []
+    sources, headers = runtime_sources()
+    root = Path(__file__).parent
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources + headers)).hexdigest()
+    return [Pybind11Extension("onmt_lma._runtime", [str(p.relative_to(root)) for p in sources],
+                              depends=[str(p.relative_to(root)) for p in headers], cxx_std=17,
+                              extra_compile_args=["-O3", "-ffp-contract=off", f"-DLMA_SOURCE_SHA256=\"{digest}\""],
+                              extra_link_args=["-pthread"])]
+
+
 extensions, commands = kernel_extension()
-setup(ext_modules=extensions, cmdclass=commands or {"build_ext": build_ext})
+setup(ext_modules=extensions + runtime_extension(), cmdclass=commands or {"build_ext": build_ext})

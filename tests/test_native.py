@@ -196,9 +196,10 @@ def test_bad_native_input_is_one_line(vocab, exports, tmp_path):
     assert "export format 0" in fails(old, source=tmp_path / "empty.de")  # nothing to translate: still checked
     changed = tmp_path / "changed"
     shutil.copytree(folder, changed)
-    with open(changed / "native.pt", "ab") as weights:
-        weights.write(b"0")
-    assert "native.pt is not the file the export wrote" in fails(changed)
+    for name, extra in (("native.safetensors", []), ("native.pt", ["-precision", "int8"])):
+        with open(changed / name, "ab") as weights:
+            weights.write(b"0")
+        assert f"{name} is not the file the export wrote" in fails(changed, *extra)
     mismatched = tmp_path / "mismatched"
     shutil.copytree(folder, mismatched)
     tokens = json.loads((mismatched / "tgt.vocab.json").read_text())

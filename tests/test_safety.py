@@ -96,7 +96,7 @@ def test_a_malicious_native_weight_file_is_refused_even_with_a_matching_manifest
     (folder / "manifest.json").write_text(json.dumps(manifest))
     before = digests(folder)
     message = fails("onmt_lma_translate", "-engine", "native", "-model", folder, "-src", corpus_dir / "test.de",
-                    "-output", tmp_path / "hyp.txt", env=UNSAFE)
+                    "-output", tmp_path / "hyp.txt", "-precision", "int8", env=UNSAFE)  # int8: the torch engine's file
     assert f"refusing to load native engine weight file '{folder / 'native.pt'}': it holds posix.system" in message
     assert not marker.exists() and digests(folder) == before and not (tmp_path / "hyp.txt").exists()
 
@@ -214,15 +214,19 @@ def test_a_hand_edited_or_truncated_manifest_is_one_line(exported, corpus_dir, t
 
 
 def test_a_damaged_native_weight_file_is_one_line(exported, corpus_dir, tmp_path):
-    folder = shutil.copytree(exported, tmp_path / "export")
-    weights = folder / "native.pt"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["native.pt"] = sha256_of(weights)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    message = fails("onmt_lma_translate", "-engine", "native", "-model", folder, "-src", corpus_dir / "test.de",
-                    "-output", tmp_path / "hyp.txt")
-    assert f"'{weights}' is not a readable native engine weight file (damaged or truncated?)" in message
+    """The torch-free runtime's safetensors file (float32) and the torch engine's (int8), each cut short."""
+    for name, extra, expected in (("native.safetensors", [], "not a native runtime weight file"),
+                                  ("native.pt", ["-precision", "int8"], "is not a readable native engine weight "
+                                                                        "file (damaged or truncated?)")):
+        folder = shutil.copytree(exported, tmp_path / name)
+        weights = folder / name
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"][name] = sha256_of(weights)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        message = fails("onmt_lma_translate", "-engine", "native", "-model", folder, "-src", corpus_dir / "test.de",
+                        "-output", tmp_path / "hyp.txt", *extra)
+        assert str(weights) in message and expected in message, message
 
 
 def test_batch_size_zero_is_one_line(lma_student, exported, corpus_dir, tmp_path):

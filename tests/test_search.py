@@ -1,6 +1,8 @@
-"""The native engine's beam search (csrc/search.h) held to the reference (onmt_lma/deploy/search.py) on tiny
-random models of every activation: the reference, driven by the engine's own decoder step, must make the same
-steps and end with the same hypotheses, scores bit for bit; and the one decoding value reaches C++ whole."""
+"""The native engines' beam search (csrc/search.h) held to the reference (onmt_lma/deploy/search.py) on tiny
+random models of every activation, on both engines (the torch extension and the torch-free runtime): the
+reference, driven by the engine's own decoder step, must make the same steps and end with the same hypotheses,
+scores bit for bit; the runtime translates as the torch engine does, and the same on every instruction set;
+the one decoding value reaches C++ whole."""
 
 import dataclasses
 
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from onmt_lma.deploy.decoding import Decoding, LengthPenalty
-from onmt_lma.deploy.native import native_activations, native_decoding
+from onmt_lma.deploy.native import native_activations
+from onmt_lma.deploy.native_runtime import runtime_decoding, runtime_module
 from onmt_lma.deploy.search import BANNED, PROFILE_KEYS, beam_search
 from onmt_lma.model import kernels
 
@@ -17,7 +20,10 @@ SPECIAL = {"bos": 2, "eos": 3, "unk": 0, "pad": 1, "src_pad": 1}
 VOCAB, DIM, HEADS, UNITS, LAYERS = 37, 16, 2, 24, 2
 
 
-def random_engine(activation, seed):
+MODULES = {"torch": kernels.engine_module, "runtime": runtime_module}
+
+
+def random_engine(activation, seed, engine="torch"):
     """An engine on random weights of the native layout (deploy/native.py's docstring): peaked next-token
     distributions, the end token likely enough that hypotheses end at many lengths."""
     generator = torch.Generator().manual_seed(seed)
@@ -63,7 +69,13 @@ def random_engine(activation, seed):
     weights["generator.bias"][SPECIAL["eos"]] += 2.0
     config = {"dim": float(DIM), "heads": float(HEADS), "vocab": float(VOCAB), "eps": 1e-6, "banned_score": BANNED,
               **{key: float(SPECIAL[key]) for key in ("bos", "eos", "unk", "src_pad")}}
-    return kernels.engine_module().Engine(weights, config, activation)
+    if engine == "runtime":
+        weights = {name: value.numpy() for name, value in weights.items()}
+    return MODULES[engine]().Engine(weights, config, activation)
+
+
+def decoding_of(engine, decoding):
+    return runtime_decoding(MODULES[engine](), decoding)
 
 
 class EngineSteps:
@@ -101,14 +113,15 @@ def ngrams(ids, n):
     return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
 
 
+@pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("activation", native_activations())
-def test_the_engine_searches_as_the_reference_step_by_step(activation):
+def test_the_engine_searches_as_the_reference_step_by_step(activation, kind):
     lengths, ended = set(), []
     for seed, decoding in enumerate(DECODINGS):
-        engine, lines = random_engine(activation, seed), sources(seed)
+        engine, lines = random_engine(activation, seed, kind), sources(seed)
         max_steps = 12
         before = engine.profile()["steps"]
-        found = engine.translate(lines, native_decoding(decoding), max_steps)
+        found = engine.translate(lines, decoding_of(kind, decoding), max_steps)
         engine_steps = engine.profile()["steps"] - before
         steps = EngineSteps(engine, lines, decoding.beam_size, max_steps)
         expected = beam_search(steps, len(lines), decoding, SPECIAL, max_steps)
@@ -130,8 +143,9 @@ def test_a_repetition_ban_changes_what_is_found():
     """Without the ban these random models repeat n-grams; with it, no hypothesis does (the test above), so the
     ban did something."""
     engine, lines = random_engine("relu", 4), sources(4)
-    found = engine.translate(lines, native_decoding(DECODINGS[4]), 12)
-    unbanned = engine.translate(lines, native_decoding(dataclasses.replace(DECODINGS[4], block_ngram_repeat=0)), 12)
+    found = engine.translate(lines, decoding_of("torch", DECODINGS[4]), 12)
+    unbanned = engine.translate(lines, decoding_of("torch", dataclasses.replace(DECODINGS[4], block_ngram_repeat=0)),
+                                12)
     assert found != unbanned
     assert any(len(set(ngrams(ids, 2))) < len(ngrams(ids, 2)) for hypotheses in unbanned for _, ids in hypotheses)
 
@@ -139,7 +153,7 @@ def test_a_repetition_ban_changes_what_is_found():
 def test_the_reference_would_catch_a_search_that_drifts():
     """A reference that scores one candidate differently no longer matches the engine: the test can fail."""
     engine, lines, decoding = random_engine("relu", 1), sources(1), DECODINGS[1]
-    found = engine.translate(lines, native_decoding(decoding), 12)
+    found = engine.translate(lines, decoding_of("torch", decoding), 12)
 
     class Drifting(EngineSteps):
         def top_k(self, tokens, step, k, banned):
@@ -154,7 +168,7 @@ def test_the_reference_would_catch_a_search_that_drifts():
 def test_the_decoding_value_reaches_the_engine_field_for_field():
     decoding = Decoding(beam_size=7, n_best=2, max_length=40, min_length=3, max_length_ratio=2.0,
                         length_penalty=LengthPenalty.WU, alpha=0.25, ban_unk_token=True, block_ngram_repeat=3)
-    native = native_decoding(decoding)
+    native = decoding_of("runtime", decoding)
     for field in dataclasses.fields(decoding):
         value = getattr(native, field.name)
         assert (value.name if field.type is LengthPenalty else value) == \
@@ -169,3 +183,64 @@ def test_the_engine_keeps_the_profile_keys_and_banned_score_handed_to_it():
     engine.begin([[5, 6]], 2, 4)
     values, ids = engine.top_k([SPECIAL["bos"]] * 2, 0, VOCAB, [SPECIAL["eos"]])
     assert values[ids.index(SPECIAL["eos"])] == np.float32(BANNED)
+
+
+@pytest.mark.parametrize("activation", native_activations())
+def test_the_runtime_translates_and_scores_as_the_torch_engine(activation):
+    for seed, decoding in enumerate(DECODINGS):
+        lines, engines = sources(seed), {kind: random_engine(activation, seed, kind) for kind in MODULES}
+        found = {kind: engine.translate(lines, decoding_of(kind, decoding), 12) for kind, engine in engines.items()}
+        assert [[ids for _, ids in h] for h in found["runtime"]] == [[ids for _, ids in h] for h in found["torch"]]
+        assert [s for h in found["runtime"] for s, _ in h] == pytest.approx([s for h in found["torch"] for s, _ in h],
+                                                                           abs=1e-4)
+        scores = {kind: engine.score(lines, sources(seed + 1)) for kind, engine in engines.items()}
+        assert scores["runtime"][1] == scores["torch"][1]
+        assert scores["runtime"][0] == pytest.approx(scores["torch"][0], rel=1e-5)
+
+
+ISA_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_search import DECODINGS, decoding_of, native_activations, random_engine, sources
+from onmt_lma.deploy.native_runtime import runtime_module
+found = []
+for activation in native_activations():
+    for seed, decoding in enumerate(DECODINGS):
+        engine = random_engine(activation, seed, "runtime")
+        found += [engine.translate(sources(seed), decoding_of("runtime", decoding), 12), engine.score(sources(seed), sources(seed + 1))]
+print(json.dumps([runtime_module().active_isa(), found]))
+"""
+
+
+def run_on_isa(isa):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "ONMT_LMA_FORCE_CPU_ISA": isa}
+    result = subprocess.run([sys.executable, "-c", ISA_PROBE, str(Path(__file__).parent)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    return result
+
+
+def test_every_instruction_set_gives_the_same_translations_bit_for_bit():
+    """The generic path (plain C++, what an ARM or old x86 CPU runs) and each path this CPU has: the same
+    hypotheses and scores, float for float, on every activation and decoding above."""
+    import json
+
+    module = runtime_module()
+    isas = ["GENERIC"] + (["AVX2"] if module.detected_isa() == "AVX2" else [])
+    results = {}
+    for isa in isas:
+        result = run_on_isa(isa)
+        assert result.returncode == 0, result.stderr[-2000:]
+        active, found = json.loads(result.stdout.strip().splitlines()[-1])
+        assert active == isa
+        results[isa] = found
+    assert all(results[isa] == results["GENERIC"] for isa in isas)
+
+
+def test_a_bad_isa_is_a_clear_error():
+    result = run_on_isa("SSE9")
+    assert result.returncode != 0 and "ONMT_LMA_FORCE_CPU_ISA=SSE9: expected GENERIC or AVX2" in result.stderr

@@ -9,7 +9,8 @@ Both take a :class:`~onmt_lma.deploy.decoding.Decoding` and give the same transl
 
 import os
 
-from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.deploy.manifest import ExportError, read_manifest
+from onmt_lma.deploy.native_runtime import RUNTIME_FILE, RuntimeTranslator
 from onmt_lma.deploy.runtime import OnnxTranslator
 
 ENGINES = ("onnx", "native")
@@ -38,6 +39,8 @@ def open_export(engine, folder, int8=False, threads=0):
         raise ExportError(f"-engine {engine}: an export folder runs on {' or '.join(ENGINES)}")
     if engine == "onnx":
         return OnnxTranslator(folder, int8=int8, threads=threads or None)
-    from onmt_lma.deploy.native import NativeTranslator  # here: it loads torch, which the ONNX engine does not need
+    if not int8 and RUNTIME_FILE in read_manifest(folder)["files"]:
+        return RuntimeTranslator(folder, threads=threads or None)
+    from onmt_lma.deploy.native import NativeTranslator  # here: int8 and low-bit still run on the torch engine
 
     return NativeTranslator(folder, threads=threads or None, int8=int8)

@@ -30,6 +30,7 @@ from onmt_lma.deploy.graphs import (LOW_BIT_POSITIONS, OPSET, DecoderStepGraph, 
 from onmt_lma.deploy.low_bit import low_bit_weights, lower_graph
 from onmt_lma.deploy.manifest import FORMAT, ExportError, cache_names, is_export_folder
 from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
+from onmt_lma.deploy.native_runtime import RUNTIME_FILE, save_runtime_weights
 from onmt_lma.deploy.text import TextSteps, fits, trained_corpus
 from onmt_lma.model import kernels
 
@@ -93,8 +94,7 @@ def _write(checkpoint, parts, out, int8):
     graphs, lowered = [], {}
     if onnx_refused is None:
         graphs, lowered = _write_graphs(checkpoint, model, out, low_bit, int8)
-    native_file = _write_native(checkpoint, parts.native, parts.sources, out, low_bit)
-    graphs += [native_file] if native_file else []
+    graphs += _write_native(checkpoint, parts.native, parts.sources, out, low_bit) or []
     for side in ("src", "tgt"):
         (out / f"{side}.vocab.json").write_text(json.dumps(vocabs[side].ids_to_tokens, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
@@ -176,16 +176,20 @@ def _write_graphs(checkpoint, model, out, low_bit, int8):
 def _write_native(checkpoint, native, sources, out, low_bit):
     """The file of ``-engine native`` (:mod:`onmt_lma.deploy.native`) written from ``native``, the model's
     :func:`~onmt_lma.deploy.native.native_weights` (None where the engine cannot run it: nothing written):
-    ``native.pt`` (float32) or, for a low-bit checkpoint, ``native.low_bit.pt``
-    (:func:`~onmt_lma.deploy.native.write_low_bit`: its packed codes, dequantized when the engine loads them)."""
+    ``native.pt`` (float32, the torch engine's, for int8) and ``native.safetensors`` (float32, the torch-free
+    runtime's: :mod:`onmt_lma.deploy.native_runtime`) or, for a low-bit checkpoint, ``native.low_bit.pt``
+    (:func:`~onmt_lma.deploy.native.write_low_bit`: its packed codes, dequantized when the engine loads them);
+    the names written."""
 
     if native is None:
         return None
     if low_bit is not None:
         write_low_bit(checkpoint, native, sources, out / LOW_BIT_FILE)
-        return LOW_BIT_FILE
+        return [LOW_BIT_FILE]
     torch.save(native, out / WEIGHTS_FILE)
-    return WEIGHTS_FILE
+    save_runtime_weights({**native, "weights": {name: value.numpy() for name, value in native["weights"].items()}},
+                         out / RUNTIME_FILE)
+    return [WEIGHTS_FILE, RUNTIME_FILE]
 
 
 def add_top_k(path):

@@ -28,18 +28,16 @@ then as far from its PyTorch self as int8 from float32).  The file holds:
   ``ffn.*``; ``decoder.norm``; ``generator`` (each ``.weight`` and, where the model has one, ``.bias``).
 """
 
-import dataclasses
-import enum
 import warnings
 
 import torch
 
-from onmt_lma.base.batching import batches
 from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.checkpoint import load_weights
 from onmt_lma.deploy.graphs import LMAGraph
 from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.deploy.native_runtime import RuntimeTranslator, runtime_decoding
 from onmt_lma.deploy.runtime import ExportTranslator
 from onmt_lma.deploy.search import BANNED
 from onmt_lma.model import kernels
@@ -285,7 +283,8 @@ class NativeTranslator(ExportTranslator):
 
     def _search(self, lines, decoding, max_steps):
         before = self.engine.profile()
-        found = self.engine.translate([self.source_ids(line) for line in lines], native_decoding(decoding), max_steps)
+        found = self.engine.translate([self.source_ids(line) for line in lines],
+                                      runtime_decoding(kernels.engine_module(), decoding), max_steps)
         self._count(before)
         return found
 
@@ -294,22 +293,4 @@ class NativeTranslator(ExportTranslator):
             change = (value - before[key]) if key.endswith("_s") else int(value - before[key])
             self.profile[key] = self.profile.get(key, 0) + change
 
-    def score(self, sources, targets, batch_size=32):
-        """:meth:`OnnxTranslator.score <onmt_lma.deploy.runtime.OnnxTranslator.score>` on this engine."""
-        total, count = 0.0, 0
-        for batch in batches(sources, batch_size):
-            found, counted = self.engine.score([self.source_ids(sources[i]) for i in batch],
-                                               [self.target_ids(targets[i]) for i in batch])
-            total, count = total + found, count + counted
-        return total, count
-
-
-def native_decoding(decoding):
-    """A :class:`~onmt_lma.deploy.decoding.Decoding` as the engine's struct (``csrc/search.h``), field by field:
-    a field the struct lacks is an AttributeError."""
-    module = kernels.engine_module()
-    native = module.Decoding()
-    for field in dataclasses.fields(decoding):
-        value = getattr(decoding, field.name)
-        setattr(native, field.name, getattr(module.LengthPenalty, value.name) if isinstance(value, enum.Enum) else value)
-    return native
+    score = RuntimeTranslator.score  # the same call on this engine
