@@ -17,7 +17,7 @@ TEST_WORKERS ?= auto
 $(STAMP): pyproject.toml setup.py onmt_lma/csrc/lma_cpu.cpp onmt_lma/csrc/engine_cpu.cpp $(wildcard onmt_lma/csrc/*.h) $(wildcard onmt_lma/csrc/runtime/*) onmt_lma/csrc/compile_flags.json Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==$(TORCH_VERSION) 'setuptools>=64' wheel 'pybind11>=2.11'
-	$(PIP) install --no-build-isolation -e '.[test]'
+	$(PIP) install --no-build-isolation -e '.[train,test]'
 	$(PIP) install --no-deps OpenNMT-py==$(OPENNMT_VERSION)
 	$(PY) -c "from onmt_lma.model import kernels; print('fused LMA CPU kernel:', kernels.kernel_origin())"
 	$(PY) -c "import onmt_lma.training.plugin, torch; print('onmt-lma ready, torch', torch.__version__)"

@@ -23,6 +23,28 @@ SOURCES = {"onmt_lma._lma_cpu": "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma._engine_c
 FLAGS = json.loads((Path(__file__).parent / "onmt_lma" / "csrc" / "compile_flags.json").read_text())
 
 
+RUNTIME = "onmt_lma._runtime"
+
+
+def building(base):
+    """``base`` (setuptools' or torch's build_ext) where a torch kernel that does not build leaves the package
+    usable (it is built on first use, or LMA takes the PyTorch path), and the runtime, which the package needs,
+    stops the install with one line saying why."""
+
+    class Build(base):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # no compiler, no headers, ...
+                if ext.name == RUNTIME:
+                    raise SystemExit(f"onmt-lma: the native runtime cannot be built ({str(error).splitlines()[0]}): "
+                                     "install a C++17 compiler (g++ or clang++) and install again") from None
+                print(f"onmt-lma: the CPU kernel {ext.name} was not built ({error}); it is built on first use "
+                      "(LMA: or takes the PyTorch path)", file=sys.stderr)
+
+    return Build
+
+
 def kernel_extension():
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -31,15 +53,7 @@ def kernel_extension():
               "first use (install with --no-build-isolation to build it now)", file=sys.stderr)
         return [], {}
 
-    class OptionalBuildExtension(BuildExtension):
-        """A kernel that does not build leaves the package usable (PyTorch path)."""
-
-        def run(self):
-            try:
-                super().run()
-            except Exception as error:  # no compiler, no headers, ...
-                print(f"onmt-lma: the CPU kernel was not built ({error}); LMA and the native engine will "
-                      "build it on first use (LMA: or use the PyTorch path)", file=sys.stderr)
+    OptionalBuildExtension = building(BuildExtension)
 
     # each source's hash (with the headers beside it) goes into its module: onmt_lma.model.kernels ignores a
     # build of other sources
@@ -72,11 +86,11 @@ def runtime_extension():
     sources, headers = runtime_sources()
     root = Path(__file__).parent
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources + headers)).hexdigest()
-    return [Pybind11Extension("onmt_lma._runtime", [str(p.relative_to(root)) for p in sources],
+    return [Pybind11Extension(RUNTIME, [str(p.relative_to(root)) for p in sources],
                               depends=[str(p.relative_to(root)) for p in headers], cxx_std=17,
                               extra_compile_args=["-O3", "-ffp-contract=off", f"-DLMA_SOURCE_SHA256=\"{digest}\""],
                               extra_link_args=["-pthread"])]
 
 
 extensions, commands = kernel_extension()
-setup(ext_modules=extensions + runtime_extension(), cmdclass=commands or {"build_ext": build_ext})
+setup(ext_modules=extensions + runtime_extension(), cmdclass=commands or {"build_ext": building(build_ext)})

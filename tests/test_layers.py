@@ -225,3 +225,22 @@ def test_the_import_check_sees_an_unexplained_one(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    import json  # here: a reason\n    import os\n\ndef g():\n    import sys\n")
     assert function_level_imports(source) == [(6, "import sys")]
+
+
+def test_every_module_that_imports_opennmt_py_silences_its_warnings_first():
+    """``onmt_lma.base.onmt_import`` before a module's first OpenNMT-py import (the commands: ``onmt_lma.bin``'s
+    package does it), so that a library user's import prints none of OpenNMT-py's known warnings."""
+    late = []
+    for name, path in modules().items():
+        if name.startswith("onmt_lma.bin"):
+            continue
+        imported = []
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                imported += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.append(node.module)
+        first = next((i for i, module in enumerate(imported) if module.split(".")[0] == "onmt"), None)
+        if first is not None and "onmt_lma.base.onmt_import" not in imported[:first]:
+            late.append(name)
+    assert not late, late

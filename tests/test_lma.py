@@ -373,8 +373,9 @@ def test_a_user_without_a_compiler_gets_the_pytorch_path(tmp_path, implementatio
     assert float(result.stdout.split()[-1]) == pytest.approx(relu_sum, rel=1e-5)
 
 
-def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation):
-    """setup.py's kernel build is optional: with no compiler, a warning and no extension."""
+def test_the_install_without_a_compiler_says_so_in_one_line(tmp_path, implementation):
+    """setup.py's torch kernels are optional (no compiler: a warning each); the runtime is not: the build
+    stops with one line saying what to install."""
     if implementation == "torch":
         pytest.skip("about the install")
     import shutil
@@ -383,17 +384,19 @@ def test_the_install_without_a_compiler_still_succeeds(tmp_path, implementation)
 
     from conftest import REPO
 
+    runtime = [str(p.relative_to(REPO)) for p in (REPO / "onmt_lma" / "csrc" / "runtime").iterdir()]
     for name in ("setup.py", "pyproject.toml", "README.md", "onmt_lma/csrc/lma_cpu.cpp", "onmt_lma/csrc/engine_cpu.cpp",
-                 "onmt_lma/csrc/compile_flags.json"):
+                 "onmt_lma/csrc/search.h", "onmt_lma/csrc/compile_flags.json", *runtime):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "onmt_lma" / "__init__.py").touch()
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-such-cc")}
     result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path,
                             capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "the CPU kernel was not built" in result.stderr
-    assert not list((tmp_path / "onmt_lma").glob("_lma_cpu*")) and not list((tmp_path / "onmt_lma").glob("_engine_cpu*"))
+    assert result.returncode != 0 and "the CPU kernel onmt_lma._lma_cpu was not built" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("onmt-lma: the native runtime cannot be built (") and "install a C++17 compiler" in last
+    assert not [p for p in (tmp_path / "onmt_lma").iterdir() if p.suffix == ".so"]
 
 
 def test_an_installed_kernel_of_another_source_is_not_used(monkeypatch, tmp_path):

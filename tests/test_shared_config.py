@@ -103,3 +103,12 @@ def test_the_command_line_takes_only_the_command_s_own_options(command, example,
     with pytest.raises(SystemExit):
         command_parser(command).parse_args(["-config", str(example), *REQUIRED[command], other, "5"])
     assert f"unrecognized arguments: {other} 5" in capsys.readouterr().err
+
+
+def test_the_light_parsers_know_the_same_keys_as_the_full_ones():
+    """bin/config_keys.json (what the commands that run exports read without OpenNMT-py) is every command's
+    keys; regenerate it with: python -c "import json; from onmt_lma.bin.parser import shared_config_keys;
+    json.dump(sorted(shared_config_keys()), open('onmt_lma/bin/config_keys.json', 'w'), indent=0)"."""
+    from onmt_lma.bin.light import known_config_keys
+
+    assert known_config_keys() == shared_config_keys()

@@ -19,12 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
-import onmt.opts
 import uvicorn
-from onmt.utils.logging import init_logger
 
+from onmt_lma.base.errors import user_errors_exit
 from onmt_lma.base.opts import float_type, int_type
-from onmt_lma.bin.parser import CommandParser, user_errors_exit
+from onmt_lma.bin.light import LightParser, init_logger
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.decoding import add_options as add_decoding_options
 from onmt_lma.serve.app import Limits, load_models, make_app
@@ -36,8 +35,7 @@ positive = int_type("an integer >= 1", lambda n: n >= 1)
 
 
 def get_parser():
-    parser = CommandParser(prog="onmt_lma_server", description=__doc__.split("\n\n")[0])
-    onmt.opts.config_opts(parser)
+    parser = LightParser(prog="onmt_lma_server", description=__doc__.split("\n\n")[0])
     models = parser.add_argument_group("Models (onmt-lma)")
     models.add("--model", "-model", help="one model: a checkpoint, an onmt_lma_export folder or a CTranslate2 folder")
     models.add("--models_conf", "-models_conf", help="OpenNMT-py's conf.json: the models to serve (instead of "
@@ -123,9 +121,6 @@ def main(argv=None):
     opt = parser.parse_args(conf_json_as_models_conf(sys.argv[1:] if argv is None else argv))
     init_logger(opt.log_file)
     server_log = logging.getLogger("onmt_lma.server")
-    server_log.setLevel(logging.INFO)
-    for handler in logging.getLogger("onmt").handlers:
-        server_log.addHandler(handler)
     with user_errors_exit(parser):
         limits = Limits(opt.max_batch_size, opt.batch_wait_ms / 1000, opt.request_timeout, opt.max_src_tokens,
                         opt.max_request_bytes, opt.max_request_sentences, opt.max_queued_sentences, opt.read_timeout,

@@ -30,7 +30,6 @@ from onmt_lma.base.files import refuse_overwriting
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
 from onmt_lma.deploy.decoding import Decoding
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
-from onmt_lma.deploy.engines import open_export, refuse_unimplemented
 from onmt_lma.deploy.text import text_steps
 from onmt_lma.model.options import add_lma_opts
 from onmt_lma.training.seqkd import DistillDataError, read_lines
@@ -59,6 +58,8 @@ def get_parser():
 def main(argv=None):
     parser = get_parser()
     opt = parser.parse_args(argv)
+    if opt.engine in EXPORT_ENGINES:  # the command's entry point (bin.translate_export) translates exports
+        parser.fail(f"-engine {opt.engine}: an export is translated by onmt_lma.bin.translate_export.main")
     with user_errors_exit(parser):
         _translate(opt)
 
@@ -103,8 +104,6 @@ def _translate(opt):
             Path(opt.tgt).write_text("".join(targets[i] + "\n" for i in keep), encoding="utf-8")
         if keep:
             _run(opt)
-        elif opt.engine in EXPORT_ENGINES:  # nothing to translate: still refuse a bad export folder
-            _export_translator(opt)
         else:  # nothing to translate (OpenNMT-py fails on an empty input): still refuse a bad model
             for model in opt.models:
                 load_checkpoint(model)
@@ -122,15 +121,7 @@ def _translate(opt):
         os.replace(complete, output)
 
 
-def _export_translator(opt):
-    refuse_unimplemented(opt)
-    return open_export(opt.engine, opt.models[0], opt.precision == "int8", opt.threads)
-
-
 def _run(opt):
-    if opt.engine in EXPORT_ENGINES:
-        _translate_export(opt, _export_translator(opt))
-        return
     if not opt.profile:
         onmt.bin.translate.translate(opt)
         return
@@ -141,16 +132,6 @@ def _run(opt):
         with record_function("Translate"):
             onmt.bin.translate.translate(opt)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
-
-
-def _translate_export(opt, translator):
-    """``-engine onnx|native``: ``opt.src`` (non-empty lines) into ``opt.output``, ``-n_best`` lines each."""
-    lines = Path(opt.src).read_text(encoding="utf-8").splitlines()
-    results = translator.translate(lines, Decoding.from_options(opt), opt.batch_size, opt.batch_type)
-    with open(opt.output, "w", encoding="utf-8") as out:
-        for hypotheses in results:
-            for _, text in hypotheses:
-                out.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Both take a :class:`~onmt_lma.deploy.decoding.Decoding` and give the same transl
 
 import os
 
-from onmt_lma.deploy.manifest import ExportError, read_manifest
-from onmt_lma.deploy.native_runtime import RUNTIME_FILE, RuntimeTranslator
+from onmt_lma.deploy.manifest import RUNTIME_FILE, ExportError, read_manifest
+from onmt_lma.deploy.native_runtime import RuntimeTranslator
 from onmt_lma.deploy.runtime import OnnxTranslator
 
 ENGINES = ("onnx", "native")

@@ -14,6 +14,7 @@ the checkpoint's sha256, the special token ids and the options a runtime needs;
 dequantized when the engine loads them; or ``native_refused``: why there are none).
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import collections
 import json
 import warnings
@@ -28,9 +29,10 @@ from onmt_lma.base.files import building_folder, check_folder_output, refuse_ove
 from onmt_lma.deploy.graphs import (LOW_BIT_POSITIONS, OPSET, DecoderStepGraph, EncoderGraph, empty_cache,
                                     graph_activations, load_model)
 from onmt_lma.deploy.low_bit import low_bit_weights, lower_graph
-from onmt_lma.deploy.manifest import FORMAT, ExportError, cache_names, is_export_folder
-from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE, native_weights, write_low_bit
-from onmt_lma.deploy.native_runtime import RUNTIME_FILE, save_runtime_weights
+from onmt_lma.deploy.manifest import (FORMAT, LOW_BIT_FILE, RUNTIME_FILE, WEIGHTS_FILE, ExportError, cache_names,
+                                     is_export_folder)
+from onmt_lma.deploy.native import native_weights, write_low_bit
+from onmt_lma.deploy.native_runtime import save_runtime_weights
 from onmt_lma.deploy.text import TextSteps, fits, trained_corpus
 from onmt_lma.model import kernels
 

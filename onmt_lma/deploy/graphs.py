@@ -24,6 +24,7 @@ a small model is mostly per operator, not arithmetic (onmt_lma/study/probes/prof
 graph keeps them few.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import argparse
 import math
 

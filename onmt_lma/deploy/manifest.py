@@ -21,6 +21,9 @@ REQUIRED = {"format": int, "checkpoint": str, "checkpoint_sha256": str, "activat
 SPECIAL = ("pad", "bos", "eos", "unk", "src_pad", "src_unk")
 #: the files a manifest must list (both engines read the vocabularies)
 VOCABULARIES = ("src.vocab.json", "tgt.vocab.json")
+#: the native engines' weights: the torch-free runtime's (float32), the torch engine's (float32, run as int8 with
+#: -precision int8) and a low-bit checkpoint's packed codes (the torch engine's)
+RUNTIME_FILE, WEIGHTS_FILE, LOW_BIT_FILE = "native.safetensors", "native.pt", "native.low_bit.pt"
 
 
 class ExportError(UserError, ValueError):

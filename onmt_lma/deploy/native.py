@@ -36,7 +36,7 @@ from onmt_lma.base.checkpoint import CheckpointError
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.checkpoint import load_weights
 from onmt_lma.deploy.graphs import LMAGraph
-from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.deploy.manifest import LOW_BIT_FILE, WEIGHTS_FILE, ExportError
 from onmt_lma.deploy.native_runtime import RuntimeTranslator, runtime_decoding
 from onmt_lma.deploy.runtime import ExportTranslator
 from onmt_lma.deploy.search import BANNED
@@ -45,9 +45,6 @@ from onmt_lma.model.lma import LMA
 from onmt_lma.model.quantization import dequantize_rows, quantize_rows
 from onmt_lma.model.quantized_checkpoint import checkpoint_key, low_bit_values, position_table, quantization_of
 
-WEIGHTS_FILE = "native.pt"
-#: a low-bit export's weights: the low-bit checkpoint itself, its packed codes dequantized as the engine loads them
-LOW_BIT_FILE = "native.low_bit.pt"
 #: the weights that are matrix products (``-precision int8`` runs them as int8)
 LINEAR_PARTS = ("qkv", "out", "context_query", "context_keys", "context_values", "context_out", "w1", "w2",
                 "generator")

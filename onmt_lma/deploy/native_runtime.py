@@ -21,11 +21,10 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from onmt_lma.base.batching import batches
-from onmt_lma.deploy.manifest import ExportError
+from onmt_lma.deploy.manifest import RUNTIME_FILE, ExportError
 from onmt_lma.deploy.runtime import ExportTranslator
 from onmt_lma.deploy.search import BANNED
 
-RUNTIME_FILE = "native.safetensors"
 _SOURCES = Path(__file__).resolve().parents[1] / "csrc"
 
 

@@ -27,6 +27,7 @@ and ``Int8WeightOnlyConfig`` on a 64-dim student; see ``results/quant/``.
 The weights' formats are :mod:`onmt_lma.model.quantization` and :mod:`onmt_lma.model.quantized_checkpoint`.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import argparse
 
 import onmt.model_builder

@@ -85,7 +85,11 @@ class OnnxTranslator(ExportTranslator):
     """The exported encoder and decoder step of an ``onmt_lma_export`` folder on ONNX Runtime."""
 
     def __init__(self, folder, int8=False, threads=None):
-        import onnxruntime  # here: the native engine's users need not load it
+        try:
+            import onnxruntime  # here: the native engine's users need not load it (nor install it)
+        except ImportError:
+            raise ExportError("-engine onnx needs ONNX Runtime, which this install lacks: pip install onnxruntime "
+                              "(or onmt-lma[train]), or run the export with -engine native") from None
 
         suffix = ".int8.onnx" if int8 else ".onnx"
         super().__init__(folder, lambda name: name.endswith(suffix))

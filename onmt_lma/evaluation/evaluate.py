@@ -3,6 +3,7 @@
 The fields are listed in ``onmt_lma_evaluate -h`` (:mod:`onmt_lma.bin.evaluate`).
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import dataclasses
 import datetime
 import json

@@ -2,6 +2,7 @@
 the inputs it was made from (sha256), portable paths and the commit.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from onmt.utils.logging import logger
 from onmt_lma.base.checkpoint import load as load_checkpoint
 from onmt_lma.base.files import sha256_of
 from onmt_lma.deploy.manifest import read_manifest
-from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
+from onmt_lma.deploy.manifest import LOW_BIT_FILE, RUNTIME_FILE, WEIGHTS_FILE
 from onmt_lma.model.lma import continuous_intercepts
 from onmt_lma.model.quantized_checkpoint import dequantize_checkpoint, quantization_of
 from onmt_lma.training.average import checkpoint_steps
@@ -80,7 +81,10 @@ def export_size_mb(folder, engine, int8):
     """What a deployment of ``folder`` on ``engine`` ships: the graphs (onnx) or the weights (native) it
     loads, the vocabularies and the manifest."""
     suffix = ".int8.onnx" if int8 else ".onnx"
-    native = [name for name in (WEIGHTS_FILE, LOW_BIT_FILE) if (Path(folder) / name).is_file()]
+    # the one file the native engine loads: the runtime's float32, the torch engine's for int8, or the codes
+    present = [name for name in ((WEIGHTS_FILE,) if int8 else (RUNTIME_FILE, WEIGHTS_FILE)) + (LOW_BIT_FILE,)
+               if (Path(folder) / name).is_file()]
+    native = present[:1]
     loaded = native if engine == "native" else [f"encoder{suffix}", f"decoder_step{suffix}"]
     names = loaded + ["src.vocab.json", "tgt.vocab.json", "manifest.json"]
     return sum((Path(folder) / name).stat().st_size for name in names) / 2**20

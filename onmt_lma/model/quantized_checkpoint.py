@@ -6,6 +6,7 @@ sinusoidal position tables are left out and rebuilt.  :func:`dequantize_checkpoi
 weights to build the model from.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import dataclasses
 
 import torch.nn as nn

@@ -2,6 +2,7 @@
 pass recomputes them as the plain mean of batch statistics (used by ``onmt_lma_recalibrate``).
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import contextlib
 
 from onmt.modules.multi_headed_attn import MultiHeadedAttention

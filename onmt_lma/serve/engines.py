@@ -17,7 +17,7 @@ from onmt_lma.base.errors import UserError
 from onmt_lma.deploy.decoding import LengthPenalty
 from onmt_lma.deploy.engines import ENGINES as EXPORT_ENGINES
 from onmt_lma.deploy.engines import open_export
-from onmt_lma.deploy.native import LOW_BIT_FILE, WEIGHTS_FILE
+from onmt_lma.deploy.manifest import LOW_BIT_FILE, RUNTIME_FILE, WEIGHTS_FILE
 
 ENGINES = ("pytorch", "native", "onnx", "ct2")
 
@@ -34,7 +34,8 @@ def engine_of(path, int8=False):
     if path.is_file():
         return "pytorch"
     if (path / "manifest.json").is_file():
-        native = (path / WEIGHTS_FILE).is_file() and not int8 or (path / LOW_BIT_FILE).is_file()
+        native = ((path / RUNTIME_FILE).is_file() or (path / WEIGHTS_FILE).is_file()) and not int8 \
+            or (path / LOW_BIT_FILE).is_file()
         return "native" if native else "onnx"
     if (path / "model.bin").is_file():
         return "ct2"

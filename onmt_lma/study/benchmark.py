@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts (``scripts/bench_*.py``): step timing, machine facts, translation
 engines as ``translate(lines) -> best hypotheses`` functions (beam 5)."""
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import os
 import platform
 import sys

@@ -2,6 +2,7 @@
 corpora, shard by shard, resumable; the format is :mod:`onmt_lma.training.kd_cache`'s.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import os
 import shutil
 import time

@@ -13,6 +13,7 @@ interrupted at different steps no longer share their batch order.  With the plug
   run's checkpoint starts at its data's first batch, as before.
 """
 
+import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import re
 import time
 from pathlib import Path
