@@ -16,6 +16,7 @@ import enum
 import hashlib
 import importlib
 import json
+import os
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -55,6 +56,9 @@ def save_runtime_weights(saved, path):
 
     save_file({name: value for name, value in saved["weights"].items()}, str(path),
               metadata={"activation": saved["activation"], "config": json.dumps(saved["config"])})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; the export's other files follow the umask
 
 
 def load_runtime_weights(path):

@@ -106,9 +106,9 @@ def onnx_translate(folder, batch=1, int8=False, threads=None):
 def native_translate(folder, batch=1, int8=False, threads=None):
     """onmt-lma's native engine on an ``onmt_lma_export`` folder (``threads``: intra-op threads, None for
     PyTorch's default, one per core); ``.profile``: where its time went."""
-    from onmt_lma.deploy.native import NativeTranslator
+    from onmt_lma.deploy.engines import open_export
 
-    translator = NativeTranslator(folder, threads=threads, int8=int8)
+    translator = open_export("native", folder, int8, threads or 0)  # float32: the torch-free runtime
 
     def translate(lines):
         return [hypotheses[0][1] for hypotheses in translator.translate(lines, Decoding(), batch)]
