@@ -59,11 +59,13 @@ AVX2 void panel_product(const Panels& w, const float* x, int64_t rows, int64_t f
     const float* panel = w.data.data() + p * w.in * 16;
     const float* bias = w.bias.data() + p * 16;
     const int64_t cols = std::min<int64_t>(16, w.out - p * 16);
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) panel_block<4>(x + r * w.in, panel, bias, w.in, y + r * w.out + p * 16, w.out, cols);
+    int64_t r = 0;  // 6 rows x 16 outputs: 12 accumulators, 2 weight registers, 1 broadcast of the 16
+    for (; r + 6 <= rows; r += 6) panel_block<6>(x + r * w.in, panel, bias, w.in, y + r * w.out + p * 16, w.out, cols);
     const float* xr = x + r * w.in;
     float* yr = y + r * w.out + p * 16;
     switch (rows - r) {
+      case 5: panel_block<5>(xr, panel, bias, w.in, yr, w.out, cols); break;
+      case 4: panel_block<4>(xr, panel, bias, w.in, yr, w.out, cols); break;
       case 3: panel_block<3>(xr, panel, bias, w.in, yr, w.out, cols); break;
       case 2: panel_block<2>(xr, panel, bias, w.in, yr, w.out, cols); break;
       case 1: panel_block<1>(xr, panel, bias, w.in, yr, w.out, cols); break;

@@ -1,8 +1,12 @@
 // A small pool of threads for the runtime's parallel loops (no OpenMP: it does not build everywhere).
 // Each index of a range is computed by exactly one thread, so results do not depend on the thread count.
+// A decoding step is many short loops: workers spin a while on the next loop before they sleep (as
+// OpenMP's do), since waking a sleeping thread costs more than a small loop.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -20,7 +24,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
+      stopping_.store(true);
     }
     wake_.notify_all();
     for (auto& worker : workers_) worker.join();
@@ -36,12 +40,13 @@ class ThreadPool {
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      body_ = &body, n_ = n, parts_ = parts, pending_ = parts - 1, ++generation_;
+      body_ = &body, n_ = n, parts_ = parts;
+      pending_.store(parts - 1);
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     body(0, n / parts);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    while (pending_.load() != 0) {}  // the other parts are as short as this one
     body_ = nullptr;
   }
 
@@ -49,27 +54,30 @@ class ThreadPool {
   void work(int index) {
     uint64_t seen = 0;
     while (true) {
+      const auto spinning = std::chrono::steady_clock::now();
+      while (generation_.load() == seen && !stopping_.load() &&
+             std::chrono::steady_clock::now() - spinning < std::chrono::microseconds(200)) {}
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+      wake_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
+      if (stopping_.load()) return;
+      seen = generation_.load();
       if (index >= parts_) continue;
       const auto* body = body_;
       const int64_t begin = n_ * index / parts_, end = n_ * (index + 1) / parts_;
       lock.unlock();
       (*body)(begin, end);
-      lock.lock();
-      if (--pending_ == 0) done_.notify_one();
+      pending_.fetch_sub(1);
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
-  int64_t n_ = 0, parts_ = 0, pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
+  int64_t n_ = 0, parts_ = 0;
+  std::atomic<int64_t> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace runtime
