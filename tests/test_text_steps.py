@@ -64,6 +64,17 @@ def test_an_export_translates_raw_text_alone_and_serves_it_without_a_corpus(lma_
     assert translated[4] == "" and translated[:4] + translated[5:] == by_hand
     assert not any(escape in line for line in translated for escape in ("&apos;", "&quot;", "&amp;", "&lt;"))
 
+    small = tmp_path / "small"  # what the runtime reads, alone
+    run("onmt_lma_export", "-model", lma_student, "-output", small, "-corpus", corpus_dir, "-runtime_only")
+    assert sorted(p.name for p in small.iterdir()) == ["manifest.json", "native.safetensors", "src.vocab.json",
+                                                     TEXT_FILE, "tgt.vocab.json"]
+    run("onmt_lma_translate", "-model", small, "-engine", "native", "-src", tmp_path / "raw.de", "-raw_text",
+        "-output", tmp_path / "small.en", "-beam_size", "3", "-max_length", "20")
+    assert (tmp_path / "small.en").read_text() == (tmp_path / "raw.en").read_text()
+    refused = run("onmt_lma_translate", "-model", small, "-engine", "onnx", "-src", tmp_path / "tok.de",
+                  "-output", tmp_path / "x.en", expect_ok=False)
+    assert refused.returncode == 2 and "a runtime-only export" in refused.stderr
+
     server = Server("-model", export, "-beam_size", 3, "-max_length", 20)  # no -corpus: the export's own steps
     try:
         status, answer = request(server.port, "POST", "/translator/translate",
@@ -102,3 +113,28 @@ def test_without_text_steps_raw_text_says_what_to_give(lma_student, corpus_dir, 
     result = run("onmt_lma_export", "-model", lma_student, "-output", tmp_path / "x", "-corpus", other,
                  expect_ok=False)
     assert result.returncode == 2 and "is not this corpus's" in result.stderr and not (tmp_path / "x").exists()
+
+
+def test_the_released_export_is_what_its_sums_say_and_translates_raw_text_alone():
+    """results/multi30k_converged/models/exports: the recommended student (ReLU, twice the peak) as the
+    runtime reads it (onmt_lma_export -runtime_only -corpus data/multi30k), every file as SHA256SUMS says, made
+    from the released checkpoint, translating raw German as the README shows."""
+    from conftest import REPO
+    from onmt_lma.deploy.decoding import Decoding
+    from onmt_lma.deploy.engines import open_export
+    from onmt_lma.deploy.text import text_steps
+
+    models = REPO / "results" / "multi30k_converged" / "models"
+    released = models / "exports"
+    listed = dict(line.split("  ")[::-1] for line in (released / "SHA256SUMS").read_text().splitlines())
+    folder = released / "student64_relu_lr2x_seed1"
+    assert sorted(listed) == sorted(f"{folder.name}/{p.name}" for p in folder.iterdir())
+    assert all(sha256_of(released / name) == digest for name, digest in listed.items())
+    checkpoints = dict(line.split("  ")[::-1] for line in (models / "SHA256SUMS").read_text().splitlines())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["checkpoint_sha256"] == checkpoints[manifest["checkpoint"]] == checkpoints[
+        "student64_relu_lr2x_seed1.pt"]
+    steps = text_steps(folder)
+    (score, tokens), = open_export("native", folder).translate([steps.encode("Zwei Hunde spielen im Schnee.")],
+                                                                 Decoding(), 1)[0]
+    assert steps.decode(tokens) == "Two dogs play in the snow." and score == pytest.approx(-0.114, abs=1e-3)

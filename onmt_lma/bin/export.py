@@ -6,12 +6,14 @@
 
 import os
 import sys
+import tempfile
 
 import onmt.opts
 
 from onmt_lma.base.opts import int_type
 from onmt_lma.bin.parser import CommandParser, user_errors_exit
-from onmt_lma.deploy.export import export
+from onmt_lma.base.files import refuse_overwriting
+from onmt_lma.deploy.export import export, runtime_only
 from onmt_lma.deploy.manifest import ExportError
 
 
@@ -25,6 +27,9 @@ def get_parser():
                help="replace an existing export folder -output (never a folder of anything else)")
     parser.add("--corpus", "-corpus", help="the prepared corpus (python -m data_prep) whose text steps the export "
                "carries, for raw text in and out (default: the one the checkpoint was trained on)")
+    parser.add("--runtime_only", "-runtime_only", action="store_true",
+               help="only what the torch-free runtime reads (native.safetensors, vocabularies, text steps): a "
+               "small folder to ship; no ONNX graphs, no int8 or low-bit")
     parser.add("--bits", "-bits", type=int_type("an integer from 2 to 8", lambda b: 2 <= b <= 8),
                help="low-bit graphs, checked: the checkpoint must hold B-bit codes (onmt_lma_quantize -bits B, "
                     "or of a -quant_bits B student); a low-bit checkpoint gives low-bit graphs without it too")
@@ -37,7 +42,13 @@ def main(argv=None):
     with user_errors_exit(parser):
         if not os.path.isfile(args.model):
             raise ExportError(f"-model {args.model}: no such checkpoint")
-        manifest = export(args.model, args.output, args.int8, args.bits, args.force, args.corpus)
+        if args.runtime_only:
+            refuse_overwriting(args.output, {"-model": args.model})
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.output))) as tmp:
+                export(args.model, os.path.join(tmp, "full"), args.int8, args.bits, False, args.corpus)
+                manifest = runtime_only(os.path.join(tmp, "full"), args.output, args.force)
+        else:
+            manifest = export(args.model, args.output, args.int8, args.bits, args.force, args.corpus)
     print(f"{args.output}: " + ", ".join(sorted(manifest["files"])))
     if "text_refused" in manifest:
         print(f"{args.output}: no text steps ({manifest['text_refused']})", file=sys.stderr)

@@ -17,6 +17,7 @@ dequantized when the engine loads them; or ``native_refused``: why there are non
 import onmt_lma.base.onmt_import  # noqa: F401, I001  (first: before onmt)
 import collections
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -29,11 +30,11 @@ from onmt_lma.base.files import building_folder, check_folder_output, refuse_ove
 from onmt_lma.deploy.graphs import (LOW_BIT_POSITIONS, OPSET, DecoderStepGraph, EncoderGraph, empty_cache,
                                     graph_activations, load_model)
 from onmt_lma.deploy.low_bit import low_bit_weights, lower_graph
-from onmt_lma.deploy.manifest import (FORMAT, LOW_BIT_FILE, RUNTIME_FILE, WEIGHTS_FILE, ExportError, cache_names,
-                                     is_export_folder)
+from onmt_lma.deploy.manifest import (FORMAT, LOW_BIT_FILE, MANIFEST, RUNTIME_FILE, WEIGHTS_FILE, ExportError,
+                                     cache_names, is_export_folder, read_manifest)
 from onmt_lma.deploy.native import native_weights, write_low_bit
 from onmt_lma.deploy.native_runtime import save_runtime_weights
-from onmt_lma.deploy.text import TextSteps, fits, trained_corpus
+from onmt_lma.deploy.text import SENTENCEPIECE_FILE, TEXT_FILE, TextSteps, fits, trained_corpus
 from onmt_lma.model import kernels
 
 ModelParts = collections.namedtuple("ModelParts", "vocabs model model_opt low_bit native sources native_refused "
@@ -215,3 +216,25 @@ def _onnx_export(module, inputs, path, input_names, output_names, dynamic_axes):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
         torch.onnx.export(module, inputs, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+#: what :func:`runtime_only` keeps of an export: the runtime's weights, the vocabularies, the text steps
+RUNTIME_ONLY = (RUNTIME_FILE, "src.vocab.json", "tgt.vocab.json", TEXT_FILE, SENTENCEPIECE_FILE)
+
+
+def runtime_only(folder, out_dir, force=False):
+    """The export ``folder`` cut to what the torch-free runtime reads (:data:`RUNTIME_ONLY`), written as the
+    export ``out_dir`` (built aside, renamed when complete); its manifest."""
+    manifest = read_manifest(folder)
+    if RUNTIME_FILE not in manifest["files"]:
+        raise ExportError(f"{folder}: no {RUNTIME_FILE} (a low-bit export, or one the runtime cannot run: "
+                          f"{manifest.get('native_refused')}); it has no runtime-only form")
+    check_folder_output(out_dir, "an export", is_export_folder, force)
+    with building_folder(out_dir, "an export", is_export_folder, force) as out:
+        kept = {name: digest for name, digest in manifest["files"].items() if name in RUNTIME_ONLY}
+        for name in kept:
+            shutil.copyfile(Path(folder) / name, out / name)
+        manifest = {**manifest, "files": kept, "int8": False,
+                    "onnx_refused": "a runtime-only export (onmt_lma_export -runtime_only): no ONNX graphs"}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest

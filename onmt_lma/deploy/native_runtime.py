@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy
 from safetensors import SafetensorError, safe_open
 
 from onmt_lma.base.batching import batches
@@ -51,10 +52,15 @@ def runtime_module():
 
 def save_runtime_weights(saved, path):
     """``native.safetensors`` from :func:`~onmt_lma.deploy.native.native_weights`' content (tensors as NumPy
-    float32 arrays; the activation and config in the metadata)."""
+    float32 arrays, each stored in float16 where that keeps every value, as a float16 checkpoint's do; the
+    activation and config in the metadata).  The engine computes in float32 either way."""
     from safetensors.numpy import save_file  # here: only an export writes the file
 
-    save_file({name: value for name, value in saved["weights"].items()}, str(path),
+    def stored(value):
+        half = value.astype(numpy.float16)
+        return half if numpy.array_equal(half.astype(numpy.float32), value) else value
+
+    save_file({name: stored(value) for name, value in saved["weights"].items()}, str(path),
               metadata={"activation": saved["activation"], "config": json.dumps(saved["config"])})
     umask = os.umask(0)
     os.umask(umask)
@@ -67,7 +73,7 @@ def load_runtime_weights(path):
     try:
         with safe_open(str(path), framework="numpy") as opened:
             metadata = opened.metadata() or {}
-            weights = {name: opened.get_tensor(name) for name in opened.keys()}
+            weights = {name: opened.get_tensor(name).astype(numpy.float32) for name in opened.keys()}
         config = json.loads(metadata["config"])
         activation = metadata["activation"]
     except (SafetensorError, OSError, KeyError, ValueError) as error:
