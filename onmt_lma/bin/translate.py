@@ -12,10 +12,10 @@ complete, so a failed run leaves an existing ``-output`` as it was; an ``-output
 that is an input (``-src``, ``-tgt``, ``-model``) or lies inside an input folder (an export) is refused
 before anything runs.
 
-``-engine native -model DIR`` translates an ``onmt_lma_export`` folder on the
-compiled engine (:mod:`onmt_lma.deploy.native`), ``-engine onnx -model DIR`` with
-its graphs on ONNX Runtime (:mod:`onmt_lma.deploy.runtime`); both with the same
-options and output, ``-threads N`` their intra-op threads.
+``-engine native|onnx -model DIR`` (an ``onmt_lma_export`` folder) is translated by the
+command's entry point, :mod:`onmt_lma.bin.translate_export`, without PyTorch; this module
+translates checkpoints (its ``-engine``, ``-threads`` and ``-raw_text`` are listed here too,
+so that one ``-config`` YAML serves both).
 """
 
 import os

@@ -1,4 +1,6 @@
-"""The native engine: an ``onmt_lma_export`` folder's float32 weights in one compiled decoding loop.
+"""The torch extension engine: an ``onmt_lma_export`` folder's weights in one compiled decoding loop, for what
+the torch-free runtime (:mod:`onmt_lma.deploy.native_runtime`, float32) does not run yet: ``-precision int8``
+and low-bit exports; and the export side, :func:`native_weights`.
 
     onmt_lma_translate -engine native -model EXPORT_DIR -src SRC -output OUT [-beam_size 5] [-threads N] ...
 
