@@ -10,7 +10,6 @@ search (:mod:`onmt_lma.deploy.search`) applies; in C++ the same field and bans i
 
 import dataclasses
 import enum
-import json
 
 from onmt_lma.base.errors import UserError
 
@@ -100,9 +99,6 @@ class Decoding:
     def as_dict(self):
         """JSON-ready: the penalty by its name."""
         return {**dataclasses.asdict(self), "length_penalty": self.length_penalty.value}
-
-    def to_json(self):
-        return json.dumps(self.as_dict())
 
     def onmt_args(self):
         """The same value as ``onmt_translate`` arguments (OpenNMT-py's translator takes them all)."""
